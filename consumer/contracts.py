@@ -1,0 +1,42 @@
+"""Compiled contract artifacts (``contracts/build``) and the ABI facts the code relies on."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from eth_utils.crypto import keccak
+
+BUILD_DIR = Path(__file__).resolve().parent.parent / "contracts" / "build"
+
+DISTRIBUTED_TOPIC = "0x" + keccak(text="Distributed(bytes32,address,uint256)").hex()
+TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+
+
+@cache
+def artifact(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((BUILD_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def abi(name: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = artifact(name)["abi"]
+    return result
+
+
+@cache
+def error_selectors(name: str) -> dict[str, str]:
+    """4-byte selector (0x-hex) of each custom error → its name."""
+    found = {}
+    for item in abi(name):
+        if item["type"] == "error":
+            signature = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
+            found["0x" + keccak(text=signature)[:4].hex()] = item["name"]
+    return found
+
+
+def payment_id(investment_id: str) -> bytes:
+    """The Distributor's once-only key for an investment."""
+    return keccak(text=f"tokendist:investment:{investment_id}")

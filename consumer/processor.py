@@ -1,0 +1,230 @@
+"""One payment event through the distribution state machine.
+
+``handle`` is idempotent: called again for the same event at any point (a redelivery, a
+replay, a crash and restart, a second consumer after a rebalance) it resumes from the
+state stored in PostgreSQL. Once a transaction is signed it is only ever re-broadcast
+(the same bytes) or fee-bumped (same nonce): never signed anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from typing import Any
+
+import structlog
+
+from consumer import contracts
+from consumer.chain import Chain
+from consumer.dlq import DeadLetters
+from consumer.repository import Distribution, Repository, StateConflict, Tokenization
+from consumer.states import State
+from schemas import PaymentConfirmedV1, parse_event
+from tokendist.errors import ChainRejected, ChainUnavailable, InvalidEvent
+from tokendist.settings import Settings
+
+log = structlog.get_logger("tokendist.processor")
+
+GAS_MARGIN_PERCENT = 25
+NONCE_CONSUMED_STRIKES = 20
+
+
+class Outcome(enum.StrEnum):
+    CREDITED = "credited"
+    PARKED = "parked"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class Processor:
+    def __init__(
+        self, settings: Settings, repo: Repository, chain: Chain, dead_letters: DeadLetters
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.chain = chain
+        self.dead_letters = dead_letters
+
+    async def handle(self, record: Any) -> Outcome:
+        try:
+            event, tokenization = await self._validate(record)
+            dist = await self._claim(event, record)
+        except InvalidEvent as exc:
+            await self.dead_letters.park(record, exc.reason, exc.detail)
+            return Outcome.DEAD_LETTERED
+        structlog.contextvars.bind_contextvars(
+            event_id=str(event.event_id), user_id=event.data.user_id
+        )
+        return await self.drive(dist, tokenization, event.data.wallet_address)
+
+    async def _validate(self, record: Any) -> tuple[PaymentConfirmedV1, Tokenization]:
+        event = parse_event(record.value)
+        if record.key is None:
+            raise InvalidEvent("missing_key", "message has no key; expected the user id")
+        if record.key != event.data.user_id.encode():
+            raise InvalidEvent("key_mismatch", f"key {record.key[:80]!r} is not the user id")
+        tokenization = await self.repo.tokenization(event.data.tokenization_id)
+        if tokenization is None:
+            raise InvalidEvent("unknown_tokenization", event.data.tokenization_id)
+        if tokenization.chain_id != await self.chain.chain_id():
+            raise InvalidEvent("wrong_chain", f"tokenization is on chain {tokenization.chain_id}")
+        return event, tokenization
+
+    async def _claim(self, event: PaymentConfirmedV1, record: Any) -> Distribution:
+        data = event.data
+        by_event, by_investment = await self.repo.claim(
+            event_id=event.event_id,
+            investment_id=data.investment_id,
+            payment_id="0x" + contracts.payment_id(data.investment_id).hex(),
+            user_id=data.user_id,
+            tokenization_id=data.tokenization_id,
+            tokens=data.tokens,
+            payload=event.model_dump_json(),
+            partition=record.partition,
+            offset=record.offset,
+        )
+        if by_event is None:
+            assert by_investment is not None
+            raise InvalidEvent(
+                "duplicate_investment",
+                f"investment {data.investment_id} belongs to event {by_investment.event_id}",
+            )
+        same = (by_event.investment_id, by_event.user_id, by_event.tokenization_id, by_event.tokens)
+        if same != (data.investment_id, data.user_id, data.tokenization_id, data.tokens):
+            raise InvalidEvent("conflicting_event", "event id seen before with other content")
+        return by_event
+
+    async def drive(
+        self, dist: Distribution, tokenization: Tokenization, event_wallet: str | None
+    ) -> Outcome:
+        while not dist.state.terminal:
+            before = dist.state
+            try:
+                dist = await self._step(dist, tokenization, event_wallet)
+            except StateConflict:
+                dist = await self.repo.get(dist.event_id)
+                log.info("state_conflict_reloaded", state=dist.state)
+                continue
+            if dist.state is not before:
+                log.info(
+                    "state_changed",
+                    state=dist.state,
+                    previous=before,
+                    tx_hash=dist.tx_hash,
+                    nonce=dist.nonce,
+                )
+            if dist.state is State.AWAITING_KYC:
+                return Outcome.PARKED
+        if dist.state is State.FAILED:
+            log.error("distribution_failed", reason=dist.failure_reason, alert=True)
+            return Outcome.FAILED
+        return Outcome.CREDITED
+
+    async def _step(
+        self, dist: Distribution, tokenization: Tokenization, event_wallet: str | None
+    ) -> Distribution:
+        match dist.state:
+            case State.RECEIVED | State.AWAITING_KYC:
+                return await self._authorize_and_sign(dist, tokenization, event_wallet)
+            case State.SIGNED:
+                return await self._broadcast(dist)
+            case State.SUBMITTED:
+                return await self._await_confirmation(dist)
+            case State.CONFIRMED:
+                return await self.repo.credit(dist, tokenization.property_id)
+        raise AssertionError(f"no step from {dist.state}")
+
+    async def _authorize_and_sign(
+        self, dist: Distribution, tokenization: Tokenization, event_wallet: str | None
+    ) -> Distribution:
+        user = await self.repo.user(dist.user_id)
+        if user is None or user.wallet_address is None or not user.payable:
+            if dist.state is State.RECEIVED:
+                return await self.repo.transition(dist, State.AWAITING_KYC)
+            return dist
+        if event_wallet is not None and event_wallet.lower() != user.wallet_address.lower():
+            return await self.repo.transition(
+                dist, State.FAILED, f"wallet_mismatch: event {event_wallet}, user record differs"
+            )
+        await self._wait_for_capacity()
+        calldata = self.chain.distribute_calldata(
+            bytes.fromhex(dist.payment_id[2:]), user.wallet_address, dist.tokens
+        )
+        try:
+            gas = await self.chain.estimate(tokenization.distributor_address, calldata)
+        except ChainRejected as exc:
+            return await self.repo.transition(dist, State.FAILED, exc.reason)
+        max_fee, tip = await self._fees()
+        gas_limit = gas * (100 + GAS_MARGIN_PERCENT) // 100
+        return await self.repo.sign_and_store(
+            dist,
+            chain_id=await self.chain.chain_id(),
+            sender=self.chain.sender,
+            recipient=user.wallet_address,
+            sign=lambda nonce: self.chain.sign(
+                to=tokenization.distributor_address,
+                data=calldata,
+                gas=gas_limit,
+                nonce=nonce,
+                max_fee=max_fee,
+                priority_fee=tip,
+            ),
+        )
+
+    async def _wait_for_capacity(self) -> None:
+        # A soft cap: checked outside the nonce lock, so a few workers may overshoot it
+        # together; it keeps the pool under the node's per-account limit, not exactly at it.
+        # The count lives in PostgreSQL, shared by processes: polling it is the only way.
+        while await self.repo.inflight(self.chain.sender) >= self.settings.max_inflight_per_sender:  # noqa: ASYNC110
+            await asyncio.sleep(self.settings.receipt_poll_s)
+
+    async def _fees(self) -> tuple[int, int]:
+        tip = self.settings.priority_fee_wei
+        base = await self.chain.base_fee()
+        return min(2 * base + tip, self.settings.max_fee_wei), tip
+
+    async def _broadcast(self, dist: Distribution) -> Distribution:
+        latest = (await self.repo.transactions(dist.event_id))[-1]
+        try:
+            result = await self.chain.send_raw(latest.raw)
+        except ChainRejected as exc:
+            # The nonce is spent in our books; failing here would leave a gap that blocks
+            # every later transaction. Keep retrying and say so loudly.
+            log.error("broadcast_refused", reason=exc.reason, tx_hash=latest.tx_hash, alert=True)
+            raise ChainUnavailable(exc.reason) from exc
+        await self.repo.mark_broadcast(latest.tx_hash)
+        log.info(
+            "transaction_broadcast", tx_hash=latest.tx_hash, nonce=latest.nonce, answer=result.value
+        )
+        return await self.repo.transition(dist, State.SUBMITTED)
+
+    async def _await_confirmation(self, dist: Distribution) -> Distribution:
+        assert dist.nonce is not None
+        strikes = 0
+        while True:
+            for tx in await self.repo.transactions(dist.event_id):
+                receipt = await self.chain.receipt(tx.tx_hash)
+                if receipt is None:
+                    continue
+                if not receipt.succeeded:
+                    return await self.repo.transition(
+                        dist,
+                        State.FAILED,
+                        f"reverted: tx {tx.tx_hash} in block {receipt.block_number}",
+                    )
+                head = await self.chain.block_number()
+                if head - receipt.block_number + 1 >= self.settings.confirmations:
+                    return await self.repo.confirm(dist, tx.tx_hash, receipt.block_number)
+                break
+            else:
+                # No receipt: if the chain has moved past our nonce, none of our siblings
+                # was mined (someone else used the key). Confirm by the mined nonce too.
+                if await self.chain.nonce(pending=False) > dist.nonce:
+                    strikes += 1
+                    if strikes >= NONCE_CONSUMED_STRIKES:
+                        return await self.repo.transition(
+                            dist,
+                            State.FAILED,
+                            f"nonce {dist.nonce} consumed by a transaction we did not sign",
+                        )
+            await asyncio.sleep(self.settings.receipt_poll_s)

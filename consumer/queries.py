@@ -1,0 +1,197 @@
+"""Every SQL statement of the consumer, by name."""
+
+DISTRIBUTION_COLUMNS = """
+    event_id, investment_id, payment_id, user_id, tokenization_id, tokens, state,
+    failure_reason, recipient, sender, nonce, tx_hash, block_number
+"""
+
+TOKENIZATION = """
+SELECT id, property_id, chain_id, token_address, decimals, distributor_address
+FROM tokenizations WHERE id = $1
+"""
+
+RECORD_TOKENIZATION = """
+INSERT INTO tokenizations (id, property_id, chain_id, token_address, decimals, distributor_address)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+CLAIM = """
+INSERT INTO distributions
+    (event_id, investment_id, payment_id, user_id, tokenization_id, tokens, payload, state,
+     kafka_partition, kafka_offset)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, 'received', $8, $9)
+ON CONFLICT DO NOTHING
+"""
+
+BY_EVENT = f"SELECT {DISTRIBUTION_COLUMNS} FROM distributions WHERE event_id = $1"
+BY_EVENT_FOR_UPDATE = BY_EVENT + " FOR UPDATE"
+BY_INVESTMENT = f"SELECT {DISTRIBUTION_COLUMNS} FROM distributions WHERE investment_id = $1"
+
+USER = "SELECT id, kyc_status, wallet_address FROM users WHERE id = $1"
+
+TRANSITION = f"""
+UPDATE distributions
+SET state = $3, failure_reason = $4, updated_at = now()
+WHERE event_id = $1 AND state = $2
+RETURNING {DISTRIBUTION_COLUMNS}
+"""
+
+# Synchronise with the chain: never below what the chain has seen (pending).
+SYNC_NONCE = """
+INSERT INTO sender_nonces (chain_id, sender, next_nonce) VALUES ($1, $2, $3)
+ON CONFLICT (chain_id, sender)
+DO UPDATE SET next_nonce = GREATEST(sender_nonces.next_nonce, EXCLUDED.next_nonce),
+              updated_at = now()
+RETURNING next_nonce
+"""
+
+LOCK_NONCE = "SELECT next_nonce FROM sender_nonces WHERE chain_id = $1 AND sender = $2 FOR UPDATE"
+
+ADVANCE_NONCE = """
+UPDATE sender_nonces SET next_nonce = $3 + 1, updated_at = now()
+WHERE chain_id = $1 AND sender = $2
+"""
+
+INFLIGHT = """
+SELECT count(*) FROM distributions WHERE sender = $1 AND state IN ('signed', 'submitted')
+"""
+
+INSERT_TX = """
+INSERT INTO chain_transactions
+    (tx_hash, event_id, chain_id, sender, nonce, raw_tx, gas_limit, max_fee_per_gas,
+     priority_fee)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+MARK_SIGNED = f"""
+UPDATE distributions
+SET state = 'signed', recipient = $2, sender = $3, nonce = $4, updated_at = now()
+WHERE event_id = $1
+RETURNING {DISTRIBUTION_COLUMNS}
+"""
+
+TRANSACTIONS_OF = """
+SELECT tx_hash, raw_tx, nonce, max_fee_per_gas, priority_fee, created_at, broadcast_at
+FROM chain_transactions WHERE event_id = $1 ORDER BY created_at, max_fee_per_gas
+"""
+
+MARK_BROADCAST = "UPDATE chain_transactions SET broadcast_at = now() WHERE tx_hash = $1"
+
+MARK_CONFIRMED = f"""
+UPDATE distributions
+SET state = 'confirmed', tx_hash = $2, block_number = $3, updated_at = now()
+WHERE event_id = $1 AND state IN ('signed', 'submitted')
+RETURNING {DISTRIBUTION_COLUMNS}
+"""
+
+CREDIT_HOLDING = """
+INSERT INTO token_holdings (user_id, tokenization_id, property_id, balance)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_id, tokenization_id)
+DO UPDATE SET balance = token_holdings.balance + EXCLUDED.balance, updated_at = now()
+"""
+
+LEDGER_PAIR = """
+INSERT INTO ledger_entries (event_id, tokenization_id, account, amount)
+VALUES ($1, $2, 'distributor:' || $2, -$3::numeric), ($1, $2, 'investor:' || $4, $3::numeric)
+"""
+
+MARK_INVESTMENT_DISTRIBUTED = """
+UPDATE investments SET status = 'tokens_distributed', updated_at = now()
+WHERE id = $1 AND status <> 'tokens_distributed'
+"""
+
+MARK_CREDITED = f"""
+UPDATE distributions
+SET state = 'credited', credited_at = now(), updated_at = now()
+WHERE event_id = $1 AND state = 'confirmed'
+RETURNING {DISTRIBUTION_COLUMNS}
+"""
+
+# The resubmitter's view: the newest transaction of every unconfirmed distribution.
+PENDING_TRANSACTIONS = """
+SELECT DISTINCT ON (t.event_id)
+       t.event_id, t.tx_hash, t.raw_tx, t.nonce, t.gas_limit, t.max_fee_per_gas, t.priority_fee,
+       t.created_at, t.broadcast_at, d.payment_id, d.recipient, d.tokens,
+       tk.distributor_address
+FROM chain_transactions t
+JOIN distributions d ON d.event_id = t.event_id
+JOIN tokenizations tk ON tk.id = d.tokenization_id
+WHERE d.state IN ('signed', 'submitted') AND t.chain_id = $1 AND t.sender = $2
+ORDER BY t.event_id, t.max_fee_per_gas DESC
+"""
+
+PARKED_OF_USER = """
+SELECT event_id, payload::text AS payload FROM distributions
+WHERE user_id = $1 AND state = 'awaiting_kyc'
+"""
+
+APPROVE_USER = """
+INSERT INTO users (id, kyc_status, wallet_address) VALUES ($1, 'approved', $2)
+ON CONFLICT (id) DO UPDATE
+SET kyc_status = 'approved', wallet_address = COALESCE($2, users.wallet_address), updated_at = now()
+RETURNING wallet_address
+"""
+
+# --- verify: read-only invariant queries -------------------------------------------------
+
+V_UNDISTRIBUTED = """
+SELECT c.event_id, c.investment_id, c.confirmed_at FROM payment_confirmations c
+LEFT JOIN distributions d ON d.investment_id = c.investment_id
+WHERE d.event_id IS NULL AND c.confirmed_at < now() - make_interval(secs => $1)
+"""
+
+V_DISTRIBUTION_WITHOUT_CONFIRMATION = """
+SELECT d.event_id, d.investment_id FROM distributions d
+LEFT JOIN payment_confirmations c ON c.investment_id = d.investment_id
+WHERE c.event_id IS NULL
+"""
+
+V_ONCHAIN_DISTRIBUTIONS = """
+SELECT d.event_id, d.payment_id, d.recipient, d.tokens, d.state, d.tokenization_id
+FROM distributions d WHERE d.state IN ('confirmed', 'credited')
+"""
+
+V_HOLDINGS_MISMATCH = """
+WITH credited AS (
+    SELECT user_id, tokenization_id, sum(tokens) AS total FROM distributions
+    WHERE state = 'credited' GROUP BY user_id, tokenization_id
+), ledger AS (
+    SELECT substr(account, 10) AS user_id, tokenization_id, sum(amount) AS total
+    FROM ledger_entries WHERE account LIKE 'investor:%' GROUP BY 1, 2
+)
+SELECT coalesce(h.user_id, c.user_id, l.user_id) AS user_id,
+       coalesce(h.tokenization_id, c.tokenization_id, l.tokenization_id) AS tokenization_id,
+       coalesce(h.balance, 0) AS holding, coalesce(c.total, 0) AS credited,
+       coalesce(l.total, 0) AS ledger
+FROM token_holdings h
+FULL JOIN credited c USING (user_id, tokenization_id)
+FULL JOIN ledger l USING (user_id, tokenization_id)
+WHERE coalesce(h.balance, 0) <> coalesce(c.total, 0) OR coalesce(c.total, 0) <> coalesce(l.total, 0)
+"""
+
+V_LEDGER_UNBALANCED = """
+SELECT event_id, sum(amount) AS total FROM ledger_entries GROUP BY event_id HAVING sum(amount) <> 0
+"""
+
+V_LEDGER_TOTAL = "SELECT coalesce(sum(amount), 0) FROM ledger_entries"
+
+V_RECIPIENT_TOTALS = """
+SELECT d.tokenization_id, d.recipient, sum(d.tokens) AS total FROM distributions d
+WHERE d.state IN ('confirmed', 'credited') GROUP BY 1, 2
+"""
+
+V_STALE_OUTBOX = """
+SELECT count(*) AS n, min(created_at) AS oldest FROM outbox
+WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+"""
+
+V_STUCK_DISTRIBUTIONS = """
+SELECT event_id, state, updated_at FROM distributions
+WHERE state IN ('received', 'signed', 'submitted', 'confirmed')
+  AND updated_at < now() - make_interval(secs => $1)
+"""
+
+V_TOKENIZATIONS = "SELECT id, token_address, distributor_address FROM tokenizations"
+
+V_COUNTS = "SELECT state, count(*) AS n FROM distributions GROUP BY state"

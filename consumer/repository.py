@@ -1,0 +1,289 @@
+"""The consumer's PostgreSQL side. Each method is one transaction; state changes are
+guarded by the state they expect, so two workers racing on one event cannot both act."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from consumer import queries
+from consumer.chain import Signed
+from consumer.states import State, check_transition
+from tokendist import db
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    event_id: uuid.UUID
+    investment_id: str
+    payment_id: str
+    user_id: str
+    tokenization_id: str
+    tokens: int
+    state: State
+    failure_reason: str | None
+    recipient: str | None
+    sender: str | None
+    nonce: int | None
+    tx_hash: str | None
+    block_number: int | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Distribution:
+        values = dict(row)
+        values["tokens"] = int(values["tokens"])
+        values["state"] = State(values["state"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenization:
+    id: str
+    property_id: str
+    chain_id: int
+    token_address: str
+    decimals: int
+    distributor_address: str
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    kyc_status: str
+    wallet_address: str | None
+
+    @property
+    def payable(self) -> bool:
+        return self.kyc_status == "approved" and self.wallet_address is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTx:
+    tx_hash: str
+    raw: bytes
+    nonce: int
+    max_fee_per_gas: int
+    priority_fee: int
+    created_at: datetime
+    broadcast_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> StoredTx:
+        return cls(
+            tx_hash=row["tx_hash"],
+            raw=bytes(row["raw_tx"]),
+            nonce=row["nonce"],
+            max_fee_per_gas=int(row["max_fee_per_gas"]),
+            priority_fee=int(row["priority_fee"]),
+            created_at=row["created_at"],
+            broadcast_at=row["broadcast_at"],
+        )
+
+
+class StateConflict(Exception):
+    """The row was not in the expected state: another worker moved it; reload."""
+
+
+class Repository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def tokenization(self, tokenization_id: str) -> Tokenization | None:
+        row = await db.guarded(lambda: self.pool.fetchrow(queries.TOKENIZATION, tokenization_id))
+        return None if row is None else Tokenization(**dict(row))
+
+    async def user(self, user_id: str) -> User | None:
+        row = await db.guarded(lambda: self.pool.fetchrow(queries.USER, user_id))
+        return None if row is None else User(**dict(row))
+
+    async def claim(
+        self,
+        *,
+        event_id: uuid.UUID,
+        investment_id: str,
+        payment_id: str,
+        user_id: str,
+        tokenization_id: str,
+        tokens: int,
+        payload: str,
+        partition: int,
+        offset: int,
+    ) -> tuple[Distribution | None, Distribution | None]:
+        """Insert the row for this event unless one exists. Returns (by event id, by
+        investment id): a second event for the same investment finds only the latter."""
+
+        async def work() -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    queries.CLAIM,
+                    event_id,
+                    investment_id,
+                    payment_id,
+                    user_id,
+                    tokenization_id,
+                    tokens,
+                    payload,
+                    partition,
+                    offset,
+                )
+                by_event = await conn.fetchrow(queries.BY_EVENT, event_id)
+                by_investment = await conn.fetchrow(queries.BY_INVESTMENT, investment_id)
+                return by_event, by_investment
+
+        by_event, by_investment = await db.guarded(work)
+        return (
+            None if by_event is None else Distribution.from_row(by_event),
+            None if by_investment is None else Distribution.from_row(by_investment),
+        )
+
+    async def get(self, event_id: uuid.UUID) -> Distribution:
+        row = await db.guarded(lambda: self.pool.fetchrow(queries.BY_EVENT, event_id))
+        assert row is not None
+        return Distribution.from_row(row)
+
+    async def transition(
+        self, dist: Distribution, new: State, reason: str | None = None
+    ) -> Distribution:
+        check_transition(dist.state, new)
+        row = await db.guarded(
+            lambda: self.pool.fetchrow(queries.TRANSITION, dist.event_id, dist.state, new, reason)
+        )
+        if row is None:
+            raise StateConflict(str(dist.event_id))
+        return Distribution.from_row(row)
+
+    async def sync_nonce(self, chain_id: int, sender: str, chain_pending: int) -> int:
+        next_nonce: int = await db.guarded(
+            lambda: self.pool.fetchval(queries.SYNC_NONCE, chain_id, sender, chain_pending)
+        )
+        return next_nonce
+
+    async def inflight(self, sender: str) -> int:
+        count: int = await db.guarded(lambda: self.pool.fetchval(queries.INFLIGHT, sender))
+        return count
+
+    async def sign_and_store(
+        self,
+        dist: Distribution,
+        *,
+        chain_id: int,
+        sender: str,
+        recipient: str,
+        sign: Callable[[int], Signed],
+    ) -> Distribution:
+        """Reserve the sender's next nonce, sign, store the transaction and mark the event
+        signed, all in one transaction: a nonce is consumed only together with a stored
+        transaction that uses it, so a crash can never leave a reserved-but-unsigned gap."""
+
+        async def work() -> asyncpg.Record:
+            async with self.pool.acquire() as conn, conn.transaction():
+                current = await conn.fetchrow(queries.BY_EVENT_FOR_UPDATE, dist.event_id)
+                if current is None or not State(current["state"]).before_signing:
+                    raise StateConflict(str(dist.event_id))
+                nonce = await conn.fetchval(queries.LOCK_NONCE, chain_id, sender)
+                if nonce is None:
+                    raise RuntimeError(f"nonce of {sender} not synchronised with the chain")
+                signed = sign(nonce)
+                await _insert_tx(conn, dist.event_id, chain_id, sender, signed)
+                await conn.execute(queries.ADVANCE_NONCE, chain_id, sender, nonce)
+                row = await conn.fetchrow(
+                    queries.MARK_SIGNED, dist.event_id, recipient, sender, nonce
+                )
+                assert row is not None  # locked above, so still there
+                return row
+
+        return Distribution.from_row(await db.guarded(work))
+
+    async def store_replacement(
+        self, event_id: uuid.UUID, *, chain_id: int, sender: str, signed: Signed
+    ) -> bool:
+        """Store a fee-bumped sibling (same nonce) if the event is still unconfirmed."""
+
+        async def work() -> bool:
+            async with self.pool.acquire() as conn, conn.transaction():
+                current = await conn.fetchrow(queries.BY_EVENT_FOR_UPDATE, event_id)
+                if current is None or not State(current["state"]).on_chain:
+                    return False
+                await _insert_tx(conn, event_id, chain_id, sender, signed)
+                return True
+
+        return await db.guarded(work)
+
+    async def transactions(self, event_id: uuid.UUID) -> list[StoredTx]:
+        rows = await db.guarded(lambda: self.pool.fetch(queries.TRANSACTIONS_OF, event_id))
+        return [StoredTx.from_row(r) for r in rows]
+
+    async def mark_broadcast(self, tx_hash: str) -> None:
+        await db.guarded(lambda: self.pool.execute(queries.MARK_BROADCAST, tx_hash))
+
+    async def confirm(self, dist: Distribution, tx_hash: str, block_number: int) -> Distribution:
+        row = await db.guarded(
+            lambda: self.pool.fetchrow(queries.MARK_CONFIRMED, dist.event_id, tx_hash, block_number)
+        )
+        if row is None:
+            raise StateConflict(str(dist.event_id))
+        return Distribution.from_row(row)
+
+    async def credit(self, dist: Distribution, property_id: str) -> Distribution:
+        """Holdings += tokens, the ledger pair, the investment's status and the state, in
+        one transaction guarded by the 'confirmed' state: a second credit finds nothing."""
+
+        async def work() -> asyncpg.Record | None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(queries.MARK_CREDITED, dist.event_id)
+                if row is None:
+                    return None
+                await conn.execute(
+                    queries.CREDIT_HOLDING,
+                    dist.user_id,
+                    dist.tokenization_id,
+                    property_id,
+                    dist.tokens,
+                )
+                await conn.execute(
+                    queries.LEDGER_PAIR,
+                    dist.event_id,
+                    dist.tokenization_id,
+                    dist.tokens,
+                    dist.user_id,
+                )
+                await conn.execute(queries.MARK_INVESTMENT_DISTRIBUTED, dist.investment_id)
+                return row
+
+        row = await db.guarded(work)
+        if row is None:
+            raise StateConflict(str(dist.event_id))
+        return Distribution.from_row(row)
+
+    async def pending_transactions(self, chain_id: int, sender: str) -> list[dict[str, Any]]:
+        rows = await db.guarded(
+            lambda: self.pool.fetch(queries.PENDING_TRANSACTIONS, chain_id, sender)
+        )
+        return sorted((dict(r) for r in rows), key=lambda r: int(r["nonce"]))
+
+
+async def _insert_tx(
+    conn: PoolConnectionProxy[asyncpg.Record],
+    event_id: uuid.UUID,
+    chain_id: int,
+    sender: str,
+    signed: Signed,
+) -> None:
+    await conn.execute(
+        queries.INSERT_TX,
+        signed.tx_hash,
+        event_id,
+        chain_id,
+        sender,
+        signed.nonce,
+        signed.raw,
+        signed.gas,
+        signed.max_fee_per_gas,
+        signed.priority_fee,
+    )

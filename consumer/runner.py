@@ -1,0 +1,225 @@
+"""``tokendist consume``: a member of the consumer group.
+
+The fetch loop never stops calling ``getmany`` (busy partitions are paused instead), so
+slow chain calls can never push the member past ``max_poll_interval_ms`` and out of the
+group. Each assigned partition gets a ``PartitionWorker``; offsets are committed per
+partition, only up to the last record whose processing finished.
+
+Shutdown order (``_shutdown``), for SIGTERM and for any crashed side task alike:
+stop intake (leave the fetch loop) → cancel side tasks → let workers finish the record in
+hand up to the grace period, cancel the rest → commit finished offsets → leave the group
+and close the producer, chain client and pool, in reverse order of opening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from consumer.chain import Chain
+from consumer.dlq import DeadLetters
+from consumer.partition import PartitionWorker
+from consumer.processor import Processor
+from consumer.repository import Repository
+from consumer.resubmitter import Resubmitter
+from tokendist import db, kafka
+from tokendist.errors import TransientError
+from tokendist.settings import Settings
+
+log = structlog.get_logger("tokendist.consumer")
+
+COMMIT_EVERY_S = 0.5
+FETCH_TIMEOUT_MS = 200
+
+
+class RunnerState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Runner:
+    def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.state = RunnerState.NEW
+        self.workers: dict[TopicPartition, PartitionWorker] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self._process: Callable[[Any], Awaitable[object]] | None = None
+
+    async def run(self) -> None:
+        if self.state is not RunnerState.NEW:
+            raise RuntimeError(f"runner already {self.state.value}")
+        self.state = RunnerState.RUNNING
+        rpc_url, key = self.settings.require_chain()
+        async with AsyncExitStack() as resources:
+            pool = await db.create_pool(self.settings.database_url, max_size=20)
+            resources.push_async_callback(pool.close)
+            chain = Chain(rpc_url, key)
+            resources.push_async_callback(chain.close)
+            repo = Repository(pool)
+            await self._sync_nonce(repo, chain)
+            await kafka.ensure_topics(self.settings)
+            producer = kafka.producer(self.settings)
+            await kafka.guarded(producer.start)
+            resources.push_async_callback(producer.stop)
+            processor = Processor(
+                self.settings, repo, chain, DeadLetters(producer, self.settings.dlq_topic)
+            )
+            self._process = processor.handle
+            self.consumer = self._make_consumer()
+            await kafka.guarded(self.consumer.start)
+            resources.push_async_callback(self.consumer.stop)
+            side_tasks = [
+                asyncio.create_task(self._commit_loop(), name="committer"),
+                asyncio.create_task(
+                    Resubmitter(self.settings, repo, chain).run(), name="resubmitter"
+                ),
+            ]
+            try:
+                await self._fetch_loop(side_tasks)
+            finally:
+                await self._shutdown(side_tasks)
+        self.state = RunnerState.STOPPED
+        log.info("consumer_stopped")
+
+    async def _sync_nonce(self, repo: Repository, chain: Chain) -> None:
+        chain_id = await chain.chain_id()
+        pending = await chain.nonce(pending=True)
+        next_nonce = await repo.sync_nonce(chain_id, chain.sender, pending)
+        log.info(
+            "nonce_synchronised", sender=chain.sender, chain_pending=pending, next_nonce=next_nonce
+        )
+
+    def _make_consumer(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.consumer_group,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            max_poll_interval_ms=300_000,
+            max_partition_fetch_bytes=1024 * 1024,
+        )
+        consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
+        return consumer
+
+    async def _fetch_loop(self, side_tasks: list[asyncio.Task[None]]) -> None:
+        assert self.consumer is not None
+        consumer = self.consumer
+        while not self.stop.is_set():
+            crashed = [t for t in side_tasks if t.done()]
+            if crashed:
+                log.error("side_task_crashed", task=crashed[0].get_name(), alert=True)
+                crashed[0].result()  # re-raise: a dead committer or resubmitter stops us loudly
+            try:
+                batches = await kafka.guarded(
+                    lambda: consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=500)
+                )
+            except TransientError as exc:
+                log.warning("fetch_failed", error=str(exc))
+                await asyncio.sleep(self.settings.retry_base_s)
+                continue
+            assignment = consumer.assignment()
+            for tp, records in batches.items():
+                if tp in assignment:
+                    self._worker(tp).feed(records)
+            self._apply_backpressure(consumer)
+
+    def _worker(self, tp: TopicPartition) -> PartitionWorker:
+        worker = self.workers.get(tp)
+        if worker is None:
+            assert self._process is not None
+            worker = PartitionWorker(
+                tp.partition,
+                self._process,
+                retry_base_s=self.settings.retry_base_s,
+                retry_cap_s=self.settings.retry_cap_s,
+            )
+            self.workers[tp] = worker
+        return worker
+
+    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        paused = consumer.paused()
+        for tp, worker in self.workers.items():
+            if worker.backlog >= self.settings.max_partition_buffer and tp not in paused:
+                consumer.pause(tp)
+            elif worker.backlog < self.settings.max_partition_buffer // 2 and tp in paused:
+                consumer.resume(tp)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_EVERY_S)
+            await self.commit(list(self.workers))
+
+    async def commit(self, partitions: list[TopicPartition]) -> None:
+        """Commit finished offsets; a rebalance in progress makes this a no-op (the next
+        owner resumes from the last commit, and resuming is idempotent)."""
+        if self.consumer is None:
+            return
+        offsets = {}
+        for tp in partitions:
+            worker = self.workers.get(tp)
+            if (
+                worker is not None
+                and worker.done is not None
+                and worker.done != self.committed.get(tp)
+            ):
+                offsets[tp] = worker.done
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("commit_skipped", error=str(exc))
+            return
+        except KafkaError as exc:
+            log.warning("commit_failed", error=str(exc))
+            return
+        self.committed.update(offsets)
+        for tp, offset in offsets.items():
+            log.debug("offset_committed", partition=tp.partition, offset=offset)
+
+    async def release(self, partitions: list[TopicPartition]) -> None:
+        """Stop the workers of ``partitions`` at a safe point and commit what they finished."""
+        owned = [tp for tp in partitions if tp in self.workers]
+        await asyncio.gather(
+            *(self.workers[tp].stop(self.settings.shutdown_grace_s) for tp in owned)
+        )
+        await self.commit(owned)
+        for tp in owned:
+            del self.workers[tp]
+            self.committed.pop(tp, None)
+
+    async def _shutdown(self, side_tasks: list[asyncio.Task[None]]) -> None:
+        self.state = RunnerState.DRAINING
+        log.info("consumer_draining", partitions=len(self.workers))
+        for task in side_tasks:
+            task.cancel()
+        await asyncio.gather(*side_tasks, return_exceptions=True)
+        await self.release(list(self.workers))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Never waits on anything the fetch loop holds: workers are independent tasks."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+        await self.runner.release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))

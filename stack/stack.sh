@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# Local service stack for tokendist: PostgreSQL, Apache Kafka (KRaft) and anvil.
+# There is no Docker engine on our machines, so every service is a plain process whose
+# whole state (data, logs, pid files, download caches) lives in <repo>/.stack.
+#
+#   stack/stack.sh up [--brokers 1|3]   install what is missing, start, wait until ready
+#   stack/stack.sh down | status | env
+#   stack/stack.sh start-service|stop-service|restart-service pg|kafka|anvil
+#   stack/stack.sh kill-broker N        SIGKILL one broker (crash simulation)
+#   stack/stack.sh start-broker N       start it again and wait until it is back
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+ST="$ROOT/.stack"
+RUN="$ST/run"
+LOGS="$ST/logs"
+LIBS="$ST/kafka-libs"
+NPM_DIR="$ST/npm"
+HOST=127.0.0.1
+# Non-default ports so a developer's own Postgres/Kafka/anvil keeps working beside ours.
+PG_PORT=55432
+ANVIL_PORT=58545
+KAFKA_PORT0=59092 # node N listens on KAFKA_PORT0 + 100*(N-1), its controller on +1
+TIMEOUT="${TOKENDIST_STACK_TIMEOUT:-120}"
+OPERATOR_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 # anvil dev account #0
+DEPLOYER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d # anvil dev account #1
+# 3 JVMs must fit on a 2-core machine beside the tests, hence the small heap.
+KJAVA=(java -Xms128m -Xmx384m -XX:+UseG1GC -Djava.awt.headless=true
+  "-Dlog4j2.configurationFile=$HERE/kafka/log4j2.properties")
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+fail() { log "ERROR: $1; last lines of $2:"; tail -n 40 "$2" >&2 || true; exit 1; }
+now() { date +%s.%N; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- processes
+# A pid file alone can be stale (reboot, pid reuse) and a zombie still answers kill -0,
+# so a process only counts as ours while its command line matches.
+pid_alive() { # pidfile pattern
+  local pid
+  [[ -s $1 ]] && pid=$(<"$1") || return 1
+  kill -0 "$pid" 2>/dev/null && grep -q -- "$2" < <(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)
+}
+stop_pid() { # pidfile pattern [signal]
+  local pid i
+  pid_alive "$1" "$2" || { rm -f "$1"; return 0; }
+  pid=$(<"$1")
+  kill -"${3:-TERM}" "$pid" 2>/dev/null || true
+  for ((i = 0; i < 300; i++)); do pid_alive "$1" "$2" || break; sleep 0.1; done
+  if pid_alive "$1" "$2"; then
+    log "pid $pid still alive 30s after SIG${3:-TERM}; sending SIGKILL"
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+# setsid detaches services from the caller's session, so a Ctrl-C or a CI step ending
+# after `up` does not take them down.
+spawn() { # pidfile logfile cmd...
+  setsid "${@:3}" </dev/null >>"$2" 2>&1 &
+  echo $! >"$1"
+}
+wait_for() { # what pidfile pattern logfile check-cmd...
+  local what=$1 pf=$2 pat=$3 lf=$4 end=$((SECONDS + TIMEOUT))
+  shift 4
+  until "$@"; do
+    pid_alive "$pf" "$pat" || fail "$what exited during startup" "$lf"
+    ((SECONDS < end)) || fail "$what not ready after ${TIMEOUT}s" "$lf"
+    sleep 0.2
+  done
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_bin() {
+  local c=(/usr/lib/postgresql/*/bin/initdb)
+  [[ -x ${c[-1]} ]] && dirname "${c[-1]}"
+}
+PGBIN=$(pg_bin || true)
+# initdb/postgres refuse to run as root, so under root the cluster belongs to `postgres`.
+as_pg() {
+  if ((EUID == 0)); then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+}
+ensure_pg_installed() {
+  [[ -n $PGBIN ]] && return 0
+  ((EUID == 0)) || die "PostgreSQL server binaries missing: run 'sudo apt-get install -y postgresql'"
+  log "installing PostgreSQL with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >"$LOGS/apt.log" 2>&1 || fail "apt-get update failed" "$LOGS/apt.log"
+  apt-get install -y -qq postgresql >>"$LOGS/apt.log" 2>&1 || fail "apt-get install failed" "$LOGS/apt.log"
+  PGBIN=$(pg_bin) || die "apt-get installed postgresql but no initdb found"
+}
+ensure_pg_cluster() {
+  mkdir -p "$ST/pg" "$ST/pgsock"
+  touch "$LOGS/postgres.log"
+  if ((EUID == 0)); then
+    id -u postgres >/dev/null 2>&1 ||
+      useradd --system --user-group --home-dir /nonexistent --shell /usr/sbin/nologin postgres
+    chown postgres: "$ST/pg" "$ST/pgsock" "$LOGS/postgres.log"
+    as_pg test -w "$ST/pg" || die "user postgres cannot reach $ST (a parent directory is not searchable)"
+  fi
+  chmod 700 "$ST/pg"
+  [[ -f $ST/pg/PG_VERSION ]] && return 0
+  log "initdb $ST/pg"
+  as_pg "$PGBIN/initdb" -D "$ST/pg" -U tokendist --auth=trust -E UTF8 --locale=C \
+    >"$LOGS/initdb.log" 2>&1 || fail "initdb failed" "$LOGS/initdb.log"
+  # Path-dependent settings (socket dir) go on the pg_ctl command line instead, so the
+  # cluster survives the checkout being moved.
+  cat >>"$ST/pg/postgresql.conf" <<EOF
+# tokendist stack
+listen_addresses = '$HOST'
+port = $PG_PORT
+max_connections = 300
+shared_buffers = 64MB
+EOF
+}
+pg_running() { [[ -n $PGBIN && -f $ST/pg/PG_VERSION ]] && as_pg "$PGBIN/pg_ctl" status -D "$ST/pg" >/dev/null 2>&1; }
+start_pg() {
+  ensure_pg_cluster
+  if pg_running; then
+    log "postgres already running"
+  else
+    port_open $PG_PORT && die "port $PG_PORT is in use by a process this stack did not start"
+    as_pg "$PGBIN/pg_ctl" start -w -t "$TIMEOUT" -D "$ST/pg" -l "$LOGS/postgres.log" \
+      -o "-p $PG_PORT -k '$ST/pgsock' -c listen_addresses=$HOST" >/dev/null ||
+      fail "postgres did not start" "$LOGS/postgres.log"
+  fi
+  local psql=("$PGBIN/psql" -h $HOST -p $PG_PORT -U tokendist -d postgres -qtAX)
+  [[ -n $("${psql[@]}" -c "select 1 from pg_database where datname = 'tokendist'") ]] ||
+    "${psql[@]}" -c "create database tokendist" >/dev/null
+}
+stop_pg() { if pg_running; then as_pg "$PGBIN/pg_ctl" stop -D "$ST/pg" -m fast -w >/dev/null; fi; }
+
+# ---------------------------------------------------------------- Kafka
+mode() { cat "$ST/kafka.mode" 2>/dev/null || echo 1; }
+kport() { echo $((KAFKA_PORT0 + 100 * ($1 - 1))); }
+cport() { echo $((KAFKA_PORT0 + 1 + 100 * ($1 - 1))); }
+kdir() { echo "$ST/kafka-$(mode)b/node$1"; } # each mode has its own data, never mixed
+klogdir() { echo "$LOGS/kafka-$(mode)b-node$1"; }
+kpid() { echo "$RUN/kafka-$1.pid"; }
+bootstrap() {
+  local n s=
+  for ((n = 1; n <= $(mode); n++)); do s+="${s:+,}$HOST:$(kport $n)"; done
+  echo "$s"
+}
+kafka_any_running() {
+  local f
+  for f in "$RUN"/kafka-*.pid; do pid_alive "$f" kafka.Kafka && return 0; done
+  return 1
+}
+# The Apache tarball is unreachable here; Maven Central has the broker as kafka_2.13.
+ensure_kafka_libs() {
+  local want b
+  want=$(sha256sum "$HERE/kafka/pom.xml" | cut -d' ' -f1)
+  [[ -f $LIBS/.pom-sha256 && $(<"$LIBS/.pom-sha256") == "$want" ]] && return 0
+  log "resolving Kafka jars with Maven (cache: .stack/cache/m2)"
+  local mvn=(mvn -q -B -f "$HERE/kafka/pom.xml" "-Dmaven.repo.local=$ST/cache/m2")
+  rm -rf "$LIBS" "$LIBS.tmp"
+  "${mvn[@]}" dependency:copy-dependencies -DincludeScope=runtime "-DoutputDirectory=$LIBS.tmp" \
+    >"$LOGS/mvn.log" 2>&1 || fail "maven could not resolve Kafka" "$LOGS/mvn.log"
+  # Zero bindings means a silent broker (no "started" line to wait for); two is a lottery.
+  "${mvn[@]}" dependency:tree "-DoutputFile=$LIBS.tmp/.tree" >>"$LOGS/mvn.log" 2>&1 ||
+    fail "mvn dependency:tree failed" "$LOGS/mvn.log"
+  b=$(grep -cE 'log4j-slf4j2?-impl|slf4j-(simple|reload4j|log4j12|jdk14|nop)|logback-classic' "$LIBS.tmp/.tree" || true)
+  [[ $b == 1 ]] || die "expected exactly one slf4j binding, found $b (see $LIBS.tmp/.tree)"
+  echo "$want" >"$LIBS.tmp/.pom-sha256"
+  mv "$LIBS.tmp" "$LIBS"
+}
+kafka_props() { # node -> server.properties for the current mode
+  local n=$1 m i voters=
+  m=$(mode) # replication factor = broker count; min ISR 2 of 3 tolerates one dead broker
+  local rf=$m isr=$((m == 3 ? 2 : 1))
+  for ((i = 1; i <= m; i++)); do voters+="${voters:+,}$i@$HOST:$(cport $i)"; done
+  cat <<EOF
+node.id=$n
+process.roles=broker,controller
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://$HOST:$(kport "$n"),CONTROLLER://$HOST:$(cport "$n")
+advertised.listeners=PLAINTEXT://$HOST:$(kport "$n")
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+log.dirs=$(kdir "$n")/data
+num.partitions=8
+auto.create.topics.enable=false
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+EOF
+}
+ensure_kafka_node() {
+  local n=$1 d lg cidf="$ST/kafka-$(mode)b/cluster.id"
+  d=$(kdir "$n") lg=$(klogdir "$n")
+  mkdir -p "$d" "$lg"
+  kafka_props "$n" >"$d/server.properties" # regenerated so edits to this script apply
+  [[ -f $d/data/meta.properties ]] && return 0
+  [[ -s $cidf ]] || "${KJAVA[@]}" "-Dkafka.logs.dir=$lg" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid |
+    tail -n 1 >"$cidf"
+  # Static quorum (controller.quorum.voters): every node formatted with one cluster id.
+  "${KJAVA[@]}" "-Dkafka.logs.dir=$lg" -cp "$LIBS/*" kafka.tools.StorageTool format \
+    -t "$(<"$cidf")" -c "$d/server.properties" >"$lg/format.log" 2>&1 ||
+    fail "formatting kafka node $n failed" "$lg/format.log"
+}
+start_kafka_node() {
+  local n=$1 lg="$(klogdir "$1")"
+  if pid_alive "$(kpid "$n")" kafka.Kafka; then log "kafka node $n already running"; return 0; fi
+  port_open "$(kport "$n")" && die "port $(kport "$n") is in use by a process this stack did not start"
+  ensure_kafka_node "$n"
+  touch "$lg/server.log"
+  # server.log is appended across restarts: remember where this start begins.
+  stat -c %s "$lg/server.log" >"$RUN/kafka-$n.logoffset"
+  # JVM-level failures (bad flag, missing class) print to stdout: keep them in the same file.
+  spawn "$(kpid "$n")" "$lg/server.log" "${KJAVA[@]}" "-Dkafka.logs.dir=$lg" \
+    -cp "$LIBS/*" kafka.Kafka "$(kdir "$n")/server.properties"
+}
+kafka_started() { # log offset port
+  grep -q 'Kafka Server started' < <(tail -c +$(($2 + 1)) "$1") && port_open "$3"
+}
+wait_kafka_node() {
+  local n=$1 lf="$(klogdir "$1")/server.log"
+  wait_for "kafka node $n" "$(kpid "$n")" kafka.Kafka "$lf" \
+    kafka_started "$lf" "$(cat "$RUN/kafka-$n.logoffset" 2>/dev/null || echo 0)" "$(kport "$n")"
+}
+# All nodes first: in 3-broker mode none finishes starting before a controller quorum exists.
+start_kafka() { ensure_kafka_libs; for n in $(seq "$(mode)"); do start_kafka_node "$n"; done; }
+wait_kafka() { for n in $(seq "$(mode)"); do wait_kafka_node "$n"; done; }
+stop_kafka() { # all nodes at once; in 3-broker mode they would otherwise wait on each other
+  local f
+  for f in "$RUN"/kafka-*.pid; do if [[ -e $f ]]; then stop_pid "$f" kafka.Kafka & fi; done
+  wait
+}
+
+# ---------------------------------------------------------------- anvil
+anvil_bin() {
+  local a=amd64
+  if [[ $(uname -m) == aarch64 ]]; then a=arm64; fi
+  echo "$NPM_DIR/node_modules/@foundry-rs/anvil-linux-$a/bin/anvil"
+}
+ensure_anvil() {
+  local want
+  want=$(cat "$HERE/package.json" "$HERE/package-lock.json" | sha256sum | cut -d' ' -f1)
+  [[ -x $(anvil_bin) && $(cat "$NPM_DIR/.lock-sha256" 2>/dev/null) == "$want" ]] && return 0
+  log "installing anvil with npm ci (cache: .stack/cache/npm)"
+  mkdir -p "$NPM_DIR"
+  cp "$HERE/package.json" "$HERE/package-lock.json" "$NPM_DIR/"
+  # --ignore-scripts: the wrapper's postinstall only fetches a binary when the platform
+  # package is missing, and the lock file pins that package anyway.
+  (cd "$NPM_DIR" && npm ci --ignore-scripts --no-audit --no-fund --cache "$ST/cache/npm") \
+    >"$LOGS/npm.log" 2>&1 || fail "npm ci failed" "$LOGS/npm.log"
+  [[ -x $(anvil_bin) ]] || die "npm ci did not install the platform binary $(anvil_bin)"
+  echo "$want" >"$NPM_DIR/.lock-sha256"
+}
+anvil_ready() {
+  [[ $(curl -sf -m 2 -H 'content-type: application/json' \
+    -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' \
+    "http://$HOST:$ANVIL_PORT" 2>/dev/null) == *'"0x7a69"'* ]]
+}
+start_anvil() {
+  ensure_anvil
+  if pid_alive "$RUN/anvil.pid" anvil; then log "anvil already running"; return 0; fi
+  port_open $ANVIL_PORT && die "port $ANVIL_PORT is in use by a process this stack did not start"
+  # Interval mining: automine stalls under many concurrent same-sender txs (foundry#10122).
+  # Sub-second blocks keep the test suite fast. The chain state is dumped to disk every
+  # second and on exit, so a restarted node (fault tests) keeps what was mined.
+  mkdir -p "$ST/anvil"
+  spawn "$RUN/anvil.pid" "$LOGS/anvil.log" "$(anvil_bin)" --host $HOST --port $ANVIL_PORT \
+    --chain-id 31337 --block-time "${TOKENDIST_ANVIL_BLOCK_TIME:-0.25}" \
+    --state "$ST/anvil/state.json" --state-interval 1
+}
+wait_anvil() { wait_for anvil "$RUN/anvil.pid" anvil "$LOGS/anvil.log" anvil_ready; }
+
+# ---------------------------------------------------------------- commands
+# Plain ';' on purpose: set -e is suspended inside functions called from && lists.
+start_service() {
+  case ${1:-} in
+  pg) ensure_pg_installed; start_pg ;;
+  kafka) start_kafka; wait_kafka ;;
+  anvil) start_anvil; wait_anvil ;;
+  *) die "unknown service '${1:-}' (pg|kafka|anvil)" ;;
+  esac
+}
+stop_service() {
+  case ${1:-} in
+  pg) stop_pg ;;
+  kafka) stop_kafka ;;
+  anvil) stop_pid "$RUN/anvil.pid" anvil ;;
+  *) die "unknown service '${1:-}' (pg|kafka|anvil)" ;;
+  esac
+}
+cmd_up() {
+  local brokers=1 t0 p1 p2
+  t0=$(now)
+  case "${1:-}" in --brokers) brokers=${2:-} ;; --brokers=*) brokers=${1#*=} ;; "") ;; *) die "usage: up [--brokers 1|3]" ;; esac
+  [[ $brokers == 1 || $brokers == 3 ]] || die "--brokers must be 1 or 3"
+  if kafka_any_running && [[ $(mode) != "$brokers" ]]; then
+    die "Kafka is running with $(mode) broker(s); run 'stack/stack.sh down' first"
+  fi
+  echo "$brokers" >"$ST/kafka.mode"
+  ensure_pg_installed
+  # The two downloads are independent; overlap them on a cold machine.
+  ensure_kafka_libs & p1=$!
+  ensure_anvil & p2=$!
+  wait $p1; wait $p2
+  start_kafka # JVM boot is the slow part: overlap it with Postgres and anvil
+  start_anvil
+  start_pg
+  wait_anvil
+  wait_kafka
+  echo "postgres  postgresql://tokendist@$HOST:$PG_PORT/tokendist"
+  echo "kafka     $(bootstrap)  ($brokers broker(s), Kafka $(kafka_version))"
+  echo "anvil     http://$HOST:$ANVIL_PORT  (chain id 31337, block time ${TOKENDIST_ANVIL_BLOCK_TIME:-0.25}s)"
+  awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "stack up in %.1fs\n", b - a }'
+}
+kafka_version() { grep -ho 'Kafka version: [^ ]*' "$(klogdir 1)/server.log" 2>/dev/null | tail -n 1 | cut -d' ' -f3; }
+cmd_down() {
+  stop_service anvil
+  stop_service kafka
+  stop_service pg
+  log "stopped"
+}
+cmd_status() {
+  local rc=0 n
+  if pg_running; then echo "pg       up    $HOST:$PG_PORT"; else echo "pg       down"; rc=1; fi
+  for ((n = 1; n <= $(mode); n++)); do
+    if pid_alive "$(kpid $n)" kafka.Kafka && port_open "$(kport $n)"; then
+      echo "kafka-$n  up    $HOST:$(kport $n)"
+    else echo "kafka-$n  down"; rc=1; fi
+  done
+  if pid_alive "$RUN/anvil.pid" anvil && anvil_ready; then echo "anvil    up    $HOST:$ANVIL_PORT"; else echo "anvil    down"; rc=1; fi
+  return $rc
+}
+cmd_env() {
+  echo "export TOKENDIST_DATABASE_URL=postgresql://tokendist@$HOST:$PG_PORT/tokendist"
+  echo "export TOKENDIST_KAFKA_BOOTSTRAP=$(bootstrap)"
+  echo "export TOKENDIST_RPC_URL=http://$HOST:$ANVIL_PORT"
+  echo "export TOKENDIST_OPERATOR_KEY=$OPERATOR_KEY"
+  echo "export TOKENDIST_DEPLOYER_KEY=$DEPLOYER_KEY"
+  echo "export TOKENDIST_STACK_DIR=$ST"
+}
+broker_arg() {
+  [[ ${1:-} =~ ^[1-3]$ ]] && (($1 <= $(mode))) || die "broker must be 1..$(mode) (running mode: $(mode) broker(s))"
+}
+
+main() {
+  local cmd=${1:-}
+  shift || true
+  [[ $cmd == env ]] || mkdir -p "$RUN" "$LOGS"
+  case $cmd in
+  up) cmd_up "$@" ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  start-service) start_service "${1:-}" ;;
+  stop-service) stop_service "${1:-}" ;;
+  restart-service) stop_service "${1:-}"; start_service "${1:-}" ;;
+  kill-broker) broker_arg "${1:-}"; stop_pid "$(kpid "$1")" kafka.Kafka KILL ;;
+  start-broker) broker_arg "${1:-}"; ensure_kafka_libs; start_kafka_node "$1"; wait_kafka_node "$1" ;;
+  *) sed -n '2,10p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+  esac
+}
+main "$@"

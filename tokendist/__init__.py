@@ -1,0 +1,1 @@
+"""tokendist: exactly-once distribution of property tokens to investors."""

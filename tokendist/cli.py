@@ -1,0 +1,210 @@
+"""The ``tokendist`` command line. The only place that reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from tokendist import logs
+from tokendist.errors import TokendistError
+from tokendist.settings import Settings, SettingsError, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _async(fn: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]) -> Handler:
+    """Wrap an async command: settings are loaded first so a bad variable fails fast."""
+
+    def run(args: argparse.Namespace) -> int:
+        settings = load_settings()
+        return asyncio.run(fn(args, settings))
+
+    return run
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    extra = ["--brokers", str(args.brokers)] if args.action == "up" else []
+    return subprocess.call(["bash", str(STACK_SCRIPT), args.action, *extra])  # noqa: S603,S607
+
+
+async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist import db
+
+    async with db.connect(settings.database_url) as conn:
+        applied = await db.migrate(conn)
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_schemas_export(args: argparse.Namespace) -> int:
+    from schemas.export import export
+
+    for path in export(Path(args.out)):
+        print(path)
+    return 0
+
+
+async def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
+    from outbox.relay import Relay
+    from tokendist.signals import stop_on_signals
+
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        await Relay(settings, stop).run()
+    return 0
+
+
+async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.runner import Runner
+    from tokendist.signals import stop_on_signals
+
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        await Runner(settings, stop).run()
+    return 0
+
+
+async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from eth_account import Account
+
+    from consumer.deploy import Deployer, deploy_tokenization
+    from tokendist import db
+
+    rpc_url, deployer_key = settings.require_deployer()
+    _, operator_key = settings.require_chain()
+    operator = Account.from_key(operator_key.get_secret_value()).address
+    deployer = Deployer(rpc_url, deployer_key)
+    try:
+        async with db.connect(settings.database_url) as conn:
+            d = await deploy_tokenization(
+                deployer,
+                conn,
+                tokenization_id=args.tokenization_id,
+                property_id=args.property_id,
+                operator=operator,
+                name=args.name,
+                symbol=args.symbol,
+                decimals=args.decimals,
+                supply=args.supply,
+            )
+    finally:
+        await deployer.close()
+    print(
+        f"tokenization {d.tokenization_id}: token {d.token_address}, "
+        f"distributor {d.distributor_address} (operator {operator}), funded {d.supply}"
+    )
+    return 0
+
+
+async def cmd_kyc_approve(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.kyc import approve
+    from tokendist import db
+
+    async with db.connect(settings.database_url) as conn:
+        released = await approve(conn, args.user_id, args.wallet)
+    print(f"user {args.user_id} approved; {released} parked distributions re-driven")
+    return 0
+
+
+async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.chain import Chain
+    from consumer.verify import verify
+    from tokendist import db
+
+    rpc_url, key = settings.require_chain()
+    chain = Chain(rpc_url, key)
+    try:
+        async with db.connect(settings.database_url) as conn:
+            report = await verify(conn, chain, grace_s=args.grace, shared_chain=args.shared_chain)
+    finally:
+        await chain.close()
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def _address(value: str) -> str:
+    from eth_utils.address import is_checksum_address
+
+    if not is_checksum_address(value):
+        raise argparse.ArgumentTypeError(f"{value} is not an EIP-55 checksummed address")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokendist", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("TOKENDIST_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="local PostgreSQL, Kafka and anvil without Docker")
+    stack.add_argument("action", choices=["up", "down", "status", "env"])
+    stack.add_argument("--brokers", type=int, choices=[1, 3], default=1)
+    stack.set_defaults(handler=cmd_stack)
+
+    dbp = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
+    dbp.add_parser("migrate", help="apply pending migrations").set_defaults(
+        handler=_async(cmd_migrate)
+    )
+
+    sch = sub.add_parser("schemas", help="event schemas").add_subparsers(dest="s", required=True)
+    export = sch.add_parser("export", help="write JSON Schema for upstream producers")
+    export.add_argument("--out", default="schemas/json")
+    export.set_defaults(handler=cmd_schemas_export)
+
+    sub.add_parser("relay", help="publish the outbox to Kafka").set_defaults(
+        handler=_async(cmd_relay)
+    )
+    sub.add_parser("consume", help="distribute tokens for payment events").set_defaults(
+        handler=_async(cmd_consume)
+    )
+
+    chain = sub.add_parser("chain", help="contracts").add_subparsers(dest="c", required=True)
+    deploy = chain.add_parser("deploy", help="deploy token + Distributor, fund, record")
+    deploy.add_argument("--tokenization-id", required=True)
+    deploy.add_argument("--property-id", required=True)
+    deploy.add_argument("--name", default="Property Token")
+    deploy.add_argument("--symbol", default="PROP")
+    deploy.add_argument("--decimals", type=int, default=18)
+    deploy.add_argument("--supply", type=int, default=10**9 * 10**18, help="base units")
+    deploy.set_defaults(handler=_async(cmd_deploy))
+
+    kyc = sub.add_parser("kyc", help="investor verification").add_subparsers(
+        dest="k", required=True
+    )
+    approve = kyc.add_parser("approve", help="approve a user and release parked payments")
+    approve.add_argument("user_id")
+    approve.add_argument("--wallet", type=_address, default=None)
+    approve.set_defaults(handler=_async(cmd_kyc_approve))
+
+    ver = sub.add_parser("verify", help="check every invariant; exit 0 only if all hold")
+    ver.add_argument("--grace", type=float, default=300.0, help="seconds before in-flight is stuck")
+    ver.add_argument(
+        "--shared-chain",
+        action="store_true",
+        help="the tokens also move outside this system: skip the balanceOf check",
+    )
+    ver.set_defaults(handler=_async(cmd_verify))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    try:
+        code: int = args.handler(args)
+    except (SettingsError, TokendistError) as exc:
+        print(f"tokendist: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

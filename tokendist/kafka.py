@@ -1,0 +1,75 @@
+"""The Kafka adapter: client construction, topic creation, error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from tokendist.errors import BrokerUnavailable
+from tokendist.settings import Settings
+
+T = TypeVar("T")
+
+Headers = list[tuple[str, bytes]]
+
+
+async def guarded(op: Callable[[], Awaitable[T]]) -> T:
+    """Run a Kafka operation, mapping client errors to ``BrokerUnavailable``."""
+    try:
+        return await op()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer: acks from all in-sync replicas, no reordering on retry."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "request_timeout_ms": 15_000,
+        "max_batch_size": 256 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the event topic and its dead-letter topic when missing."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
+    )
+
+    async def create() -> None:
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            wanted = [
+                NewTopic(
+                    name,
+                    num_partitions=settings.topic_partitions,
+                    replication_factor=settings.topic_replication,
+                    topic_configs={"min.insync.replicas": str(min(2, settings.topic_replication))},
+                )
+                for name in (settings.topic, settings.dlq_topic)
+                if name not in existing
+            ]
+            if wanted:
+                # Another relay or consumer may have created it first.
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(wanted)
+        finally:
+            await admin.close()
+
+    await guarded(create)
+
+
+def header_map(headers: Any) -> dict[str, str]:
+    """Kafka record headers as text, undecodable values replaced (they are only metadata)."""
+    return {key: value.decode("utf-8", "replace") for key, value in (headers or ())}

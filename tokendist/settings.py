@@ -1,0 +1,99 @@
+"""The one settings object, read from ``TOKENDIST_*`` environment variables.
+
+Built once in the CLI and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TOKENDIST_"
+LOCAL_HINT = 'for the local stack: eval "$(tokendist stack env)"'
+
+
+class SettingsError(Exception):
+    """Configuration is missing or invalid; the message names the variable to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(description="PostgreSQL DSN")
+    kafka_bootstrap: str = Field(description="comma-separated Kafka bootstrap servers")
+    rpc_url: str | None = Field(default=None, description="Ethereum JSON-RPC URL")
+    operator_key: SecretStr | None = Field(
+        default=None, description="hex private key of the distributor's operator"
+    )
+    deployer_key: SecretStr | None = Field(
+        default=None, description="hex private key that deploys contracts and owns them"
+    )
+
+    topic: str = "payments.confirmed"
+    topic_partitions: int = Field(default=16, ge=1, le=1024)
+    topic_replication: int = Field(default=1, ge=1, le=5)
+    consumer_group: str = "tokendist-distributor"
+
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_poll_interval_s: float = Field(default=1.0, gt=0)
+    relay_retention_s: int = Field(default=7 * 24 * 3600, ge=0)
+    relay_standby_retry_s: float = Field(default=1.0, gt=0)
+
+    confirmations: int = Field(default=1, ge=1, le=64)
+    priority_fee_wei: int = Field(default=1_000_000_000, ge=0)
+    max_fee_wei: int = Field(default=500_000_000_000, gt=0)
+    receipt_poll_s: float = Field(default=0.25, gt=0)
+    rebroadcast_after_s: float = Field(default=10.0, gt=0)
+    fee_bump_after_s: float = Field(default=30.0, gt=0)
+    fee_bump_percent: int = Field(default=20, ge=10, le=500)
+    max_inflight_per_sender: int = Field(default=16, ge=1, le=64)
+    resubmit_interval_s: float = Field(default=5.0, gt=0)
+
+    max_partition_buffer: int = Field(default=200, ge=1)
+    retry_base_s: float = Field(default=0.2, gt=0)
+    retry_cap_s: float = Field(default=10.0, gt=0)
+    shutdown_grace_s: float = Field(default=15.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+    def require_chain(self) -> tuple[str, SecretStr]:
+        """The RPC URL and operator key, or an error that says which variable to set."""
+        self._require("rpc_url", "operator_key")
+        assert self.rpc_url is not None
+        assert self.operator_key is not None
+        return self.rpc_url, self.operator_key
+
+    def require_deployer(self) -> tuple[str, SecretStr]:
+        self._require("rpc_url", "deployer_key")
+        assert self.rpc_url is not None
+        assert self.deployer_key is not None
+        return self.rpc_url, self.deployer_key
+
+    def _require(self, *names: str) -> None:
+        missing = [f"{ENV_PREFIX}{n.upper()}" for n in names if getattr(self, n) is None]
+        if missing:
+            raise SettingsError(f"set {' and '.join(missing)} ({LOCAL_HINT})")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = f"{ENV_PREFIX}{'_'.join(str(p) for p in err['loc']).upper()}"
+            if err["type"] == "missing":
+                lines.append(f"{name} is not set")
+            else:
+                lines.append(f"{name}: {err['msg']}")
+        raise SettingsError("; ".join(lines) + f" ({LOCAL_HINT})") from None
