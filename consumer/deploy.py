@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
@@ -18,6 +17,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from consumer import contracts, queries
 from consumer.chain import guarded
+from tokendist import db
 from tokendist.errors import ChainRejected
 
 RECEIPT_TIMEOUT_S = 60
@@ -89,7 +89,7 @@ class Deployer:
 
 async def deploy_tokenization(
     deployer: Deployer,
-    conn: asyncpg.Connection,
+    conn: db.Connection,
     *,
     tokenization_id: str,
     property_id: str,

@@ -7,15 +7,14 @@ row in ``awaiting_kyc`` and carries on from there.
 
 from __future__ import annotations
 
-import asyncpg
-
 from consumer import queries
 from outbox.enqueue import write_outbox_row
 from schemas import PaymentConfirmedV1
+from tokendist import db
 from tokendist.errors import TokendistError
 
 
-async def approve(conn: asyncpg.Connection, user_id: str, wallet_address: str | None) -> int:
+async def approve(conn: db.Connection, user_id: str, wallet_address: str | None) -> int:
     """Approve ``user_id`` (optionally setting the wallet); returns events re-driven."""
     async with conn.transaction():
         wallet = await conn.fetchval(queries.APPROVE_USER, user_id, wallet_address)

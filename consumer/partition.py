@@ -18,6 +18,7 @@ import structlog
 
 from outbox.relay import backoff
 from tokendist.errors import TransientError
+from tokendist.failpoints import Failpoints
 
 log = structlog.get_logger("tokendist.partition")
 
@@ -32,13 +33,20 @@ class WorkerState(enum.Enum):
 
 class PartitionWorker:
     def __init__(
-        self, partition: int, process: Process, *, retry_base_s: float, retry_cap_s: float
+        self,
+        partition: int,
+        process: Process,
+        *,
+        retry_base_s: float,
+        retry_cap_s: float,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.partition = partition
         self.state = WorkerState.RUNNING
         self.done: int | None = None
         self._process = process
         self._retry = (retry_base_s, retry_cap_s)
+        self._failpoints = failpoints or Failpoints()
         self._queue: collections.deque[Any] = collections.deque()
         self._ready = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"partition-{partition}")
@@ -77,6 +85,7 @@ class PartitionWorker:
             record = self._queue[0]
             if await self._process_until_done(record):
                 self._queue.popleft()
+                self._failpoints.hit("before:offset_commit")
                 self.done = record.offset + 1
 
     async def _process_until_done(self, record: Any) -> bool:

@@ -21,6 +21,7 @@ from consumer.repository import Distribution, Repository, StateConflict, Tokeniz
 from consumer.states import State
 from schemas import PaymentConfirmedV1, parse_event
 from tokendist.errors import ChainRejected, ChainUnavailable, InvalidEvent
+from tokendist.failpoints import Failpoints
 from tokendist.settings import Settings
 
 log = structlog.get_logger("tokendist.processor")
@@ -44,6 +45,7 @@ class Processor:
         self.repo = repo
         self.chain = chain
         self.dead_letters = dead_letters
+        self.failpoints = Failpoints(settings.failpoints)
 
     async def handle(self, record: Any) -> Outcome:
         try:
@@ -106,6 +108,7 @@ class Processor:
                 log.info("state_conflict_reloaded", state=dist.state)
                 continue
             if dist.state is not before:
+                self.failpoints.hit(f"after:{dist.state}")
                 log.info(
                     "state_changed",
                     state=dist.state,

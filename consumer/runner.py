@@ -31,6 +31,7 @@ from consumer.repository import Repository
 from consumer.resubmitter import Resubmitter
 from tokendist import db, kafka
 from tokendist.errors import TransientError
+from tokendist.failpoints import Failpoints
 from tokendist.settings import Settings
 
 log = structlog.get_logger("tokendist.consumer")
@@ -146,6 +147,7 @@ class Runner:
                 self._process,
                 retry_base_s=self.settings.retry_base_s,
                 retry_cap_s=self.settings.retry_cap_s,
+                failpoints=Failpoints(self.settings.failpoints),
             )
             self.workers[tp] = worker
         return worker

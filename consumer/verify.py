@@ -22,10 +22,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from consumer import queries
 from consumer.chain import Chain
+from tokendist import db
 
 
 @dataclass
@@ -62,7 +61,7 @@ class Report:
 
 
 async def verify(
-    conn: asyncpg.Connection, chain: Chain, *, grace_s: float = 300.0, shared_chain: bool = False
+    conn: db.Connection, chain: Chain, *, grace_s: float = 300.0, shared_chain: bool = False
 ) -> Report:
     checks = [
         await _confirmations(conn, grace_s),
@@ -75,7 +74,7 @@ async def verify(
     return Report(checks=checks, counts=counts)
 
 
-async def _confirmations(conn: asyncpg.Connection, grace_s: float) -> Check:
+async def _confirmations(conn: db.Connection, grace_s: float) -> Check:
     check = Check("every confirmed payment has exactly one distribution")
     for row in await conn.fetch(queries.V_UNDISTRIBUTED, grace_s):
         check.problems.append(f"investment {row['investment_id']} confirmed, never distributed")
@@ -84,7 +83,7 @@ async def _confirmations(conn: asyncpg.Connection, grace_s: float) -> Check:
     return check
 
 
-async def _all_logs(conn: asyncpg.Connection, chain: Chain) -> list[dict[str, Any]]:
+async def _all_logs(conn: db.Connection, chain: Chain) -> list[dict[str, Any]]:
     logs = []
     for tk in await conn.fetch(queries.V_TOKENIZATIONS):
         for entry in await chain.distributed_logs(tk["distributor_address"]):
@@ -99,7 +98,7 @@ async def _all_logs(conn: asyncpg.Connection, chain: Chain) -> list[dict[str, An
     return logs
 
 
-async def _chain_logs(conn: asyncpg.Connection, chain: Chain) -> Check:
+async def _chain_logs(conn: db.Connection, chain: Chain) -> Check:
     check = Check("every on-chain distribution has exactly one matching Distributed log")
     logs = await _all_logs(conn, chain)
     by_payment: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -124,7 +123,7 @@ async def _chain_logs(conn: asyncpg.Connection, chain: Chain) -> Check:
     return check
 
 
-async def _books(conn: asyncpg.Connection) -> Check:
+async def _books(conn: db.Connection) -> Check:
     check = Check("holdings = credited distributions = ledger; the ledger balances")
     for r in await conn.fetch(queries.V_HOLDINGS_MISMATCH):
         check.problems.append(
@@ -139,7 +138,7 @@ async def _books(conn: asyncpg.Connection) -> Check:
     return check
 
 
-async def _balances(conn: asyncpg.Connection, chain: Chain, shared_chain: bool) -> Check:
+async def _balances(conn: db.Connection, chain: Chain, shared_chain: bool) -> Check:
     check = Check("on-chain balanceOf = tokens this system distributed to each recipient")
     if shared_chain:
         check.skipped = "skipped: the tokens are moved by other flows too (--shared-chain)"
@@ -155,7 +154,7 @@ async def _balances(conn: asyncpg.Connection, chain: Chain, shared_chain: bool) 
     return check
 
 
-async def _liveness(conn: asyncpg.Connection, grace_s: float) -> Check:
+async def _liveness(conn: db.Connection, grace_s: float) -> Check:
     check = Check(f"nothing unpublished or stuck for more than {grace_s:g}s")
     stale = await conn.fetchrow(queries.V_STALE_OUTBOX, grace_s)
     if stale is not None and stale["n"]:

@@ -11,10 +11,9 @@ import json
 import uuid
 from dataclasses import dataclass
 
-import asyncpg
-
 from outbox import queries
 from schemas import PaymentConfirmedV1
+from tokendist import db
 from tokendist.errors import NotInTransaction
 
 AGGREGATE_TYPE = "user"
@@ -34,7 +33,7 @@ def event_headers(event: PaymentConfirmedV1) -> dict[str, str]:
     }
 
 
-async def write_outbox_row(conn: asyncpg.Connection, event: PaymentConfirmedV1) -> uuid.UUID:
+async def write_outbox_row(conn: db.Connection, event: PaymentConfirmedV1) -> uuid.UUID:
     """Insert one outbox row for ``event`` (a fresh row id; the event id travels in it)."""
     row_id = uuid.uuid4()
     await conn.execute(
@@ -49,7 +48,7 @@ async def write_outbox_row(conn: asyncpg.Connection, event: PaymentConfirmedV1) 
     return row_id
 
 
-async def enqueue(conn: asyncpg.Connection, event: PaymentConfirmedV1) -> EnqueueResult:
+async def enqueue(conn: db.Connection, event: PaymentConfirmedV1) -> EnqueueResult:
     """Write ``event`` to the outbox unless this payment was confirmed before.
 
     A second confirmation of the same investment under another provider reference is

@@ -10,13 +10,17 @@ import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from tokendist.errors import DatabaseUnavailable, MigrationError
 
 T = TypeVar("T")
+
+# What callers hand us: a plain connection or one borrowed from a pool.
+Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 # asyncpg raises these when the server is down, restarting or the socket broke.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (

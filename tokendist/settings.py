@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     retry_cap_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=15.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    failpoints: str = Field(default="", description="test only: see tokendist/failpoints.py")
 
     @property
     def dlq_topic(self) -> str:

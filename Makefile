@@ -1,0 +1,49 @@
+# The README's commands. Everything installs and starts what it needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+STACK   := bash stack/stack.sh
+ENV     := eval "$$($(STACK) env)"
+PYTEST_WORKERS ?= 2
+
+.PHONY: deps stack-up stack-down lint test test-unit test-integration demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+stack-up: deps
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	cd contracts && npm ci --silent --no-audit --no-fund && node compile.mjs --check
+
+# The tests: unit, then integration in parallel, then the tests that restart shared
+# services (broker, node), which must run alone.
+test: deps stack-up lint
+	$(ENV) && $(BIN)/pytest tests/unit -q
+	$(ENV) && $(BIN)/pytest tests/integration -q -n $(PYTEST_WORKERS) -m "not disruptive"
+	$(ENV) && $(BIN)/pytest tests/integration -q -m disruptive
+
+test-unit: deps
+	$(BIN)/pytest tests/unit -q
+
+demo: deps stack-up
+	$(ENV) && $(BIN)/tokendist demo
+
+bench: deps stack-up
+	$(ENV) && $(BIN)/python -m bench.run
+
+clean: stack-down
+	rm -rf .stack $(VENV)

@@ -1,0 +1,130 @@
+"""Fixtures over the real services. Every test gets its own database (cloned from a
+migrated template), its own topic and consumer group, its own freshly funded operator
+and deployer keys and its own contracts: tests run in parallel without sharing state."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from eth_account import Account
+from pydantic import SecretStr
+
+from consumer.deploy import Deployer, Deployment, deploy_tokenization
+from tests.integration import harness
+from tests.services import Services, services
+from tokendist import db
+from tokendist.settings import Settings
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Services]:
+    with services() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def template_db(stack: Services) -> str:
+    """A migrated database to clone; its name carries the migrations' hash."""
+    digest = hashlib.sha256("".join(sql for _, _, sql in db.migration_files()).encode())
+    name = f"tokendist_tpl_{digest.hexdigest()[:12]}"
+
+    async def build() -> None:
+        admin = await asyncpg.connect(stack.database_url)
+        try:
+            await admin.execute("SELECT pg_advisory_lock(7117099)")
+            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                await admin.execute(f'CREATE DATABASE "{name}"')
+                conn = await asyncpg.connect(_with_db(stack.database_url, name))
+                try:
+                    await db.migrate(conn)
+                finally:
+                    await conn.close()
+            await admin.execute("SELECT pg_advisory_unlock(7117099)")
+        finally:
+            await admin.close()
+
+    asyncio.run(build())
+    return name
+
+
+@pytest.fixture
+async def database_url(stack: Services, template_db: str) -> AsyncIterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(stack.database_url)
+    try:
+        for attempt in range(20):
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+                break
+            except asyncpg.ObjectInUseError:  # another worker is cloning it right now
+                await asyncio.sleep(0.1 * (attempt + 1))
+        yield _with_db(stack.database_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def settings(stack: Services, database_url: str) -> Settings:
+    operator, deployer = Account.create(), Account.create()
+    await harness.fund(stack.rpc_url, operator.address, deployer.address)
+    suffix = uuid.uuid4().hex[:12]
+    return Settings(
+        database_url=database_url,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        rpc_url=stack.rpc_url,
+        operator_key=SecretStr("0x" + bytes(operator.key).hex()),
+        deployer_key=SecretStr("0x" + bytes(deployer.key).hex()),
+        topic=f"payments.{suffix}",
+        consumer_group=f"distributor.{suffix}",
+        topic_partitions=4,
+        relay_poll_interval_s=0.2,
+        receipt_poll_s=0.1,
+        resubmit_interval_s=1.0,
+        rebroadcast_after_s=3.0,
+        fee_bump_after_s=20.0,
+        retry_base_s=0.1,
+        retry_cap_s=2.0,
+        shutdown_grace_s=5.0,
+    )
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(settings.database_url, max_size=20)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def tokenization(settings: Settings, pool: asyncpg.Pool) -> Deployment:
+    rpc_url, key = settings.require_deployer()
+    _, operator_key = settings.require_chain()
+    deployer = Deployer(rpc_url, key)
+    try:
+        async with pool.acquire() as conn:
+            return await deploy_tokenization(
+                deployer,
+                conn,
+                tokenization_id="tok-1",
+                property_id="prop-1",
+                operator=Account.from_key(operator_key.get_secret_value()).address,
+                name="Lekki Towers",
+                symbol="LKT",
+                decimals=18,
+                supply=10**30,
+            )
+    finally:
+        await deployer.close()

@@ -1,0 +1,261 @@
+"""Helpers shared by integration tests: funding, running relay/consumers, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from eth_account import Account
+
+from consumer.chain import Chain
+from consumer.deploy import Deployment
+from consumer.runner import Runner
+from consumer.verify import Report, verify
+from outbox.relay import Relay
+from tokendist import payments
+from tokendist.settings import Settings
+
+WALLETS = [Account.create() for _ in range(64)]
+
+
+def wallet(i: int) -> str:
+    return str(WALLETS[i % len(WALLETS)].address)
+
+
+async def rpc(url: str, method: str, params: list[Any]) -> Any:
+    async with aiohttp.ClientSession() as session:
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        async with session.post(url, json=body) as resp:
+            answer = await resp.json()
+    if "error" in answer:
+        raise RuntimeError(f"{method}: {answer['error']}")
+    return answer["result"]
+
+
+async def fund(rpc_url: str, *addresses: str) -> None:
+    for address in addresses:
+        await rpc(rpc_url, "anvil_setBalance", [address, hex(10**21)])
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 60.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def running(make: Callable[[asyncio.Event], Any]) -> AsyncIterator[Any]:
+    """Run ``make(stop).run()`` in a task; stop it cleanly on exit, re-raising its error."""
+    stop = asyncio.Event()
+    service = make(stop)
+    task = asyncio.create_task(service.run())
+    try:
+        yield service
+        if task.done():
+            task.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+def relay(settings: Settings) -> Any:
+    return running(lambda stop: Relay(settings, stop))
+
+
+def consumer(settings: Settings) -> Any:
+    return running(lambda stop: Runner(settings, stop))
+
+
+async def count(pool: asyncpg.Pool, sql: str, *args: Any) -> int:
+    value: int = await pool.fetchval(sql, *args)
+    return value
+
+
+async def credited(pool: asyncpg.Pool) -> int:
+    return await count(pool, "SELECT count(*) FROM distributions WHERE state = 'credited'")
+
+
+async def run_verify(settings: Settings, pool: asyncpg.Pool, grace_s: float = 0.0) -> Report:
+    rpc_url, key = settings.require_chain()
+    chain = Chain(rpc_url, key)
+    try:
+        async with pool.acquire() as conn:
+            return await verify(conn, chain, grace_s=grace_s)
+    finally:
+        await chain.close()
+
+
+async def distributed_logs(settings: Settings, distributor: str) -> list[dict[str, Any]]:
+    rpc_url, key = settings.require_chain()
+    chain = Chain(rpc_url, key)
+    try:
+        return await chain.distributed_logs(distributor)
+    finally:
+        await chain.close()
+
+
+async def committed_offsets(settings: Settings) -> dict[int, int]:
+    """The group's committed offset per partition (missing: nothing committed)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(settings.topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(settings.topic) or set()
+        result = {}
+        for p in partitions:
+            offset = await consumer.committed(TopicPartition(settings.topic, p))
+            if offset is not None:
+                result[p] = offset
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(settings: Settings, topic: str | None = None) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await consumer.start()
+    try:
+        name = topic or settings.topic
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(
+    settings: Settings, topic: str, expected: int, timeout: float = 30
+) -> list[Any]:
+    """Every record of ``topic`` from the start, until ``expected`` were read."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+        return records
+    finally:
+        await consumer.stop()
+
+
+class Process:
+    """A ``tokendist`` subcommand as a separate OS process (for SIGKILL tests)."""
+
+    def __init__(
+        self, settings: Settings, *args: str, extra_env: dict[str, str] | None = None
+    ) -> None:
+        env = {**os.environ, **env_of(settings), **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tokendist.cli", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            plain = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            env[f"TOKENDIST_{name.upper()}"] = str(plain)
+    return env
+
+
+async def confirm_payments(
+    pool: asyncpg.Pool, tk: Deployment, n: int, users: int = 25, start: int = 0
+) -> dict[str, int]:
+    """Confirm ``n`` payments spread over ``users`` approved users; returns tokens per wallet."""
+    expected: dict[str, int] = {}
+    async with pool.acquire() as conn:
+        for u in range(users):
+            await payments.register_user(conn, f"user-{u}", wallet(u))
+        for i in range(start, start + n):
+            u = i % users
+            p = payment(tk, i, u)
+            await payments.confirm(conn, p)
+            expected[wallet(u)] = expected.get(wallet(u), 0) + p.tokens
+    return expected
+
+
+def payment(tk: Deployment, i: int, user: int, tokens: int | None = None) -> payments.Payment:
+    return payments.Payment(
+        user_id=f"user-{user}",
+        investment_id=f"inv-{i}",
+        tokenization_id=tk.tokenization_id,
+        property_id=tk.property_id,
+        tokens=tokens or 10**18 + i,
+        amount_minor=50_000 + i,
+        reference=f"PSK-{i}",
+        wallet_address=wallet(user),
+    )
+
+
+async def pay(pool: asyncpg.Pool, p: payments.Payment, *, kyc: str = "approved") -> None:
+    async with pool.acquire() as conn:
+        await payments.register_user(conn, p.user_id, p.wallet_address, kyc)
+        await payments.confirm(conn, p)
+
+
+async def paid_to(settings: Settings, tk: Deployment) -> list[tuple[str, int]]:
+    """(recipient, amount) of every Distributed log of the tokenization's distributor."""
+    logs = await distributed_logs(settings, tk.distributor_address)
+    return [
+        ("0x" + bytes(e["topics"][2])[-20:].hex(), int.from_bytes(bytes(e["data"]), "big"))
+        for e in logs
+    ]
+
+
+async def holding(pool: asyncpg.Pool, user: int) -> int:
+    value = await pool.fetchval(
+        "SELECT balance FROM token_holdings WHERE user_id = $1", f"user-{user}"
+    )
+    return int(value or 0)
+
+
+async def state_of(pool: asyncpg.Pool, investment: str) -> str | None:
+    value: str | None = await pool.fetchval(
+        "SELECT state FROM distributions WHERE investment_id = $1", investment
+    )
+    return value
