@@ -82,9 +82,8 @@ class PartitionWorker:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            record = self._queue[0]
+            record = self._queue.popleft()
             if await self._process_until_done(record):
-                self._queue.popleft()
                 self._failpoints.hit("before:offset_commit")
                 self.done = record.offset + 1
 

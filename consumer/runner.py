@@ -108,7 +108,7 @@ class Runner:
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
+            session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=2_000,
             max_poll_interval_ms=300_000,
             max_partition_fetch_bytes=1024 * 1024,

@@ -20,9 +20,7 @@ from tokendist.errors import DatabaseUnavailable, MigrationError
 T = TypeVar("T")
 
 # What callers hand us: a plain connection or one borrowed from a pool.
-Connection: TypeAlias = (
-    "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
-)
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 # asyncpg raises these when the server is down, restarting or the socket broke.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (

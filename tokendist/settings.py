@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=16, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1, le=5)
     consumer_group: str = "tokendist-distributor"
+    # How long a silent member keeps its partitions: the pause after a consumer crash.
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
 
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval_s: float = Field(default=1.0, gt=0)

@@ -90,6 +90,7 @@ async def settings(stack: Services, database_url: str) -> Settings:
         topic=f"payments.{suffix}",
         consumer_group=f"distributor.{suffix}",
         topic_partitions=4,
+        session_timeout_ms=6_000,
         relay_poll_interval_s=0.2,
         receipt_poll_s=0.1,
         resubmit_interval_s=1.0,

@@ -187,8 +187,13 @@ class Process:
         self.proc.wait(timeout=10)
 
     def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; a non-zero exit fails with the process's last log lines."""
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        _, err = self.proc.communicate(timeout=timeout)
+        if self.proc.returncode != 0:
+            tail = err.decode(errors="replace").splitlines()[-15:]
+            raise AssertionError(f"exit {self.proc.returncode}:\n" + "\n".join(tail))
+        return self.proc.returncode
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -259,3 +264,10 @@ async def state_of(pool: asyncpg.Pool, investment: str) -> str | None:
         "SELECT state FROM distributions WHERE investment_id = $1", investment
     )
     return value
+
+
+async def committed_to_end(settings: Settings) -> bool:
+    """Every partition holding records has its committed offset at the end."""
+    committed = await committed_offsets(settings)
+    ends = await end_offsets(settings)
+    return all(committed.get(p, 0) == end for p, end in ends.items())

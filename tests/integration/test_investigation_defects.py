@@ -92,15 +92,9 @@ async def test_defect_4_same_payment_confirmed_five_times_transfers_once(
         await producer.stop()
     async with harness.consumer(settings):
         await harness.wait_until(lambda: credited_count_is(pool, 1), what="the credit")
-        await harness.wait_until(lambda: _group_done(settings), what="all five read")
+        await harness.wait_until(lambda: harness.committed_to_end(settings), what="all read")
     assert await harness.paid_to(settings, tokenization) == [(harness.wallet(0).lower(), A)]
     assert await harness.holding(pool, 0) == A
-
-
-async def _group_done(settings: Settings) -> bool:
-    return await harness.committed_offsets(settings) == {
-        p: e for p, e in (await harness.end_offsets(settings)).items() if e
-    }
 
 
 async def test_defect_5_invariant_checks_running_beside_the_consumer_cause_no_duplicate(

@@ -1,0 +1,179 @@
+"""The consumer against real PostgreSQL, Kafka and anvil: crashes at every state, replay,
+scaling the group, KYC parking, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from consumer.deploy import Deployment
+from consumer.kyc import approve
+from tests.integration import harness
+from tokendist.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+A = 100 * 10**18
+
+
+async def credited_is(pool: asyncpg.Pool, n: int) -> bool:
+    return await harness.credited(pool) == n
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        "after:signed",
+        "after:submitted",
+        "after:confirmed",
+        "after:credited",
+        "before:offset_commit",
+    ],
+)
+async def test_sigkill_right_after_each_state_transfers_and_credits_once(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment, failpoint: str
+) -> None:
+    await harness.pay(pool, harness.payment(tokenization, 1, user=0, tokens=A))
+    async with harness.relay(settings):
+        crashing = harness.Process(
+            settings, "consume", extra_env={"TOKENDIST_FAILPOINTS": failpoint}
+        )
+        await asyncio.to_thread(crashing.proc.wait, 60)
+        assert crashing.proc.returncode == -9, "the failpoint killed the consumer"
+        assert await harness.committed_offsets(settings) == {}, "nothing was committed"
+        restarted = harness.Process(settings, "consume")
+        try:
+            await harness.wait_until(lambda: credited_is(pool, 1), what="the credit")
+            await harness.wait_until(lambda: _committed_to_end(settings), what="offset commit")
+        finally:
+            assert restarted.terminate() == 0
+    assert await harness.paid_to(settings, tokenization) == [(harness.wallet(0).lower(), A)]
+    assert await harness.holding(pool, 0) == A
+    assert await harness.count(pool, "SELECT count(*) FROM ledger_entries") == 2
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def _committed_to_end(settings: Settings) -> bool:
+    return await harness.committed_to_end(settings)
+
+
+async def test_replay_from_the_earliest_offset_sends_zero_new_transactions(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    n = 40
+    await harness.confirm_payments(pool, tokenization, n, users=5)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: credited_is(pool, n), what="first pass")
+    before = await _chain_footprint(settings, pool, tokenization)
+    await _reset_group_to_earliest(settings)
+    fresh = settings.model_copy(update={"consumer_group": settings.consumer_group + ".replay"})
+    async with harness.consumer(settings), harness.consumer(fresh):
+        await harness.wait_until(lambda: _committed_to_end(settings), what="replay, same group")
+        await harness.wait_until(lambda: _committed_to_end(fresh), what="replay, fresh group")
+    assert await _chain_footprint(settings, pool, tokenization) == before
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def _chain_footprint(
+    settings: Settings, pool: asyncpg.Pool, tk: Deployment
+) -> tuple[int, int, int, list[tuple[str, int]]]:
+    nonce = await harness.rpc(
+        settings.rpc_url or "",
+        "eth_getTransactionCount",
+        [await pool.fetchval("SELECT sender FROM distributions LIMIT 1"), "pending"],
+    )
+    txs = await harness.count(pool, "SELECT count(*) FROM chain_transactions")
+    holdings = await harness.count(pool, "SELECT sum(balance) FROM token_holdings")
+    return int(nonce, 16), txs, holdings, sorted(await harness.paid_to(settings, tk))
+
+
+async def _reset_group_to_earliest(settings: Settings) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.topic, p) for p in range(settings.topic_partitions)]
+        beginnings = await consumer.beginning_offsets(tps)
+        consumer.assign(tps)
+        await consumer.commit(beginnings)
+    finally:
+        await consumer.stop()
+    assert set((await harness.committed_offsets(settings)).values()) == {0}
+
+
+async def test_three_consumers_one_leaves_one_joins_no_loss_no_double(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    n = 150
+    expected = await harness.confirm_payments(pool, tokenization, n, users=30)
+    members = [harness.Process(settings, "consume") for _ in range(3)]
+    try:
+        async with harness.relay(settings):
+            await harness.wait_until(
+                lambda: _credited_at_least(pool, n // 4), timeout=120, what="a quarter credited"
+            )
+            assert members[0].terminate() == 0  # leaves the group cleanly mid-run
+            members.append(harness.Process(settings, "consume"))  # a new member joins
+            await harness.wait_until(lambda: credited_is(pool, n), timeout=180, what="all")
+            await harness.wait_until(lambda: _committed_to_end(settings), what="commits")
+    finally:
+        for member in members[1:]:
+            assert member.terminate() == 0
+    paid = await harness.paid_to(settings, tokenization)
+    assert len(paid) == n
+    assert sum(a for _, a in paid) == sum(expected.values())
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def _credited_at_least(pool: asyncpg.Pool, n: int) -> bool:
+    return await harness.credited(pool) >= n
+
+
+async def test_unverified_user_parks_and_approval_releases_tokens_once(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    p = harness.payment(tokenization, 1, user=0, tokens=A)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.pay(pool, p, kyc="pending")
+        await harness.wait_until(lambda: _state_is(pool, "inv-1", "awaiting_kyc"), what="park")
+        await harness.wait_until(lambda: _committed_to_end(settings), what="parked offset commit")
+        assert await harness.paid_to(settings, tokenization) == []
+        async with pool.acquire() as conn:
+            assert await approve(conn, p.user_id, None) == 1
+        await harness.wait_until(lambda: credited_is(pool, 1), what="the released credit")
+        async with pool.acquire() as conn:  # approving again releases nothing more
+            assert await approve(conn, p.user_id, None) == 0
+        await asyncio.sleep(1)
+    assert await harness.paid_to(settings, tokenization) == [(harness.wallet(0).lower(), A)]
+    assert await harness.holding(pool, 0) == A
+
+
+async def _state_is(pool: asyncpg.Pool, investment: str, state: str) -> bool:
+    return await harness.state_of(pool, investment) == state
+
+
+async def test_sigterm_drains_commits_and_exits_cleanly(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    n = 30
+    await harness.confirm_payments(pool, tokenization, n, users=10)
+    async with harness.relay(settings):
+        member = harness.Process(settings, "consume")
+        await harness.wait_until(lambda: _credited_at_least(pool, 5), what="some credits")
+        assert member.terminate() == 0
+        done = await harness.credited(pool)
+        in_between = await harness.count(
+            pool, "SELECT count(*) FROM distributions WHERE state NOT IN ('credited')"
+        )
+        committed = sum((await harness.committed_offsets(settings)).values())
+        assert committed == done, "every finished event was committed before exit"
+        assert in_between == 0, "the event in hand was finished, not abandoned mid-way"
+        async with harness.consumer(settings):
+            await harness.wait_until(lambda: credited_is(pool, n), what="the rest")
+    assert (await harness.run_verify(settings, pool)).ok
