@@ -20,6 +20,7 @@ from pathlib import Path
 from bench import e2e, relay_stage, report, sandbox, stages, workload
 from bench.results import Environment, Report, Stages
 from tokendist import db, logs
+from tokendist.errors import TransientError
 from tokendist.settings import Settings, SettingsError
 
 # Sizes of the raw-stage samples: each takes a second or two on a small machine.
@@ -141,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    except TransientError as exc:
+        # A service of the shared stack went away mid-run (someone restarted it): the
+        # run is void; the database was dropped on the way out. Try again later.
+        print(f"bench: the stack became unavailable: {exc}", file=sys.stderr)
+        return 3
     print(report.render(result))
     if args.json is not None:
         args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2, default=str) + "\n")

@@ -62,18 +62,23 @@ def template_db(stack: Services) -> str:
 @pytest.fixture
 async def database_url(stack: Services, template_db: str) -> AsyncIterator[str]:
     name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(stack.database_url)
+    for attempt in range(20):
+        try:
+            await _admin(stack, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+            break
+        except asyncpg.ObjectInUseError:  # another worker is cloning it right now
+            await asyncio.sleep(0.1 * (attempt + 1))
+    yield _with_db(stack.database_url, name)
+    # A fresh connection: outage tests restart the server under the test's feet.
+    await _admin(stack, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(stack: Services, sql: str) -> None:
+    conn = await asyncpg.connect(stack.database_url)
     try:
-        for attempt in range(20):
-            try:
-                await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-                break
-            except asyncpg.ObjectInUseError:  # another worker is cloning it right now
-                await asyncio.sleep(0.1 * (attempt + 1))
-        yield _with_db(stack.database_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(sql)
     finally:
-        await admin.close()
+        await conn.close()
 
 
 @pytest.fixture

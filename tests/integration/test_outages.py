@@ -1,0 +1,105 @@
+"""Outages of the shared services: broker, database and node restarted under load.
+
+These restart services every other test uses, so they are marked ``disruptive`` and run
+alone, after the parallel suite (see the Makefile)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from consumer.deploy import Deployment
+from tests.integration import harness
+from tokendist.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
+
+STACK = Path(__file__).resolve().parents[2] / "stack" / "stack.sh"
+
+
+def stack(*args: str) -> None:
+    if not os.environ.get("TOKENDIST_STACK_DIR"):
+        pytest.fail(
+            "outage tests restart services of the local stack: run them under "
+            '`make test` or after `eval "$(tokendist stack env)"`',
+            pytrace=False,
+        )
+    subprocess.run(["bash", str(STACK), *args], check=True, capture_output=True, timeout=180)
+
+
+async def outage(*args: str, down_s: float) -> None:
+    await asyncio.to_thread(stack, "stop-service", *args)
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(stack, "start-service", *args)
+
+
+async def test_broker_down_then_back_relay_catches_up_and_nothing_is_lost(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    n = 60
+    first = await harness.confirm_payments(pool, tokenization, n // 2, users=10)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: _credited_at_least(pool, 5), what="some credits")
+        stop = asyncio.create_task(outage("kafka", down_s=5))
+        await asyncio.sleep(1)  # payments keep being confirmed while the broker is away
+        second = await harness.confirm_payments(pool, tokenization, n // 2, users=10, start=n // 2)
+        await stop
+        await harness.wait_until(
+            lambda: _credited_at_least(pool, n),
+            timeout=180,
+            what="every payment credited after the broker came back",
+        )
+    paid = await harness.paid_to(settings, tokenization)
+    assert len(paid) == n
+    assert sum(a for _, a in paid) == sum(first.values()) + sum(second.values())
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_database_restart_under_load_loses_and_doubles_nothing(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    n = 60
+    expected = await harness.confirm_payments(pool, tokenization, n, users=10)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: _credited_at_least(pool, 5), what="some credits")
+        await outage("pg", down_s=2)
+        await harness.wait_until(
+            lambda: _credited_at_least(pool, n),
+            timeout=180,
+            what="every payment credited after the restart",
+        )
+    paid = await harness.paid_to(settings, tokenization)
+    assert len(paid) == n
+    assert sum(a for _, a in paid) == sum(expected.values())
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_node_restart_under_load_loses_and_doubles_nothing(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    n = 60
+    expected = await harness.confirm_payments(pool, tokenization, n, users=10)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: _credited_at_least(pool, 5), what="some credits")
+        await outage("anvil", down_s=2)
+        await harness.wait_until(
+            lambda: _credited_at_least(pool, n),
+            timeout=180,
+            what="every payment credited after the node came back",
+        )
+    paid = await harness.paid_to(settings, tokenization)
+    assert len(paid) == n
+    assert sum(a for _, a in paid) == sum(expected.values())
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def _credited_at_least(pool: asyncpg.Pool, n: int) -> bool:
+    try:
+        return await harness.credited(pool) >= n
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False  # the database is the thing restarting
