@@ -64,14 +64,15 @@ class Deployer:
         return str(receipt["contractAddress"])
 
     async def deploy(
-        self, *, operator: str, name: str, symbol: str, decimals: int, supply: int
+        self, *, operator: str, name: str, symbol: str, decimals: int, supply: int, fund: int
     ) -> tuple[str, str]:
-        """Deploy token and Distributor, move the whole supply into the Distributor."""
+        """Deploy token and Distributor; ``fund`` of the ``supply`` (minted to the deployer,
+        the treasury) moves into the Distributor, the rest stays for later top-ups."""
         token = await self._deploy(
             "PropertyToken", name, symbol, decimals, supply, self.account.address
         )
         distributor = await self._deploy("Distributor", token, operator)
-        await self.fund(token, distributor, supply)
+        await self.fund(token, distributor, fund)
         return token, distributor
 
     async def fund(self, token: str, distributor: str, amount: int) -> None:
@@ -98,12 +99,18 @@ async def deploy_tokenization(
     symbol: str,
     decimals: int,
     supply: int,
+    fund: int | None = None,
 ) -> Deployment:
     """Deploy, fund and record one tokenization; refuses an id that is already recorded."""
     if await conn.fetchval(queries.TOKENIZATION, tokenization_id) is not None:
         raise ChainRejected(f"tokenization {tokenization_id} is already deployed")
     token, distributor = await deployer.deploy(
-        operator=operator, name=name, symbol=symbol, decimals=decimals, supply=supply
+        operator=operator,
+        name=name,
+        symbol=symbol,
+        decimals=decimals,
+        supply=supply,
+        fund=supply if fund is None else fund,
     )
     deployment = Deployment(
         tokenization_id=tokenization_id,

@@ -195,3 +195,18 @@ WHERE state IN ('received', 'signed', 'submitted', 'confirmed')
 V_TOKENIZATIONS = "SELECT id, token_address, distributor_address FROM tokenizations"
 
 V_COUNTS = "SELECT state, count(*) AS n FROM distributions GROUP BY state"
+
+# --- operator tools ----------------------------------------------------------------------
+
+# Only failures that never signed: a signed transaction may still land, and a reverted
+# one needs a human to decide (its nonce is spent, the Distributor recorded nothing).
+REDRIVABLE = """
+SELECT event_id, payload::text AS payload FROM distributions
+WHERE state = 'failed' AND sender IS NULL AND ($1::uuid[] IS NULL OR event_id = ANY($1))
+FOR UPDATE
+"""
+
+RESET_TO_RECEIVED = """
+UPDATE distributions SET state = 'received', failure_reason = NULL, updated_at = now()
+WHERE event_id = ANY($1::uuid[])
+"""

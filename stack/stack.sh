@@ -12,16 +12,17 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-ST="$ROOT/.stack"
+# Overridable so a second stack (e.g. for fault runs) can live beside the first.
+ST="${TOKENDIST_STACK_HOME:-$ROOT/.stack}"
 RUN="$ST/run"
 LOGS="$ST/logs"
 LIBS="$ST/kafka-libs"
 NPM_DIR="$ST/npm"
 HOST=127.0.0.1
 # Non-default ports so a developer's own Postgres/Kafka/anvil keeps working beside ours.
-PG_PORT=55432
-ANVIL_PORT=58545
-KAFKA_PORT0=59092 # node N listens on KAFKA_PORT0 + 100*(N-1), its controller on +1
+PG_PORT="${TOKENDIST_PG_PORT:-55432}"
+ANVIL_PORT="${TOKENDIST_ANVIL_PORT:-58545}"
+KAFKA_PORT0="${TOKENDIST_KAFKA_PORT:-59092}" # node N: KAFKA_PORT0 + 100*(N-1), controller +1
 TIMEOUT="${TOKENDIST_STACK_TIMEOUT:-120}"
 OPERATOR_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 # anvil dev account #0
 DEPLOYER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d # anvil dev account #1

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,13 @@ async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
                 symbol=args.symbol,
                 decimals=args.decimals,
                 supply=args.supply,
+                fund=args.fund,
             )
     finally:
         await deployer.close()
     print(
         f"tokenization {d.tokenization_id}: token {d.token_address}, "
-        f"distributor {d.distributor_address} (operator {operator}), funded {d.supply}"
+        f"distributor {d.distributor_address} (operator {operator}), supply {d.supply}"
     )
     return 0
 
@@ -112,6 +114,16 @@ async def cmd_kyc_approve(args: argparse.Namespace, settings: Settings) -> int:
     async with db.connect(settings.database_url) as conn:
         released = await approve(conn, args.user_id, args.wallet)
     print(f"user {args.user_id} approved; {released} parked distributions re-driven")
+    return 0
+
+
+async def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.redrive import redrive_failed
+    from tokendist import db
+
+    async with db.connect(settings.database_url) as conn:
+        count = await redrive_failed(conn, args.event_ids or None)
+    print(f"{count} failed distributions re-driven through the outbox")
     return 0
 
 
@@ -174,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--symbol", default="PROP")
     deploy.add_argument("--decimals", type=int, default=18)
     deploy.add_argument("--supply", type=int, default=10**9 * 10**18, help="base units")
+    deploy.add_argument(
+        "--fund",
+        type=int,
+        default=None,
+        help="base units moved into the Distributor (default: all)",
+    )
     deploy.set_defaults(handler=_async(cmd_deploy))
 
     kyc = sub.add_parser("kyc", help="investor verification").add_subparsers(
@@ -183,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("user_id")
     approve.add_argument("--wallet", type=_address, default=None)
     approve.set_defaults(handler=_async(cmd_kyc_approve))
+
+    redrive = sub.add_parser(
+        "redrive", help="retry distributions that failed before signing (e.g. after a top-up)"
+    )
+    redrive.add_argument("event_ids", nargs="*", type=uuid.UUID, help="default: all of them")
+    redrive.set_defaults(handler=_async(cmd_redrive))
 
     ver = sub.add_parser("verify", help="check every invariant; exit 0 only if all hold")
     ver.add_argument("--grace", type=float, default=300.0, help="seconds before in-flight is stuck")

@@ -130,7 +130,8 @@ async def tokenization(settings: Settings, pool: asyncpg.Pool) -> Deployment:
                 name="Lekki Towers",
                 symbol="LKT",
                 decimals=18,
-                supply=10**30,
+                supply=10**31,
+                fund=10**30,
             )
     finally:
         await deployer.close()

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from eth_account import Account
 
 from consumer.chain import Chain
-from consumer.deploy import Deployment
+from consumer.deploy import Deployer, Deployment
 from consumer.runner import Runner
 from consumer.verify import Report, verify
 from outbox.relay import Relay
@@ -271,3 +271,13 @@ async def committed_to_end(settings: Settings) -> bool:
     committed = await committed_offsets(settings)
     ends = await end_offsets(settings)
     return all(committed.get(p, 0) == end for p, end in ends.items())
+
+
+async def top_up(settings: Settings, tk: Deployment, amount: int) -> None:
+    """Move more tokens from the treasury (the deployer) into the Distributor."""
+    rpc_url, key = settings.require_deployer()
+    deployer = Deployer(rpc_url, key)
+    try:
+        await deployer.fund(tk.token_address, tk.distributor_address, amount)
+    finally:
+        await deployer.close()

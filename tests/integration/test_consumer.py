@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumer.deploy import Deployment
 from consumer.kyc import approve
+from consumer.redrive import redrive_failed
 from tests.integration import harness
 from tokendist.settings import Settings
 
@@ -176,4 +177,27 @@ async def test_sigterm_drains_commits_and_exits_cleanly(
         assert in_between == 0, "the event in hand was finished, not abandoned mid-way"
         async with harness.consumer(settings):
             await harness.wait_until(lambda: credited_is(pool, n), what="the rest")
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_distributor_out_of_tokens_fails_clearly_then_top_up_and_redrive_finish(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """The Distributor holds 10**30; a payment for more fails at simulation, before any
+    nonce is spent, with the reason. After a top-up, a re-drive pays it exactly once."""
+    too_much = 10**30 + 1
+    p = harness.payment(tokenization, 1, user=0, tokens=too_much)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.pay(pool, p)
+        await harness.wait_until(lambda: _state_is(pool, "inv-1", "failed"), what="failure")
+        reason = await pool.fetchval("SELECT failure_reason FROM distributions")
+        assert reason == "reverted: TokenTransferFailed"
+        assert await harness.count(pool, "SELECT count(*) FROM chain_transactions") == 0
+        await harness.wait_until(lambda: _committed_to_end(settings), what="offset moved on")
+        await harness.top_up(settings, tokenization, amount=10**18)
+        async with pool.acquire() as conn:
+            assert await redrive_failed(conn, None) == 1
+            assert await redrive_failed(conn, None) == 0
+        await harness.wait_until(lambda: credited_is(pool, 1), what="the re-driven credit")
+    assert await harness.paid_to(settings, tokenization) == [(harness.wallet(0).lower(), too_much)]
     assert (await harness.run_verify(settings, pool)).ok
