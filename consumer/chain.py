@@ -117,6 +117,10 @@ class Chain:
         block: Literal["pending", "latest"] = "pending" if pending else "latest"
         return await guarded(lambda: self.w3.eth.get_transaction_count(self.sender, block))
 
+    async def gas_balance(self) -> int:
+        """The operator's ETH, in wei: what pays for every distribution's gas."""
+        return await guarded(lambda: self.w3.eth.get_balance(self.sender))
+
     async def base_fee(self) -> int:
         block = await guarded(lambda: self.w3.eth.get_block("latest"))
         return int(block.get("baseFeePerGas", 0))

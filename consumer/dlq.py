@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from tokendist import kafka
+from tokendist import kafka, metrics
 
 log = structlog.get_logger("tokendist.dlq")
 
@@ -43,4 +43,5 @@ class DeadLetters:
                 self.topic, value=record.value, key=record.key, headers=headers
             )
         )
+        metrics.DEAD_LETTERS.labels(reason=reason).inc()
         log.warning("event_dead_lettered", reason=reason, detail=detail[:MAX_DETAIL])

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from outbox.relay import backoff
+from tokendist import metrics
 from tokendist.errors import TransientError
 from tokendist.failpoints import Failpoints
 
@@ -97,12 +98,14 @@ class PartitionWorker:
                     await self._process(record)
                     return True
                 except TransientError as exc:
+                    metrics.RETRIES.labels(error=type(exc).__name__).inc()
                     attempt += 1
                     delay = backoff(attempt, *self._retry)
                     log.warning("event_retrying", error=str(exc), attempt=attempt, delay_s=delay)
                 except Exception as exc:
                     # A bug or an unforeseen error: never skip an event with money in it.
                     # The partition waits and retries until a human fixes the cause.
+                    metrics.RETRIES.labels(error=type(exc).__name__).inc()
                     attempt += 1
                     delay = backoff(attempt, *self._retry)
                     log.exception("event_error", error=repr(exc), attempt=attempt, alert=True)

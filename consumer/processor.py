@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -20,6 +22,7 @@ from consumer.dlq import DeadLetters
 from consumer.repository import Distribution, Repository, StateConflict, Tokenization
 from consumer.states import State
 from schemas import PaymentConfirmedV1, parse_event
+from tokendist import metrics
 from tokendist.errors import ChainRejected, ChainUnavailable, InvalidEvent
 from tokendist.failpoints import Failpoints
 from tokendist.settings import Settings
@@ -31,6 +34,7 @@ NONCE_CONSUMED_STRIKES = 20
 
 
 class Outcome(enum.StrEnum):
+    ALREADY_DONE = "already_done"  # a redelivery or replay of a finished event
     CREDITED = "credited"
     PARKED = "parked"
     FAILED = "failed"
@@ -48,6 +52,13 @@ class Processor:
         self.failpoints = Failpoints(settings.failpoints)
 
     async def handle(self, record: Any) -> Outcome:
+        started = time.monotonic()
+        outcome = await self._handle(record)
+        metrics.EVENTS.labels(outcome=outcome.value).inc()
+        metrics.PROCESSING.observe(time.monotonic() - started)
+        return outcome
+
+    async def _handle(self, record: Any) -> Outcome:
         try:
             event, tokenization = await self._validate(record)
             dist = await self._claim(event, record)
@@ -57,7 +68,14 @@ class Processor:
         structlog.contextvars.bind_contextvars(
             event_id=str(event.event_id), user_id=event.data.user_id
         )
-        return await self.drive(dist, tokenization, event.data.wallet_address)
+        if dist.state.terminal:
+            log.info("event_already_done", state=dist.state)
+            return Outcome.ALREADY_DONE
+        outcome = await self.drive(dist, tokenization, event.data.wallet_address)
+        if outcome is Outcome.CREDITED:
+            age = datetime.now(UTC) - event.occurred_at
+            metrics.END_TO_END.observe(age.total_seconds())
+        return outcome
 
     async def _validate(self, record: Any) -> tuple[PaymentConfirmedV1, Tokenization]:
         event = parse_event(record.value)

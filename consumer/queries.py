@@ -52,6 +52,8 @@ UPDATE sender_nonces SET next_nonce = $3 + 1, updated_at = now()
 WHERE chain_id = $1 AND sender = $2
 """
 
+NEXT_NONCE = "SELECT next_nonce FROM sender_nonces WHERE chain_id = $1 AND sender = $2"
+
 INFLIGHT = """
 SELECT count(*) FROM distributions WHERE sender = $1 AND state IN ('signed', 'submitted')
 """
@@ -209,4 +211,21 @@ FOR UPDATE
 RESET_TO_RECEIVED = """
 UPDATE distributions SET state = 'received', failure_reason = NULL, updated_at = now()
 WHERE event_id = ANY($1::uuid[])
+"""
+
+# --- status ------------------------------------------------------------------------------
+
+S_OUTBOX = """
+SELECT count(*) FILTER (WHERE published_at IS NULL) AS backlog,
+       count(*) FILTER (WHERE published_at IS NOT NULL) AS published,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE published_at IS NULL))::float8
+           AS oldest_s
+FROM outbox
+"""
+
+S_PARKED_USERS = "SELECT count(DISTINCT user_id) FROM distributions WHERE state = 'awaiting_kyc'"
+
+S_LAST_FAILURES = """
+SELECT event_id, failure_reason, updated_at FROM distributions
+WHERE state = 'failed' ORDER BY updated_at DESC LIMIT 5
 """

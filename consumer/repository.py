@@ -164,6 +164,10 @@ class Repository:
         )
         return next_nonce
 
+    async def next_nonce(self, chain_id: int, sender: str) -> int:
+        value = await db.guarded(lambda: self.pool.fetchval(queries.NEXT_NONCE, chain_id, sender))
+        return int(value or 0)
+
     async def inflight(self, sender: str) -> int:
         count: int = await db.guarded(lambda: self.pool.fetchval(queries.INFLIGHT, sender))
         return count

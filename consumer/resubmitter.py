@@ -13,6 +13,7 @@ import structlog
 
 from consumer.chain import Chain
 from consumer.repository import Repository
+from tokendist import metrics
 from tokendist.errors import ChainRejected, TransientError
 from tokendist.settings import Settings
 
@@ -37,6 +38,10 @@ class Resubmitter:
         """One pass; returns how many transactions were re-sent or replaced."""
         chain_id = await self.chain.chain_id()
         pending = await self.repo.pending_transactions(chain_id, self.chain.sender)
+        reserved = await self.repo.next_nonce(chain_id, self.chain.sender)
+        node_pending = await self.chain.nonce(pending=True)
+        metrics.INFLIGHT.set(len(pending))
+        metrics.NONCE_GAP.set(max(0, reserved - node_pending))
         if not pending:
             return 0
         mined = await self.chain.nonce(pending=False)

@@ -29,7 +29,7 @@ from consumer.partition import PartitionWorker
 from consumer.processor import Processor
 from consumer.repository import Repository
 from consumer.resubmitter import Resubmitter
-from tokendist import db, kafka
+from tokendist import db, kafka, metrics
 from tokendist.errors import TransientError
 from tokendist.failpoints import Failpoints
 from tokendist.settings import Settings
@@ -81,6 +81,7 @@ class Runner:
             await kafka.guarded(self.consumer.start)
             resources.push_async_callback(self.consumer.stop)
             side_tasks = [
+                *self._metrics_server(),
                 asyncio.create_task(self._commit_loop(), name="committer"),
                 asyncio.create_task(
                     Resubmitter(self.settings, repo, chain).run(), name="resubmitter"
@@ -92,6 +93,14 @@ class Runner:
                 await self._shutdown(side_tasks)
         self.state = RunnerState.STOPPED
         log.info("consumer_stopped")
+
+    def _metrics_server(self) -> list[asyncio.Task[None]]:
+        if self.settings.metrics_port is None:
+            return []
+        ready = lambda: self.state is RunnerState.RUNNING  # noqa: E731 -- one expression
+        return [
+            asyncio.create_task(metrics.serve(self.settings.metrics_port, ready), name="metrics")
+        ]
 
     async def _sync_nonce(self, repo: Repository, chain: Chain) -> None:
         chain_id = await chain.chain_id()
@@ -164,6 +173,14 @@ class Runner:
         while True:
             await asyncio.sleep(COMMIT_EVERY_S)
             await self.commit(list(self.workers))
+            self._observe_lag()
+
+    def _observe_lag(self) -> None:
+        assert self.consumer is not None
+        for tp, worker in self.workers.items():
+            end = self.consumer.highwater(tp)
+            if end is not None and worker.done is not None:
+                metrics.LAG.labels(partition=str(tp.partition)).set(end - worker.done)
 
     async def commit(self, partitions: list[TopicPartition]) -> None:
         """Commit finished offsets; a rebalance in progress makes this a no-op (the next

@@ -28,7 +28,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from outbox import queries
-from tokendist import db, kafka
+from tokendist import db, kafka, metrics
 from tokendist.errors import TransientError
 from tokendist.settings import Settings
 
@@ -59,6 +59,26 @@ class Relay:
         if self.state is not RelayState.NEW:
             raise RuntimeError(f"relay already {self.state.value}")
         await kafka.ensure_topics(self.settings)
+        server = self._serve_metrics()
+        try:
+            await self._run()
+        finally:
+            if server is not None:
+                server.cancel()
+                await asyncio.gather(server, return_exceptions=True)
+        self.state = RelayState.STOPPED
+        log.info("relay_stopped", published=self.published)
+
+    def _serve_metrics(self) -> asyncio.Task[None] | None:
+        if self.settings.metrics_port is None:
+            return None
+        ready = {RelayState.STANDBY, RelayState.LEADING}
+        return asyncio.create_task(
+            metrics.serve(self.settings.metrics_port, lambda: self.state in ready),
+            name="metrics",
+        )
+
+    async def _run(self) -> None:
         failures = 0
         while not self.stop.is_set():
             self.state = RelayState.STANDBY
@@ -70,8 +90,6 @@ class Relay:
                 delay = backoff(failures, self.settings.retry_base_s, self.settings.retry_cap_s)
                 log.warning("relay_retrying", error=str(exc), delay_s=round(delay, 2))
                 await self._sleep(delay)
-        self.state = RelayState.STOPPED
-        log.info("relay_stopped", published=self.published)
 
     async def _lead_when_possible(self) -> None:
         async with db.connect(self.settings.database_url) as conn:
@@ -85,6 +103,7 @@ class Relay:
             else:
                 return
             self.state = RelayState.LEADING
+            metrics.RELAY_LEADER.set(1)
             log.info("relay_leading")
             await db.guarded(lambda: conn.add_listener(NOTIFY_CHANNEL, self._on_notify))
             producer = kafka.producer(self.settings)
@@ -93,6 +112,7 @@ class Relay:
                 await self._publish_loop(conn, producer)
             finally:
                 self.state = RelayState.STOPPING
+                metrics.RELAY_LEADER.set(0)
                 await producer.stop()
 
     async def _publish_loop(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> None:
@@ -120,6 +140,7 @@ class Relay:
 
         count = await db.guarded(work)
         if count:
+            metrics.RELAY_PUBLISHED.inc(count)
             self.published += count
             log.info("outbox_batch_published", rows=count, total=self.published)
         return count

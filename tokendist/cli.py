@@ -127,6 +127,21 @@ async def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.chain import Chain
+    from consumer.status import KafkaOffsets, gather
+    from tokendist import db
+
+    chain = Chain(*settings.require_chain()) if settings.rpc_url and settings.operator_key else None
+    try:
+        async with db.connect(settings.database_url) as conn, KafkaOffsets(settings) as offsets:
+            print((await gather(conn, offsets, chain)).render())
+    finally:
+        if chain is not None:
+            await chain.close()
+    return 0
+
+
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.chain import Chain
     from consumer.verify import verify
@@ -207,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     redrive.add_argument("event_ids", nargs="*", type=uuid.UUID, help="default: all of them")
     redrive.set_defaults(handler=_async(cmd_redrive))
+
+    sub.add_parser("status", help="one screen: backlog, lag, states, DLQ, balances").set_defaults(
+        handler=_async(cmd_status)
+    )
 
     ver = sub.add_parser("verify", help="check every invariant; exit 0 only if all hold")
     ver.add_argument("--grace", type=float, default=300.0, help="seconds before in-flight is stuck")

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     failpoints: str = Field(default="", description="test only: see tokendist/failpoints.py")
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as the environment of a child ``tokendist`` process."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+                env[f"{ENV_PREFIX}{name.upper()}"] = str(plain)
+        return env
+
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic}.dlq"

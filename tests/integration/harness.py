@@ -200,12 +200,7 @@ class Process:
 
 
 def env_of(settings: Settings) -> dict[str, str]:
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            plain = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-            env[f"TOKENDIST_{name.upper()}"] = str(plain)
-    return env
+    return settings.as_env()
 
 
 async def confirm_payments(

@@ -1,0 +1,111 @@
+"""``tokendist status``: one screen of what the system is doing, read-only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from consumer import queries
+from consumer.chain import Chain
+from tokendist import db, kafka
+from tokendist.settings import Settings
+
+
+@dataclass
+class Status:
+    outbox_backlog: int = 0
+    outbox_published: int = 0
+    outbox_oldest_s: float | None = None
+    lag: dict[int, int] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
+    parked_users: int = 0
+    dlq_depth: int = 0
+    distributors: list[dict[str, Any]] = field(default_factory=list)
+    last_failures: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        oldest = "-" if self.outbox_oldest_s is None else f"{self.outbox_oldest_s:.1f}s"
+        lag = ", ".join(f"p{p}={n}" for p, n in sorted(self.lag.items()) if n) or "none"
+        lines = [
+            f"outbox        backlog {self.outbox_backlog}, oldest {oldest}, "
+            f"published {self.outbox_published}",
+            f"consumer lag  {sum(self.lag.values())} ({lag})",
+            f"distributions {dict(sorted(self.states.items()))}",
+            f"parked users  {self.parked_users} (awaiting KYC)",
+            f"dead letters  {self.dlq_depth}",
+        ]
+        for d in self.distributors:
+            lines.append(
+                f"distributor   {d['tokenization_id']}: {d['tokens']} token units left; "
+                f"operator gas {d['gas_wei'] / 10**18:.4f} ETH"
+            )
+        lines += [f"last failure  {f}" for f in self.last_failures] or ["last failure  none"]
+        return "\n".join(lines)
+
+
+class KafkaOffsets:
+    """End offsets of a topic and a group's committed offsets, without joining the group."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=settings.consumer_group,
+            enable_auto_commit=False,
+        )
+
+    async def __aenter__(self) -> KafkaOffsets:
+        await kafka.guarded(self.client.start)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.client.stop()
+
+    async def partitions(self, topic: str) -> list[TopicPartition]:
+        found = self.client.partitions_for_topic(topic)
+        if not found:
+            await self.client._client.force_metadata_update()
+            found = self.client.partitions_for_topic(topic) or set()
+        return [TopicPartition(topic, p) for p in sorted(found)]
+
+    async def ends(self, topic: str) -> dict[int, int]:
+        tps = await self.partitions(topic)
+        if not tps:
+            return {}
+        ends = await kafka.guarded(lambda: self.client.end_offsets(tps))
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def lag(self) -> dict[int, int]:
+        ends = await self.ends(self.settings.topic)
+        result = {}
+        for partition, end in ends.items():
+            tp = TopicPartition(self.settings.topic, partition)
+            committed = await kafka.guarded(lambda tp=tp: self.client.committed(tp))  # type: ignore[misc]
+            result[partition] = end - (committed or 0)
+        return result
+
+
+async def gather(conn: db.Connection, offsets: KafkaOffsets, chain: Chain | None) -> Status:
+    status = Status()
+    row = await conn.fetchrow(queries.S_OUTBOX)
+    if row is not None:
+        status.outbox_backlog, status.outbox_published = row["backlog"], row["published"]
+        status.outbox_oldest_s = row["oldest_s"]
+    status.states = {r["state"]: r["n"] for r in await conn.fetch(queries.V_COUNTS)}
+    status.parked_users = await conn.fetchval(queries.S_PARKED_USERS)
+    status.lag = await offsets.lag()
+    status.dlq_depth = sum((await offsets.ends(offsets.settings.dlq_topic)).values())
+    status.last_failures = [
+        f"{r['updated_at']:%Y-%m-%d %H:%M:%S} {r['event_id']}: {r['failure_reason']}"
+        for r in await conn.fetch(queries.S_LAST_FAILURES)
+    ]
+    if chain is not None:
+        gas = await chain.gas_balance()
+        for tk in await conn.fetch(queries.V_TOKENIZATIONS):
+            tokens = await chain.token_balance(tk["token_address"], tk["distributor_address"])
+            status.distributors.append(
+                {"tokenization_id": tk["id"], "tokens": tokens, "gas_wei": gas}
+            )
+    return status

@@ -1,0 +1,14 @@
+"""Unit tests are pure: none of them may see the developer's TOKENDIST_* environment."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TOKENDIST_"):
+            monkeypatch.delenv(name)
