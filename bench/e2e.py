@@ -48,10 +48,15 @@ async def run(base: Settings, pool: asyncpg.Pool, consumers: int, load: Load) ->
     def start(command: str, name: str) -> Service:
         return Service(settings, command, load.log_dir / f"{tag}-{name}.log", load.log_level)
 
-    relay = start("relay", "relay")
-    members = [start("consume", f"consumer-{k}") for k in range(consumers)]
-    services = [relay, *members]
+    services: list[Service] = []
     try:
+        # Appended one by one: if a start fails, the ones already running are stopped.
+        relay = start("relay", "relay")
+        services.append(relay)
+        members: list[Service] = []
+        for k in range(consumers):
+            members.append(start("consume", f"consumer-{k}"))
+            services.append(members[-1])
         await _ready(settings, pool, services, consumers, deadline)
         confirm_s = await workload.confirm_payments(
             pool, tk, tag, load.events, load.wallets, writers=load.writers, rate=load.rate

@@ -142,6 +142,36 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist import db
+    from tokendist.signals import stop_on_signals
+    from tokendist.simulator import Plan, Simulator
+
+    pool = await db.create_pool(settings.database_url, max_size=4)
+    stop = asyncio.Event()
+    try:
+        with stop_on_signals(stop):
+            tally = await Simulator(settings, pool, args.tokenization_id, args.property_id).run(
+                Plan(count=args.count, rate=args.rate, users=args.users, seed=args.seed), stop
+            )
+    finally:
+        await pool.close()
+    print(f"confirmed {tally.confirmed}, re-delivered {tally.duplicates}, invalid {tally.invalid}")
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.demo import Demo
+    from tokendist.signals import stop_on_signals
+    from tokendist.simulator import Plan
+
+    plan = Plan(count=args.payments, rate=args.rate, users=args.users, seed=args.seed)
+    demo = Demo(settings, plan, args.consumers, dict(os.environ), Path(args.log_dir))
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        return await demo.run(stop)
+
+
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.chain import Chain
     from consumer.verify import verify
@@ -189,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("relay", help="publish the outbox to Kafka").set_defaults(
         handler=_async(cmd_relay)
     )
+    _add_operations(sub)
+    return parser
+
+
+def _add_operations(sub: Any) -> None:
     sub.add_parser("consume", help="distribute tokens for payment events").set_defaults(
         handler=_async(cmd_consume)
     )
@@ -235,7 +270,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="the tokens also move outside this system: skip the balanceOf check",
     )
     ver.set_defaults(handler=_async(cmd_verify))
-    return parser
+    _add_simulation(sub)
+
+
+def _add_simulation(sub: Any) -> None:
+    sim = sub.add_parser("simulate", help="a simulated payment service confirming payments")
+    sim.add_argument("--tokenization-id", required=True)
+    sim.add_argument("--property-id", default="property")
+    sim.add_argument("--rate", type=float, default=5.0, help="payments per second")
+    sim.add_argument("--count", type=int, default=0, help="payments to confirm (0: forever)")
+    sim.add_argument("--users", type=int, default=40)
+    sim.add_argument("--seed", type=int, default=7)
+    sim.set_defaults(handler=_async(cmd_simulate))
+
+    demo = sub.add_parser("demo", help="the whole system end to end, with live progress")
+    demo.add_argument("--payments", type=int, default=300)
+    demo.add_argument("--rate", type=float, default=25.0, help="payments per second")
+    demo.add_argument("--users", type=int, default=40)
+    demo.add_argument("--consumers", type=int, default=2)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--log-dir", default=".stack/demo")
+    demo.set_defaults(handler=_async(cmd_demo))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import TypeAlias, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -63,6 +64,15 @@ async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+async def create_database(dsn: str, name: str) -> str:
+    """Create database ``name`` on ``dsn``'s server; returns its DSN."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"unsafe database name {name!r}")
+    async with connect(dsn) as conn:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
 def migration_files() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every bundled migration, in order."""
     found = []
@@ -73,7 +83,7 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Connection) -> list[str]:
     """Apply pending migrations; returns the names applied. Safe to run concurrently."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:

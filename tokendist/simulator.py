@@ -1,0 +1,124 @@
+"""A simulated payment service: a stream of confirmed payments at a steady rate, with the
+mess real traffic has — webhook re-deliveries, investors not yet verified, and now and
+then a malformed message from a buggy producer (written straight to the topic).
+
+Deterministic for a seed: the same seed yields the same users, payments and mess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from eth_account import Account
+from eth_utils.crypto import keccak
+
+from tokendist import kafka, payments
+from tokendist.settings import Settings
+
+log = structlog.get_logger("tokendist.simulator")
+
+GARBAGE = [
+    b"{not json",
+    b'{"event_type": "PaymentConfirmed", "schema_version": 7}',
+    b"\xff\xfe binary noise",
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    count: int = 200  # payments; 0 = forever
+    rate: float = 20.0  # payments per second
+    users: int = 40
+    unverified_every: int = 8  # every 8th user starts with KYC pending
+    duplicate_every: int = 6  # every 6th payment's webhook is delivered twice
+    invalid_every: int = 40  # every 40th payment is followed by a malformed message
+    seed: int = 7
+
+
+@dataclass
+class Tally:
+    confirmed: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    unverified_users: set[str] = field(default_factory=set)
+    tokens: int = 0
+
+
+def demo_wallet(seed: int, user: int) -> str:
+    """A deterministic wallet per (seed, user): nobody holds its key, it only receives."""
+    return str(Account.from_key(keccak(text=f"tokendist-demo:{seed}:{user}")).address)
+
+
+class Simulator:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, tokenization_id: str, property_id: str
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.tokenization_id = tokenization_id
+        self.property_id = property_id
+        self.tally = Tally()
+
+    async def run(self, plan: Plan, stop: asyncio.Event) -> Tally:
+        rng = random.Random(plan.seed)  # noqa: S311 -- a reproducible simulation, not secrets
+        await kafka.ensure_topics(self.settings)
+        await self._register_users(plan)
+        producer = kafka.producer(self.settings)
+        await kafka.guarded(producer.start)
+        try:
+            i = 0
+            while (plan.count == 0 or i < plan.count) and not stop.is_set():
+                await self._pay(plan, rng, i, producer)
+                i += 1
+                await asyncio.sleep(rng.expovariate(plan.rate))
+        finally:
+            await producer.stop()
+        return self.tally
+
+    async def _register_users(self, plan: Plan) -> None:
+        async with self.pool.acquire() as conn:
+            for u in range(plan.users):
+                pending = plan.unverified_every and u % plan.unverified_every == 1
+                if pending:
+                    self.tally.unverified_users.add(f"investor-{u}")
+                await payments.register_user(
+                    conn,
+                    f"investor-{u}",
+                    demo_wallet(plan.seed, u),
+                    "pending" if pending else "approved",
+                )
+
+    async def _pay(
+        self, plan: Plan, rng: random.Random, i: int, producer: AIOKafkaProducer
+    ) -> None:
+        u = rng.randrange(plan.users)
+        payment = payments.Payment(
+            user_id=f"investor-{u}",
+            investment_id=f"inv-{plan.seed}-{i}",
+            tokenization_id=self.tokenization_id,
+            property_id=self.property_id,
+            tokens=rng.randrange(1, 500) * 10**18,
+            amount_minor=rng.randrange(5_000, 5_000_000) * 100,  # kobo
+            reference=f"PSK-{plan.seed}-{i:06d}",
+            wallet_address=demo_wallet(plan.seed, u),
+        )
+        deliveries = 2 if plan.duplicate_every and i % plan.duplicate_every == 0 else 1
+        for _ in range(deliveries):
+            async with self.pool.acquire() as conn:
+                created = (await payments.confirm(conn, payment)).created
+            if created:
+                self.tally.confirmed += 1
+                self.tally.tokens += payment.tokens
+            else:
+                self.tally.duplicates += 1
+        if plan.invalid_every and i % plan.invalid_every == plan.invalid_every - 1:
+            garbage = GARBAGE[rng.randrange(len(GARBAGE))]
+            await kafka.guarded(
+                lambda: producer.send_and_wait(self.settings.topic, garbage, key=b"broken")
+            )
+            self.tally.invalid += 1
