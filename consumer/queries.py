@@ -229,3 +229,18 @@ S_LAST_FAILURES = """
 SELECT event_id, failure_reason, updated_at FROM distributions
 WHERE state = 'failed' ORDER BY updated_at DESC LIMIT 5
 """
+
+# --- reconcile ---------------------------------------------------------------------------
+
+R_STALE_ON_CHAIN = f"""
+SELECT {DISTRIBUTION_COLUMNS} FROM distributions
+WHERE state IN ('signed', 'submitted', 'confirmed')
+  AND updated_at < now() - make_interval(secs => $1)
+ORDER BY nonce
+"""
+
+R_UNDISTRIBUTED = """
+SELECT c.event_id, c.investment_id, c.payload::text AS payload FROM payment_confirmations c
+LEFT JOIN distributions d ON d.investment_id = c.investment_id
+WHERE d.event_id IS NULL AND c.confirmed_at < now() - make_interval(secs => $1)
+"""

@@ -74,6 +74,7 @@ async def enqueue(conn: db.Connection, event: PaymentConfirmedV1) -> EnqueueResu
         data.user_id,
         data.tokenization_id,
         data.tokens,
+        event.model_dump_json(),
     )
     if inserted is None:
         existing = await conn.fetchrow(

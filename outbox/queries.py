@@ -2,8 +2,9 @@
 
 INSERT_CONFIRMATION = """
 INSERT INTO payment_confirmations
-    (event_id, provider, provider_reference, investment_id, user_id, tokenization_id, tokens)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+    (event_id, provider, provider_reference, investment_id, user_id, tokenization_id, tokens,
+     payload)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
 ON CONFLICT DO NOTHING
 RETURNING event_id
 """

@@ -172,6 +172,25 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         return await demo.run(stop)
 
 
+async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.chain import Chain
+    from consumer.reconcile import Reconciler
+    from consumer.repository import Repository
+    from tokendist import db
+
+    chain = Chain(*settings.require_chain())
+    pool = await db.create_pool(settings.database_url, max_size=4)
+    try:
+        result = await Reconciler(
+            Repository(pool), chain, confirmations=settings.confirmations
+        ).run(grace_s=args.grace, dry_run=args.dry_run)
+    finally:
+        await pool.close()
+        await chain.close()
+    print(("dry run: nothing changed\n" if args.dry_run else "") + result.render())
+    return 0 if result.report is not None and result.report.ok else 1
+
+
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.chain import Chain
     from consumer.verify import verify
@@ -261,6 +280,11 @@ def _add_operations(sub: Any) -> None:
     sub.add_parser("status", help="one screen: backlog, lag, states, DLQ, balances").set_defaults(
         handler=_async(cmd_status)
     )
+
+    rec = sub.add_parser("reconcile", help="repair what is provably safe, report the rest")
+    rec.add_argument("--grace", type=float, default=60.0, help="only touch rows idle this long")
+    rec.add_argument("--dry-run", action="store_true", help="say what would be repaired")
+    rec.set_defaults(handler=_async(cmd_reconcile))
 
     ver = sub.add_parser("verify", help="check every invariant; exit 0 only if all hold")
     ver.add_argument("--grace", type=float, default=300.0, help="seconds before in-flight is stuck")

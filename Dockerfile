@@ -1,0 +1,62 @@
+# syntax=docker/dockerfile:1
+# One image for every tokendist process in docker-compose.yml (setup, relay, consumer,
+# simulator): the entrypoint is the `tokendist` CLI and the container's command is the
+# subcommand, e.g. `docker run --env-file ... tokendist:local relay`.
+
+# ---------------------------------------------------------------- build
+FROM python:3.11-slim AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+# Every dependency ships binary wheels for linux x86_64 and aarch64: no compiler needed.
+RUN python -m venv /opt/tokendist
+ENV PATH=/opt/tokendist/bin:$PATH
+
+WORKDIR /src
+# Only what `pip install .` packages (pyproject's packages.find.include), so editing
+# tests, docs or the stack scripts does not invalidate this layer.
+COPY pyproject.toml ./
+COPY tokendist/ tokendist/
+COPY schemas/ schemas/
+COPY outbox/ outbox/
+COPY consumer/ consumer/
+RUN pip install .
+
+# consumer/contracts.py reads the compiled contracts at run time from
+# <directory holding the consumer package>/contracts/build; after a regular (non-editable)
+# install that directory is site-packages. Ask the installed code where it looks (from /,
+# so the source tree in /src is not what gets imported), put the artifacts there, and fail
+# the build if they cannot be loaded.
+COPY contracts/build/ /src/contracts/build/
+RUN cd / \
+    && dest="$(python -c 'from consumer.contracts import BUILD_DIR; print(BUILD_DIR)')" \
+    && case "$dest" in /opt/tokendist/*) ;; *) echo "unexpected BUILD_DIR $dest" >&2; exit 1 ;; esac \
+    && mkdir -p "$(dirname "$dest")" \
+    && cp -r /src/contracts/build "$dest" \
+    && python -c "from consumer.contracts import artifact; artifact('Distributor'); artifact('PropertyToken')" \
+    && tokendist --help >/dev/null
+
+# ---------------------------------------------------------------- runtime
+FROM python:3.11-slim
+
+ENV PATH=/opt/tokendist/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN groupadd --system --gid 10001 tokendist \
+    && useradd --system --uid 10001 --gid tokendist --create-home --home-dir /home/tokendist \
+       --shell /usr/sbin/nologin tokendist
+
+# The virtualenv holds the project, its dependencies and contracts/build (see above).
+COPY --from=build /opt/tokendist /opt/tokendist
+
+# Numeric, so orchestrators can verify "runAsNonRoot" without resolving names.
+USER 10001:10001
+WORKDIR /home/tokendist
+
+# TOKENDIST_METRICS_PORT for `relay` and `consume`: /healthz, /readyz, /metrics.
+EXPOSE 9100
+
+ENTRYPOINT ["tokendist"]
+CMD ["--help"]

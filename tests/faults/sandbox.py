@@ -1,0 +1,167 @@
+"""One run's isolated world: its own database (cloned from the migrated template the
+integration tests use), topic, consumer group, freshly funded operator and deployer keys
+and freshly deployed contracts. Nothing a run does can leak into another run's checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+from eth_account import Account
+from pydantic import SecretStr
+
+from consumer.deploy import Deployer, Deployment, deploy_tokenization
+from tests.faults.stack import Stack
+from tests.integration import harness
+from tokendist import db
+from tokendist.settings import Settings
+
+TEMPLATE_LOCK = 7117099  # the key tests/integration/conftest.py uses: one template builder
+SUPPLY = 10**31
+PLENTY = 10**30
+
+
+def _with_db(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def _admin(stack: Stack, sql: str, *args: object) -> object:
+    conn = await asyncpg.connect(stack.database_url, timeout=10)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def ensure_template(stack: Stack) -> str:
+    """The migrated template, named by the migrations' hash exactly as conftest names it,
+    so fault runs and integration tests share one (and a changed migration gets a new one)."""
+    digest = hashlib.sha256("".join(sql for _, _, sql in db.migration_files()).encode())
+    name = f"tokendist_tpl_{digest.hexdigest()[:12]}"
+    admin = await asyncpg.connect(stack.database_url, timeout=10)
+    try:
+        await admin.execute("SELECT pg_advisory_lock($1)", TEMPLATE_LOCK)
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            conn = await asyncpg.connect(_with_db(stack.database_url, name), timeout=10)
+            try:
+                await db.migrate(conn)
+            finally:
+                await conn.close()
+        await admin.execute("SELECT pg_advisory_unlock($1)", TEMPLATE_LOCK)
+    finally:
+        await admin.close()
+    return name
+
+
+@dataclass
+class World:
+    tag: str
+    stack: Stack
+    db_name: str
+    settings: Settings
+    deployment: Deployment
+    pool: asyncpg.Pool
+    log_dir: Path
+
+    @property
+    def operator(self) -> str:
+        _, key = self.settings.require_chain()
+        return str(Account.from_key(key.get_secret_value()).address)
+
+
+def run_settings(stack: Stack, database_url: str, tag: str) -> Settings:
+    """The brief's short timings: a crashed member's partitions move after 6 s, a stuck
+    transaction is re-sent after 2 s and fee-bumped after 5 s."""
+    operator, deployer = Account.create(), Account.create()
+    return Settings(
+        database_url=database_url,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        rpc_url=stack.rpc_url,
+        operator_key=SecretStr("0x" + bytes(operator.key).hex()),
+        deployer_key=SecretStr("0x" + bytes(deployer.key).hex()),
+        topic=f"faults.{tag}",
+        consumer_group=f"faults.{tag}",
+        topic_partitions=4,
+        # With 3 brokers every partition has a copy on each, so one broker may die.
+        topic_replication=stack.brokers,
+        session_timeout_ms=6_000,
+        relay_poll_interval_s=0.2,
+        retry_base_s=0.1,
+        retry_cap_s=2.0,
+        resubmit_interval_s=1.0,
+        rebroadcast_after_s=2.0,
+        fee_bump_after_s=5.0,
+        shutdown_grace_s=5.0,
+    )
+
+
+async def create_world(stack: Stack, tag: str, *, fund: int | None, log_root: Path) -> World:
+    template = await ensure_template(stack)
+    db_name = f"faults_{tag}"
+    for attempt in range(20):
+        try:
+            await _admin(stack, f'CREATE DATABASE "{db_name}" TEMPLATE "{template}"')
+            break
+        except asyncpg.ObjectInUseError:  # an integration test is cloning it right now
+            await asyncio.sleep(0.1 * (attempt + 1))
+    database_url = _with_db(stack.database_url, db_name)
+    settings = run_settings(stack, database_url, tag)
+    rpc_url, deployer_key = settings.require_deployer()
+    _, operator_key = settings.require_chain()
+    operator = Account.from_key(operator_key.get_secret_value()).address
+    await harness.fund(rpc_url, operator, Account.from_key(deployer_key.get_secret_value()).address)
+    pool = await db.create_pool(database_url, max_size=8)
+    deployer = Deployer(rpc_url, deployer_key)
+    try:
+        async with pool.acquire() as conn:
+            deployment = await deploy_tokenization(
+                deployer,
+                conn,
+                tokenization_id=f"tok-{tag}",
+                property_id=f"prop-{tag}",
+                operator=operator,
+                name="Fault Towers",
+                symbol="FLT",
+                decimals=18,
+                supply=SUPPLY,
+                fund=PLENTY if fund is None else fund,
+            )
+    finally:
+        await deployer.close()
+    log_dir = log_root / tag
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return World(tag, stack, db_name, settings, deployment, pool, log_dir)
+
+
+async def destroy_world(world: World, *, keep: bool) -> None:
+    """Drop everything of a passing run; keep a failing run's database and logs to read."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(world.pool.close(), timeout=10)
+    if keep:
+        return
+    with contextlib.suppress(Exception):
+        await _admin(world.stack, f'DROP DATABASE IF EXISTS "{world.db_name}" WITH (FORCE)')
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(_delete_topics(world.settings), timeout=30)
+    shutil.rmtree(world.log_dir, ignore_errors=True)
+
+
+async def _delete_topics(settings: Settings) -> None:
+    # A thousand runs would otherwise leave 8,000 partitions on a 384 MB broker.
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t for t in (settings.topic, settings.dlq_topic) if t in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()

@@ -1,0 +1,109 @@
+"""The stack under test, taken from the environment (``eval "$(stack/stack.sh env)"``).
+
+Every service fault goes through ``stack/stack.sh`` with the stack's own home and ports,
+so a private fault stack (``TOKENDIST_STACK_HOME=.stack-faults ...``) and CI's standard
+one are driven by the same code, and the shared developer stack is never touched by
+accident: nothing here has a default address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.integration import harness
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
+CTL_TIMEOUT_S = 240.0
+REQUIRED = (
+    "TOKENDIST_STACK_DIR",
+    "TOKENDIST_DATABASE_URL",
+    "TOKENDIST_KAFKA_BOOTSTRAP",
+    "TOKENDIST_RPC_URL",
+)
+
+
+class StackError(Exception):
+    """The environment does not describe a stack, or stack.sh failed."""
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url if "//" in url else f"//{url}").port
+    if port is None:
+        raise StackError(f"no port in {url!r}")
+    return port
+
+
+@dataclass(frozen=True)
+class Stack:
+    home: Path
+    database_url: str  # the admin database; each run clones its own from the template
+    kafka_bootstrap: str
+    rpc_url: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Stack:
+        env = os.environ if environ is None else environ
+        missing = [name for name in REQUIRED if not env.get(name)]
+        if missing:
+            raise StackError(
+                f"{', '.join(missing)} not set. Fault runs restart services, so they need a "
+                "stack of their own, e.g.:\n  export TOKENDIST_STACK_HOME=$PWD/.stack-faults "
+                "TOKENDIST_PG_PORT=56432 TOKENDIST_KAFKA_PORT=59592 TOKENDIST_ANVIL_PORT=58645\n"
+                '  bash stack/stack.sh up && eval "$(bash stack/stack.sh env)"'
+            )
+        return cls(
+            home=Path(env["TOKENDIST_STACK_DIR"]),
+            database_url=env["TOKENDIST_DATABASE_URL"],
+            kafka_bootstrap=env["TOKENDIST_KAFKA_BOOTSTRAP"],
+            rpc_url=env["TOKENDIST_RPC_URL"],
+        )
+
+    @property
+    def brokers(self) -> int:
+        return len([s for s in self.kafka_bootstrap.split(",") if s.strip()])
+
+    def script_env(self) -> dict[str, str]:
+        """What stack.sh needs to address *this* stack (it reads no URLs, only these)."""
+        first_broker = self.kafka_bootstrap.split(",")[0].strip()
+        return {
+            "TOKENDIST_STACK_HOME": str(self.home),
+            "TOKENDIST_PG_PORT": str(_port(self.database_url)),
+            "TOKENDIST_KAFKA_PORT": str(_port(first_broker)),
+            "TOKENDIST_ANVIL_PORT": str(_port(self.rpc_url)),
+        }
+
+    def shell_prefix(self) -> str:
+        """The environment part of a command line that reaches this stack again."""
+        assigns = " ".join(f"{k}={v}" for k, v in self.script_env().items())
+        return f'eval "$({assigns} bash stack/stack.sh env)" &&'
+
+    async def ctl(self, *args: str) -> None:
+        """Run ``stack.sh ARGS`` against this stack; raise with its output if it fails."""
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            str(STACK_SCRIPT),
+            *args,
+            env={**os.environ, **self.script_env()},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=CTL_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise StackError(f"stack.sh {' '.join(args)}: no answer in {CTL_TIMEOUT_S}s") from None
+        if proc.returncode != 0:
+            tail = "\n".join(out.decode(errors="replace").splitlines()[-20:])
+            raise StackError(f"stack.sh {' '.join(args)} exited {proc.returncode}:\n{tail}")
+
+    async def rpc(self, method: str, *params: Any) -> Any:
+        return await harness.rpc(self.rpc_url, method, list(params))
