@@ -17,6 +17,7 @@ from tokendist.errors import TokendistError
 async def approve(conn: db.Connection, user_id: str, wallet_address: str | None) -> int:
     """Approve ``user_id`` (optionally setting the wallet); returns events re-driven."""
     async with conn.transaction():
+        await conn.execute(queries.LOCK_USER_KYC, user_id)
         wallet = await conn.fetchval(queries.APPROVE_USER, user_id, wallet_address)
         if wallet is None:
             raise TokendistError(f"user {user_id} has no wallet address: pass --wallet")

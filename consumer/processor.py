@@ -158,10 +158,8 @@ class Processor:
     async def _authorize_and_sign(
         self, dist: Distribution, tokenization: Tokenization, event_wallet: str | None
     ) -> Distribution:
-        user = await self.repo.user(dist.user_id)
-        if user is None or user.wallet_address is None or not user.payable:
-            if dist.state is State.RECEIVED:
-                return await self.repo.transition(dist, State.AWAITING_KYC)
+        user, dist = await self.repo.payable_user_or_park(dist)
+        if user is None or user.wallet_address is None:
             return dist
         if event_wallet is not None and event_wallet.lower() != user.wallet_address.lower():
             return await self.repo.transition(

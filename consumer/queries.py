@@ -29,6 +29,12 @@ BY_INVESTMENT = f"SELECT {DISTRIBUTION_COLUMNS} FROM distributions WHERE investm
 
 USER = "SELECT id, kyc_status, wallet_address FROM users WHERE id = $1"
 
+# Serialises "is this user payable? else park" with "approve and release parked events":
+# without it an approval landing between the check and the park would release nothing
+# and leave the event parked forever. An advisory lock, because the user row may not
+# exist yet.
+LOCK_USER_KYC = "SELECT pg_advisory_xact_lock(hashtext('tokendist-kyc:' || $1))"
+
 TRANSITION = f"""
 UPDATE distributions
 SET state = $3, failure_reason = $4, updated_at = now()

@@ -98,9 +98,32 @@ class Repository:
         row = await db.guarded(lambda: self.pool.fetchrow(queries.TOKENIZATION, tokenization_id))
         return None if row is None else Tokenization(**dict(row))
 
-    async def user(self, user_id: str) -> User | None:
-        row = await db.guarded(lambda: self.pool.fetchrow(queries.USER, user_id))
-        return None if row is None else User(**dict(row))
+    async def payable_user_or_park(self, dist: Distribution) -> tuple[User | None, Distribution]:
+        """The user when KYC-approved with a wallet; else the event parked (awaiting_kyc).
+        Check and park share one transaction under the user's KYC lock, which an approval
+        also takes: an approval is either seen here or sees the parked event."""
+
+        async def work() -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(queries.LOCK_USER_KYC, dist.user_id)
+                user = await conn.fetchrow(queries.USER, dist.user_id)
+                if user is not None and User(**dict(user)).payable:
+                    return user, None
+                if dist.state is not State.RECEIVED:
+                    return None, None
+                check_transition(dist.state, State.AWAITING_KYC)
+                parked = await conn.fetchrow(
+                    queries.TRANSITION, dist.event_id, dist.state, State.AWAITING_KYC, None
+                )
+                if parked is None:
+                    raise StateConflict(str(dist.event_id))
+                return None, parked
+
+        user, parked = await db.guarded(work)
+        return (
+            None if user is None else User(**dict(user)),
+            dist if parked is None else Distribution.from_row(parked),
+        )
 
     async def claim(
         self,

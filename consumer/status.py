@@ -63,15 +63,8 @@ class KafkaOffsets:
     async def __aexit__(self, *_: object) -> None:
         await self.client.stop()
 
-    async def partitions(self, topic: str) -> list[TopicPartition]:
-        found = self.client.partitions_for_topic(topic)
-        if not found:
-            await self.client._client.force_metadata_update()
-            found = self.client.partitions_for_topic(topic) or set()
-        return [TopicPartition(topic, p) for p in sorted(found)]
-
     async def ends(self, topic: str) -> dict[int, int]:
-        tps = await self.partitions(topic)
+        tps = await kafka.partitions(self.client, topic)
         if not tps:
             return {}
         ends = await kafka.guarded(lambda: self.client.end_offsets(tps))

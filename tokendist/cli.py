@@ -191,6 +191,62 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result.report is not None and result.report.ok else 1
 
 
+async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.replay import plan_and_apply, render
+
+    group = args.fresh_group or settings.consumer_group
+    moves = await plan_and_apply(
+        settings,
+        group,
+        earliest=args.earliest or bool(args.fresh_group),
+        timestamp_ms=_timestamp_ms(args.to_timestamp),
+        offsets=_offsets(args.to_offsets),
+        dry_run=args.dry_run,
+    )
+    print(render(group, moves, dry_run=args.dry_run))
+    if args.fresh_group and not args.dry_run:
+        print(f"start consumers with TOKENDIST_CONSUMER_GROUP={group} to replay")
+    return 0
+
+
+def _timestamp_ms(value: str | None) -> int | None:
+    if value is None:
+        return None
+    from datetime import datetime
+
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise SettingsError(f"--to-timestamp {value}: give a time zone (e.g. ...Z or +01:00)")
+    return int(moment.timestamp() * 1000)
+
+
+def _offsets(value: str | None) -> dict[int, int] | None:
+    if value is None:
+        return None
+    pairs = (item.split(":", 1) for item in value.split(",") if item)
+    return {int(p): int(o) for p, o in pairs}
+
+
+async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer import dlq_admin
+
+    parked = await dlq_admin.read_all(settings)
+    if args.action == "list":
+        for p in parked[-args.limit :]:
+            print(p.line())
+        print(f"{len(parked)} messages in {settings.dlq_topic}")
+        return 0
+    chosen = dlq_admin.select(parked, ids=args.ids, reason=args.reason)
+    if not args.ids and not args.reason and not args.all:
+        raise SettingsError("dlq redrive: name messages (partition:offset), --reason or --all")
+    if args.dry_run:
+        for p in chosen:
+            print("would re-drive " + p.line())
+        return 0
+    print(f"re-drove {await dlq_admin.redrive(settings, chosen)} messages to their topic")
+    return 0
+
+
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.chain import Chain
     from consumer.verify import verify
@@ -285,6 +341,24 @@ def _add_operations(sub: Any) -> None:
     rec.add_argument("--grace", type=float, default=60.0, help="only touch rows idle this long")
     rec.add_argument("--dry-run", action="store_true", help="say what would be repaired")
     rec.set_defaults(handler=_async(cmd_reconcile))
+
+    rep = sub.add_parser("replay", help="reset a stopped group's offsets (recovery)")
+    target = rep.add_mutually_exclusive_group(required=True)
+    target.add_argument("--earliest", action="store_true", help="from the start of the topic")
+    target.add_argument("--to-timestamp", help="ISO-8601 time with zone")
+    target.add_argument("--to-offsets", help="partition:offset,... (others unchanged)")
+    target.add_argument("--fresh-group", help="a new group id that starts from the earliest")
+    rep.add_argument("--dry-run", action="store_true", help="say what would be reprocessed")
+    rep.set_defaults(handler=_async(cmd_replay))
+
+    dlq = sub.add_parser("dlq", help="the dead-letter topic")
+    dlq.add_argument("action", choices=["list", "redrive"])
+    dlq.add_argument("ids", nargs="*", help="redrive: DLQ records as partition:offset")
+    dlq.add_argument("--reason", help="redrive: only records parked for this reason")
+    dlq.add_argument("--all", action="store_true", help="redrive: every record")
+    dlq.add_argument("--limit", type=int, default=50, help="list: the newest N")
+    dlq.add_argument("--dry-run", action="store_true")
+    dlq.set_defaults(handler=_async(cmd_dlq))
 
     ver = sub.add_parser("verify", help="check every invariant; exit 0 only if all hold")
     ver.add_argument("--grace", type=float, default=300.0, help="seconds before in-flight is stuck")

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -68,6 +68,16 @@ async def ensure_topics(settings: Settings) -> None:
             await admin.close()
 
     await guarded(create)
+
+
+async def partitions(client: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, refreshing metadata when the client has none cached yet."""
+    found = client.partitions_for_topic(topic)
+    if not found:
+        # aiokafka offers no public refresh; a client that never subscribed has no metadata.
+        await guarded(client._client.force_metadata_update)
+        found = client.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(found)]
 
 
 def header_map(headers: Any) -> dict[str, str]:

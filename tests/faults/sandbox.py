@@ -103,7 +103,11 @@ def run_settings(stack: Stack, database_url: str, tag: str) -> Settings:
     )
 
 
-async def create_world(stack: Stack, tag: str, *, fund: int | None, log_root: Path) -> World:
+async def create_world(
+    stack: Stack, tag: str, tokenization: tuple[str, str], *, fund: int | None, log_root: Path
+) -> World:
+    """``tag`` names the database, topic and group (unique per attempt); ``tokenization``
+    is the (id, property id) the workload's payments name."""
     template = await ensure_template(stack)
     db_name = f"faults_{tag}"
     for attempt in range(20):
@@ -118,15 +122,16 @@ async def create_world(stack: Stack, tag: str, *, fund: int | None, log_root: Pa
     _, operator_key = settings.require_chain()
     operator = Account.from_key(operator_key.get_secret_value()).address
     await harness.fund(rpc_url, operator, Account.from_key(deployer_key.get_secret_value()).address)
-    pool = await db.create_pool(database_url, max_size=8)
+    # min_size=0: a pool with a floor logs a traceback per attempt while pg is down.
+    pool = await db.create_pool(database_url, min_size=0, max_size=8)
     deployer = Deployer(rpc_url, deployer_key)
     try:
         async with pool.acquire() as conn:
             deployment = await deploy_tokenization(
                 deployer,
                 conn,
-                tokenization_id=f"tok-{tag}",
-                property_id=f"prop-{tag}",
+                tokenization_id=tokenization[0],
+                property_id=tokenization[1],
                 operator=operator,
                 name="Fault Towers",
                 symbol="FLT",
@@ -141,8 +146,9 @@ async def create_world(stack: Stack, tag: str, *, fund: int | None, log_root: Pa
     return World(tag, stack, db_name, settings, deployment, pool, log_dir)
 
 
-async def destroy_world(world: World, *, keep: bool) -> None:
-    """Drop everything of a passing run; keep a failing run's database and logs to read."""
+async def destroy_world(world: World, *, keep: bool, keep_logs: bool = False) -> None:
+    """Drop everything of a passing run; keep a failing run's database and logs to read
+    (and the logs alone of a passing run whose processes misbehaved)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(world.pool.close(), timeout=10)
     if keep:
@@ -151,7 +157,8 @@ async def destroy_world(world: World, *, keep: bool) -> None:
         await _admin(world.stack, f'DROP DATABASE IF EXISTS "{world.db_name}" WITH (FORCE)')
     with contextlib.suppress(Exception):
         await asyncio.wait_for(_delete_topics(world.settings), timeout=30)
-    shutil.rmtree(world.log_dir, ignore_errors=True)
+    if not keep_logs:
+        shutil.rmtree(world.log_dir, ignore_errors=True)
 
 
 async def _delete_topics(settings: Settings) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from eth_account import Account
 
 from consumer.chain import Chain
@@ -22,7 +22,7 @@ from consumer.deploy import Deployer, Deployment
 from consumer.runner import Runner
 from consumer.verify import Report, verify
 from outbox.relay import Relay
-from tokendist import payments
+from tokendist import kafka, payments
 from tokendist.settings import Settings
 
 WALLETS = [Account.create() for _ in range(64)]
@@ -117,15 +117,11 @@ async def committed_offsets(settings: Settings) -> dict[int, int]:
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(settings.topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(settings.topic) or set()
         result = {}
-        for p in partitions:
-            offset = await consumer.committed(TopicPartition(settings.topic, p))
+        for tp in await kafka.partitions(consumer, settings.topic):
+            offset = await consumer.committed(tp)
             if offset is not None:
-                result[p] = offset
+                result[tp.partition] = offset
         return result
     finally:
         await consumer.stop()
@@ -135,9 +131,7 @@ async def end_offsets(settings: Settings, topic: str | None = None) -> dict[int,
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
     await consumer.start()
     try:
-        name = topic or settings.topic
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        tps = await kafka.partitions(consumer, topic or settings.topic)
         ends = await consumer.end_offsets(tps)
         return {tp.partition: off for tp, off in ends.items()}
     finally:
@@ -204,13 +198,19 @@ def env_of(settings: Settings) -> dict[str, str]:
 
 
 async def confirm_payments(
-    pool: asyncpg.Pool, tk: Deployment, n: int, users: int = 25, start: int = 0
+    pool: asyncpg.Pool,
+    tk: Deployment,
+    n: int,
+    *,
+    users: int = 25,
+    start: int = 0,
+    kyc: str = "approved",
 ) -> dict[str, int]:
-    """Confirm ``n`` payments spread over ``users`` approved users; returns tokens per wallet."""
+    """Confirm ``n`` payments spread over ``users`` users; returns tokens per wallet."""
     expected: dict[str, int] = {}
     async with pool.acquire() as conn:
         for u in range(users):
-            await payments.register_user(conn, f"user-{u}", wallet(u))
+            await payments.register_user(conn, f"user-{u}", wallet(u), kyc)
         for i in range(start, start + n):
             u = i % users
             p = payment(tk, i, u)

@@ -201,3 +201,35 @@ async def test_distributor_out_of_tokens_fails_clearly_then_top_up_and_redrive_f
         await harness.wait_until(lambda: credited_is(pool, 1), what="the re-driven credit")
     assert await harness.paid_to(settings, tokenization) == [(harness.wallet(0).lower(), too_much)]
     assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_an_approval_racing_the_park_still_releases_the_event(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """Found by the demo: an approval committed between the consumer's KYC check and its
+    park released nothing and left the event parked forever. A trigger holds the park
+    open for a second; the approval arrives exactly then."""
+    await pool.execute("""
+        CREATE FUNCTION slow_park() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$;
+        CREATE TRIGGER slow_park BEFORE UPDATE ON distributions FOR EACH ROW
+            WHEN (NEW.state = 'awaiting_kyc') EXECUTE FUNCTION slow_park();
+    """)
+    p = harness.payment(tokenization, 1, user=0, tokens=A)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.pay(pool, p, kyc="pending")
+        await harness.wait_until(lambda: _parking_in_progress(pool), what="the park to start")
+        async with pool.acquire() as conn:
+            released = await approve(conn, p.user_id, None)
+        assert released == 1, "the approval waited for the park, then released it"
+        await harness.wait_until(lambda: credited_is(pool, 1), timeout=30, what="the credit")
+    assert await harness.paid_to(settings, tokenization) == [(harness.wallet(0).lower(), A)]
+
+
+async def _parking_in_progress(pool: asyncpg.Pool) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            " AND datname = current_database()"
+        )
+    )

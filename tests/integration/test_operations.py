@@ -1,0 +1,231 @@
+"""Operating it: reconcile beside live consumers, replay modes, DLQ re-drive, status,
+metrics and health, and the demo command a new user runs first."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import aiohttp
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumer import dlq_admin
+from consumer.chain import Chain
+from consumer.deploy import Deployment
+from consumer.reconcile import Reconciler
+from consumer.replay import GroupActive, plan_and_apply
+from consumer.repository import Repository
+from consumer.status import KafkaOffsets, gather
+from tests.integration import harness
+from tokendist.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def reconciler(settings: Settings, pool: asyncpg.Pool) -> tuple[Reconciler, Chain]:
+    chain = Chain(*settings.require_chain())
+    return Reconciler(Repository(pool), chain, confirmations=settings.confirmations), chain
+
+
+async def credited_is(pool: asyncpg.Pool, n: int) -> bool:
+    return await harness.credited(pool) == n
+
+
+async def test_reconcile_in_a_loop_beside_live_consumers_never_duplicates(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """Defect 5 of the investigation, with grace 0: reconcile races the consumer on
+    every in-flight row it can see."""
+    n = 80
+    expected = await harness.confirm_payments(pool, tokenization, n, users=8)
+    rec, chain = reconciler(settings, pool)
+    rounds = 0
+    try:
+        async with harness.relay(settings), harness.consumer(settings):
+            while await harness.credited(pool) < n:
+                await rec.run(grace_s=0)
+                rounds += 1
+    finally:
+        await chain.close()
+    assert rounds > 1
+    paid = await harness.paid_to(settings, tokenization)
+    assert len(paid) == n
+    assert sum(a for _, a in paid) == sum(expected.values())
+    assert await harness.count(pool, "SELECT count(*) FROM ledger_entries") == 2 * n
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_reconcile_credits_what_the_chain_confirmed_and_redrives_lost_events(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    await harness.pay(pool, harness.payment(tokenization, 1, user=0, tokens=10**18))
+    async with harness.relay(settings):
+        crashing = harness.Process(
+            settings, "consume", extra_env={"TOKENDIST_FAILPOINTS": "after:confirmed"}
+        )
+        await asyncio.to_thread(crashing.proc.wait, 60)
+    assert await harness.state_of(pool, "inv-1") == "confirmed"
+    # A second payment whose outbox row is lost before any relay saw it.
+    await harness.pay(pool, harness.payment(tokenization, 2, user=1, tokens=2 * 10**18))
+    await pool.execute("DELETE FROM outbox WHERE published_at IS NULL")
+    rec, chain = reconciler(settings, pool)
+    try:
+        dry = await rec.run(grace_s=0, dry_run=True)
+        assert (len(dry.credited), len(dry.redriven)) == (1, 1)
+        assert await harness.state_of(pool, "inv-1") == "confirmed", "dry run changed nothing"
+        done = await rec.run(grace_s=0)
+        assert (len(done.credited), len(done.redriven)) == (1, 1)
+    finally:
+        await chain.close()
+    assert await harness.state_of(pool, "inv-1") == "credited"
+    assert await harness.holding(pool, 0) == 10**18
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: credited_is(pool, 2), what="re-driven payment")
+        await harness.wait_until(lambda: harness.committed_to_end(settings), what="all read")
+    assert sorted(await harness.paid_to(settings, tokenization)) == sorted(
+        [(harness.wallet(0).lower(), 10**18), (harness.wallet(1).lower(), 2 * 10**18)]
+    )
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_replay_refuses_a_live_group_and_every_mode_pays_nobody_twice(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    n = 20
+    await harness.confirm_payments(pool, tokenization, n, users=4)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: credited_is(pool, n), what="first pass")
+        await harness.wait_until(lambda: harness.committed_to_end(settings), what="commits")
+        with pytest.raises(GroupActive, match="live member"):
+            await plan_and_apply(settings, settings.consumer_group, earliest=True)
+    txs = await harness.count(pool, "SELECT count(*) FROM chain_transactions")
+    ends = await harness.end_offsets(settings)
+    group = settings.consumer_group
+    dry = await plan_and_apply(settings, group, earliest=True, dry_run=True)
+    assert sum(m.reprocessed for m in dry) == n
+    assert await harness.committed_offsets(settings) == {p: e for p, e in ends.items() if e}
+    await plan_and_apply(settings, group, timestamp_ms=int(datetime.now(UTC).timestamp() * 1000))
+    assert await harness.committed_offsets(settings) == ends, "a time after every record: ends"
+    busiest = max(ends, key=lambda p: ends[p])
+    await plan_and_apply(settings, group, offsets={busiest: 1})
+    assert (await harness.committed_offsets(settings))[busiest] == 1
+    await plan_and_apply(settings, group, earliest=True)
+    fresh = settings.model_copy(update={"consumer_group": group + ".fresh"})
+    await plan_and_apply(fresh, fresh.consumer_group, earliest=True)
+    async with harness.consumer(settings), harness.consumer(fresh):
+        await harness.wait_until(lambda: harness.committed_to_end(settings), what="replay")
+        await harness.wait_until(lambda: harness.committed_to_end(fresh), what="fresh group")
+    assert await harness.count(pool, "SELECT count(*) FROM chain_transactions") == txs
+    assert len(await harness.paid_to(settings, tokenization)) == n
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_dlq_list_and_redrive_after_the_fix(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """An event for a tokenization not yet recorded is parked; once the tokenization is
+    known, re-driving it from the DLQ pays it (and re-driving twice pays once)."""
+    p = harness.payment(tokenization, 1, user=0, tokens=10**18)
+    event = p.event().model_copy(
+        update={"data": p.event().data.model_copy(update={"tokenization_id": "tok-late"})}
+    )
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO users VALUES ('user-0','approved',$1)", p.wallet_address)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    async with harness.consumer(settings):
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topic, event.to_json(), key=b"user-0")
+            await producer.send_and_wait(settings.topic, b"garbage", key=b"user-0")
+        finally:
+            await producer.stop()
+        await harness.wait_until(lambda: harness.committed_to_end(settings), what="parking")
+        parked = await dlq_admin.read_all(settings)
+        assert [x.meta["dlq.reason"] for x in parked] == ["unknown_tokenization", "malformed_json"]
+        assert "tok-late" in parked[0].summary()
+        await pool.execute(
+            "INSERT INTO tokenizations SELECT 'tok-late', property_id, chain_id, token_address,"
+            " decimals, distributor_address FROM tokenizations WHERE id = $1",
+            tokenization.tokenization_id,
+        )
+        chosen = dlq_admin.select(parked, ids=[], reason="unknown_tokenization")
+        assert await dlq_admin.redrive(settings, chosen) == 1
+        assert await dlq_admin.redrive(settings, chosen) == 1
+        await harness.wait_until(lambda: credited_is(pool, 1), what="the re-driven credit")
+        await harness.wait_until(lambda: harness.committed_to_end(settings), what="all read")
+    assert await harness.paid_to(settings, tokenization) == [(harness.wallet(0).lower(), 10**18)]
+    assert len(await dlq_admin.read_all(settings)) == 2, "nothing new was parked"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_status_metrics_and_health_report_what_happened(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    n = 12
+    await harness.confirm_payments(pool, tokenization, n, users=3)
+    port = free_port()
+    async with harness.relay(settings):
+        member = harness.Process(
+            settings, "consume", extra_env={"TOKENDIST_METRICS_PORT": str(port)}
+        )
+        try:
+            await harness.wait_until(lambda: credited_is(pool, n), what="credits")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    assert r.status == 200
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    assert r.status == 200
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    body = await r.text()
+        finally:
+            member.terminate()
+    assert f'tokendist_events_total{{outcome="credited"}} {float(n)}' in body
+    assert "tokendist_end_to_end_seconds_count" in body
+    assert "tokendist_inflight_transactions" in body
+    async with pool.acquire() as conn, KafkaOffsets(settings) as offsets:
+        status = await gather(conn, offsets, Chain(*settings.require_chain()))
+    assert status.states == {"credited": n}
+    assert sum(status.lag.values()) == 0
+    assert status.outbox_backlog == 0
+    assert status.distributors[0]["tokens"] == 10**30 - sum(10**18 + i for i in range(n))
+    assert "distributions {'credited': 12}" in status.render()
+
+
+def test_the_demo_runs_to_a_green_verify(stack: object) -> None:
+    """The README's first command for a new user, end to end, as a user runs it."""
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tokendist.cli",
+            "demo",
+            "--payments",
+            "40",
+            "--rate",
+            "40",
+            "--users",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = demo.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        out, _ = demo.communicate()
+        pytest.fail("the demo did not finish in 180 s:\n" + out[-4000:])
+    assert demo.returncode == 0, out[-4000:]
+    assert "verdict: all invariants hold" in out
+    assert "payments confirmed (unique)" in out
