@@ -7,8 +7,16 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from schemas import MAX_AMOUNT_MINOR, MAX_EVENT_BYTES, MAX_TOKEN_UNITS, parse_event
+from schemas import (
+    MAX_AMOUNT_MINOR,
+    MAX_EVENT_BYTES,
+    MAX_TOKEN_UNITS,
+    PaymentConfirmedV1,
+    parse_event,
+)
 from schemas.export import export
 from tokendist.errors import InvalidEvent
 
@@ -166,3 +174,48 @@ def test_json_schema_export_describes_tokens_as_strings(tmp_path: Any) -> None:
     assert (tokens["type"], tokens["pattern"]) == ("string", "^[1-9][0-9]{0,77}$")
     assert data["additionalProperties"] is False
     assert set(data["required"]) >= {"user_id", "tokens", "amount_minor", "wallet_address"}
+
+
+@given(st.binary(max_size=2048))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_either_parse_or_are_rejected_with_a_reason(raw: bytes) -> None:
+    result = outcome(raw)
+    if isinstance(result, InvalidEvent):
+        assert result.reason in REASONS
+        assert result.detail
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.sampled_from(list(valid()["data"])), JSON_VALUES)
+@settings(max_examples=300, deadline=None)
+def test_mutating_any_field_never_crashes_the_parser(field: str, value: Any) -> None:
+    result = outcome(with_data(**{field: value}))
+    if isinstance(result, InvalidEvent):
+        assert result.reason == "invalid_schema"
+        assert f"data.{field}" in result.detail
+    else:  # only a value the schema allows survives, and it round-trips
+        assert parse_event(result.to_json()) == result
+
+
+def outcome(raw: bytes) -> PaymentConfirmedV1 | InvalidEvent:
+    try:
+        return parse_event(raw)
+    except InvalidEvent as exc:
+        return exc
+
+
+REASONS = {
+    "empty_message",
+    "too_large",
+    "not_utf8",
+    "malformed_json",
+    "unknown_event_type",
+    "unsupported_schema_version",
+    "invalid_schema",
+}
