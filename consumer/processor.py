@@ -65,13 +65,13 @@ class Processor:
         except InvalidEvent as exc:
             await self.dead_letters.park(record, exc.reason, exc.detail)
             return Outcome.DEAD_LETTERED
-        structlog.contextvars.bind_contextvars(
+        with structlog.contextvars.bound_contextvars(
             event_id=str(event.event_id), user_id=event.data.user_id
-        )
-        if dist.state.terminal:
-            log.info("event_already_done", state=dist.state)
-            return Outcome.ALREADY_DONE
-        outcome = await self.drive(dist, tokenization, event.data.wallet_address)
+        ):
+            if dist.state.terminal:
+                log.info("event_already_done", state=dist.state)
+                return Outcome.ALREADY_DONE
+            outcome = await self.drive(dist, tokenization, event.data.wallet_address)
         if outcome is Outcome.CREDITED:
             age = datetime.now(UTC) - event.occurred_at
             metrics.END_TO_END.observe(age.total_seconds())

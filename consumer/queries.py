@@ -157,7 +157,7 @@ WHERE c.event_id IS NULL
 
 V_ONCHAIN_DISTRIBUTIONS = """
 SELECT d.event_id, d.payment_id, d.recipient, d.tokens, d.state, d.tokenization_id
-FROM distributions d WHERE d.state IN ('confirmed', 'credited')
+FROM distributions d WHERE d.state IN ('signed', 'submitted', 'confirmed', 'credited')
 """
 
 V_HOLDINGS_MISMATCH = """
@@ -185,8 +185,11 @@ SELECT event_id, sum(amount) AS total FROM ledger_entries GROUP BY event_id HAVI
 V_LEDGER_TOTAL = "SELECT coalesce(sum(amount), 0) FROM ledger_entries"
 
 V_RECIPIENT_TOTALS = """
-SELECT d.tokenization_id, d.recipient, sum(d.tokens) AS total FROM distributions d
-WHERE d.state IN ('confirmed', 'credited') GROUP BY 1, 2
+SELECT d.tokenization_id, d.recipient,
+       coalesce(sum(d.tokens) FILTER (WHERE d.state IN ('confirmed', 'credited')), 0) AS settled,
+       coalesce(sum(d.tokens) FILTER (WHERE d.state IN ('signed', 'submitted')), 0) AS inflight
+FROM distributions d
+WHERE d.state IN ('signed', 'submitted', 'confirmed', 'credited') GROUP BY 1, 2
 """
 
 V_STALE_OUTBOX = """
