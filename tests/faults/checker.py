@@ -25,6 +25,7 @@ SELECT c.investment_id, d.state, d.failure_reason FROM payment_confirmations c
 LEFT JOIN distributions d ON d.investment_id = c.investment_id
 WHERE d.state IS DISTINCT FROM 'credited' ORDER BY c.investment_id
 """
+TERMINAL_POLLS = 8
 UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
 SHORT_OF_TOKENS = """
 SELECT count(*) FROM distributions
@@ -41,13 +42,14 @@ async def _groups_at_end(ctx: Ctx) -> list[str]:
     return lagging
 
 
-async def outstanding(ctx: Ctx) -> list[str]:
-    """What still keeps the run from being quiet; empty when it is."""
+async def outstanding(ctx: Ctx) -> tuple[list[str], bool]:
+    """What still keeps the run from being quiet (empty when it is), and whether all of it
+    is terminal: payments whose distribution ``failed`` in a way nothing will retry."""
     pool = ctx.world.pool
     left = []
     rows = await pool.fetch(NOT_CREDITED)
+    states = Counter(str(r["state"]) for r in rows)
     if rows:
-        states = Counter(str(r["state"]) for r in rows)
         left.append(f"{len(rows)} confirmed payments not credited {dict(states)}")
     unpublished = await pool.fetchval(UNPUBLISHED)
     if unpublished:
@@ -55,14 +57,18 @@ async def outstanding(ctx: Ctx) -> list[str]:
     lagging = await _groups_at_end(ctx)
     if lagging:
         left.append(f"groups not committed to the end: {', '.join(lagging)}")
-    return left
+    short = ctx.tokens_short and await pool.fetchval(SHORT_OF_TOKENS)
+    terminal = set(states) == {"failed"} and not unpublished and not lagging and not short
+    return left, terminal
 
 
 async def wait_quiescent(ctx: Ctx, timeout: float) -> list[str]:
     """Poll until nothing is outstanding; returns the last outstanding list (empty: quiet).
-    Members that died by themselves are restarted, as a supervisor would."""
+    Members that died by themselves are restarted, as a supervisor would. Only terminal
+    failures left for ``TERMINAL_POLLS`` polls in a row: no use waiting any longer."""
     deadline = time.monotonic() + timeout
     left = ["not checked yet"]
+    terminal_polls = 0
     while time.monotonic() < deadline:
         ctx.fleet.restore(ctx.relays, ctx.consumers)
         if ctx.tokens_short:
@@ -72,9 +78,12 @@ async def wait_quiescent(ctx: Ctx, timeout: float) -> list[str]:
                 await top_up_and_redrive(ctx)
             elif await retrying(lambda: ctx.world.pool.fetchval(SHORT_OF_TOKENS), what="short"):
                 await redrive_now(ctx)
-        left = await retrying(lambda: outstanding(ctx), what="quiescence")
+        left, terminal = await retrying(lambda: outstanding(ctx), what="quiescence")
         if not left:
             return []
+        terminal_polls = terminal_polls + 1 if terminal else 0
+        if terminal_polls >= TERMINAL_POLLS:
+            return [*left, "(terminal: nothing retries a failed distribution)"]
         await asyncio.sleep(1.0)
     return left
 
@@ -103,8 +112,8 @@ def _decode(entry: dict[str, Any]) -> tuple[str, str, int]:
 async def _transfers_out(ctx: Ctx) -> list[Any]:
     tk = ctx.world.deployment
     sender = "0x" + "0" * 24 + tk.distributor_address.lower()[2:]
-    flt = {"address": tk.token_address, "fromBlock": "0x0", "toBlock": "latest"}
-    flt["topics"] = [contracts.TRANSFER_TOPIC, sender]  # type: ignore[assignment]
+    flt: dict[str, Any] = {"address": tk.token_address, "fromBlock": "0x0", "toBlock": "latest"}
+    flt["topics"] = [contracts.TRANSFER_TOPIC, sender]
     logs: list[Any] = await ctx.stack.rpc("eth_getLogs", flt)
     return logs
 
