@@ -7,11 +7,11 @@ import asyncio
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumer.deploy import Deployment
 from consumer.kyc import approve
 from consumer.redrive import redrive_failed
+from consumer.replay import plan_and_apply
 from tests.integration import harness
 from tokendist.settings import Settings
 
@@ -69,7 +69,8 @@ async def test_replay_from_the_earliest_offset_sends_zero_new_transactions(
     async with harness.relay(settings), harness.consumer(settings):
         await harness.wait_until(lambda: credited_is(pool, n), what="first pass")
     before = await _chain_footprint(settings, pool, tokenization)
-    await _reset_group_to_earliest(settings)
+    await plan_and_apply(settings, settings.consumer_group, earliest=True)  # `tokendist replay`
+    assert set((await harness.committed_offsets(settings)).values()) == {0}
     fresh = settings.model_copy(update={"consumer_group": settings.consumer_group + ".replay"})
     async with harness.consumer(settings), harness.consumer(fresh):
         await harness.wait_until(lambda: _committed_to_end(settings), what="replay, same group")
@@ -89,23 +90,6 @@ async def _chain_footprint(
     txs = await harness.count(pool, "SELECT count(*) FROM chain_transactions")
     holdings = await harness.count(pool, "SELECT sum(balance) FROM token_holdings")
     return int(nonce, 16), txs, holdings, sorted(await harness.paid_to(settings, tk))
-
-
-async def _reset_group_to_earliest(settings: Settings) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.consumer_group,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.topic, p) for p in range(settings.topic_partitions)]
-        beginnings = await consumer.beginning_offsets(tps)
-        consumer.assign(tps)
-        await consumer.commit(beginnings)
-    finally:
-        await consumer.stop()
-    assert set((await harness.committed_offsets(settings)).values()) == {0}
 
 
 async def test_three_consumers_one_leaves_one_joins_no_loss_no_double(
