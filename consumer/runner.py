@@ -54,6 +54,7 @@ class Runner:
         self.state = RunnerState.NEW
         self.workers: dict[TopicPartition, PartitionWorker] = {}
         self.committed: dict[TopicPartition, int] = {}
+        self.revocations = 0  # how often the group took partitions away from us
         self.consumer: AIOKafkaConsumer | None = None
         self._process: Callable[[Any], Awaitable[object]] | None = None
 
@@ -119,7 +120,7 @@ class Runner:
             auto_offset_reset="earliest",
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=2_000,
-            max_poll_interval_ms=300_000,
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
             max_partition_fetch_bytes=1024 * 1024,
         )
         consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
@@ -238,6 +239,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+        if revoked:
+            self.runner.revocations += 1
         await self.runner.release(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     consumer_group: str = "tokendist-distributor"
     # How long a silent member keeps its partitions: the pause after a consumer crash.
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    # The fetch loop polls every 200 ms whatever the workers do, so this only bounds a
+    # wedged event loop; it never has to cover a slow chain call.
+    max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
 
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval_s: float = Field(default=1.0, gt=0)

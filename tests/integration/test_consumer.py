@@ -217,3 +217,27 @@ async def _parking_in_progress(pool: asyncpg.Pool) -> bool:
             " AND datname = current_database()"
         )
     )
+
+
+async def test_an_event_slower_than_max_poll_interval_keeps_the_member_in_the_group(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """aiokafka #848/#929: a member that stops polling while it works is evicted and the
+    event loops forever. Here each credit of one user takes 1.5x max_poll_interval_ms (three
+    in a row); the fetch loop
+    keeps polling, other partitions keep flowing, nobody is evicted."""
+    await pool.execute("""
+        CREATE FUNCTION slow_credit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.user_id = 'user-0' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$;
+        CREATE TRIGGER slow_credit BEFORE INSERT OR UPDATE ON token_holdings FOR EACH ROW
+            EXECUTE FUNCTION slow_credit();
+    """)
+    quick = settings.model_copy(update={"max_poll_interval_ms": 2_000})
+    n = 24
+    await harness.confirm_payments(pool, tokenization, n, users=8)
+    async with harness.relay(quick), harness.consumer(quick) as runner:
+        await harness.wait_until(lambda: credited_is(pool, n), timeout=120, what="all credited")
+        await harness.wait_until(lambda: _committed_to_end(quick), what="commits")
+        assert runner.revocations == 0, "the member was never evicted"
+    assert len(await harness.paid_to(settings, tokenization)) == n
+    assert await harness.count(pool, "SELECT count(*) FROM chain_transactions") == n

@@ -1,0 +1,194 @@
+"""Bugs the fault runs found, each pinned as a deterministic test of the behaviour the
+design promises. They are ``xfail(strict=True)`` while the bug stands: the suite stays
+green, and the day a fix lands the test passes, strict xfail turns that into a failure,
+and whoever fixed it removes the marker (and the kind from KNOWN_BUGS in
+test_fault_runs.py, if there is one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+from aiokafka.partitioner import murmur2
+
+from consumer.chain import Chain
+from consumer.deploy import Deployment
+from consumer.redrive import redrive_failed
+from consumer.repository import Repository
+from consumer.resubmitter import Resubmitter
+from tests.integration import harness
+from tests.services import Services
+from tokendist import db, payments
+from tokendist.errors import DatabaseUnavailable
+from tokendist.settings import Settings
+
+GWEI = 10**9
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: db.guarded lets asyncpg's InternalClientError through (fault seed 100)",
+)
+async def test_a_connection_the_server_terminated_is_reported_as_database_unavailable(
+    stack: Services,
+) -> None:
+    """``pg_ctl stop -m fast`` terminates every backend. A query sent before asyncpg has
+    noticed the socket closing meets a protocol still consuming the FATAL message and
+    raises ``InternalClientError``, which ``CONNECTION_ERRORS`` lacks: the relay (which
+    retries only ``TransientError``) and the consumers exit instead of waiting."""
+    admin = await asyncpg.connect(stack.database_url)
+    escaped: list[str] = []
+    try:
+        for _ in range(40):  # it escapes in about a third of the attempts
+            conn = await asyncpg.connect(stack.database_url)
+            await admin.fetchval("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+            try:
+                await db.guarded(_select_one(conn))
+            except DatabaseUnavailable:
+                pass  # what the design promises: a transient error, retried
+            except Exception as exc:
+                escaped.append(type(exc).__name__)
+            finally:
+                conn.terminate()
+    finally:
+        await admin.close()
+    assert escaped == [], f"not mapped to DatabaseUnavailable: {escaped}"
+
+
+def _select_one(conn: asyncpg.Connection) -> Callable[[], Awaitable[object]]:
+    return lambda: conn.fetchval("SELECT 1")
+
+
+@contextlib.asynccontextmanager
+async def _base_fee_pinned(rpc_url: str, wei: int) -> AsyncIterator[None]:
+    """anvil lowers the base fee 12.5 % per empty block; keep setting it."""
+
+    async def pin() -> None:
+        while True:
+            await harness.rpc(rpc_url, "anvil_setNextBlockBaseFeePerGas", [hex(wei)])
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(pin())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _slow_inserts(pool: asyncpg.Pool, seconds: float, investment: str | None) -> None:
+    """Hold every (or one investment's) chain_transactions INSERT for a while: a stand-in
+    for a slow disk or a GC pause, in this test's own database only."""
+    only = "true" if investment is None else f"d.investment_id = '{investment}'"
+    await pool.execute(
+        f"""
+        CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM distributions d WHERE d.event_id = NEW.event_id AND {only})
+            THEN PERFORM pg_sleep({seconds}); END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER slow_insert BEFORE INSERT ON chain_transactions FOR EACH ROW
+        EXECUTE FUNCTION slow_insert();
+        """
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.disruptive  # pins the shared node's base fee for a few seconds
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: concurrent identical fee bumps crash a consumer (fault seed 100)",
+)
+async def test_two_members_fee_bumping_the_same_stuck_transaction_both_survive(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """Every member's resubmitter sweeps the operator's stuck transactions. With the same
+    stored transaction and the same base fee, two members sign byte-identical
+    replacements; the second ``store_replacement`` hits ``chain_transactions_pkey`` and
+    the UniqueViolationError, not a TransientError, kills ``Resubmitter.run`` and with it
+    the consumer process."""
+    rpc_url, key = settings.require_chain()
+    cheap = settings.model_copy(update={"max_fee_wei": 10 * GWEI})
+    eager = settings.model_copy(update={"fee_bump_after_s": 1.0})
+    async with _base_fee_pinned(rpc_url, 50 * GWEI):
+        await harness.pay(pool, harness.payment(tokenization, 1, user=0))
+        async with harness.relay(settings), harness.consumer(cheap):
+            # Signed under a 10 gwei cap, refused by the node: stuck in 'signed'.
+            await harness.wait_until(lambda: _state_is(pool, "inv-1", "signed"), what="signed")
+            await asyncio.sleep(1.5)
+        await _slow_inserts(pool, 1.0, None)
+        chains = [Chain(rpc_url, key), Chain(rpc_url, key)]
+        try:
+            members = [Resubmitter(eager, Repository(pool), c) for c in chains]
+            results = await asyncio.gather(*(m.sweep() for m in members), return_exceptions=True)
+        finally:
+            await asyncio.gather(*(c.close() for c in chains))
+    crashed = [repr(r) for r in results if isinstance(r, BaseException)]
+    assert crashed == [], f"a member's resubmitter died: {crashed}"
+
+
+async def _state_is(pool: asyncpg.Pool, investment: str, state: str) -> bool:
+    return await harness.state_of(pool, investment) == state
+
+
+def _users_on_two_partitions(partitions: int) -> tuple[int, int]:
+    """Two user numbers whose keys land on different partitions (so two workers run)."""
+    first = murmur2(b"user-0") & 0x7FFFFFFF
+    for u in range(1, 64):
+        if (murmur2(f"user-{u}".encode()) & 0x7FFFFFFF) % partitions != first % partitions:
+            return 0, u
+    raise AssertionError("no second partition found")
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a transfer reverted for lack of tokens can never be re-driven (seed 105)",
+)
+async def test_a_transfer_reverted_for_lack_of_tokens_is_paid_after_a_top_up(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """The Distributor holds 10**30 and two investors (two partitions) each buy 6*10**29.
+    Both simulations pass before either transfer is mined; the second transfer reverts
+    (TokenTransferFailed) and its distribution fails *after signing*. A revert rolls
+    back ``distributed[paymentId]``, so paying it later is safe, yet ``redrive`` refuses
+    anything with a sender: after the top-up the investor is never paid."""
+    a, b = _users_on_two_partitions(settings.topic_partitions)
+    first = harness.payment(tokenization, 1, user=a, tokens=6 * 10**29)
+    second = harness.payment(tokenization, 2, user=b, tokens=6 * 10**29)
+    async with pool.acquire() as conn:
+        for p in (first, second):
+            await payments.register_user(conn, p.user_id, p.wallet_address)
+    # The first transfer is simulated, then held while the second is simulated too.
+    await _slow_inserts(pool, 5.0, first.investment_id)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.pay(pool, first)
+        await harness.wait_until(lambda: _sleeping(pool), what="first transfer held")
+        await harness.pay(pool, second)
+        await harness.wait_until(
+            lambda: _state_is(pool, "inv-2", "failed"), timeout=60, what="second one fails"
+        )
+        reason = await pool.fetchval(
+            "SELECT failure_reason FROM distributions WHERE state = 'failed'"
+        )
+        assert reason.startswith("reverted: tx"), reason  # failed after signing: the premise
+        await harness.top_up(settings, tokenization, amount=10**30)
+        async with pool.acquire() as conn:
+            await redrive_failed(conn, None)
+        await harness.wait_until(
+            lambda: _state_is(pool, "inv-2", "credited"), timeout=30, what="paid after top-up"
+        )
+
+
+async def _sleeping(pool: asyncpg.Pool) -> bool:
+    n = await pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = "
+        "current_database()"
+    )
+    return bool(n)
