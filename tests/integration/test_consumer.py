@@ -223,9 +223,9 @@ async def test_an_event_slower_than_max_poll_interval_keeps_the_member_in_the_gr
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
     """aiokafka #848/#929: a member that stops polling while it works is evicted and the
-    event loops forever. Here each credit of one user takes 1.5x max_poll_interval_ms (three
-    in a row); the fetch loop
-    keeps polling, other partitions keep flowing, nobody is evicted."""
+    event loops forever. Here each credit of one user takes 1.5x max_poll_interval_ms,
+    three in a row; the fetch loop keeps polling, other partitions keep flowing, and
+    nobody is evicted."""
     await pool.execute("""
         CREATE FUNCTION slow_credit() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN IF NEW.user_id = 'user-0' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$;
