@@ -48,6 +48,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quiesce-timeout", type=float, default=120.0, help="seconds")
     p.add_argument("--kinds", type=_kinds, default=(), help="comma-separated subset of faults")
     p.add_argument(
+        "--rotate", action="store_true", help="seed s always includes kinds[s %% len(kinds)]"
+    )
+    p.add_argument(
         "--log-dir",
         type=Path,
         default=None,
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         max_faults=args.max_faults,
         quiesce_timeout_s=args.quiesce_timeout,
         kinds=args.kinds,
+        rotate=args.rotate,
         log_root=args.log_dir or stack.home / "fault-runs",
         keep_passing=args.keep,
     )

@@ -56,7 +56,7 @@ async def crash_at_failpoint(ctx: Ctx, rng: random.Random) -> None:
     crasher.stopped_by_us = True  # dying is its job
     # It may never get there: no event of its partitions reached that step in time.
     with contextlib.suppress(subprocess.TimeoutExpired):
-        await asyncio.to_thread(crasher.proc.wait, 15)
+        await asyncio.to_thread(crasher.proc.wait, 10)
     died = not crasher.alive()
     ctx.metrics["failpoint_crashes"] += died
     ctx.note(f"{crasher.name} armed with {point}: {'died there' if died else 'not reached'}")

@@ -37,6 +37,9 @@ class Options:
     max_faults: int = 4
     quiesce_timeout_s: float = 120.0
     kinds: tuple[str, ...] = ()  # empty: every kind the stack supports
+    # Seed s always features kinds[s % len(kinds)]: consecutive seeds cover every kind
+    # (a short campaign would otherwise leave some to luck).
+    rotate: bool = False
     log_root: Path = Path("/tmp/tokendist-faults")  # noqa: S108 -- only logs, per run dirs
     keep_passing: bool = False
 
@@ -45,6 +48,8 @@ class Options:
         args += f" --max-faults {self.max_faults} --quiesce-timeout {self.quiesce_timeout_s:g}"
         if self.kinds:
             args += f" --kinds {','.join(self.kinds)}"
+        if self.rotate:
+            args += " --rotate"
         return args
 
 
@@ -94,15 +99,17 @@ class Plan:
     fund: int | None
 
 
-def make_plan(rng: random.Random, name: str, kinds: list[str], opts: Options) -> Plan:
+def make_plan(
+    rng: random.Random, name: str, kinds: list[str], opts: Options, featured: str | None
+) -> Plan:
     workload = Workload.plan(rng, name, (f"tok-{name}", f"prop-{name}"), opts.payments)
     relays = rng.choice((1, 1, 2))  # sometimes a standby waits on the advisory lock
     consumers = rng.randint(1, 3)
     gaps = [rng.uniform(0, 2 * GAP_S) for _ in workload.payments]
     window = max(sum(gaps), 6.0)
     steps: list[tuple[float, str, random.Random]] = []
-    for _ in range(rng.randint(1, opts.max_faults)):
-        kind = rng.choice(kinds)
+    for i in range(rng.randint(1, opts.max_faults)):
+        kind = featured if i == 0 and featured is not None else rng.choice(kinds)
         if kind in nemesis.ONCE and any(k == kind for _, k, _ in steps):
             continue
         low = 0.6 * window if kind in nemesis.LATE else 0.0
@@ -155,7 +162,8 @@ async def run_once(stack: Stack, seed: int, opts: Options) -> RunResult:
     rng = random.Random(seed)
     kinds = list(opts.kinds) or nemesis.available(stack.brokers)
     name = f"s{seed}"
-    plan = make_plan(rng, name, kinds, opts)
+    featured = kinds[seed % len(kinds)] if opts.rotate else None
+    plan = make_plan(rng, name, kinds, opts, featured)
     tag = f"{name}_{uuid.uuid4().hex[:6]}"  # a replay must not collide with a kept failure
     world = await create_world(
         stack, tag, (f"tok-{name}", f"prop-{name}"), fund=plan.fund, log_root=opts.log_root

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -169,11 +170,16 @@ class Process:
         self, settings: Settings, *args: str, extra_env: dict[str, str] | None = None
     ) -> None:
         env = {**os.environ, **env_of(settings), **(extra_env or {})}
+        # A file, not a pipe: nobody reads a pipe until the end, and a full one (64 KiB of
+        # logs) blocks the process mid-write, which looks exactly like a stalled consumer.
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 -- lives as long as the process
+            prefix=f"tokendist-{args[0]}-", suffix=".log", delete=False
+        )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokendist.cli", *args],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
         )
 
     def kill(self) -> None:
@@ -183,11 +189,14 @@ class Process:
     def terminate(self, timeout: float = 30) -> int:
         """SIGTERM and wait; a non-zero exit fails with the process's last log lines."""
         self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)
         if self.proc.returncode != 0:
-            tail = err.decode(errors="replace").splitlines()[-15:]
-            raise AssertionError(f"exit {self.proc.returncode}:\n" + "\n".join(tail))
+            raise AssertionError(f"exit {self.proc.returncode}:\n{self.tail()}")
         return self.proc.returncode
+
+    def tail(self, lines: int = 15) -> str:
+        with open(self.log.name, encoding="utf-8", errors="replace") as log:
+            return "\n".join(log.read().splitlines()[-lines:])
 
     def alive(self) -> bool:
         return self.proc.poll() is None
