@@ -162,8 +162,11 @@ class Processor:
         if user is None or user.wallet_address is None:
             return dist
         if event_wallet is not None and event_wallet.lower() != user.wallet_address.lower():
-            return await self.repo.transition(
-                dist, State.FAILED, f"wallet_mismatch: event {event_wallet}, user record differs"
+            return await self.repo.transition(  # fix the user record, then re-drive
+                dist,
+                State.FAILED,
+                f"wallet_mismatch: event {event_wallet}, user record differs",
+                retryable=True,
             )
         await self._wait_for_capacity()
         calldata = self.chain.distribute_calldata(
@@ -171,8 +174,8 @@ class Processor:
         )
         try:
             gas = await self.chain.estimate(tokenization.distributor_address, calldata)
-        except ChainRejected as exc:
-            return await self.repo.transition(dist, State.FAILED, exc.reason)
+        except ChainRejected as exc:  # refused before signing: nothing was paid
+            return await self.repo.transition(dist, State.FAILED, exc.reason, retryable=True)
         max_fee, tip = await self._fees()
         gas_limit = gas * (100 + GAS_MARGIN_PERCENT) // 100
         return await self.repo.sign_and_store(
@@ -225,11 +228,12 @@ class Processor:
                 receipt = await self.chain.receipt(tx.tx_hash)
                 if receipt is None:
                     continue
-                if not receipt.succeeded:
+                if not receipt.succeeded:  # a revert rolls the once-only flag back too
                     return await self.repo.transition(
                         dist,
                         State.FAILED,
                         f"reverted: tx {tx.tx_hash} in block {receipt.block_number}",
+                        retryable=True,
                     )
                 head = await self.chain.block_number()
                 if head - receipt.block_number + 1 >= self.settings.confirmations:

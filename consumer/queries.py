@@ -37,7 +37,7 @@ LOCK_USER_KYC = "SELECT pg_advisory_xact_lock(hashtext('tokendist-kyc:' || $1))"
 
 TRANSITION = f"""
 UPDATE distributions
-SET state = $3, failure_reason = $4, updated_at = now()
+SET state = $3, failure_reason = $4, retryable = $5, updated_at = now()
 WHERE event_id = $1 AND state = $2
 RETURNING {DISTRIBUTION_COLUMNS}
 """
@@ -64,11 +64,14 @@ INFLIGHT = """
 SELECT count(*) FROM distributions WHERE sender = $1 AND state IN ('signed', 'submitted')
 """
 
+# ON CONFLICT: byte-identical replacements signed by two members at once are one
+# transaction; the second insert is a no-op.
 INSERT_TX = """
 INSERT INTO chain_transactions
     (tx_hash, event_id, chain_id, sender, nonce, raw_tx, gas_limit, max_fee_per_gas,
      priority_fee)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (tx_hash) DO NOTHING
 """
 
 MARK_SIGNED = f"""
@@ -78,9 +81,20 @@ WHERE event_id = $1
 RETURNING {DISTRIBUTION_COLUMNS}
 """
 
+# The transactions of the event's current nonce (a re-driven event's reverted
+# transaction of an earlier nonce is history, not a candidate).
 TRANSACTIONS_OF = """
-SELECT tx_hash, raw_tx, nonce, max_fee_per_gas, priority_fee, created_at, broadcast_at
-FROM chain_transactions WHERE event_id = $1 ORDER BY created_at, max_fee_per_gas
+SELECT t.tx_hash, t.raw_tx, t.nonce, t.max_fee_per_gas, t.priority_fee, t.created_at,
+       t.broadcast_at
+FROM chain_transactions t JOIN distributions d ON d.event_id = t.event_id
+WHERE t.event_id = $1 AND t.nonce = d.nonce AND t.sender = d.sender
+ORDER BY t.created_at, t.max_fee_per_gas
+"""
+
+NEWEST_TX = """
+SELECT t.tx_hash FROM chain_transactions t JOIN distributions d ON d.event_id = t.event_id
+WHERE t.event_id = $1 AND t.nonce = d.nonce AND t.sender = d.sender
+ORDER BY t.max_fee_per_gas DESC, t.created_at DESC LIMIT 1
 """
 
 MARK_BROADCAST = "UPDATE chain_transactions SET broadcast_at = now() WHERE tx_hash = $1"
@@ -126,6 +140,7 @@ FROM chain_transactions t
 JOIN distributions d ON d.event_id = t.event_id
 JOIN tokenizations tk ON tk.id = d.tokenization_id
 WHERE d.state IN ('signed', 'submitted') AND t.chain_id = $1 AND t.sender = $2
+  AND t.nonce = d.nonce
 ORDER BY t.event_id, t.max_fee_per_gas DESC
 """
 
@@ -209,16 +224,17 @@ V_COUNTS = "SELECT state, count(*) AS n FROM distributions GROUP BY state"
 
 # --- operator tools ----------------------------------------------------------------------
 
-# Only failures that never signed: a signed transaction may still land, and a reverted
-# one needs a human to decide (its nonce is spent, the Distributor recorded nothing).
+# Only failures marked retryable: nothing can have been paid (see migration 0003).
 REDRIVABLE = """
 SELECT event_id, payload::text AS payload FROM distributions
-WHERE state = 'failed' AND sender IS NULL AND ($1::uuid[] IS NULL OR event_id = ANY($1))
+WHERE state = 'failed' AND retryable AND ($1::uuid[] IS NULL OR event_id = ANY($1))
 FOR UPDATE
 """
 
 RESET_TO_RECEIVED = """
-UPDATE distributions SET state = 'received', failure_reason = NULL, updated_at = now()
+UPDATE distributions
+SET state = 'received', failure_reason = NULL, retryable = false, recipient = NULL,
+    sender = NULL, nonce = NULL, tx_hash = NULL, block_number = NULL, updated_at = now()
 WHERE event_id = ANY($1::uuid[])
 """
 

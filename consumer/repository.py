@@ -113,7 +113,7 @@ class Repository:
                     return None, None
                 check_transition(dist.state, State.AWAITING_KYC)
                 parked = await conn.fetchrow(
-                    queries.TRANSITION, dist.event_id, dist.state, State.AWAITING_KYC, None
+                    queries.TRANSITION, dist.event_id, dist.state, State.AWAITING_KYC, None, False
                 )
                 if parked is None:
                     raise StateConflict(str(dist.event_id))
@@ -171,11 +171,20 @@ class Repository:
         return Distribution.from_row(row)
 
     async def transition(
-        self, dist: Distribution, new: State, reason: str | None = None
+        self,
+        dist: Distribution,
+        new: State,
+        reason: str | None = None,
+        *,
+        retryable: bool = False,
     ) -> Distribution:
+        """Move ``dist`` on, guarded by its current state. ``retryable`` (failures only):
+        nothing can have been paid, so ``tokendist redrive`` may try again."""
         check_transition(dist.state, new)
         row = await db.guarded(
-            lambda: self.pool.fetchrow(queries.TRANSITION, dist.event_id, dist.state, new, reason)
+            lambda: self.pool.fetchrow(
+                queries.TRANSITION, dist.event_id, dist.state, new, reason, retryable
+            )
         )
         if row is None:
             raise StateConflict(str(dist.event_id))
@@ -228,14 +237,18 @@ class Repository:
         return Distribution.from_row(await db.guarded(work))
 
     async def store_replacement(
-        self, event_id: uuid.UUID, *, chain_id: int, sender: str, signed: Signed
+        self, event_id: uuid.UUID, replaces: str, *, chain_id: int, sender: str, signed: Signed
     ) -> bool:
-        """Store a fee-bumped sibling (same nonce) if the event is still unconfirmed."""
+        """Store a fee-bumped sibling (same nonce) of ``replaces``, only while the event is
+        unconfirmed and ``replaces`` is still its newest transaction: of several members
+        bumping at once, one stores a replacement and the others find it and stand down."""
 
         async def work() -> bool:
             async with self.pool.acquire() as conn, conn.transaction():
                 current = await conn.fetchrow(queries.BY_EVENT_FOR_UPDATE, event_id)
                 if current is None or not State(current["state"]).on_chain:
+                    return False
+                if await conn.fetchval(queries.NEWEST_TX, event_id) != replaces:
                     return False
                 await _insert_tx(conn, event_id, chain_id, sender, signed)
                 return True

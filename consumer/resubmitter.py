@@ -97,7 +97,11 @@ class Resubmitter:
             priority_fee=tip,
         )
         stored = await self.repo.store_replacement(
-            tx["event_id"], chain_id=chain_id, sender=self.chain.sender, signed=signed
+            tx["event_id"],
+            tx["tx_hash"],
+            chain_id=chain_id,
+            sender=self.chain.sender,
+            signed=signed,
         )
         if not stored:
             return 0

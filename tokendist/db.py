@@ -34,6 +34,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.SerializationError,
+    # A query sent while the protocol is still consuming the server's FATAL (the backend
+    # was terminated, e.g. pg_ctl stop -m fast) surfaces as an internal client error.
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.DeadlockDetectedError,
     TimeoutError,
 )

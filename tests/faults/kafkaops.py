@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from tokendist import kafka
 from tokendist.settings import Settings
 
 READ_LIMIT = 500
@@ -24,9 +25,7 @@ async def read_some(settings: Settings, timeout: float = 10.0) -> list[Any]:
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(settings.topic) or set()
-        tps = [TopicPartition(settings.topic, p) for p in parts]
+        tps = await kafka.partitions(consumer, settings.topic)
         if not tps:
             return []
         ends = await consumer.end_offsets(tps)

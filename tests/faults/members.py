@@ -76,6 +76,9 @@ class Member:
         self._log.close()
         return code
 
+    def close(self) -> None:
+        self._log.close()
+
     def tail(self, lines: int = 12) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -160,6 +163,7 @@ class Fleet:
         for group in (self.relays, self.consumers, self.others):
             for member in [m for m in group if not m.alive() and not m.stopped_by_us]:
                 group.remove(member)
+                member.close()
                 code = member.proc.returncode
                 if code == CLI_ERROR_EXIT:
                     last = member.tail(1)

@@ -208,7 +208,7 @@ async def _act(ctx: Ctx, plan: Plan, opts: Options, result: RunResult) -> None:
     result.outstanding = await checker.wait_quiescent(ctx, opts.quiesce_timeout_s)
     ctx.note("quiet" if not result.outstanding else f"NOT quiet: {result.outstanding}")
     await ctx.fleet.shutdown()  # nothing moves while the books are read
-    result.metrics["fee_bumps"] = await ctx.world.pool.fetchval(
+    ctx.metrics["fee_bumps"] = await ctx.world.pool.fetchval(
         "SELECT count(*) - count(DISTINCT event_id) FROM chain_transactions"
     )
     result.tally = await checker.tally(ctx)

@@ -20,13 +20,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
 SEED = 20_261_125
 RUNS = 24
-# Fault kinds that hit a bug already reported and pinned by an xfail test in
-# test_regressions.py. Left out here so this test gates everything else; delete the
-# entry when the bug is fixed (the xfail test turns into a failure to remind you).
-KNOWN_BUGS = {
-    "out_of_tokens": "test_regressions.py::test_a_transfer_reverted_for_lack_of_tokens_"
-    "is_paid_after_a_top_up",
-}
 
 
 def _say(text: str) -> None:
@@ -42,7 +35,7 @@ async def test_faults_lose_nothing_double_nothing_and_verify_holds(
         stack = Stack.from_env()
     except StackError as exc:
         pytest.fail(str(exc), pytrace=False)
-    kinds = [k for k in nemesis.available(stack.brokers) if k not in KNOWN_BUGS]
+    kinds = list(nemesis.available(stack.brokers))
     opts = Options(
         payments=6,
         max_faults=2,
@@ -59,8 +52,6 @@ async def test_faults_lose_nothing_double_nothing_and_verify_holds(
                 f"NOTE: not exercised here: {', '.join(missing)} (needs 3 brokers, the stack "
                 f"has {stack.brokers}); run `python -m tests.faults --brokers 3` for those"
             )
-        for kind, where in KNOWN_BUGS.items():
-            _say(f"NOTE: not exercised here: {kind} (known bug, pinned by {where})")
         summary = await campaign(stack, SEED, RUNS, opts, out=_say)
     assert summary.total("lost") == 0, summary.render()
     assert summary.total("doubled") == 0, summary.render()

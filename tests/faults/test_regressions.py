@@ -1,8 +1,9 @@
-"""Bugs the fault runs found, each pinned as a deterministic test of the behaviour the
-design promises. They are ``xfail(strict=True)`` while the bug stands: the suite stays
-green, and the day a fix lands the test passes, strict xfail turns that into a failure,
-and whoever fixed it removes the marker (and the kind from KNOWN_BUGS in
-test_fault_runs.py, if there is one).
+"""Bugs the fault runs found (seeds 100 and 105), each pinned as a deterministic test of
+the behaviour the design promises, each fixed:
+
+- asyncpg's InternalClientError (a terminated backend) escaped ``db.guarded``;
+- two members bumping the same stuck transaction at once crashed one of them;
+- a transfer that reverted for lack of tokens could never be re-driven.
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ GWEI = 10**9
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: db.guarded lets asyncpg's InternalClientError through (fault seed 100)",
-)
 async def test_a_connection_the_server_terminated_is_reported_as_database_unavailable(
     stack: Services,
 ) -> None:
@@ -101,10 +98,6 @@ async def _slow_inserts(pool: asyncpg.Pool, seconds: float, investment: str | No
 
 @pytest.mark.integration
 @pytest.mark.disruptive  # pins the shared node's base fee for a few seconds
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: concurrent identical fee bumps crash a consumer (fault seed 100)",
-)
 async def test_two_members_fee_bumping_the_same_stuck_transaction_both_survive(
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
@@ -147,10 +140,6 @@ def _users_on_two_partitions(partitions: int) -> tuple[int, int]:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a transfer reverted for lack of tokens can never be re-driven (seed 105)",
-)
 async def test_a_transfer_reverted_for_lack_of_tokens_is_paid_after_a_top_up(
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
