@@ -76,7 +76,8 @@ ON CONFLICT (tx_hash) DO NOTHING
 
 MARK_SIGNED = f"""
 UPDATE distributions
-SET state = 'signed', recipient = $2, sender = $3, nonce = $4, updated_at = now()
+SET state = 'signed', recipient = $2, sender = $3, nonce = $4, tx_hash = $5,
+    updated_at = now()
 WHERE event_id = $1
 RETURNING {DISTRIBUTION_COLUMNS}
 """

@@ -229,7 +229,7 @@ class Repository:
                 await _insert_tx(conn, dist.event_id, chain_id, sender, signed)
                 await conn.execute(queries.ADVANCE_NONCE, chain_id, sender, nonce)
                 row = await conn.fetchrow(
-                    queries.MARK_SIGNED, dist.event_id, recipient, sender, nonce
+                    queries.MARK_SIGNED, dist.event_id, recipient, sender, nonce, signed.tx_hash
                 )
                 assert row is not None  # locked above, so still there
                 return row
