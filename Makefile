@@ -30,11 +30,11 @@ lint: deps
 	cd contracts && npm ci --silent --no-audit --no-fund && node compile.mjs --check
 
 # The tests: unit, then integration in parallel, then the tests that restart shared
-# services (broker, node), which must run alone.
+# services (broker, database, node) and the seeded fault campaign, which must run alone.
 test: deps stack-up lint
 	$(ENV) && $(BIN)/pytest tests/unit -q
-	$(ENV) && $(BIN)/pytest tests/integration -q -n $(PYTEST_WORKERS) -m "not disruptive"
-	$(ENV) && $(BIN)/pytest tests/integration -q -m disruptive
+	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -n $(PYTEST_WORKERS) -m "not disruptive"
+	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -m disruptive
 
 test-unit: deps
 	$(BIN)/pytest tests/unit -q
