@@ -16,10 +16,10 @@ from typing import Any
 
 import structlog
 
-from outbox.relay import backoff
 from tokendist import metrics
 from tokendist.errors import TransientError
 from tokendist.failpoints import Failpoints
+from tokendist.retry import backoff
 
 log = structlog.get_logger("tokendist.partition")
 

@@ -32,6 +32,7 @@ from consumer.resubmitter import Resubmitter
 from tokendist import db, kafka, metrics
 from tokendist.errors import TransientError
 from tokendist.failpoints import Failpoints
+from tokendist.retry import until_available
 from tokendist.settings import Settings
 
 log = structlog.get_logger("tokendist.consumer")
@@ -64,23 +65,26 @@ class Runner:
         self.state = RunnerState.RUNNING
         rpc_url, key = self.settings.require_chain()
         async with AsyncExitStack() as resources:
-            pool = await db.create_pool(self.settings.database_url, max_size=20)
+            s, stop = self.settings, self.stop
+            pool = await until_available(
+                "database", lambda: db.create_pool(s.database_url, max_size=20), s, stop
+            )
             resources.push_async_callback(pool.close)
             chain = Chain(rpc_url, key)
             resources.push_async_callback(chain.close)
             repo = Repository(pool)
-            await self._sync_nonce(repo, chain)
-            await kafka.ensure_topics(self.settings)
+            await until_available("nonce", lambda: self._sync_nonce(repo, chain), s, stop)
+            await until_available("topics", lambda: kafka.ensure_topics(s), s, stop)
             producer = kafka.producer(self.settings)
-            await kafka.guarded(producer.start)
+            await until_available("producer", lambda: kafka.guarded(producer.start), s, stop)
             resources.push_async_callback(producer.stop)
             processor = Processor(
                 self.settings, repo, chain, DeadLetters(producer, self.settings.dlq_topic)
             )
             self._process = processor.handle
-            self.consumer = self._make_consumer()
-            await kafka.guarded(self.consumer.start)
-            resources.push_async_callback(self.consumer.stop)
+            self.consumer = consumer = self._make_consumer()
+            await until_available("consumer", lambda: kafka.guarded(consumer.start), s, stop)
+            resources.push_async_callback(consumer.stop)
             side_tasks = [
                 *self._metrics_server(),
                 asyncio.create_task(self._commit_loop(), name="committer"),

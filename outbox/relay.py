@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import enum
 import json
-import random
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from outbox import queries
 from tokendist import db, kafka, metrics
 from tokendist.errors import TransientError
+from tokendist.retry import backoff, until_available
 from tokendist.settings import Settings
 
 log = structlog.get_logger("tokendist.relay")
@@ -58,7 +58,9 @@ class Relay:
     async def run(self) -> None:
         if self.state is not RelayState.NEW:
             raise RuntimeError(f"relay already {self.state.value}")
-        await kafka.ensure_topics(self.settings)
+        await until_available(
+            "topics", lambda: kafka.ensure_topics(self.settings), self.settings, self.stop
+        )
         server = self._serve_metrics()
         try:
             await self._run()
@@ -185,9 +187,3 @@ class Relay:
 
 def _headers(raw: str) -> kafka.Headers:
     return [(key, str(value).encode()) for key, value in json.loads(raw).items()]
-
-
-def backoff(attempt: int, base_s: float, cap_s: float) -> float:
-    """Capped exponential backoff with full jitter (AWS architecture blog's variant)."""
-    ceiling: float = min(cap_s, base_s * 2 ** min(attempt, 30))
-    return random.uniform(0, ceiling)  # noqa: S311 -- jitter, not cryptography

@@ -261,6 +261,19 @@ anvil_ready() {
     -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' \
     "http://$HOST:$ANVIL_PORT" 2>/dev/null) == *'"0x7a69"'* ]]
 }
+# anvil's periodic state dump is not atomic with block production: a dump taken while a
+# block is being sealed can hold the block's state changes but not the block (its receipts
+# and logs), and a restart from it loses mined logs. Stop mining, let one more dump run,
+# then stop: the state on disk matches the last block.
+stop_anvil() {
+  if pid_alive "$RUN/anvil.pid" anvil; then
+    curl -sf -m 2 -H 'content-type: application/json' \
+      -d '{"jsonrpc":"2.0","id":1,"method":"evm_setIntervalMining","params":[0]}' \
+      "http://$HOST:$ANVIL_PORT" >/dev/null 2>&1 || true
+    sleep 1.5
+  fi
+  stop_pid "$RUN/anvil.pid" anvil
+}
 start_anvil() {
   ensure_anvil
   if pid_alive "$RUN/anvil.pid" anvil; then log "anvil already running"; return 0; fi
@@ -289,7 +302,7 @@ stop_service() {
   case ${1:-} in
   pg) stop_pg ;;
   kafka) stop_kafka ;;
-  anvil) stop_pid "$RUN/anvil.pid" anvil ;;
+  anvil) stop_anvil ;;
   *) die "unknown service '${1:-}' (pg|kafka|anvil)" ;;
   esac
 }

@@ -58,6 +58,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep databases and logs of passing runs")
     p.add_argument("--json", type=Path, default=None, help="write every run's record here")
+    p.add_argument(
+        "--reset-chain-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="restart anvil from genesis every N runs (own stack only; long campaigns)",
+    )
     return p.parse_args(argv)
 
 
@@ -85,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     _out(f"fault runs against the stack in {stack.home} ({stack.brokers} broker(s))")
     summary = asyncio.run(
-        campaign(stack, args.seed, args.runs, opts, out=_out, json_path=args.json)
+        campaign(
+            stack,
+            args.seed,
+            args.runs,
+            opts,
+            out=_out,
+            json_path=args.json,
+            reset_chain_every=args.reset_chain_every,
+        )
     )
     return 1 if summary.failures else 0
 

@@ -130,11 +130,21 @@ def details(r: RunResult, summary: Summary) -> str:
 
 
 async def campaign(
-    stack: Stack, seed: int, runs: int, opts: Options, *, out: Out, json_path: Path | None = None
+    stack: Stack,
+    seed: int,
+    runs: int,
+    opts: Options,
+    *,
+    out: Out,
+    json_path: Path | None = None,
+    reset_chain_every: int = 0,
 ) -> Summary:
     summary = Summary(stack, opts)
     began = time.monotonic()
     for r in range(runs):
+        if reset_chain_every and r and r % reset_chain_every == 0:
+            await stack.reset_chain()
+            out(f"(chain reset to genesis before run {r})")
         result = await run_once(stack, seed + r, opts)
         summary.results.append(result)
         summary.seconds = time.monotonic() - began

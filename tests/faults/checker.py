@@ -27,10 +27,9 @@ WHERE d.state IS DISTINCT FROM 'credited' ORDER BY c.investment_id
 """
 TERMINAL_POLLS = 8
 UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-SHORT_OF_TOKENS = """
-SELECT count(*) FROM distributions
-WHERE state = 'failed' AND sender IS NULL AND failure_reason LIKE '%TokenTransferFailed%'
-"""
+# What the runbook's `tokendist redrive` after a top-up picks up: failures the consumer
+# marked retryable (refused by simulation, or reverted on chain: nothing was paid).
+SHORT_OF_TOKENS = "SELECT count(*) FROM distributions WHERE state = 'failed' AND retryable"
 
 
 async def _groups_at_end(ctx: Ctx) -> list[str]:
@@ -72,8 +71,9 @@ async def wait_quiescent(ctx: Ctx, timeout: float) -> list[str]:
     while time.monotonic() < deadline:
         ctx.fleet.restore(ctx.relays, ctx.consumers)
         if ctx.tokens_short:
-            # Failures that raced the top-up (estimated before it landed) are re-driven
-            # like the first ones; any other failure is left alone and counted as lost.
+            # Failures that raced the top-up (simulated or mined before it landed) are
+            # re-driven like the first ones, as the runbook says; in runs funded in full
+            # nothing is ever re-driven, so any failure there is counted as lost.
             if not ctx.topped_up:
                 await top_up_and_redrive(ctx)
             elif await retrying(lambda: ctx.world.pool.fetchval(SHORT_OF_TOKENS), what="short"):

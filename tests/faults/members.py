@@ -96,7 +96,8 @@ class Fleet:
     log_dir: Path
     relays: list[Member] = field(default_factory=list)
     consumers: list[Member] = field(default_factory=list)
-    others: list[Member] = field(default_factory=list)  # replay groups, under-priced member
+    others: list[Member] = field(default_factory=list)  # under-priced member, crashers
+    replayers: list[Member] = field(default_factory=list)  # members of fresh groups
     anomalies: list[str] = field(default_factory=list)
     error_exits: list[str] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -135,8 +136,15 @@ class Fleet:
         self.others.append(member)
         return member
 
+    def start_replayer(self, settings: Settings) -> Member:
+        """A member of a fresh group: kept alive like the main group's members, since the
+        run is only quiet once its group, too, has committed to the end."""
+        member = self._spawn("consume", settings=settings, label="replay")
+        self.replayers.append(member)
+        return member
+
     def _forget(self, member: Member) -> None:
-        for group in (self.relays, self.consumers, self.others):
+        for group in (self.relays, self.consumers, self.others, self.replayers):
             if member in group:
                 group.remove(member)
 
@@ -146,6 +154,9 @@ class Fleet:
 
     async def stop(self, member: Member) -> None:
         self._forget(member)
+        if not member.alive() and not member.stopped_by_us:
+            self._exited_by_itself(member)  # it died before we got round to stopping it
+            return
         code = await member.terminate()
         # -SIGTERM: the signal came before the handler was installed (still importing);
         # nothing had started, so dying of it is what any process does.
@@ -160,18 +171,20 @@ class Fleet:
         Exit status 2 is the CLI's orderly "tokendist: <error>" exit, seen when a member
         starts while a service is down: counted, not an anomaly (a supervisor restarts
         it, and so does ``restore``). Anything else (a traceback, a signal) is one."""
-        for group in (self.relays, self.consumers, self.others):
+        for group in (self.relays, self.consumers, self.others, self.replayers):
             for member in [m for m in group if not m.alive() and not m.stopped_by_us]:
                 group.remove(member)
-                member.close()
-                code = member.proc.returncode
-                if code == CLI_ERROR_EXIT:
-                    last = member.tail(1)
-                    self.error_exits.append(f"{member.name}: {last[-200:]}")
-                else:
-                    self.anomalies.append(
-                        f"{member.name} exited by itself with {code}:\n{member.tail()}"
-                    )
+                self._exited_by_itself(member)
+                if group is self.replayers:
+                    self.start_replayer(member.settings)
+
+    def _exited_by_itself(self, member: Member) -> None:
+        member.close()
+        code = member.proc.returncode
+        if code == CLI_ERROR_EXIT:
+            self.error_exits.append(f"{member.name}: {member.tail(1)[-200:]}")
+        else:
+            self.anomalies.append(f"{member.name} exited by itself with {code}:\n{member.tail()}")
 
     def restore(self, relays: int, consumers: int) -> None:
         self.reap()
@@ -181,5 +194,5 @@ class Fleet:
             self.start_consumer()
 
     async def shutdown(self) -> None:
-        members = [*self.relays, *self.consumers, *self.others]
+        members = [*self.relays, *self.consumers, *self.others, *self.replayers]
         await asyncio.gather(*(self.stop(m) for m in members))

@@ -113,7 +113,7 @@ async def replay_fresh_group(ctx: Ctx, rng: random.Random) -> None:
     """A consumer in a brand-new group reads the topic from the start, racing the group."""
     group = f"{ctx.world.settings.consumer_group}.replay{len(ctx.replay_groups)}"
     settings = ctx.world.settings.model_copy(update={"consumer_group": group})
-    member = ctx.fleet.start_other("replay", settings=settings)
+    member = ctx.fleet.start_replayer(settings)
     ctx.replay_groups.append(group)
     ctx.note(f"{member.name} replays the topic from the start in fresh group {group}")
 
@@ -227,9 +227,11 @@ async def redrive_now(ctx: Ctx) -> int:
     return count
 
 
+# Refused by simulation (TokenTransferFailed) or reverted on chain after a sibling
+# transfer drained the Distributor first.
 OUT_OF_TOKENS = """
-SELECT count(*) FROM distributions
-WHERE state = 'failed' AND failure_reason LIKE '%TokenTransferFailed%'
+SELECT count(*) FROM distributions WHERE state = 'failed'
+  AND (failure_reason LIKE '%TokenTransferFailed%' OR failure_reason LIKE 'reverted: tx%')
 """
 
 

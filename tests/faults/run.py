@@ -208,9 +208,16 @@ async def _act(ctx: Ctx, plan: Plan, opts: Options, result: RunResult) -> None:
     result.outstanding = await checker.wait_quiescent(ctx, opts.quiesce_timeout_s)
     ctx.note("quiet" if not result.outstanding else f"NOT quiet: {result.outstanding}")
     await ctx.fleet.shutdown()  # nothing moves while the books are read
-    ctx.metrics["fee_bumps"] = await ctx.world.pool.fetchval(
-        "SELECT count(*) - count(DISTINCT event_id) FROM chain_transactions"
+    # A bump is a second transaction of one (event, nonce); a re-sign after a revert and
+    # re-drive is a second nonce of one event.
+    txs = await ctx.world.pool.fetchrow(
+        "SELECT count(*) - count(DISTINCT (event_id, nonce)) AS bumps,"
+        " count(DISTINCT (event_id, nonce)) - count(DISTINCT event_id) AS resigned"
+        " FROM chain_transactions"
     )
+    assert txs is not None  # an aggregate always returns its row
+    ctx.metrics["fee_bumps"] += txs["bumps"]
+    ctx.metrics["resigned_after_revert"] += txs["resigned"]
     result.tally = await checker.tally(ctx)
     report = await harness.run_verify(ctx.world.settings, ctx.world.pool, grace_s=0.0)
     result.verify_ok, result.verify_report = report.ok, report.render()

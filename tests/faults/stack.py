@@ -105,5 +105,16 @@ class Stack:
             tail = "\n".join(out.decode(errors="replace").splitlines()[-20:])
             raise StackError(f"stack.sh {' '.join(args)} exited {proc.returncode}:\n{tail}")
 
+    async def reset_chain(self) -> None:
+        """Restart anvil from genesis. Its ``--state`` file holds every block of every run
+        and is rewritten each second: over hundreds of runs that alone saturates the node.
+        Each run deploys its own contracts and funds its own keys, so nothing is lost, but
+        it is for a stack of one's own: refused on the repository's default stack."""
+        if self.home.resolve() == (REPO_ROOT / ".stack").resolve():
+            raise StackError("refusing to wipe the chain of the shared stack in .stack")
+        await self.ctl("stop-service", "anvil")
+        (self.home / "anvil" / "state.json").unlink(missing_ok=True)
+        await self.ctl("start-service", "anvil")
+
     async def rpc(self, method: str, *params: Any) -> Any:
         return await harness.rpc(self.rpc_url, method, list(params))

@@ -1,9 +1,14 @@
-"""Bugs the fault runs found (seeds 100 and 105), each pinned as a deterministic test of
-the behaviour the design promises, each fixed:
+"""Bugs the fault runs found, each pinned as a deterministic test of the behaviour the
+design promises. Fixed (seeds 100 and 105):
 
 - asyncpg's InternalClientError (a terminated backend) escaped ``db.guarded``;
 - two members bumping the same stuck transaction at once crashed one of them;
 - a transfer that reverted for lack of tokens could never be re-driven.
+
+Open, ``xfail(strict=True)`` until fixed (a fix makes the test pass, strict xfail turns
+that into a failure, and whoever fixed it removes the marker):
+
+- SIGTERM during a rebalance: two overlapping ``Runner.release`` calls (seed 2008).
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
 from consumer.chain import Chain
 from consumer.deploy import Deployment
+from consumer.partition import PartitionWorker
 from consumer.redrive import redrive_failed
 from consumer.repository import Repository
 from consumer.resubmitter import Resubmitter
+from consumer.runner import Runner
 from tests.integration import harness
 from tests.services import Services
 from tokendist import db, payments
@@ -181,3 +189,49 @@ async def _sleeping(pool: asyncpg.Pool) -> bool:
         "current_database()"
     )
     return bool(n)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: overlapping Runner.release calls (SIGTERM during a rebalance) crash the "
+    "drain (fault seed 2008)",
+)
+async def test_sigterm_during_a_revocation_drains_cleanly() -> None:
+    """SIGTERM's ``_shutdown`` and a rebalance's ``on_partitions_revoked`` both call
+    ``Runner.release`` for the same partitions while a worker is busy with a slow step
+    (in seed 2008: awaiting the receipt of a transaction the node had dropped).
+
+    Both call ``PartitionWorker.stop`` on one worker: when the first caller's grace runs
+    out it cancels the task, and the second caller, awaiting ``asyncio.shield`` of that
+    task, gets CancelledError (``wait_for`` only catches TimeoutError). Had the step
+    finished in time, both callers would ``del self.workers[tp]`` and the second would
+    raise KeyError. Either way the consumer exits 1 without committing its finished
+    offsets, instead of draining as SIGTERM promises."""
+    settings = Settings(
+        database_url="postgresql://unused@127.0.0.1:1/unused",
+        kafka_bootstrap="127.0.0.1:1",
+        shutdown_grace_s=0.2,
+    )
+    runner = Runner(settings, asyncio.Event())
+    started = asyncio.Event()
+
+    async def slow(record: object) -> None:
+        started.set()
+        await asyncio.sleep(30)  # a step that outlives the grace period
+
+    tp = TopicPartition("payments", 0)
+    worker = PartitionWorker(0, slow, retry_base_s=0.1, retry_cap_s=1.0)
+    worker.feed([_Record(partition=0, offset=0)])
+    runner.workers[tp] = worker
+    await started.wait()
+    revoked, shutdown = await asyncio.gather(
+        runner.release([tp]), runner.release([tp]), return_exceptions=True
+    )
+    assert (revoked, shutdown) == (None, None)
+    assert runner.workers == {}
+
+
+class _Record:
+    def __init__(self, *, partition: int, offset: int) -> None:
+        self.partition = partition
+        self.offset = offset

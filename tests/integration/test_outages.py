@@ -86,3 +86,24 @@ async def _credited_at_least(pool: asyncpg.Pool, n: int) -> bool:
         return await harness.credited(pool) >= n
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False  # the database is the thing restarting
+
+
+async def test_a_consumer_started_while_the_node_is_down_waits_for_it(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """Found by the fault runs: a member (re)started during an outage exited instead of
+    waiting for the dependency, like a crash loop without a supervisor."""
+    await harness.pay(pool, harness.payment(tokenization, 1, user=0, tokens=10**18))
+    await asyncio.to_thread(stack, "stop-service", "anvil")
+    try:
+        member = harness.Process(settings, "consume")
+        await asyncio.sleep(4)
+        assert member.alive(), member.tail()
+    finally:
+        await asyncio.to_thread(stack, "start-service", "anvil")
+    try:
+        async with harness.relay(settings):
+            await harness.wait_until(lambda: _credited_at_least(pool, 1), what="the credit")
+    finally:
+        assert member.terminate() == 0
+    assert await harness.paid_to(settings, tokenization) == [(harness.wallet(0).lower(), 10**18)]

@@ -8,7 +8,7 @@ import pytest
 
 from consumer.dlq import dlq_headers
 from consumer.states import TRANSITIONS, State, check_transition
-from outbox.relay import backoff
+from tokendist.retry import backoff
 from tokendist.settings import Settings, SettingsError, load_settings
 
 

@@ -1,0 +1,48 @@
+"""Backoff, and retrying a start-up step until its dependency answers.
+
+A relay or consumer started while PostgreSQL, Kafka or the node is down waits for it
+(with capped, jittered backoff) instead of exiting: a supervisor restart loop would do
+the same, slower and louder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+
+from tokendist.errors import TransientError
+from tokendist.settings import Settings
+
+log = structlog.get_logger("tokendist.retry")
+
+T = TypeVar("T")
+
+
+def backoff(attempt: int, base_s: float, cap_s: float) -> float:
+    """Capped exponential backoff with full jitter (AWS architecture blog's variant)."""
+    ceiling: float = min(cap_s, base_s * 2 ** min(attempt, 30))
+    return random.uniform(0, ceiling)  # noqa: S311 -- jitter, not cryptography
+
+
+async def until_available(
+    what: str, op: Callable[[], Awaitable[T]], settings: Settings, stop: asyncio.Event
+) -> T:
+    """``op()`` retried on ``TransientError``; once ``stop`` is set the last error is raised."""
+    attempt = 0
+    while True:
+        try:
+            return await op()
+        except TransientError as exc:
+            if stop.is_set():
+                raise
+            attempt += 1
+            delay = backoff(attempt, settings.retry_base_s, settings.retry_cap_s)
+            log.warning("startup_waiting", step=what, error=str(exc), delay_s=round(delay, 2))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                continue
