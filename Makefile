@@ -7,7 +7,7 @@ STACK   := bash stack/stack.sh
 ENV     := eval "$$($(STACK) env)"
 PYTEST_WORKERS ?= 2
 
-.PHONY: deps stack-up stack-down lint test test-unit test-integration demo bench clean
+.PHONY: deps stack-up stack-down lint test test-unit demo faults bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,12 @@ test-unit: deps
 
 demo: deps stack-up
 	$(ENV) && $(BIN)/tokendist demo
+
+# The long fault campaign (CI runs a short one inside `make test`): SEED=... RUNS=...
+SEED ?= 1
+RUNS ?= 1000
+faults: deps stack-up
+	$(ENV) && $(BIN)/python -m tests.faults --seed $(SEED) --runs $(RUNS) --rotate
 
 bench: deps stack-up
 	$(ENV) && $(BIN)/python -m bench.run
