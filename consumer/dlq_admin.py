@@ -73,7 +73,7 @@ async def read_all(settings: Settings) -> list[Parked]:
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
-    await kafka.guarded(client.start)
+    await kafka.start(client)
     try:
         tps = await kafka.partitions(client, settings.dlq_topic)
         if not tps:
@@ -99,8 +99,7 @@ def select(parked: list[Parked], *, ids: list[str], reason: str | None) -> list[
 
 
 async def redrive(settings: Settings, chosen: list[Parked]) -> int:
-    producer = kafka.producer(settings)
-    await kafka.guarded(producer.start)
+    producer = await kafka.start(kafka.producer(settings))
     try:
         for p in chosen:
             headers = [(k, v) for k, v in p.headers if not k.startswith("dlq.")]

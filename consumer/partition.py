@@ -51,6 +51,7 @@ class PartitionWorker:
         self._queue: collections.deque[Any] = collections.deque()
         self._ready = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"partition-{partition}")
+        self._stopping: asyncio.Task[None] | None = None
 
     @property
     def backlog(self) -> int:
@@ -62,14 +63,20 @@ class PartitionWorker:
             self._ready.set()
 
     async def stop(self, grace_s: float) -> None:
-        """Finish the record in hand (up to ``grace_s``), then stop; idempotent.
+        """Finish the record in hand (up to ``grace_s``), then stop. Idempotent and safe
+        to call concurrently (SIGTERM arriving during a rebalance's revocation): every
+        caller awaits the same stopping task.
 
         Cancelling past the grace period is safe: the record's offset is not done, and
         whoever processes it next resumes from the state stored in PostgreSQL."""
-        if self.state is WorkerState.RUNNING:
+        if self._stopping is None:
             self.state = WorkerState.STOPPING
             self._queue.clear()
             self._ready.set()
+            self._stopping = asyncio.create_task(self._stop(grace_s), name="stop-partition")
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout=grace_s)
         except TimeoutError:

@@ -37,7 +37,7 @@ class Move:
 
 async def live_members(settings: Settings, group: str) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await kafka.guarded(admin.start)
+    await kafka.start(admin)
     try:
         described = await kafka.guarded(lambda: admin.describe_consumer_groups([group]))
     finally:
@@ -66,7 +66,7 @@ async def plan_and_apply(
     client = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, group_id=group, enable_auto_commit=False
     )
-    await kafka.guarded(client.start)
+    await kafka.start(client)
     try:
         tps = await kafka.partitions(client, settings.topic)
         if not tps:

@@ -32,7 +32,7 @@ from consumer.resubmitter import Resubmitter
 from tokendist import db, kafka, metrics
 from tokendist.errors import TransientError
 from tokendist.failpoints import Failpoints
-from tokendist.retry import until_available
+from tokendist.retry import StoppedWhileWaiting, until_available
 from tokendist.settings import Settings
 
 log = structlog.get_logger("tokendist.consumer")
@@ -63,6 +63,14 @@ class Runner:
         if self.state is not RunnerState.NEW:
             raise RuntimeError(f"runner already {self.state.value}")
         self.state = RunnerState.RUNNING
+        try:
+            await self._run()
+        except StoppedWhileWaiting as exc:
+            log.info("stopped_while_starting", step=str(exc))
+        self.state = RunnerState.STOPPED
+        log.info("consumer_stopped")
+
+    async def _run(self) -> None:
         rpc_url, key = self.settings.require_chain()
         async with AsyncExitStack() as resources:
             s, stop = self.settings, self.stop
@@ -75,15 +83,17 @@ class Runner:
             repo = Repository(pool)
             await until_available("nonce", lambda: self._sync_nonce(repo, chain), s, stop)
             await until_available("topics", lambda: kafka.ensure_topics(s), s, stop)
-            producer = kafka.producer(self.settings)
-            await until_available("producer", lambda: kafka.guarded(producer.start), s, stop)
+            producer = await until_available(
+                "producer", lambda: kafka.start(kafka.producer(s)), s, stop
+            )
             resources.push_async_callback(producer.stop)
             processor = Processor(
                 self.settings, repo, chain, DeadLetters(producer, self.settings.dlq_topic)
             )
             self._process = processor.handle
-            self.consumer = consumer = self._make_consumer()
-            await until_available("consumer", lambda: kafka.guarded(consumer.start), s, stop)
+            self.consumer = consumer = await until_available(
+                "consumer", lambda: kafka.start(self._make_consumer()), s, stop
+            )
             resources.push_async_callback(consumer.stop)
             side_tasks = [
                 *self._metrics_server(),
@@ -96,8 +106,6 @@ class Runner:
                 await self._fetch_loop(side_tasks)
             finally:
                 await self._shutdown(side_tasks)
-        self.state = RunnerState.STOPPED
-        log.info("consumer_stopped")
 
     def _metrics_server(self) -> list[asyncio.Task[None]]:
         if self.settings.metrics_port is None:
@@ -222,8 +230,8 @@ class Runner:
             *(self.workers[tp].stop(self.settings.shutdown_grace_s) for tp in owned)
         )
         await self.commit(owned)
-        for tp in owned:
-            del self.workers[tp]
+        for tp in owned:  # a concurrent release (SIGTERM during a revocation) may be first
+            self.workers.pop(tp, None)
             self.committed.pop(tp, None)
 
     async def _shutdown(self, side_tasks: list[asyncio.Task[None]]) -> None:

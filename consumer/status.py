@@ -57,7 +57,7 @@ class KafkaOffsets:
         )
 
     async def __aenter__(self) -> KafkaOffsets:
-        await kafka.guarded(self.client.start)
+        await kafka.start(self.client)
         return self
 
     async def __aexit__(self, *_: object) -> None:

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 from outbox import queries
 from tokendist import db, kafka, metrics
 from tokendist.errors import TransientError
-from tokendist.retry import backoff, until_available
+from tokendist.retry import backoff
 from tokendist.settings import Settings
 
 log = structlog.get_logger("tokendist.relay")
@@ -58,9 +58,6 @@ class Relay:
     async def run(self) -> None:
         if self.state is not RelayState.NEW:
             raise RuntimeError(f"relay already {self.state.value}")
-        await until_available(
-            "topics", lambda: kafka.ensure_topics(self.settings), self.settings, self.stop
-        )
         server = self._serve_metrics()
         try:
             await self._run()
@@ -108,8 +105,10 @@ class Relay:
             metrics.RELAY_LEADER.set(1)
             log.info("relay_leading")
             await db.guarded(lambda: conn.add_listener(NOTIFY_CHANNEL, self._on_notify))
-            producer = kafka.producer(self.settings)
-            await kafka.guarded(producer.start)
+            # Every leadership term re-checks the topics: a broker that lost a young
+            # topic (or an operator who deleted it) must not leave the relay stuck.
+            await kafka.ensure_topics(self.settings)
+            producer = await kafka.start(kafka.producer(self.settings))
             try:
                 await self._publish_loop(conn, producer)
             finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,6 +27,29 @@ async def guarded(op: Callable[[], Awaitable[T]]) -> T:
         raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
+START_TIMEOUT_S = 30.0
+
+C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient)
+
+
+async def start(client: C) -> C:
+    """Start a client, or stop it and raise ``BrokerUnavailable``. Bounded: an idempotent
+    producer whose broker vanished mid-start retries InitProducerId forever (seen in the
+    fault runs), so a hung start is abandoned and the caller builds a fresh client."""
+    try:
+        await asyncio.wait_for(client.start(), START_TIMEOUT_S)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await _quietly_stop(client)
+        raise BrokerUnavailable(f"starting {type(client).__name__}: {exc!r}") from exc
+    return client
+
+
+async def _quietly_stop(client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient) -> None:
+    closing = client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
+    with contextlib.suppress(Exception):  # the start already failed; that error is the news
+        await asyncio.wait_for(closing, START_TIMEOUT_S)
+
+
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer: acks from all in-sync replicas, no reordering on retry."""
     options: dict[str, Any] = {
@@ -45,9 +69,9 @@ async def ensure_topics(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
     )
+    await start(admin)
 
     async def create() -> None:
-        await admin.start()
         try:
             existing = set(await admin.list_topics())
             wanted = [

@@ -28,17 +28,22 @@ def backoff(attempt: int, base_s: float, cap_s: float) -> float:
     return random.uniform(0, ceiling)  # noqa: S311 -- jitter, not cryptography
 
 
+class StoppedWhileWaiting(Exception):
+    """Stop was requested while a start-up step waited for its dependency."""
+
+
 async def until_available(
     what: str, op: Callable[[], Awaitable[T]], settings: Settings, stop: asyncio.Event
 ) -> T:
-    """``op()`` retried on ``TransientError``; once ``stop`` is set the last error is raised."""
+    """``op()`` retried on ``TransientError`` until it succeeds or ``stop`` is set (then
+    ``StoppedWhileWaiting``: SIGTERM during an outage is a clean exit, not an error)."""
     attempt = 0
     while True:
         try:
             return await op()
         except TransientError as exc:
             if stop.is_set():
-                raise
+                raise StoppedWhileWaiting(what) from exc
             attempt += 1
             delay = backoff(attempt, settings.retry_base_s, settings.retry_cap_s)
             log.warning("startup_waiting", step=what, error=str(exc), delay_s=round(delay, 2))

@@ -68,8 +68,7 @@ class Simulator:
         rng = random.Random(plan.seed)  # noqa: S311 -- a reproducible simulation, not secrets
         await kafka.ensure_topics(self.settings)
         await self._register_users(plan)
-        producer = kafka.producer(self.settings)
-        await kafka.guarded(producer.start)
+        producer = await kafka.start(kafka.producer(self.settings))
         try:
             i = 0
             while (plan.count == 0 or i < plan.count) and not stop.is_set():

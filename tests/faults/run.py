@@ -165,9 +165,14 @@ async def run_once(stack: Stack, seed: int, opts: Options) -> RunResult:
     featured = kinds[seed % len(kinds)] if opts.rotate else None
     plan = make_plan(rng, name, kinds, opts, featured)
     tag = f"{name}_{uuid.uuid4().hex[:6]}"  # a replay must not collide with a kept failure
-    world = await create_world(
-        stack, tag, (f"tok-{name}", f"prop-{name}"), fund=plan.fund, log_root=opts.log_root
-    )
+    try:
+        world = await create_world(
+            stack, tag, (f"tok-{name}", f"prop-{name}"), fund=plan.fund, log_root=opts.log_root
+        )
+    except Exception:  # one run's setup failing must not end the whole campaign
+        result.error = "setting up the run's world failed:\n" + traceback.format_exc(limit=8)
+        result.seconds = time.monotonic() - began
+        return result
     result.log_dir, result.database = str(world.log_dir), world.db_name
     fleet = Fleet(world.settings, world.log_dir)
     ctx = Ctx(
@@ -200,9 +205,12 @@ async def _act(ctx: Ctx, plan: Plan, opts: Options, result: RunResult) -> None:
     await plan.workload.register(ctx.world.pool)
     ctx.fleet.restore(plan.relays, plan.consumers)
     ctx.note(f"{plan.relays} relay(s), {plan.consumers} consumer(s), fund {plan.fund or 'plenty'}")
-    await asyncio.gather(
-        _stream(ctx, plan.gaps), _nemesis(ctx, plan.steps), _approvals(ctx, plan.approvals)
-    )
+    # A TaskGroup, not gather: if one of them fails the others are cancelled, so no fault
+    # outlives its run (each brings its service back in ``finally``, cancelled or not).
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(_stream(ctx, plan.gaps))
+        tasks.create_task(_nemesis(ctx, plan.steps))
+        tasks.create_task(_approvals(ctx, plan.approvals))
     ctx.note("faults over: restoring")
     await _restore(ctx)
     result.outstanding = await checker.wait_quiescent(ctx, opts.quiesce_timeout_s)

@@ -1,13 +1,9 @@
 """Bugs the fault runs found, each pinned as a deterministic test of the behaviour the
-design promises. Fixed (seeds 100 and 105):
+design promises, each fixed:
 
-- asyncpg's InternalClientError (a terminated backend) escaped ``db.guarded``;
-- two members bumping the same stuck transaction at once crashed one of them;
-- a transfer that reverted for lack of tokens could never be re-driven.
-
-Open, ``xfail(strict=True)`` until fixed (a fix makes the test pass, strict xfail turns
-that into a failure, and whoever fixed it removes the marker):
-
+- asyncpg's InternalClientError (a terminated backend) escaped ``db.guarded`` (seed 100);
+- two members bumping the same stuck transaction at once crashed one of them (seed 100);
+- a transfer that reverted for lack of tokens could never be re-driven (seed 105);
 - SIGTERM during a rebalance: two overlapping ``Runner.release`` calls (seed 2008).
 """
 
@@ -191,11 +187,6 @@ async def _sleeping(pool: asyncpg.Pool) -> bool:
     return bool(n)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: overlapping Runner.release calls (SIGTERM during a rebalance) crash the "
-    "drain (fault seed 2008)",
-)
 async def test_sigterm_during_a_revocation_drains_cleanly() -> None:
     """SIGTERM's ``_shutdown`` and a rebalance's ``on_partitions_revoked`` both call
     ``Runner.release`` for the same partitions while a worker is busy with a slow step
