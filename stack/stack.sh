@@ -35,6 +35,13 @@ die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
 fail() { log "ERROR: $1; last lines of $2:"; tail -n 40 "$2" >&2 || true; exit 1; }
 now() { date +%s.%N; }
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+# A process whose /proc entry is gone may still hold its socket for a moment (a big anvil
+# state being written out): a restart right away would find the port taken.
+wait_port_closed() { # port
+  local i
+  for ((i = 0; i < 100; i++)); do port_open "$1" || return 0; sleep 0.1; done
+  log "port $1 still open 10s after its process stopped"
+}
 
 # ---------------------------------------------------------------- processes
 # A pid file alone can be stale (reboot, pid reuse) and a zombie still answers kill -0,
@@ -231,9 +238,10 @@ wait_kafka_node() {
 start_kafka() { ensure_kafka_libs; for n in $(seq "$(mode)"); do start_kafka_node "$n"; done; }
 wait_kafka() { for n in $(seq "$(mode)"); do wait_kafka_node "$n"; done; }
 stop_kafka() { # all nodes at once; in 3-broker mode they would otherwise wait on each other
-  local f
+  local f n
   for f in "$RUN"/kafka-*.pid; do if [[ -e $f ]]; then stop_pid "$f" kafka.Kafka & fi; done
   wait
+  for n in 1 2 3; do wait_port_closed "$(kport $n)"; done
 }
 
 # ---------------------------------------------------------------- anvil
@@ -273,6 +281,7 @@ stop_anvil() {
     sleep 1.5
   fi
   stop_pid "$RUN/anvil.pid" anvil
+  wait_port_closed "$ANVIL_PORT"
 }
 start_anvil() {
   ensure_anvil
