@@ -85,7 +85,22 @@ class Stack:
         return f'eval "$({assigns} bash stack/stack.sh env)" &&'
 
     async def ctl(self, *args: str) -> None:
-        """Run ``stack.sh ARGS`` against this stack; raise with its output if it fails."""
+        """Run ``stack.sh ARGS`` against this stack; raise with its output if it fails.
+
+        A start is tried three times: stack.sh considers a process gone once its
+        /proc cmdline is empty, but a big one (anvil with a large state) may still hold
+        its port for a moment, and the start then refuses ("port ... is in use")."""
+        attempts = 3 if args and args[0] in ("start-service", "start-broker") else 1
+        for attempt in range(attempts):
+            try:
+                await self._ctl_once(*args)
+                return
+            except StackError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(2.0)
+
+    async def _ctl_once(self, *args: str) -> None:
         proc = await asyncio.create_subprocess_exec(
             "bash",
             str(STACK_SCRIPT),
