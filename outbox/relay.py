@@ -16,7 +16,6 @@ late is still picked up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import time
@@ -31,6 +30,7 @@ from tokendist import db, kafka, metrics
 from tokendist.errors import TransientError
 from tokendist.retry import backoff
 from tokendist.settings import Settings
+from tokendist.signals import pause
 
 log = structlog.get_logger("tokendist.relay")
 
@@ -88,7 +88,7 @@ class Relay:
                 failures += 1
                 delay = backoff(failures, self.settings.retry_base_s, self.settings.retry_cap_s)
                 log.warning("relay_retrying", error=str(exc), delay_s=round(delay, 2))
-                await self._sleep(delay)
+                await pause(self.stop, delay)
 
     async def _lead_when_possible(self) -> None:
         async with db.connect(self.settings.database_url) as conn:
@@ -98,7 +98,7 @@ class Relay:
                 )
                 if locked:
                     break
-                await self._sleep(self.settings.relay_standby_retry_s)
+                await pause(self.stop, self.settings.relay_standby_retry_s)
             else:
                 return
             self.state = RelayState.LEADING
@@ -178,10 +178,6 @@ class Relay:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
 
 
 def _headers(raw: str) -> kafka.Headers:

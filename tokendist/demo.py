@@ -27,6 +27,7 @@ from consumer.status import KafkaOffsets, Status, gather
 from consumer.verify import Report, verify
 from tokendist import db
 from tokendist.settings import Settings
+from tokendist.signals import pause
 from tokendist.simulator import Plan, Simulator, Tally
 
 TOKENIZATION, PROPERTY = "lekki-towers", "lekki-towers-prop"
@@ -140,7 +141,7 @@ class Demo:
 
     async def _release_parked(self, pool: asyncpg.Pool, tally: Tally, stop: asyncio.Event) -> None:
         """The compliance team approves the unverified investors a little later."""
-        await _sleep(stop, 3)
+        await pause(stop, 3)
         released = 0
         async with pool.acquire() as conn:
             for user in sorted(tally.unverified_users):
@@ -164,7 +165,7 @@ class Demo:
                 and not sum(status.lag.values())
             ):
                 return
-            await _sleep(stop, 1)
+            await pause(stop, 1)
 
     async def _progress(self, pool: asyncpg.Pool, offsets: KafkaOffsets, tally: Tally) -> None:
         while True:
@@ -198,10 +199,3 @@ class Demo:
         for label, value in rows:
             print(f"  {label:<{width}}  {value:>10}")
         print("\ntokendist verify\n" + report.render())
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return

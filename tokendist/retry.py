@@ -16,6 +16,7 @@ import structlog
 
 from tokendist.errors import TransientError
 from tokendist.settings import Settings
+from tokendist.signals import pause
 
 log = structlog.get_logger("tokendist.retry")
 
@@ -47,7 +48,4 @@ async def until_available(
             attempt += 1
             delay = backoff(attempt, settings.retry_base_s, settings.retry_cap_s)
             log.warning("startup_waiting", step=what, error=str(exc), delay_s=round(delay, 2))
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                continue
+            await pause(stop, delay)
