@@ -4,6 +4,8 @@ metrics and health, and the demo command a new user runs first."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -229,3 +231,27 @@ def test_the_demo_runs_to_a_green_verify(stack: object) -> None:
     assert demo.returncode == 0, out[-4000:]
     assert "verdict: all invariants hold" in out
     assert "payments confirmed (unique)" in out
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(stack: object) -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tokendist.cli", "demo", "--payments", "400", "--rate", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert demo.stdout is not None
+    pids: list[int] = []
+    for line in demo.stdout:
+        if "started relay and" in line:
+            pids = [int(p) for p in line.split("pids ")[1].rstrip(")\n").split(", ")]
+        if pids and "confirmed" in line and "| published" in line:
+            break  # the system is running and reporting progress
+    demo.send_signal(signal.SIGINT)
+    out, _ = demo.communicate(timeout=120)
+    assert demo.returncode in (0, 1), out[-3000:]
+    assert "stopped early: summary" in out
+    assert len(pids) == 3
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # relay and consumers are gone, not orphaned
