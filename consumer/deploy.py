@@ -84,6 +84,16 @@ class Deployer:
         ).build_transaction({"from": self.account.address})
         await self._transact(dict(tx))
 
+    async def set_operator(self, distributor: str, operator: str) -> None:
+        """Rotate the Distributor's operator key (only the owner, the deployer, may)."""
+        contract = self.w3.eth.contract(
+            address=AsyncWeb3.to_checksum_address(distributor), abi=contracts.abi("Distributor")
+        )
+        tx = await contract.functions.setOperator(
+            AsyncWeb3.to_checksum_address(operator)
+        ).build_transaction({"from": self.account.address})
+        await self._transact(dict(tx))
+
     async def close(self) -> None:
         await self.w3.provider.disconnect()
 

@@ -107,6 +107,25 @@ async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_rotate_operator(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer import queries
+    from consumer.deploy import Deployer
+    from tokendist import db
+
+    rpc_url, deployer_key = settings.require_deployer()
+    async with db.connect(settings.database_url) as conn:
+        row = await conn.fetchrow(queries.TOKENIZATION, args.tokenization_id)
+    if row is None:
+        raise SettingsError(f"no tokenization {args.tokenization_id} is recorded")
+    deployer = Deployer(rpc_url, deployer_key)
+    try:
+        await deployer.set_operator(row["distributor_address"], args.new_operator)
+    finally:
+        await deployer.close()
+    print(f"distributor {row['distributor_address']}: operator is now {args.new_operator}")
+    return 0
+
+
 async def cmd_kyc_approve(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.kyc import approve
     from tokendist import db
@@ -318,6 +337,13 @@ def _add_operations(sub: Any) -> None:
         help="base units moved into the Distributor (default: all)",
     )
     deploy.set_defaults(handler=_async(cmd_deploy))
+
+    rotate = chain.add_parser(
+        "rotate-operator", help="make another key the Distributor's operator (owner only)"
+    )
+    rotate.add_argument("--tokenization-id", required=True)
+    rotate.add_argument("--new-operator", required=True, type=_address)
+    rotate.set_defaults(handler=_async(cmd_rotate_operator))
 
     kyc = sub.add_parser("kyc", help="investor verification").add_subparsers(
         dest="k", required=True

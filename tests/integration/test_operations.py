@@ -15,8 +15,10 @@ import aiohttp
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from eth_account import Account
+from pydantic import SecretStr
 
-from consumer import dlq_admin
+from consumer import contracts, dlq_admin
 from consumer.chain import Chain
 from consumer.deploy import Deployment
 from consumer.reconcile import Reconciler
@@ -24,6 +26,7 @@ from consumer.replay import GroupActive, plan_and_apply
 from consumer.repository import Repository
 from consumer.status import KafkaOffsets, gather
 from tests.integration import harness
+from tokendist.errors import ChainRejected
 from tokendist.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -255,3 +258,47 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(stack: object) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # relay and consumers are gone, not orphaned
+
+
+async def test_rotating_the_operator_key_as_the_runbook_says(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    await harness.pay(pool, harness.payment(tokenization, 1, user=0, tokens=10**18))
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: credited_is(pool, 1), what="paid by the old key")
+    new = Account.create()
+    await harness.fund(settings.rpc_url or "", new.address)
+    rotate = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "tokendist.cli",
+            "chain",
+            "rotate-operator",
+            "--tokenization-id",
+            tokenization.tokenization_id,
+            "--new-operator",
+            new.address,
+        ],
+        env={**os.environ, **settings.as_env()},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rotate.returncode == 0, rotate.stderr
+    rotated = settings.model_copy(update={"operator_key": SecretStr(new.key.hex())})
+    old = Chain(*settings.require_chain())
+    try:
+        data = old.distribute_calldata(contracts.payment_id("probe"), harness.wallet(2), 1)
+        with pytest.raises(ChainRejected, match="NotOperator"):
+            await old.estimate(tokenization.distributor_address, data)
+    finally:
+        await old.close()
+    await harness.pay(pool, harness.payment(tokenization, 2, user=1, tokens=2 * 10**18))
+    async with harness.relay(rotated), harness.consumer(rotated):
+        await harness.wait_until(lambda: credited_is(pool, 2), what="paid by the new key")
+    assert sorted(await harness.paid_to(settings, tokenization)) == sorted(
+        [(harness.wallet(0).lower(), 10**18), (harness.wallet(1).lower(), 2 * 10**18)]
+    )
+    assert (await harness.run_verify(rotated, pool)).ok
