@@ -238,10 +238,12 @@ wait_kafka_node() {
 start_kafka() { ensure_kafka_libs; for n in $(seq "$(mode)"); do start_kafka_node "$n"; done; }
 wait_kafka() { for n in $(seq "$(mode)"); do wait_kafka_node "$n"; done; }
 stop_kafka() { # all nodes at once; in 3-broker mode they would otherwise wait on each other
-  local f n
-  for f in "$RUN"/kafka-*.pid; do if [[ -e $f ]]; then stop_pid "$f" kafka.Kafka & fi; done
+  local f n nodes=()
+  for f in "$RUN"/kafka-*.pid; do
+    if [[ -e $f ]]; then n=${f##*/kafka-}; nodes+=("${n%.pid}"); stop_pid "$f" kafka.Kafka & fi
+  done
   wait
-  for n in 1 2 3; do wait_port_closed "$(kport $n)"; done
+  for n in "${nodes[@]}"; do wait_port_closed "$(kport "$n")"; done
 }
 
 # ---------------------------------------------------------------- anvil
