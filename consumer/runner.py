@@ -86,7 +86,7 @@ class Runner:
             producer = await until_available(
                 "producer", lambda: kafka.start(kafka.producer(s)), s, stop
             )
-            resources.push_async_callback(producer.stop)
+            resources.push_async_callback(kafka.close, producer)
             processor = Processor(
                 self.settings, repo, chain, DeadLetters(producer, self.settings.dlq_topic)
             )
@@ -94,7 +94,7 @@ class Runner:
             self.consumer = consumer = await until_available(
                 "consumer", lambda: kafka.start(self._make_consumer()), s, stop
             )
-            resources.push_async_callback(consumer.stop)
+            resources.push_async_callback(kafka.close, consumer)
             side_tasks = [
                 *self._metrics_server(),
                 asyncio.create_task(self._commit_loop(), name="committer"),

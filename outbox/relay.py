@@ -114,7 +114,7 @@ class Relay:
             finally:
                 self.state = RelayState.STOPPING
                 metrics.RELAY_LEADER.set(0)
-                await producer.stop()
+                await kafka.close(producer)
 
     async def _publish_loop(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> None:
         pruned_at = 0.0

@@ -19,10 +19,12 @@ LOGS="$ST/logs"
 LIBS="$ST/kafka-libs"
 NPM_DIR="$ST/npm"
 HOST=127.0.0.1
-# Non-default ports so a developer's own Postgres/Kafka/anvil keeps working beside ours.
-PG_PORT="${TOKENDIST_PG_PORT:-55432}"
-ANVIL_PORT="${TOKENDIST_ANVIL_PORT:-58545}"
-KAFKA_PORT0="${TOKENDIST_KAFKA_PORT:-59092}" # node N: KAFKA_PORT0 + 100*(N-1), controller +1
+# Non-default ports so a developer's own Postgres/Kafka/anvil keeps working beside ours, and
+# below Linux's ephemeral range (32768-60999): a port in it can be taken as the source port of
+# some outbound connection while a service restarts, which then fails "Address already in use".
+PG_PORT="${TOKENDIST_PG_PORT:-25432}"
+ANVIL_PORT="${TOKENDIST_ANVIL_PORT:-28545}"
+KAFKA_PORT0="${TOKENDIST_KAFKA_PORT:-29092}" # node N: KAFKA_PORT0 + 100*(N-1), controller +1
 TIMEOUT="${TOKENDIST_STACK_TIMEOUT:-120}"
 OPERATOR_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 # anvil dev account #0
 DEPLOYER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d # anvil dev account #1

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from tokendist.errors import BrokerUnavailable
 from tokendist.settings import Settings
+
+log = structlog.get_logger("tokendist.kafka")
 
 T = TypeVar("T")
 
@@ -28,26 +31,42 @@ async def guarded(op: Callable[[], Awaitable[T]]) -> T:
 
 
 START_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 15.0
 
+Client: TypeAlias = AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient
 C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient)
 
 
 async def start(client: C) -> C:
-    """Start a client, or stop it and raise ``BrokerUnavailable``. Bounded: an idempotent
+    """Start a client, or close it and raise ``BrokerUnavailable``. Bounded: an idempotent
     producer whose broker vanished mid-start retries InitProducerId forever (seen in the
     fault runs), so a hung start is abandoned and the caller builds a fresh client."""
     try:
         await asyncio.wait_for(client.start(), START_TIMEOUT_S)
     except (KafkaError, OSError, TimeoutError) as exc:
-        await _quietly_stop(client)
+        await close(client)
         raise BrokerUnavailable(f"starting {type(client).__name__}: {exc!r}") from exc
     return client
 
 
-async def _quietly_stop(client: AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient) -> None:
+async def close(client: Client) -> None:
+    """Close a client without letting a broker outage turn a clean shutdown into a crash.
+
+    Bounded, because a producer flushing to a dead broker waits out every retry (nothing is
+    lost by abandoning it: unacknowledged outbox rows stay unpublished and unfinished
+    offsets uncommitted). And during an outage aiokafka 0.14's ``Fetcher.close`` cancels
+    its in-flight fetch tasks and re-raises their ``CancelledError`` (fault seed 2142):
+    that one is swallowed unless our own task really is being cancelled."""
     closing = client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
-    with contextlib.suppress(Exception):  # the start already failed; that error is the news
-        await asyncio.wait_for(closing, START_TIMEOUT_S)
+    try:
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka_close_failed", client=type(client).__name__, error="CancelledError")
+    except Exception as exc:  # closing is best effort; the outage is the news
+        log.warning("kafka_close_failed", client=type(client).__name__, error=repr(exc))
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.faults.run import Options, RunResult, run_once
-from tests.faults.stack import Stack
+from tests.faults.stack import Stack, StackError
 
 Out = Callable[[str], None]
 
@@ -145,6 +145,11 @@ async def campaign(
         if reset_chain_every and r and r % reset_chain_every == 0:
             await stack.reset_chain()
             out(f"(chain reset to genesis before run {r})")
+        try:
+            if await stack.heal():
+                out(f"(a service was down before run {r}: started it again)")
+        except StackError as exc:
+            out(f"(a service is down before run {r} and does not start: {exc})")
         result = await run_once(stack, seed + r, opts)
         summary.results.append(result)
         summary.seconds = time.monotonic() - began

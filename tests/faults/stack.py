@@ -55,7 +55,7 @@ class Stack:
             raise StackError(
                 f"{', '.join(missing)} not set. Fault runs restart services, so they need a "
                 "stack of their own, e.g.:\n  export TOKENDIST_STACK_HOME=$PWD/.stack-faults "
-                "TOKENDIST_PG_PORT=56432 TOKENDIST_KAFKA_PORT=59592 TOKENDIST_ANVIL_PORT=58645\n"
+                "TOKENDIST_PG_PORT=26432 TOKENDIST_KAFKA_PORT=29592 TOKENDIST_ANVIL_PORT=28645\n"
                 '  bash stack/stack.sh up && eval "$(bash stack/stack.sh env)"'
             )
         return cls(
@@ -119,6 +119,18 @@ class Stack:
         if proc.returncode != 0:
             tail = "\n".join(out.decode(errors="replace").splitlines()[-20:])
             raise StackError(f"stack.sh {' '.join(args)} exited {proc.returncode}:\n{tail}")
+
+    async def heal(self) -> bool:
+        """Start whatever is down (start-service is a no-op for a running service); returns
+        whether anything was. A fault that could not bring its service back fails its own
+        run as an ERROR, and must not turn the next runs into errors too."""
+        try:
+            await self._ctl_once("status")
+            return False
+        except StackError:
+            for service in ("pg", "kafka", "anvil"):
+                await self.ctl("start-service", service)
+            return True
 
     async def reset_chain(self) -> None:
         """Restart anvil from genesis. Its ``--state`` file holds every block of every run

@@ -6,9 +6,6 @@ alone, after the parallel suite (see the Makefile)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -19,23 +16,11 @@ from tokendist.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
-STACK = Path(__file__).resolve().parents[2] / "stack" / "stack.sh"
 
-
-def stack(*args: str) -> None:
-    if not os.environ.get("TOKENDIST_STACK_DIR"):
-        pytest.fail(
-            "outage tests restart services of the local stack: run them under "
-            '`make test` or after `eval "$(tokendist stack env)"`',
-            pytrace=False,
-        )
-    subprocess.run(["bash", str(STACK), *args], check=True, capture_output=True, timeout=180)
-
-
-async def outage(*args: str, down_s: float) -> None:
-    await asyncio.to_thread(stack, "stop-service", *args)
+async def outage(service: str, *, down_s: float) -> None:
+    await harness.local_stack().ctl("stop-service", service)
     await asyncio.sleep(down_s)
-    await asyncio.to_thread(stack, "start-service", *args)
+    await harness.local_stack().ctl("start-service", service)
 
 
 async def test_broker_down_then_back_relay_catches_up_and_nothing_is_lost(
@@ -94,13 +79,13 @@ async def test_a_consumer_started_while_the_node_is_down_waits_for_it(
     """Found by the fault runs: a member (re)started during an outage exited instead of
     waiting for the dependency, like a crash loop without a supervisor."""
     await harness.pay(pool, harness.payment(tokenization, 1, user=0, tokens=10**18))
-    await asyncio.to_thread(stack, "stop-service", "anvil")
+    await harness.local_stack().ctl("stop-service", "anvil")
     try:
         member = harness.Process(settings, "consume")
         await asyncio.sleep(4)
         assert member.alive(), member.tail()
     finally:
-        await asyncio.to_thread(stack, "start-service", "anvil")
+        await harness.local_stack().ctl("start-service", "anvil")
     try:
         async with harness.relay(settings):
             await harness.wait_until(lambda: _credited_at_least(pool, 1), what="the credit")
