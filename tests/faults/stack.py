@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.integration import harness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -145,3 +147,12 @@ class Stack:
 
     async def rpc(self, method: str, *params: Any) -> Any:
         return await harness.rpc(self.rpc_url, method, list(params))
+
+
+def local_stack() -> Stack:
+    """The stack the environment names, for tests that restart its services; a test run
+    without one fails saying how to start it."""
+    try:
+        return Stack.from_env()
+    except StackError as exc:
+        pytest.fail(str(exc), pytrace=False)

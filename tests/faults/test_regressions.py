@@ -28,6 +28,7 @@ from consumer.redrive import redrive_failed
 from consumer.repository import Repository
 from consumer.resubmitter import Resubmitter
 from consumer.runner import Runner
+from tests.faults.stack import local_stack
 from tests.integration import harness
 from tests.services import Services
 from tokendist import db, payments
@@ -238,7 +239,7 @@ async def test_sigterm_while_the_broker_is_down_exits_cleanly(settings: Settings
     fetcher, whose in-flight fetch tasks it cancels and awaits; their CancelledError came
     back out of ``Fetcher.close`` (aiokafka 0.14) and the process died with a traceback and
     status 1: to a supervisor, a crash on every shutdown during an outage."""
-    services = harness.local_stack()
+    services = local_stack()
     # Whether a fetch is mid-backoff at that instant is timing (about half the time):
     # eight tries, four members of four groups per outage, so that a still-broken
     # consumer cannot pass by luck and the strict xfail keep hiding it.

@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaConsumer
 from eth_account import Account
 
@@ -24,7 +23,6 @@ from consumer.deploy import Deployer, Deployment
 from consumer.runner import Runner
 from consumer.verify import Report, verify
 from outbox.relay import Relay
-from tests.faults.stack import Stack, StackError
 from tokendist import kafka, payments
 from tokendist.settings import Settings
 
@@ -287,13 +285,3 @@ async def top_up(settings: Settings, tk: Deployment, amount: int) -> None:
         await deployer.fund(tk.token_address, tk.distributor_address, amount)
     finally:
         await deployer.close()
-
-
-def local_stack() -> Stack:
-    """The stack the environment names, for tests that restart its services. (stack.sh
-    reads TOKENDIST_STACK_HOME and the port variables, which `stack.sh env` does not
-    export: a bare call would restart the default stack whatever the environment says.)"""
-    try:
-        return Stack.from_env()
-    except StackError as exc:
-        pytest.fail(str(exc), pytrace=False)

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from consumer.deploy import Deployment
+from tests.faults.stack import local_stack
 from tests.integration import harness
 from tokendist.settings import Settings
 
@@ -18,9 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
 
 async def outage(service: str, *, down_s: float) -> None:
-    await harness.local_stack().ctl("stop-service", service)
+    await local_stack().ctl("stop-service", service)
     await asyncio.sleep(down_s)
-    await harness.local_stack().ctl("start-service", service)
+    await local_stack().ctl("start-service", service)
 
 
 async def test_broker_down_then_back_relay_catches_up_and_nothing_is_lost(
@@ -79,13 +80,13 @@ async def test_a_consumer_started_while_the_node_is_down_waits_for_it(
     """Found by the fault runs: a member (re)started during an outage exited instead of
     waiting for the dependency, like a crash loop without a supervisor."""
     await harness.pay(pool, harness.payment(tokenization, 1, user=0, tokens=10**18))
-    await harness.local_stack().ctl("stop-service", "anvil")
+    await local_stack().ctl("stop-service", "anvil")
     try:
         member = harness.Process(settings, "consume")
         await asyncio.sleep(4)
         assert member.alive(), member.tail()
     finally:
-        await harness.local_stack().ctl("start-service", "anvil")
+        await local_stack().ctl("start-service", "anvil")
     try:
         async with harness.relay(settings):
             await harness.wait_until(lambda: _credited_at_least(pool, 1), what="the credit")
