@@ -38,6 +38,10 @@ from tokendist.settings import Settings
 log = structlog.get_logger("tokendist.consumer")
 
 COMMIT_EVERY_S = 0.5
+# aiokafka's commit waits for a group coordinator forever; during a broker outage that
+# would hang the drain (and SIGTERM with it). An abandoned commit loses nothing: the next
+# owner resumes from the previous one, and resuming is idempotent.
+COMMIT_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_MS = 200
 
 
@@ -212,12 +216,12 @@ class Runner:
         if not offsets:
             return
         try:
-            await self.consumer.commit(offsets)
+            await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
         except (CommitFailedError, IllegalStateError) as exc:
             log.warning("commit_skipped", error=str(exc))
             return
-        except KafkaError as exc:
-            log.warning("commit_failed", error=str(exc))
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("commit_failed", error=repr(exc))
             return
         self.committed.update(offsets)
         for tp, offset in offsets.items():

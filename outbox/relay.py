@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 
 from outbox import queries
 from tokendist import db, kafka, metrics
-from tokendist.errors import TransientError
+from tokendist.errors import BrokerUnavailable, TransientError
 from tokendist.retry import backoff
 from tokendist.settings import Settings
 from tokendist.signals import pause
@@ -37,6 +37,9 @@ log = structlog.get_logger("tokendist.relay")
 LEADER_LOCK = 7_117_002
 NOTIFY_CHANNEL = "tokendist_outbox"
 PRUNE_EVERY_S = 60.0
+# aiokafka retries a batch whose leader is known but unreachable forever; without a bound
+# a broker outage holds the claimed rows, the leader lock and SIGTERM hostage (seed 3159).
+ACK_TIMEOUT_S = 30.0
 
 
 class RelayState(enum.Enum):
@@ -159,7 +162,21 @@ class Relay:
             ]
             await asyncio.gather(*acks)
 
-        await kafka.guarded(send)
+        # Abandoning the wait rolls the claim back: the rows are published again later, and
+        # whatever did reach the topic meanwhile is a duplicate the consumer already ignores.
+        sending = asyncio.ensure_future(kafka.guarded(send))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait(
+                {sending, stopping}, timeout=ACK_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+        if not sending.done():
+            sending.cancel()
+            why = "stop requested" if self.stop.is_set() else f"no ack in {ACK_TIMEOUT_S:g}s"
+            raise BrokerUnavailable(f"publishing {len(rows)} rows abandoned: {why}")
+        sending.result()
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -19,6 +20,7 @@ import asyncpg
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.partitioner import murmur2
 
 from consumer.chain import Chain
@@ -234,15 +236,18 @@ class _Record:
 
 @pytest.mark.integration
 @pytest.mark.disruptive  # stops the shared broker for a few seconds
-async def test_sigterm_while_the_broker_is_down_exits_cleanly(settings: Settings) -> None:
+async def test_sigterm_while_the_broker_is_down_exits_cleanly(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
     """The drain ran, but the last exit callback, ``AIOKafkaConsumer.stop``, closes its
     fetcher, whose in-flight fetch tasks it cancels and awaits; their CancelledError came
     back out of ``Fetcher.close`` (aiokafka 0.14) and the process died with a traceback and
-    status 1: to a supervisor, a crash on every shutdown during an outage."""
+    status 1: to a supervisor, a crash on every shutdown during an outage. The relay, its
+    producer holding records for the dead broker, hung in ``stop`` (seed 3159)."""
     services = local_stack()
     # Whether a fetch is mid-backoff at that instant is timing (about half the time):
     # eight tries, four members of four groups per outage, so that a still-broken
-    # consumer cannot pass by luck and the strict xfail keep hiding it.
+    # consumer cannot pass by luck.
     codes: list[int] = []
     for outage in range(2):
         groups = [
@@ -250,18 +255,30 @@ async def test_sigterm_while_the_broker_is_down_exits_cleanly(settings: Settings
             for i in range(4)
         ]
         members = [harness.Process(g, "consume") for g in groups]
+        relay = harness.Process(settings, "relay")
         try:
             for g in groups:
                 await harness.wait_until(_joined_check(g), timeout=90, what="joined")
+            await harness.wait_until(
+                functools.partial(_logged, relay, "relay_leading"), timeout=90, what="leading"
+            )
             await services.ctl("stop-service", "kafka")
-            await asyncio.sleep(3)  # their fetches now fail and back off
-            codes += await asyncio.gather(*(asyncio.to_thread(_sigterm, m) for m in members))
+            # Records the relay cannot deliver; fetches that fail and back off.
+            await harness.confirm_payments(pool, tokenization, 5, start=5 * outage)
+            await asyncio.sleep(3)
+            codes += await asyncio.gather(
+                *(asyncio.to_thread(_sigterm, m) for m in [*members, relay])
+            )
         finally:
-            for m in members:
+            for m in [*members, relay]:
                 if m.alive():
                     m.kill()
             await services.ctl("start-service", "kafka")
-    assert codes == [0] * 8
+    assert codes == [0] * 10
+
+
+async def _logged(member: harness.Process, event: str) -> bool:
+    return event in member.tail(lines=10_000)
 
 
 def _joined_check(settings: Settings) -> Callable[[], Awaitable[bool]]:
@@ -274,6 +291,8 @@ async def _joined(settings: Settings) -> bool:
     await admin.start()
     try:
         answers = await admin.describe_consumer_groups([settings.consumer_group])
+    except GroupCoordinatorNotAvailableError:
+        return False  # a young broker is still creating __consumer_offsets
     finally:
         await admin.close()
     # DescribeGroups v2 rows: (error_code, group_id, state, protocol_type, protocol, members)
