@@ -74,6 +74,16 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_webhook(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.signals import stop_on_signals
+    from webhook.server import WebhookServer
+
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        await WebhookServer(settings, stop).run()
+    return 0
+
+
 async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     from eth_account import Account
 
@@ -313,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("relay", help="publish the outbox to Kafka").set_defaults(
         handler=_async(cmd_relay)
     )
+    sub.add_parser(
+        "webhook", help="receive the payment provider's webhooks (and POST /investments)"
+    ).set_defaults(handler=_async(cmd_webhook))
     _add_operations(sub)
     return parser
 
