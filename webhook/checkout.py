@@ -11,7 +11,7 @@ pending investment carries, or for another amount, is flagged and never distribu
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,7 +75,7 @@ async def create_pending_investment(conn: db.Connection, order: PendingInvestmen
     )
 
 
-def _same_terms(order: PendingInvestment, row: dict[str, object]) -> bool:
+def _same_terms(order: PendingInvestment, row: dict[str, Any]) -> bool:
     return (
         row["id"] == order.investment_id
         and row["user_id"] == order.user_id
@@ -84,5 +84,5 @@ def _same_terms(order: PendingInvestment, row: dict[str, object]) -> bool:
         and row["provider_reference"] == order.provider_reference
         and row["amount_minor"] == order.amount_minor
         and row["currency"] == order.currency
-        and int(str(row["tokens_requested"])) == order.tokens
+        and int(row["tokens_requested"]) == order.tokens
     )
