@@ -73,7 +73,7 @@ class Demo:
                 "paystack_mode": "test",
                 "checkout_api_key": SecretStr(secrets.token_hex(20)),
                 "webhook_host": "127.0.0.1",
-                "webhook_port": _free_port(),
+                "webhook_port": free_port(),
             }
         )
         print(f"demo database {dsn}\nlogs in {self.log_dir}")
@@ -230,7 +230,8 @@ class Demo:
         print("\ntokendist verify\n" + report.render())
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free now (probed and released: the child process binds it)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
