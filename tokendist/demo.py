@@ -214,7 +214,7 @@ class Demo:
     def _summary(self, tally: Tally, status: Status, report: Report, *, stopped: bool) -> None:
         rows = [
             ("payments confirmed (unique)", tally.confirmed),
-            ("webhook re-deliveries, signed replays (deduplicated)", tally.duplicates),
+            ("webhook re-deliveries (deduplicated)", tally.duplicates),
             ("malformed messages sent", tally.invalid),
             ("  → in the dead-letter topic", status.dlq_depth),
             ("investors verified late (parked, released)", len(tally.unverified_users)),
