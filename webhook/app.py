@@ -34,7 +34,7 @@ log = structlog.get_logger("tokendist.webhook")
 POOL_SIZE = 10
 
 
-class _Receiver:
+class _Endpoints:
     """The endpoints, holding what they share: settings, the pool, the receiver."""
 
     def __init__(self, settings: Settings, verifier: Verifier | None) -> None:
@@ -133,14 +133,14 @@ def create_app(settings: Settings, *, verifier: Verifier | None = None) -> Starl
 
     ``POST /investments`` exists only when ``TOKENDIST_CHECKOUT_API_KEY`` is set.
     """
-    receiver = _Receiver(settings, verifier)
+    endpoints = _Endpoints(settings, verifier)
     routes = [
-        Route("/webhooks/paystack", receiver.paystack, methods=["POST"]),
+        Route("/webhooks/paystack", endpoints.paystack, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     if settings.checkout_api_key is not None:
-        routes.append(Route("/investments", receiver.investments, methods=["POST"]))
-    return Starlette(routes=routes, lifespan=receiver.lifespan)
+        routes.append(Route("/investments", endpoints.investments, methods=["POST"]))
+    return Starlette(routes=routes, lifespan=endpoints.lifespan)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

@@ -37,7 +37,7 @@ INSERT_PAYMENT = """
 INSERT INTO provider_payments (provider, provider_reference, investment_id, domain,
                                amount_minor, currency, paid_at, status, flag_reason, body)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (provider, provider_reference) DO NOTHING
+ON CONFLICT (provider, domain, provider_reference) DO NOTHING
 RETURNING id
 """
 
@@ -46,10 +46,13 @@ UPDATE investments SET status = 'confirmed', updated_at = now()
 WHERE id = $1 AND status = 'pending'
 """
 
+# The accepted payment if there is one (another domain's, flagged, may share the reference).
 PAYMENT_BY_REFERENCE = """
 SELECT p.id, i.status AS investment_status
 FROM provider_payments p LEFT JOIN investments i ON i.id = p.investment_id
 WHERE p.provider = $1 AND p.provider_reference = $2
+ORDER BY p.status = 'accepted' DESC, p.id
+LIMIT 1
 """
 
 INSERT_ADJUSTMENT = """

@@ -300,6 +300,24 @@ async def test_mismatches_are_flagged_for_a_human_and_never_distributed(
     assert await investment_status(db, o.investment_id) == "pending"
 
 
+async def test_a_test_mode_notification_cannot_shadow_the_live_payment(
+    endpoint: wh.Endpoint, db: asyncpg.Pool
+) -> None:
+    o = await wh.pending(db, 1)
+    test = provider.charge_success(o.provider_reference, o.amount_minor, domain="test")
+    live = provider.charge_success(o.provider_reference, o.amount_minor)
+    outcomes = [json.loads((await endpoint.provider.deliver(b))[1]) for b in (test, live, live)]
+    assert [x["outcome"] for x in outcomes] == ["flagged", "confirmed", "duplicate"]
+    rows = await db.fetch("SELECT domain, status FROM provider_payments ORDER BY id")
+    assert [tuple(r) for r in rows] == [("test", "flagged"), ("live", "accepted")]
+    assert await wh.counts(db) == {
+        **wh.NOTHING,
+        "provider_payments": 2,
+        "payment_confirmations": 1,
+        "outbox": 1,
+    }
+
+
 async def test_a_payment_for_an_investment_no_longer_pending_is_flagged(
     endpoint: wh.Endpoint, db: asyncpg.Pool
 ) -> None:

@@ -1,8 +1,10 @@
 -- The payment provider's side of a payment, as its webhooks report it. One row per
--- (provider, reference) whatever the number of deliveries: the unique constraint, not a
--- prior SELECT, is what makes a re-delivered or concurrent webhook a no-op. A payment
--- that does not match its pending investment (or has none) is kept, flagged for a human,
--- and never distributed.
+-- (provider, domain, reference) whatever the number of deliveries: the unique constraint,
+-- not a prior SELECT, is what makes a re-delivered or concurrent webhook a no-op. A
+-- payment that does not match its pending investment (or has none) is kept, flagged for a
+-- human, and never distributed. The domain is part of the key so that a test-mode
+-- notification sent to a live receiver by mistake (flagged) cannot shadow the live
+-- payment under the same reference; only the receiver's own mode is ever accepted.
 CREATE TABLE provider_payments (
     id                  BIGSERIAL PRIMARY KEY,
     provider            TEXT NOT NULL CHECK (provider <> ''),
@@ -21,7 +23,7 @@ CREATE TABLE provider_payments (
     -- are valid JSON, and a payment must never fail to be recorded over one).
     body                TEXT NOT NULL,
     received_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
-    UNIQUE (provider, provider_reference),
+    UNIQUE (provider, domain, provider_reference),
     CHECK ((status = 'flagged') = (flag_reason IS NOT NULL)),
     CHECK (status = 'flagged' OR investment_id IS NOT NULL)
 );
