@@ -21,6 +21,7 @@ COPY tokendist/ tokendist/
 COPY schemas/ schemas/
 COPY outbox/ outbox/
 COPY consumer/ consumer/
+COPY webhook/ webhook/
 RUN pip install .
 
 # consumer/contracts.py reads the compiled contracts at run time from
@@ -56,7 +57,8 @@ USER 10001:10001
 WORKDIR /home/tokendist
 
 # TOKENDIST_METRICS_PORT for `relay` and `consume`: /healthz, /readyz, /metrics.
-EXPOSE 9100
+# TOKENDIST_WEBHOOK_PORT for `webhook` (set TOKENDIST_WEBHOOK_HOST=0.0.0.0 in a container).
+EXPOSE 9100 8088
 
 ENTRYPOINT ["tokendist"]
 CMD ["--help"]

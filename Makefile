@@ -7,7 +7,7 @@ STACK   := bash stack/stack.sh
 ENV     := eval "$$($(STACK) env)"
 PYTEST_WORKERS ?= 2
 
-.PHONY: deps stack-up stack-down lint test test-unit demo faults bench clean
+.PHONY: deps stack-up stack-down lint test test-unit demo faults bench bench-webhook clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,9 @@ faults: deps stack-up
 
 bench: deps stack-up
 	$(ENV) && $(BIN)/python -m bench.run
+
+bench-webhook: deps stack-up
+	$(ENV) && $(BIN)/python -m bench.webhook
 
 clean: stack-down
 	rm -rf .stack $(VENV)

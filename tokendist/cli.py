@@ -74,6 +74,16 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_webhook(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.signals import stop_on_signals
+    from webhook.server import WebhookServer
+
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        await WebhookServer(settings, stop).run()
+    return 0
+
+
 async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     from eth_account import Account
 
@@ -162,18 +172,25 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import aiohttp
+
     from tokendist import db
     from tokendist.signals import stop_on_signals
-    from tokendist.simulator import Plan, Simulator
+    from tokendist.simulator import Channel, Plan, Simulator, ThroughWebhook
 
     pool = await db.create_pool(settings.database_url, max_size=4)
+    session = aiohttp.ClientSession()
     stop = asyncio.Event()
     try:
+        channel: Channel | None = None
+        if args.webhook_url:
+            channel = ThroughWebhook(args.webhook_url, settings, session)
         with stop_on_signals(stop):
-            tally = await Simulator(settings, pool, args.tokenization_id, args.property_id).run(
-                Plan(count=args.count, rate=args.rate, users=args.users, seed=args.seed), stop
-            )
+            tally = await Simulator(
+                settings, pool, args.tokenization_id, args.property_id, channel
+            ).run(Plan(count=args.count, rate=args.rate, users=args.users, seed=args.seed), stop)
     finally:
+        await session.close()
         await pool.close()
     print(f"confirmed {tally.confirmed}, re-delivered {tally.duplicates}, invalid {tally.invalid}")
     return 0
@@ -313,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("relay", help="publish the outbox to Kafka").set_defaults(
         handler=_async(cmd_relay)
     )
+    sub.add_parser(
+        "webhook", help="receive the payment provider's webhooks (and POST /investments)"
+    ).set_defaults(handler=_async(cmd_webhook))
     _add_operations(sub)
     return parser
 
@@ -405,6 +425,10 @@ def _add_simulation(sub: Any) -> None:
     sim.add_argument("--count", type=int, default=0, help="payments to confirm (0: forever)")
     sim.add_argument("--users", type=int, default=40)
     sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument(
+        "--webhook-url",
+        help="pay through `tokendist webhook` at this URL (checkout API + signed webhooks)",
+    )
     sim.set_defaults(handler=_async(cmd_simulate))
 
     demo = sub.add_parser("demo", help="the whole system end to end, with live progress")

@@ -9,7 +9,9 @@ Ctrl-C (or SIGTERM) stops the simulator, then the processes, cleanly.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,8 +19,10 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 from eth_account import Account
+from pydantic import SecretStr
 
 from consumer.chain import Chain
 from consumer.deploy import Deployer, deploy_tokenization
@@ -28,7 +32,7 @@ from consumer.verify import Report, verify
 from tokendist import db
 from tokendist.settings import Settings
 from tokendist.signals import pause
-from tokendist.simulator import Plan, Simulator, Tally
+from tokendist.simulator import Plan, Simulator, Tally, ThroughWebhook
 
 TOKENIZATION, PROPERTY = "lekki-towers", "lekki-towers-prop"
 
@@ -63,6 +67,13 @@ class Demo:
                 "topic": f"{self.name}.payments",
                 "consumer_group": self.name,
                 "topic_partitions": 8,
+                # The receiver's keys exist for this run only: a test-mode Paystack key
+                # that signs the simulated webhooks, and the checkout API's key.
+                "paystack_secret_key": SecretStr(f"sk_test_{secrets.token_hex(20)}"),
+                "paystack_mode": "test",
+                "checkout_api_key": SecretStr(secrets.token_hex(20)),
+                "webhook_host": "127.0.0.1",
+                "webhook_port": free_port(),
             }
         )
         print(f"demo database {dsn}\nlogs in {self.log_dir}")
@@ -77,7 +88,9 @@ class Demo:
             offsets = await stack.enter_async_context(KafkaOffsets(self.settings))
             self._spawn_all()
             stack.callback(self._stop_all)
-            simulator = Simulator(self.settings, pool, TOKENIZATION, PROPERTY)
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            channel = await self._webhook(session, stop)
+            simulator = Simulator(self.settings, pool, TOKENIZATION, PROPERTY, channel)
             progress = asyncio.create_task(self._progress(pool, offsets, simulator.tally))
             try:
                 tally = await simulator.run(self.plan, stop)
@@ -114,7 +127,7 @@ class Demo:
     def _spawn_all(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**self.base_env, **self.settings.as_env()}
-        roles = ["relay"] + [f"consume-{i}" for i in range(1, self.consumers + 1)]
+        roles = ["webhook", "relay"] + [f"consume-{i}" for i in range(1, self.consumers + 1)]
         for role in roles:
             with (self.log_dir / f"{role}.log").open("wb") as out:
                 self.procs.append(
@@ -126,9 +139,25 @@ class Demo:
                     )
                 )
         print(
-            f"started relay and {self.consumers} consumers (pids "
+            f"started relay and {self.consumers} consumers and the webhook receiver (pids "
             f"{', '.join(str(p.pid) for p in self.procs)})"
         )
+
+    async def _webhook(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> ThroughWebhook:
+        """The payment service's channel: the receiver, once it answers."""
+        base = f"http://127.0.0.1:{self.settings.webhook_port}"
+        deadline = time.monotonic() + 30
+        while not stop.is_set():
+            try:
+                async with session.get(f"{base}/healthz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientError:
+                if time.monotonic() > deadline:
+                    raise
+            await pause(stop, 0.2)
+        print(f"payments arrive as signed Paystack webhooks at {base}/webhooks/paystack")
+        return ThroughWebhook(base, self.settings, session)
 
     def _stop_all(self) -> None:
         for proc in self.procs:
@@ -199,3 +228,11 @@ class Demo:
         for label, value in rows:
             print(f"  {label:<{width}}  {value:>10}")
         print("\ntokendist verify\n" + report.render())
+
+
+def free_port() -> int:
+    """A loopback port free now (probed and released: the child process binds it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -4,9 +4,11 @@
     ├── TransientError        retry with capped backoff; nothing moves meanwhile
     │   ├── DatabaseUnavailable   (asyncpg connection / server errors)
     │   ├── BrokerUnavailable     (aiokafka errors)
-    │   └── ChainUnavailable      (RPC connection errors, timeouts)
+    │   ├── ChainUnavailable      (RPC connection errors, timeouts)
+    │   └── ProviderUnavailable   (the payment provider's API: errors, timeouts)
     ├── InvalidEvent          the event can never be processed: parked in the DLQ with a reason
     ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
+    ├── CheckoutRefused       a pending investment cannot be created as asked (``reason``)
     ├── ChainRejected         the node or contract refused a transaction deterministically
     └── MigrationError        a migration file changed after it was applied
 
@@ -36,6 +38,10 @@ class ChainUnavailable(TransientError):
     pass
 
 
+class ProviderUnavailable(TransientError):
+    pass
+
+
 class InvalidEvent(TokendistError):
     """The event cannot be processed as sent; ``reason`` is a short machine-readable code."""
 
@@ -47,6 +53,15 @@ class InvalidEvent(TokendistError):
 
 class NotInTransaction(TokendistError):
     pass
+
+
+class CheckoutRefused(TokendistError):
+    """``reason``: ``unknown_tokenization`` or ``conflict`` (the id or reference is taken)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class ChainRejected(TokendistError):

@@ -5,11 +5,22 @@ Built once in the CLI and passed down; nothing else reads the environment.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError
+import ipaddress
+from typing import Literal, TypeAlias
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TOKENDIST_"
 LOCAL_HINT = 'for the local stack: eval "$(tokendist stack env)"'
+
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ip_networks(value: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR blocks; empty means none."""
+    return tuple(ipaddress.ip_network(v.strip()) for v in value.split(",") if v.strip())
 
 
 class SettingsError(Exception):
@@ -63,6 +74,46 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     failpoints: str = Field(default="", description="test only: see tokendist/failpoints.py")
 
+    # The webhook receiver (tokendist webhook). Paystack signs with the merchant's secret
+    # key; the key's mode is the only mode whose payments are accepted.
+    paystack_secret_key: SecretStr | None = Field(
+        default=None, description="sk_live_... or sk_test_...: verifies webhook signatures"
+    )
+    paystack_mode: Literal["live", "test"] = "live"
+    paystack_verify: bool = False  # also ask the Verify Transaction API before accepting
+    paystack_api_url: str = "https://api.paystack.co"
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8088, ge=0, le=65535)
+    webhook_max_body_bytes: int = Field(default=128 * 1024, ge=1024)
+    # Paystack counts anything slower than 30 s as failed: answer 503 well before that.
+    webhook_deadline_s: float = Field(default=20.0, gt=0, lt=30)
+    webhook_allowed_ips: str = Field(default="", description="senders allowed; empty: any")
+    webhook_trusted_proxies: str = Field(
+        default="", description="proxies whose X-Forwarded-For is believed; empty: none"
+    )
+    checkout_api_key: SecretStr | None = Field(
+        default=None, description="enables POST /investments for callers presenting it"
+    )
+
+    @field_validator("webhook_allowed_ips", "webhook_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        ip_networks(value)  # raises ValueError on a bad entry, reported with its variable
+        return value
+
+    @model_validator(mode="after")
+    def _key_matches_mode(self) -> Settings:
+        secret = self.paystack_secret_key
+        key = "" if secret is None else secret.get_secret_value()
+        if key.startswith(("sk_live_", "sk_test_")) and not key.startswith(
+            f"sk_{self.paystack_mode}_"
+        ):
+            raise ValueError(
+                f"TOKENDIST_PAYSTACK_SECRET_KEY is not a {self.paystack_mode} key "
+                "(set TOKENDIST_PAYSTACK_MODE to match it)"
+            )
+        return self
+
     def as_env(self) -> dict[str, str]:
         """These settings as the environment of a child ``tokendist`` process."""
         env = {}
@@ -93,6 +144,11 @@ class Settings(BaseSettings):
         assert self.deployer_key is not None
         return self.rpc_url, self.deployer_key
 
+    def require_webhook(self) -> SecretStr:
+        self._require("paystack_secret_key")
+        assert self.paystack_secret_key is not None
+        return self.paystack_secret_key
+
     def _require(self, *names: str) -> None:
         missing = [f"{ENV_PREFIX}{n.upper()}" for n in names if getattr(self, n) is None]
         if missing:
@@ -109,6 +165,8 @@ def load_settings(**overrides: object) -> Settings:
             name = f"{ENV_PREFIX}{'_'.join(str(p) for p in err['loc']).upper()}"
             if err["type"] == "missing":
                 lines.append(f"{name} is not set")
+            elif not err["loc"]:  # a check across variables names them in its message
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
             else:
                 lines.append(f"{name}: {err['msg']}")
         raise SettingsError("; ".join(lines) + f" ({LOCAL_HINT})") from None

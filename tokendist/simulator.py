@@ -2,6 +2,12 @@
 mess real traffic has — webhook re-deliveries, investors not yet verified, and now and
 then a malformed message from a buggy producer (written straight to the topic).
 
+Payments travel one of two ways: ``Direct`` calls ``payments.confirm`` (the upstream
+service that calls ``outbox.enqueue`` itself), ``ThroughWebhook`` goes the way most
+platforms start, over HTTP: the checkout API creates the pending investment, then the
+provider's signed ``charge.success`` arrives at ``tokendist webhook``, re-deliveries
+being replays of the very same bytes, some of them concurrent.
+
 Deterministic for a seed: the same seed yields the same users, payments and mess.
 """
 
@@ -10,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import Protocol
 
+import aiohttp
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -19,6 +27,7 @@ from eth_utils.crypto import keccak
 
 from tokendist import kafka, payments
 from tokendist.settings import Settings
+from webhook import provider
 
 log = structlog.get_logger("tokendist.simulator")
 
@@ -54,14 +63,80 @@ def demo_wallet(seed: int, user: int) -> str:
     return str(Account.from_key(keccak(text=f"tokendist-demo:{seed}:{user}")).address)
 
 
+class Channel(Protocol):
+    async def pay(self, payment: payments.Payment, deliveries: int) -> list[bool]:
+        """Confirm ``payment``, its webhook delivered ``deliveries`` times; per delivery,
+        whether it was the one that confirmed the payment."""
+        ...
+
+
+class Direct:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def pay(self, payment: payments.Payment, deliveries: int) -> list[bool]:
+        created = []
+        for _ in range(deliveries):
+            async with self.pool.acquire() as conn:
+                created.append((await payments.confirm(conn, payment)).created)
+        return created
+
+
+class ThroughWebhook:
+    """Checkout API, then the provider's signed webhook, over real HTTP."""
+
+    def __init__(self, base_url: str, settings: Settings, session: aiohttp.ClientSession) -> None:
+        api_key = settings.checkout_api_key
+        if api_key is None:
+            raise ValueError("TOKENDIST_CHECKOUT_API_KEY is needed to create investments")
+        self.base_url = base_url.rstrip("/")
+        self.mode = settings.paystack_mode
+        self.session = session
+        self.auth = {"Authorization": f"Bearer {api_key.get_secret_value()}"}
+        self.provider = provider.Provider(
+            f"{self.base_url}/webhooks/paystack",
+            settings.require_webhook().get_secret_value(),
+            session,
+        )
+
+    async def pay(self, payment: payments.Payment, deliveries: int) -> list[bool]:
+        order = {
+            "investment_id": payment.investment_id,
+            "user_id": payment.user_id,
+            "tokenization_id": payment.tokenization_id,
+            "tokens": str(payment.tokens),
+            "amount_minor": payment.amount_minor,
+            "currency": payment.currency,
+            "provider_reference": payment.reference,
+        }
+        url = f"{self.base_url}/investments"
+        async with self.session.post(url, json=order, headers=self.auth) as resp:
+            if resp.status not in (200, 201):
+                raise RuntimeError(f"checkout answered {resp.status}: {await resp.text()}")
+        body = provider.charge_success(
+            payment.reference, payment.amount_minor, currency=payment.currency, domain=self.mode
+        )
+        # Replays race the original: Paystack retries a slow answer while it is running.
+        answers = await asyncio.gather(*(self.provider.deliver(body) for _ in range(deliveries)))
+        if any(status != 200 for status, _ in answers):
+            raise RuntimeError(f"webhook answered {[status for status, _ in answers]}")
+        return ['"confirmed"' in text for _, text in answers]
+
+
 class Simulator:
     def __init__(
-        self, settings: Settings, pool: asyncpg.Pool, tokenization_id: str, property_id: str
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        tokenization_id: str,
+        property_id: str,
+        channel: Channel | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.tokenization_id = tokenization_id
         self.property_id = property_id
+        self.channel = channel or Direct(pool)
         self.tally = Tally()
 
     async def run(self, plan: Plan, stop: asyncio.Event) -> Tally:
@@ -107,9 +182,7 @@ class Simulator:
             wallet_address=demo_wallet(plan.seed, u),
         )
         deliveries = 2 if plan.duplicate_every and i % plan.duplicate_every == 0 else 1
-        for _ in range(deliveries):
-            async with self.pool.acquire() as conn:
-                created = (await payments.confirm(conn, payment)).created
+        for created in await self.channel.pay(payment, deliveries):
             if created:
                 self.tally.confirmed += 1
                 self.tally.tokens += payment.tokens

@@ -254,10 +254,10 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(stack: object) -> None:
     out, _ = demo.communicate(timeout=120)
     assert demo.returncode in (0, 1), out[-3000:]
     assert "stopped early: summary" in out
-    assert len(pids) == 3
+    assert len(pids) == 4  # the webhook receiver, the relay and two consumers
     for pid in pids:
         with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)  # relay and consumers are gone, not orphaned
+            os.kill(pid, 0)  # all of them are gone, not orphaned
 
 
 async def test_rotating_the_operator_key_as_the_runbook_says(

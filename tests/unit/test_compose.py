@@ -37,19 +37,21 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 INFRA = ("postgres", "kafka", "anvil")
-APPS = ("setup", "relay", "consumer", "simulator")
+APPS = ("setup", "relay", "consumer", "webhook", "simulator")
 # The infrastructure each tokendist service talks to, so must find healthy at start.
 NEEDS = {
     "setup": {"postgres", "anvil"},
     "relay": {"postgres", "kafka"},
     "consumer": {"postgres", "kafka", "anvil"},
-    "simulator": {"postgres", "kafka"},
+    "webhook": {"postgres"},
+    "simulator": {"postgres", "kafka", "webhook"},
 }
 # The subcommands each service runs, in order (``argparse.Namespace.command``).
 COMMANDS = {
     "setup": ["db", "chain"],
     "relay": ["relay"],
     "consumer": ["consume"],
+    "webhook": ["webhook"],
     "simulator": ["simulate"],
 }
 DEMO_TOKENIZATION = "demo-tok"
@@ -255,6 +257,17 @@ def test_simulator_pays_into_the_deployed_tokenization() -> None:
     assert simulate.tokenization_id == deploy.tokenization_id == DEMO_TOKENIZATION
     assert simulate.property_id == deploy.property_id
     assert simulate.rate == 5
+    port = env_anchor()["TOKENDIST_WEBHOOK_PORT"]
+    assert simulate.webhook_url == f"http://webhook:{port}", "pays through the receiver"
+
+
+def test_the_webhook_listens_inside_the_network_and_reports_health() -> None:
+    env = env_anchor()
+    # 127.0.0.1 would be unreachable from the other containers.
+    assert env["TOKENDIST_WEBHOOK_HOST"] == "0.0.0.0"  # noqa: S104 -- the compose network only
+    assert env["TOKENDIST_PAYSTACK_SECRET_KEY"].startswith("sk_test_"), "never a live key here"
+    test = " ".join(healthcheck_test("webhook"))
+    assert f"http://127.0.0.1:{env['TOKENDIST_WEBHOOK_PORT']}/healthz" in test
 
 
 # ---------------------------------------------------------------- compose: settings

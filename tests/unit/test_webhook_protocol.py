@@ -1,0 +1,145 @@
+"""Pure logic of the webhook receiver: signatures, payload reading, the flag decision,
+the sender address behind proxies, and the settings that configure them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from tokendist.settings import SettingsError, ip_networks, load_settings
+from webhook import paystack, provider, senders
+from webhook.paystack import Kind, MalformedPayload
+from webhook.receiver import Expected, FlagReason, assess
+from webhook.verifier import Verification
+
+KEY = b"sk_test_abc"
+
+
+def test_the_signature_is_hex_hmac_sha512_of_the_raw_bytes() -> None:
+    body = b'{"event":"charge.success"}'
+    expected = hmac.new(KEY, body, hashlib.sha512).hexdigest()
+    assert paystack.signature(KEY, body) == expected
+    assert paystack.signature_ok(KEY, body, expected)
+    for wrong in (None, "", expected[:-1], expected.upper(), "é" * 128, expected + " "):
+        assert not paystack.signature_ok(KEY, body, wrong)
+    assert not paystack.signature_ok(KEY, body + b" ", expected)
+
+
+@pytest.mark.parametrize("metadata", [0, "", None, {"a": 1}, [1]])
+def test_charge_success_is_read_whatever_metadata_is(metadata: object) -> None:
+    paid = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    note = paystack.parse(
+        provider.charge_success("R-1", 12_345, metadata=metadata, domain="test", paid_at=paid)
+    )
+    assert note.kind is Kind.CHARGE
+    assert note.charge == paystack.Charge("R-1", "test", 12_345, "NGN", paid)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"reference": "R", "amount": "100", "currency": "NGN", "domain": "live"},
+        {"reference": "R", "amount": True, "currency": "NGN", "domain": "live"},
+        {"reference": "R", "amount": -1, "currency": "NGN", "domain": "live"},
+        {"reference": "R", "amount": 1.5, "currency": "NGN", "domain": "live"},
+        {"reference": "", "amount": 100, "currency": "NGN", "domain": "live"},
+        {"reference": "R", "amount": 100, "currency": "NGN", "domain": "staging"},
+        {"reference": "R", "amount": 100, "domain": "live"},
+    ],
+)
+def test_a_charge_with_unusable_money_fields_is_malformed(data: dict[str, object]) -> None:
+    with pytest.raises(MalformedPayload):
+        paystack.parse(json.dumps({"event": "charge.success", "data": data}).encode())
+
+
+def test_refund_amounts_arrive_as_strings_and_disputes_nest_the_reference() -> None:
+    refund = paystack.parse(provider.refund_processed("R-1", 2_500))
+    assert refund.adjustment == paystack.Adjustment(Kind.REFUND, "R-1", 2_500)
+    dispute = paystack.parse(provider.dispute("R-2", "charge.dispute.resolve"))
+    assert dispute.adjustment == paystack.Adjustment(Kind.DISPUTE, "R-2", None)
+    assert paystack.minor_units("12x") is None
+    assert paystack.minor_units(False) is None
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"[]", b'{"event": 1}', b"\xff", b'"x"'])
+def test_unreadable_bodies_are_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedPayload):
+        paystack.parse(body)
+
+
+def test_other_events_are_read_without_their_data() -> None:
+    note = paystack.parse(b'{"event": "transfer.success", "data": 7}')
+    assert (note.kind, note.charge, note.adjustment) == (Kind.OTHER, None, None)
+
+
+PENDING = Expected(status="pending", amount_minor=100, currency="NGN")
+CHARGE = paystack.Charge("R", "live", 100, "NGN", None)
+OK = Verification("success", 100, "NGN")
+
+
+@pytest.mark.parametrize(
+    ("charge", "expected", "verification", "flag"),
+    [
+        (CHARGE, PENDING, None, None),
+        (CHARGE, PENDING, OK, None),
+        (CHARGE, None, OK, FlagReason.UNKNOWN_REFERENCE),
+        (paystack.Charge("R", "test", 100, "NGN", None), PENDING, None, FlagReason.DOMAIN_MISMATCH),
+        (CHARGE, Expected("confirmed", 100, "NGN"), None, FlagReason.INVESTMENT_NOT_PENDING),
+        (
+            paystack.Charge("R", "live", 100, "USD", None),
+            PENDING,
+            None,
+            FlagReason.CURRENCY_MISMATCH,
+        ),
+        (paystack.Charge("R", "live", 99, "NGN", None), PENDING, None, FlagReason.AMOUNT_MISMATCH),
+        (CHARGE, PENDING, Verification("reversed", 100, "NGN"), FlagReason.NOT_VERIFIED),
+        (CHARGE, PENDING, Verification("success", 101, "NGN"), FlagReason.NOT_VERIFIED),
+    ],
+)
+def test_assess_flags_every_mismatch(
+    charge: paystack.Charge,
+    expected: Expected | None,
+    verification: Verification | None,
+    flag: FlagReason | None,
+) -> None:
+    assert assess(charge, expected, "live", verification) is flag
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "sender"),
+    [
+        ("52.31.139.75", None, "", "52.31.139.75"),
+        ("10.0.0.5", "52.31.139.75", "", "10.0.0.5"),
+        ("10.0.0.5", "52.31.139.75", "10.0.0.0/8", "52.31.139.75"),
+        ("10.0.0.5", "1.1.1.1, 52.31.139.75, 10.0.0.9", "10.0.0.0/8", "52.31.139.75"),
+        ("10.0.0.5", "garbage", "10.0.0.0/8", None),
+        ("10.0.0.5", "10.0.0.7", "10.0.0.0/8", "10.0.0.7"),
+        (None, None, "", None),
+    ],
+)
+def test_the_sender_is_read_from_the_right_through_trusted_proxies_only(
+    peer: str | None, forwarded: str | None, trusted: str, sender: str | None
+) -> None:
+    found = senders.sender(peer, forwarded, ip_networks(trusted))
+    assert (None if found is None else str(found)) == sender
+
+
+def test_an_empty_allowlist_allows_everyone() -> None:
+    assert senders.allowed(None, None, (), ())
+    assert not senders.allowed("1.2.3.4", None, ip_networks("52.31.139.75"), ())
+
+
+def test_settings_refuse_a_key_of_the_other_mode_and_bad_networks() -> None:
+    base = {"database_url": "postgresql://x", "kafka_bootstrap": "k:1"}
+    test_key = {"paystack_secret_key": "sk_test_x"}
+    with pytest.raises(SettingsError, match="not a live key"):
+        load_settings(**base, **test_key)
+    assert load_settings(**base, **test_key, paystack_mode="test")
+    with pytest.raises(SettingsError, match="TOKENDIST_WEBHOOK_ALLOWED_IPS"):
+        load_settings(**base, webhook_allowed_ips="52.31.139.75,nope")
+    with pytest.raises(SettingsError, match="set TOKENDIST_PAYSTACK_SECRET_KEY"):
+        load_settings(**base).require_webhook()

@@ -1,0 +1,162 @@
+"""The ASGI application: ``POST /webhooks/paystack`` and the checkout API.
+
+Order of checks on a webhook, cheapest and safest first: sender allowlist (403), body
+size (413), signature over the raw bytes (401), then parsing (400), then the database
+(200, or 503 so the provider retries). Nothing is written before the signature holds,
+and neither the secret nor the signature is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import structlog
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from tokendist import db
+from tokendist.errors import CheckoutRefused, TransientError
+from tokendist.settings import Settings, ip_networks
+from webhook import paystack, senders
+from webhook.checkout import PendingInvestment, create_pending_investment
+from webhook.receiver import Receiver
+from webhook.verifier import PaystackVerifier, Verifier
+
+log = structlog.get_logger("tokendist.webhook")
+
+POOL_SIZE = 10
+
+
+class _Endpoints:
+    """The endpoints, holding what they share: settings, the pool, the receiver."""
+
+    def __init__(self, settings: Settings, verifier: Verifier | None) -> None:
+        self.settings = settings
+        self.secret = settings.require_webhook().get_secret_value().encode()
+        self.allowlist = ip_networks(settings.webhook_allowed_ips)
+        self.proxies = ip_networks(settings.webhook_trusted_proxies)
+        self.limit = settings.webhook_max_body_bytes
+        if verifier is None and settings.paystack_verify:
+            verifier = PaystackVerifier(settings.paystack_api_url, settings.require_webhook())
+        self.verifier = verifier
+        self._pool: asyncpg.Pool | None = None
+        self._receiver: Receiver | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # min_size 0: the receiver starts (and answers 503) while PostgreSQL is down.
+        pool = await db.create_pool(self.settings.database_url, min_size=0, max_size=POOL_SIZE)
+        self._pool = pool
+        mode = self.settings.paystack_mode
+        self._receiver = Receiver(pool, mode=mode, verifier=self.verifier)
+        log.info("webhook_started", mode=mode, verify=self.verifier is not None)
+        try:
+            yield
+        finally:
+            if self.verifier is not None:
+                await self.verifier.close()
+            await pool.close()
+
+    async def paystack(self, request: Request) -> Response:
+        assert self._receiver is not None
+        peer = request.client.host if request.client else None
+        forwarded = request.headers.get("x-forwarded-for")
+        if not senders.allowed(peer, forwarded, self.allowlist, self.proxies):
+            log.warning("webhook_rejected", reason="sender_not_allowed", peer=peer)
+            return PlainTextResponse("forbidden", status_code=403)
+        body = await _read_body(request, self.limit)
+        if body is None:
+            log.warning("webhook_rejected", reason="too_large", limit=self.limit)
+            return PlainTextResponse("payload too large", status_code=413)
+        provided = request.headers.get(paystack.SIGNATURE_HEADER)
+        if not paystack.signature_ok(self.secret, body, provided):
+            log.warning("webhook_rejected", reason="bad_signature", peer=peer, size=len(body))
+            return PlainTextResponse("invalid signature", status_code=401)
+        try:
+            note = paystack.parse(body)
+        except paystack.MalformedPayload as exc:
+            log.warning("webhook_rejected", reason="malformed", alert=True, detail=str(exc))
+            return PlainTextResponse("malformed payload", status_code=400)
+        try:
+            async with asyncio.timeout(self.settings.webhook_deadline_s):
+                outcome = await self._receiver.handle(note, body)
+        except (TransientError, TimeoutError) as exc:
+            log.warning("webhook_deferred", webhook_event=note.event, error=type(exc).__name__)
+            return PlainTextResponse("try again later", status_code=503)
+        return JSONResponse({"outcome": outcome.value})
+
+    async def investments(self, request: Request) -> Response:
+        key = self.settings.checkout_api_key
+        if key is None or not _bearer_ok(request, key.get_secret_value()):
+            return PlainTextResponse("unauthorized", status_code=401)
+        body = await _read_body(request, self.limit)
+        if body is None:
+            return PlainTextResponse("payload too large", status_code=413)
+        try:
+            order = PendingInvestment.model_validate_json(body)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            return JSONResponse({"error": "invalid_request", "detail": errors}, status_code=422)
+        try:
+            async with asyncio.timeout(self.settings.webhook_deadline_s):
+                created = await db.guarded(lambda: self._create(order))
+        except CheckoutRefused as exc:
+            code = 409 if exc.reason == "conflict" else 422
+            return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=code)
+        except (TransientError, TimeoutError):
+            return PlainTextResponse("try again later", status_code=503)
+        log.info("investment_pending", investment_id=order.investment_id, created=created)
+        return JSONResponse(
+            {"investment_id": order.investment_id, "status": "pending", "created": created},
+            status_code=201 if created else 200,
+        )
+
+    async def _create(self, order: PendingInvestment) -> bool:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            return await create_pending_investment(conn, order)
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def create_app(settings: Settings, *, verifier: Verifier | None = None) -> Starlette:
+    """The receiver for ``settings``; ``verifier`` replaces the Paystack one if given.
+
+    ``POST /investments`` exists only when ``TOKENDIST_CHECKOUT_API_KEY`` is set.
+    """
+    endpoints = _Endpoints(settings, verifier)
+    routes = [
+        Route("/webhooks/paystack", endpoints.paystack, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    if settings.checkout_api_key is not None:
+        routes.append(Route("/investments", endpoints.investments, methods=["POST"]))
+    return Starlette(routes=routes, lifespan=endpoints.lifespan)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None past ``limit`` bytes (checked before and while reading)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _bearer_ok(request: Request, key: str) -> bool:
+    provided = request.headers.get("authorization", "").removeprefix("Bearer ")
+    return hmac.compare_digest(provided.encode("latin-1"), key.encode())
