@@ -21,6 +21,7 @@ COPY tokendist/ tokendist/
 COPY schemas/ schemas/
 COPY outbox/ outbox/
 COPY consumer/ consumer/
+COPY bench/ bench/
 RUN pip install .
 
 # consumer/contracts.py reads the compiled contracts at run time from
