@@ -70,17 +70,17 @@ async def run(settings: Settings, pool: asyncpg.Pool, consumers: int, load: Load
                 for name, s in services.items()
                 if name.startswith("consumer")
             }
-        watch = Watch(settings, pool, tk.tokenization_id, services)
-        ready = await watch.sample(offering=False)
-        confirming = asyncio.create_task(
-            workload.confirm_payments(
-                pool, tk, tag, load.events, load.wallets, writers=load.writers, rate=load.rate
-            ),
-            name="payment-service",
-        )
-        finished = await watch.until_finished(confirming, load.events, deadline)
-        # Read while the processes still exist: /proc/<pid> goes with them.
-        end = await watch.sample(offering=False)
+        async with Watch(settings, pool, tk.tokenization_id, services) as watch:
+            ready = await watch.sample(offering=False)
+            confirming = asyncio.create_task(
+                workload.confirm_payments(
+                    pool, tk, tag, load.events, load.wallets, writers=load.writers, rate=load.rate
+                ),
+                name="payment-service",
+            )
+            finished = await watch.until_finished(confirming, load.events, deadline)
+            # Read while the processes still exist: /proc/<pid> goes with them.
+            end = await watch.sample(offering=False)
         peaks = {name: s.peak_rss_kib() for name, s in services.items()}
     finally:
         if confirming is not None and not confirming.done():

@@ -33,6 +33,7 @@ def compare(report: Report) -> None:
             ratio=r.throughput.per_second / per_s if per_s > 0 else 0.0,
         )
         for r in report.end_to_end
+        if not r.rate  # a paced run's events/s is its offered rate, not its capacity
     ]
     report.goals = goals(report)
 
