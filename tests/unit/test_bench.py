@@ -100,9 +100,15 @@ def run(mode: str, per_second: float, *, p99_ms: int = 500, paced: float = 0.0) 
 
 def report(runs: list[EndToEnd]) -> Report:
     chain = ChainRate(rate(30), 16, 500)
+    fast = rate(1000)
     stages = Stages(
-        *(rate(1000) for _ in range(6)),
-        BlockInterval(4, 1.0, 250),
+        enqueue=fast,
+        kafka_produce=fast,
+        abi_encode=fast,
+        signing=fast,
+        rpc_block_number=fast,
+        rpc_send_raw=fast,
+        block_interval=BlockInterval(4, 1.0, 250),
         kafka_consume=rate(50_000),
         consumer_db=rate(200),
         chain=chain,
