@@ -21,6 +21,9 @@ SAMPLES_PER_S = 100
 # The event loop with nothing to run waits in the selectors module (epoll) for a socket
 # or a timer: a sample whose leaf is there is idle.
 IDLE_LIBRARY = "selectors"
+# Other threads (the default executor's, which aiohttp's resolver uses) wait for work
+# nearly all the time; counted, they would drown the event loop's shares.
+THREAD_ROOT = "Thread._bootstrap "
 OUR_PACKAGES = ("consumer", "outbox", "tokendist", "schemas")
 TOP = 8
 
@@ -69,9 +72,9 @@ def _py_spy() -> str:
 
 
 def summarize(folded: str) -> list[tuple[str, float]]:
-    """Shares of all samples, in percent: the event loop idle; busy time by the library
-    running at the sample (the stack's leaf); busy time under each of our functions (the
-    innermost frame of our own packages), the top ``TOP`` of each."""
+    """Shares of the event-loop thread's samples, in percent: idle in ``select``; busy
+    time by the library running at the sample (the stack's leaf); busy time under each
+    of our functions (the innermost frame of our own packages), the top ``TOP`` of each."""
     idle = 0
     by_library: collections.Counter[str] = collections.Counter()
     under_ours: collections.Counter[str] = collections.Counter()
@@ -81,14 +84,16 @@ def summarize(folded: str) -> list[tuple[str, float]]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = stack.split(";")
+        if frames[0].startswith(THREAD_ROOT):
+            continue
+        total += count
         if _library(frames[-1]) == IDLE_LIBRARY:
             idle += count
             continue
         by_library[_library(frames[-1])] += count
         ours = next((f for f in reversed(frames) if _library(f) in OUR_PACKAGES), None)
-        under_ours[ours or "(outside our code)"] += count
+        under_ours["(outside our code)" if ours is None else _without_line(ours)] += count
     if total == 0:
         return []
     pct = 100 / total
@@ -97,6 +102,13 @@ def summarize(folded: str) -> list[tuple[str, float]]:
         *((f"busy in {lib}", n * pct) for lib, n in by_library.most_common(TOP)),
         *((f"busy under {fn}", n * pct) for fn, n in under_ours.most_common(TOP)),
     ]
+
+
+def _without_line(frame: str) -> str:
+    """``Chain.sign (consumer/chain.py:171)`` → ``Chain.sign (consumer/chain.py)``: one
+    function, whichever of its lines was running."""
+    name, _, where = frame.rpartition(" (")
+    return f"{name} ({where.split(':', 1)[0].rstrip(')')})"
 
 
 def _library(frame: str) -> str:

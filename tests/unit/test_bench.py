@@ -143,13 +143,14 @@ def test_profile_summary_splits_idle_from_busy_time_by_library_and_our_function(
             f"{loop};EpollSelector.select (selectors.py:468) 60",
             f"{loop};Processor._handle (consumer/processor.py:9);parse (pydantic/main.py:3) 30",
             f"{loop};Handle._run (asyncio/events.py:80) 10",
+            "Thread._bootstrap (threading.py:1002);wait (threading.py:327) 500",
             "not a sample line",
         ]
     )
     shares = dict(summarize(folded))
     assert shares["idle: event loop waiting in select"] == 60
     assert shares["busy in pydantic"] == 30
-    assert shares["busy under Processor._handle (consumer/processor.py:9)"] == 30
+    assert shares["busy under Processor._handle (consumer/processor.py)"] == 30
     assert shares["busy under (outside our code)"] == 10
     assert summarize("") == []
 
