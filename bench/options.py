@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--chain-wide-window", type=int, default=64, help="unmined transactions, wide run")
     add("--users", type=int, default=200, help="investors the payments spread over")
     add("--writers", type=int, default=4, help="payment-service connections")
-    add("--timeout", type=float, default=0.0, help="seconds per run (0: 300 + events/10)")
+    add("--timeout", type=float, default=0.0, help="hang guard, s per run (0: 600 + events/2)")
     add("--profile", action="store_true", help="py-spy on each consumer of the burst runs")
     add("--service-log-level", default="INFO", help="relay/consumer log level")
     add("--json", type=Path, default=None, help="also write the JSON object to this file")

@@ -32,7 +32,7 @@ from bench import (
     summary,
     workload,
 )
-from bench.results import EndToEnd, Environment, Rate, Report, Stages
+from bench.results import EndToEnd, Environment, Rate, RelayResult, Report, Stages
 from tokendist import db, logs
 from tokendist.errors import TransientError
 from tokendist.settings import Settings, SettingsError, load_settings
@@ -68,49 +68,69 @@ async def bench(args: argparse.Namespace, shared: Settings) -> Report:
         topics.extend([s.topic, s.dlq_topic])
         return s
 
-    async with sandbox.isolated_database(base.database_url) as url:
-        settings = base.model_copy(update={"database_url": url})
-        pool = await db.create_pool(url, max_size=args.writers + 4)
-        try:
-            enqueued, relayed = await relay_stage.run(
-                named(settings, "relay"), pool, args.relay_rows, args.writers
-            )
-            result = Report(
-                environment=Environment(
-                    cpus=os.cpu_count() or 0,
-                    load_before=load_before,
-                    load_after=load_before,  # replaced once everything ran
-                    settings=settings_summary(settings, args.service_log_level),
-                    log_dir=str(log_dir),
-                ),
-                stages=await _stages(args, base, named(settings, "kafka"), enqueued),
-                relay=relayed,
-            )
-            wallets = workload.make_wallets(args.users)
-            await workload.register_users(pool, wallets)
+    async def run(mode: str, consumers: int, events: int, rate: float) -> EndToEnd:
+        load = e2e.Load(
+            mode=mode,
+            events=events,
+            wallets=workload.make_wallets(args.users),
+            writers=args.writers,
+            rate=rate,
+            timeout_s=args.timeout or 600 + events / 2,
+            log_dir=log_dir,
+            log_level=args.service_log_level,
+            profile=args.profile and mode == "burst",
+        )
+        return await _isolated_run(named(base, f"{mode}-c{consumers}"), consumers, load)
 
-            async def run(mode: str, consumers: int, events: int, rate: float) -> EndToEnd:
-                load = e2e.Load(
-                    mode=mode,
-                    events=events,
-                    wallets=wallets,
-                    writers=args.writers,
-                    rate=rate,
-                    timeout_s=args.timeout or 300 + events / 10,
-                    log_dir=log_dir,
-                    log_level=args.service_log_level,
-                    profile=args.profile and mode == "burst",
-                )
-                named_settings = named(settings, f"{mode}-c{consumers}")
-                return await e2e.run(named_settings, pool, consumers, load)
-
-            await _end_to_end(args, result, run)
-        finally:
-            await pool.close()
-            await sandbox.delete_topics(base, topics)
+    try:
+        enqueued, relayed = await _relay(args, named(base, "relay"))
+        result = Report(
+            environment=Environment(
+                cpus=os.cpu_count() or 0,
+                load_before=load_before,
+                load_after=load_before,  # replaced once everything ran
+                settings=settings_summary(base, args.service_log_level),
+                log_dir=str(log_dir),
+            ),
+            stages=await _stages(args, base, named(base, "kafka"), enqueued),
+            relay=relayed,
+        )
+        await _end_to_end(args, result, run)
+    finally:
+        await sandbox.delete_topics(base, topics)
     summary.compare(result)
     result.environment = dataclasses.replace(result.environment, load_after=os.getloadavg())
     return result
+
+
+async def _relay(args: argparse.Namespace, settings: Settings) -> tuple[Rate, RelayResult]:
+    """(enqueue transactions/s, the relay's figures), in a database of its own."""
+    async with sandbox.isolated_database(settings.database_url) as url:
+        pool = await db.create_pool(url, max_size=args.writers + 4)
+        try:
+            return await relay_stage.run(
+                settings.model_copy(update={"database_url": url}),
+                pool,
+                args.relay_rows,
+                args.writers,
+            )
+        finally:
+            await pool.close()
+
+
+async def _isolated_run(settings: Settings, consumers: int, load: e2e.Load) -> EndToEnd:
+    """One end-to-end run with a database and an operator key of its own: a run cut
+    short by its timeout leaves nothing that the next run's ``verify`` would count."""
+    rpc_url, _ = settings.require_chain()
+    operator = await sandbox.funded_key(rpc_url)
+    async with sandbox.isolated_database(settings.database_url) as url:
+        pool = await db.create_pool(url, max_size=load.writers + 4)
+        try:
+            await workload.register_users(pool, load.wallets)
+            own = settings.model_copy(update={"database_url": url, "operator_key": operator})
+            return await e2e.run(own, pool, consumers, load)
+        finally:
+            await pool.close()
 
 
 async def _stages(
