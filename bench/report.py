@@ -136,7 +136,7 @@ def _end_to_end(runs: list[EndToEnd]) -> list[str]:
         ),
         ("peak RSS of the relay, MiB", [_mib(r.relay_peak_rss_kib) for r in runs]),
         ("group lag while offered: max, at the end", [_lag(r) for r in runs]),
-        ("  lag slope /s; halves' peaks; bounded?", [_bounded(r) for r in runs]),
+        ("  slope /s; mean, middle → last third; bounded?", [_bounded(r) for r in runs]),
         ("tokendist verify afterwards", ["ok" if r.verified else "FAILED" for r in runs]),
     ]
     lines = [
@@ -169,7 +169,8 @@ def _bounded(r: EndToEnd) -> str:
     if not lag.samples:
         return "-"
     verdict = "yes" if lag.bounded else "no"
-    return f"{lag.slope_per_s:+.1f}; {lag.first_half_max:,}/{lag.second_half_max:,}; {verdict}"
+    means = f"{lag.middle_third_mean:,.0f} → {lag.last_third_mean:,.0f}"
+    return f"{lag.slope_per_s:+.1f}; {means}; {verdict}"
 
 
 def _versus(report: Report) -> list[str]:

@@ -91,8 +91,8 @@ class LagVerdict:
 
     samples: int
     max_lag: int
-    first_half_max: int
-    second_half_max: int
+    middle_third_mean: float
+    last_third_mean: float
     end_lag: int  # when the payment service stopped confirming
     slope_per_s: float  # least-squares growth of the lag, records per second
     bounded: bool

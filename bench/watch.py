@@ -23,7 +23,7 @@ SAMPLE_S = 1.0
 # Lag below this many seconds of arrivals is the pipeline's normal work in hand (events
 # being processed, offsets committed every 0.5 s), not a backlog.
 LAG_FLOOR_S = 2.0
-# A second half of the run whose peak lag exceeds the first half's by more than this
+# A last third of the run whose mean lag exceeds the middle third's by more than this
 # fraction is a backlog that grows.
 LAG_GROWTH_TOLERANCE = 0.25
 MEMORY_FRACTIONS = (0.1, 0.5)
@@ -40,24 +40,33 @@ class Sample:
 
 
 def lag_verdict(samples: list[Sample], rate: float) -> LagVerdict:
-    """Bounded when the lag's peak in the second half of the offered load is no more than
-    ``LAG_GROWTH_TOLERANCE`` above the first half's, or under ``LAG_FLOOR_S`` of arrivals."""
+    """Bounded when the mean lag over the last third of the offered load is no more than
+    ``LAG_GROWTH_TOLERANCE`` above the middle third's (the first third is the ramp from
+    zero), or under ``LAG_FLOOR_S`` of arrivals. Means, not peaks: one slow block makes
+    a spike, a backlog that grows lifts the whole last third."""
     offered = [s for s in samples if s.offering]
     if not offered:
-        return LagVerdict(0, 0, 0, 0, 0, 0.0, bounded=True)
+        return LagVerdict(0, 0, 0.0, 0.0, 0, 0.0, bounded=True)
     lags = [s.lag for s in offered]
-    half = len(lags) // 2
-    first, second = max(lags[:half], default=0), max(lags[half:])
+    third = len(lags) // 3
+    middle = _mean(lags[third : 2 * third] or lags)
+    last = _mean(lags[2 * third :])
     floor = rate * LAG_FLOOR_S
+    # Too few samples to see a trend (a burst offered in a second): only the floor rules.
+    growing = last > middle * (1 + LAG_GROWTH_TOLERANCE) if third else max(lags) > floor
     return LagVerdict(
         samples=len(offered),
         max_lag=max(lags),
-        first_half_max=first,
-        second_half_max=second,
+        middle_third_mean=middle,
+        last_third_mean=last,
         end_lag=lags[-1],
         slope_per_s=_slope([s.seconds for s in offered], lags),
-        bounded=second <= max(first * (1 + LAG_GROWTH_TOLERANCE), floor),
+        bounded=not growing or last <= floor,
     )
+
+
+def _mean(values: list[int]) -> float:
+    return sum(values) / len(values)
 
 
 def _slope(xs: list[float], ys: list[int]) -> float:

@@ -26,13 +26,14 @@ def samples(lags: list[int], *, offering: bool = True) -> list[Sample]:
 
 
 def test_a_lag_that_levels_off_is_bounded() -> None:
-    verdict = lag_verdict(samples([0, 20, 35, 40, 38, 41, 39, 40]), rate=5.0)
-    assert verdict.bounded
-    assert (verdict.first_half_max, verdict.second_half_max, verdict.end_lag) == (40, 41, 40)
+    verdict = lag_verdict(samples([0, 20, 35, 40, 38, 42, 39, 40, 61]), rate=5.0)
+    assert verdict.bounded  # one spike at the end is not a growing backlog
+    assert (verdict.middle_third_mean, verdict.last_third_mean) == (40.0, 140 / 3)
+    assert (verdict.max_lag, verdict.end_lag) == (61, 61)
 
 
 def test_a_lag_that_keeps_growing_is_not_bounded() -> None:
-    verdict = lag_verdict(samples([0, 10, 20, 30, 40, 50, 60, 70]), rate=5.0)
+    verdict = lag_verdict(samples([0, 10, 20, 30, 40, 50, 60, 70, 80]), rate=5.0)
     assert not verdict.bounded
     assert verdict.slope_per_s == 10.0
 
@@ -45,6 +46,7 @@ def test_only_samples_taken_while_load_was_offered_count() -> None:
     drained = samples([0, 5, 5, 5]) + samples([900, 0], offering=False)
     verdict = lag_verdict(drained, rate=1.0)
     assert (verdict.samples, verdict.max_lag, verdict.bounded) == (4, 5, True)
+    assert not lag_verdict(samples([0, 50]), rate=1.0).bounded  # too short: the floor rules
     assert lag_verdict([], rate=1.0).samples == 0
 
 
@@ -88,7 +90,7 @@ def run(mode: str, per_second: float, *, p99_ms: int = 500, paced: float = 0.0) 
         blocks=1,
         consumer_peak_rss_kib=[1],
         relay_peak_rss_kib=1,
-        lag=LagVerdict(3, 1, 1, 1, 1, 0.0, bounded=True),
+        lag=LagVerdict(3, 1, 1.0, 1.0, 1, 0.0, bounded=True),
         memory=[],
         memory_growth_pct={"consumer-0": 12.0},
         profile={},
