@@ -168,7 +168,8 @@ def _bounded(r: EndToEnd) -> str:
     lag = r.lag
     if not lag.samples:
         return "-"
-    verdict = "yes" if lag.bounded else "no"
+    # Offered faster than any pipeline drains it, a burst's lag only ever grows.
+    verdict = ("yes" if lag.bounded else "no") if r.rate else "n/a (burst)"
     means = f"{lag.middle_third_mean:,.0f} → {lag.last_third_mean:,.0f}"
     return f"{lag.slope_per_s:+.1f}; {means}; {verdict}"
 
