@@ -22,6 +22,7 @@ COPY schemas/ schemas/
 COPY outbox/ outbox/
 COPY consumer/ consumer/
 COPY webhook/ webhook/
+COPY bench/ bench/
 RUN pip install .
 
 # consumer/contracts.py reads the compiled contracts at run time from

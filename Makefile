@@ -48,8 +48,10 @@ RUNS ?= 1000
 faults: deps stack-up
 	$(ENV) && $(BIN)/python -m tests.faults --seed $(SEED) --runs $(RUNS) --rotate
 
+# BENCH_ARGS="--events 2000 --consumers 1,3" etc.: see `tokendist bench --help`.
+BENCH_ARGS ?=
 bench: deps stack-up
-	$(ENV) && $(BIN)/python -m bench.run
+	$(ENV) && $(BIN)/tokendist bench $(BENCH_ARGS)
 
 bench-webhook: deps stack-up
 	$(ENV) && $(BIN)/python -m bench.webhook

@@ -1,5 +1,6 @@
 """End to end: payments confirmed → relay → Kafka → N consumer processes → chain →
-holdings credited, with a fresh tokenization, topic and group per run.
+holdings credited, with a fresh tokenization, topic and group per run. The payment
+service confirms while ``watch`` samples lag and memory.
 
 The clock is PostgreSQL's: from the first ``confirmed_at`` to the last ``credited_at``.
 Relay and consumers start first and are waited for (relay leading, group stable with N
@@ -17,7 +18,9 @@ import asyncpg
 
 from bench import queries, sandbox, workload
 from bench.procs import Service, check_alive
-from bench.results import EndToEnd, Percentiles, Rate
+from bench.profile import Recorder, summarize
+from bench.results import EndToEnd, LagVerdict, MemoryPoint, Percentiles, Rate
+from bench.watch import Watch, lag_verdict, memory_growth, memory_points
 from consumer.chain import Chain
 from consumer.verify import verify
 from outbox.relay import LEADER_LOCK
@@ -25,10 +28,12 @@ from tokendist import kafka
 from tokendist.settings import Settings
 
 POLL_S = 0.25
+PROFILE_WRITE_S = 60.0  # py-spy writes its file once the consumer has exited
 
 
 @dataclass(frozen=True, slots=True)
 class Load:
+    mode: str  # "burst", "sustained" or "memory": how the report reads the run
     events: int
     wallets: list[str]
     writers: int
@@ -36,11 +41,13 @@ class Load:
     timeout_s: float
     log_dir: Path
     log_level: str
+    profile: bool  # py-spy on each consumer
 
 
-async def run(base: Settings, pool: asyncpg.Pool, consumers: int, load: Load) -> EndToEnd:
-    tag = f"c{consumers}"
-    settings = sandbox.renamed(base, tag)
+async def run(settings: Settings, pool: asyncpg.Pool, consumers: int, load: Load) -> EndToEnd:
+    """One run on ``settings``' own topic and group (named by the caller, who deletes
+    the topics afterwards)."""
+    tag = f"{load.mode}-c{consumers}"
     tk = await sandbox.deploy(settings, f"bench-{tag}")
     await kafka.ensure_topics(settings)  # before the services, so none races to create it
     deadline = time.monotonic() + load.timeout_s
@@ -48,29 +55,72 @@ async def run(base: Settings, pool: asyncpg.Pool, consumers: int, load: Load) ->
     def start(command: str, name: str) -> Service:
         return Service(settings, command, load.log_dir / f"{tag}-{name}.log", load.log_level)
 
-    services: list[Service] = []
+    services: dict[str, Service] = {}
+    recorders: dict[str, Recorder] = {}
+    confirming: asyncio.Task[float] | None = None
     try:
-        # Appended one by one: if a start fails, the ones already running are stopped.
-        relay = start("relay", "relay")
-        services.append(relay)
-        members: list[Service] = []
+        # Added one by one: if a start fails, the ones already running are stopped.
+        services["relay"] = start("relay", "relay")
         for k in range(consumers):
-            members.append(start("consume", f"consumer-{k}"))
-            services.append(members[-1])
-        await _ready(settings, pool, services, consumers, deadline)
-        confirm_s = await workload.confirm_payments(
-            pool, tk, tag, load.events, load.wallets, writers=load.writers, rate=load.rate
-        )
-        finished = await _finished(pool, tk.tokenization_id, load.events, services, deadline)
-        # Peaks are read while the processes still exist: /proc/<pid> goes with them.
-        relay_rss = relay.peak_rss_kib()
-        consumer_rss = [m.peak_rss_kib() for m in members]
+            services[f"consumer-{k}"] = start("consume", f"consumer-{k}")
+        await _ready(settings, pool, list(services.values()), consumers, deadline)
+        if load.profile:
+            recorders = {
+                name: Recorder(s.pid, load.log_dir / f"{tag}-{name}.pyspy.txt")
+                for name, s in services.items()
+                if name.startswith("consumer")
+            }
+        async with Watch(settings, pool, tk.tokenization_id, services) as watch:
+            ready = await watch.sample(offering=False)
+            confirming = asyncio.create_task(
+                workload.confirm_payments(
+                    pool, tk, tag, load.events, load.wallets, writers=load.writers, rate=load.rate
+                ),
+                name="payment-service",
+            )
+            finished = await watch.until_finished(confirming, load.events, deadline)
+            # Read while the processes still exist: /proc/<pid> goes with them.
+            end = await watch.sample(offering=False)
+        peaks = {name: s.peak_rss_kib() for name, s in services.items()}
     finally:
+        if confirming is not None and not confirming.done():
+            confirming.cancel()
         grace = settings.shutdown_grace_s + 15
-        await asyncio.gather(*(s.stop(grace) for s in services))
+        await asyncio.gather(*(s.stop(grace) for s in services.values()))
+    profile = {name: summarize(await r.finish(PROFILE_WRITE_S)) for name, r in recorders.items()}
+    memory = memory_points(ready, watch.samples, end, load.events)
+    return await _result(
+        settings,
+        pool,
+        tk.tokenization_id,
+        consumers,
+        load,
+        confirm_s=confirming.result() if confirming.done() and not confirming.cancelled() else 0.0,
+        peaks=peaks,
+        lag=lag_verdict(watch.samples, load.rate),
+        memory=memory,
+        profile=profile,
+        timed_out=not finished,
+    )
 
-    outcomes = await pool.fetchrow(queries.OUTCOMES, tk.tokenization_id)
-    window = await pool.fetchrow(queries.WINDOW, tk.tokenization_id)
+
+async def _result(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    tokenization_id: str,
+    consumers: int,
+    load: Load,
+    *,
+    confirm_s: float,
+    peaks: dict[str, int | None],
+    lag: LagVerdict,
+    memory: list[MemoryPoint],
+    profile: dict[str, list[tuple[str, float]]],
+    timed_out: bool,
+) -> EndToEnd:
+    """The run's figures, from PostgreSQL's timestamps, and `verify`'s verdict."""
+    outcomes = await pool.fetchrow(queries.OUTCOMES, tokenization_id)
+    window = await pool.fetchrow(queries.WINDOW, tokenization_id)
     assert outcomes is not None
     assert window is not None
     span_s = (
@@ -80,6 +130,7 @@ async def run(base: Settings, pool: asyncpg.Pool, consumers: int, load: Load) ->
     )
     verified, verify_text = await _verify(settings, pool)
     return EndToEnd(
+        mode=load.mode,
         consumers=consumers,
         events=load.events,
         users=len(load.wallets),
@@ -88,19 +139,23 @@ async def run(base: Settings, pool: asyncpg.Pool, consumers: int, load: Load) ->
         failed=outcomes["failed"],
         confirm=Rate.of("confirm", load.events, confirm_s),
         throughput=Rate.of("end to end", outcomes["credited"], span_s),
-        latency=await _percentiles(pool, tk.tokenization_id, *queries.TOTAL),
+        latency=await _percentiles(pool, tokenization_id, *queries.TOTAL),
         segments={
-            name: await _percentiles(pool, tk.tokenization_id, *cols)
+            name: await _percentiles(pool, tokenization_id, *cols)
             for name, cols in queries.SEGMENTS.items()
         },
-        in_flight=await _percentiles(pool, tk.tokenization_id, *queries.IN_FLIGHT),
+        in_flight=await _percentiles(pool, tokenization_id, *queries.IN_FLIGHT),
         max_inflight=settings.max_inflight_per_sender,
         blocks=window["blocks"],
-        consumer_peak_rss_kib=consumer_rss,
-        relay_peak_rss_kib=relay_rss,
+        consumer_peak_rss_kib=[v for k, v in peaks.items() if k.startswith("consumer")],
+        relay_peak_rss_kib=peaks["relay"],
+        lag=lag,
+        memory=memory,
+        memory_growth_pct=memory_growth(memory),
+        profile=profile,
         verified=verified,
         verify_report=verify_text,
-        timed_out=not finished,
+        timed_out=timed_out,
     )
 
 
@@ -124,30 +179,20 @@ async def _ready(
         await asyncio.sleep(POLL_S)
 
 
-async def _finished(
-    pool: asyncpg.Pool, tokenization_id: str, events: int, services: list[Service], deadline: float
-) -> bool:
-    """Until every event is credited or failed; False when the deadline came first (the
-    report then shows how far it got instead of hanging)."""
-    while True:
-        check_alive(services)
-        row = await pool.fetchrow(queries.OUTCOMES, tokenization_id)
-        assert row is not None
-        if row["credited"] + row["failed"] >= events:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(POLL_S)
-
-
 async def _percentiles(
     pool: asyncpg.Pool, tokenization_id: str, start: str, end: str
 ) -> Percentiles:
     row = await pool.fetchrow(queries.percentiles(start, end), tokenization_id)
     assert row is not None
-    p50, p90, p99 = row["p"] if row["p"] is not None else (None, None, None)
+    p50, p90, p95, p99 = row["p"] if row["p"] is not None else (None,) * 4
     return Percentiles(
-        n=row["n"], p50_ms=p50, p90_ms=p90, p99_ms=p99, max_ms=row["max_ms"], mean_ms=row["mean_ms"]
+        n=row["n"],
+        p50_ms=p50,
+        p90_ms=p90,
+        p95_ms=p95,
+        p99_ms=p99,
+        max_ms=row["max_ms"],
+        mean_ms=row["mean_ms"],
     )
 
 

@@ -14,19 +14,9 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from tokendist.settings import ENV_PREFIX, Settings
+from tokendist.settings import Settings
 
 LOG_TAIL_BYTES = 4000
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    """The settings as TOKENDIST_* variables, which is all the CLI reads."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            plain = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-            env[f"{ENV_PREFIX}{name.upper()}"] = str(plain)
-    return env
 
 
 class Service:
@@ -42,7 +32,7 @@ class Service:
         self._log: IO[bytes] = log_path.open("wb")
         self.proc = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
             [sys.executable, "-m", "tokendist.cli", "--log-level", log_level, command],
-            env={**os.environ, **env_of(settings)},
+            env={**os.environ, **settings.as_env()},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -56,12 +46,19 @@ class Service:
 
     def peak_rss_kib(self) -> int | None:
         """VmHWM: the most resident memory the process ever had (None once it exited)."""
+        return self._status_kib("VmHWM:")
+
+    def rss_kib(self) -> int | None:
+        """VmRSS: resident memory now (None once it exited)."""
+        return self._status_kib("VmRSS:")
+
+    def _status_kib(self, field: str) -> int | None:
         try:
             status = Path(f"/proc/{self.pid}/status").read_text(encoding="ascii")
         except OSError:
             return None
         for line in status.splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1])  # "VmHWM:   123456 kB"
         return None
 

@@ -1,9 +1,10 @@
 """The printed report: raw stage ceilings first, then the relay, then end to end with
-the same latency cut per step, so a slow total can be traced to the step that holds it."""
+the same latency cut per step, so a slow total can be traced to the step that holds it;
+then each run against the slowest baseline, memory over the runs and the profiles."""
 
 from __future__ import annotations
 
-from bench.results import EndToEnd, Percentiles, Rate, Report
+from bench.results import ChainRate, EndToEnd, Percentiles, Rate, Report
 
 LABEL = 52
 
@@ -17,6 +18,10 @@ def render(report: Report) -> str:
             "",
             *_relay(report),
             *(["", *_end_to_end(report.end_to_end)] if report.end_to_end else []),
+            "",
+            *_versus(report),
+            *_memory(report.end_to_end),
+            *_profiles(report.end_to_end),
             "",
             *_notes(report),
         ]
@@ -59,7 +64,16 @@ def _stages(report: Report) -> list[str]:
         _rate_line("RPC", st.rpc_send_raw),
         f"  {'chain':<11} block interval observed: {bi.interval_ms} ms "
         f"({bi.blocks} blocks over {bi.seconds:.2f} s)",
+        "Baselines: the pipeline's three stages, each alone",
+        _rate_line("Kafka", st.kafka_consume),
+        _rate_line("PostgreSQL", st.consumer_db),
+        _chain_line(st.chain),
+        _chain_line(st.chain_wide),
     ]
+
+
+def _chain_line(c: ChainRate) -> str:
+    return _rate_line("chain", c.rate) + f"  (each {c.mean_ms:,} ms sign → mined)"
 
 
 def _relay(report: Report) -> list[str]:
@@ -76,7 +90,7 @@ def _ms(p: Percentiles, *, p99: bool = True) -> str:
     def f(v: int | None) -> str:
         return "-" if v is None else f"{v:,}"
 
-    parts = [p.p50_ms, p.p90_ms, *([p.p99_ms] if p99 else []), p.max_ms]
+    parts = [p.p50_ms, p.p95_ms, *([p.p99_ms] if p99 else []), p.max_ms]
     return " / ".join(f(v) for v in parts)
 
 
@@ -95,15 +109,17 @@ def _table(rows: list[tuple[str, list[str]]]) -> list[str]:
 def _end_to_end(runs: list[EndToEnd]) -> list[str]:
     first = runs[0]
     rows: list[tuple[str, list[str]]] = [
+        ("", [r.mode for r in runs]),
         ("", [f"{r.consumers} consumer" + ("s" if r.consumers > 1 else "") for r in runs]),
+        ("payments, offered at", [f"{r.events:,}, {_offered(r)}" for r in runs]),
         ("credited / failed", [f"{r.credited:,} / {r.failed}" for r in runs]),
         ("events/s, first confirmed → last credited", [_per_s(r) for r in runs]),
         (
             "payment service confirmed them at",
             [f"{r.confirm.per_second:,.0f}/s ({r.confirm.seconds:.1f} s)" for r in runs],
         ),
-        ("latency ms  p50 / p90 / p99 / max", [_ms(r.latency) for r in runs]),
-        ("  where it goes, ms  p50 / p90 / max", ["" for _ in runs]),
+        ("latency ms  p50 / p95 / p99 / max", [_ms(r.latency) for r in runs]),
+        ("  where it goes, ms  p50 / p95 / max", ["" for _ in runs]),
         *(
             (f"    {name}", [_ms(r.segments[name], p99=False) for r in runs])
             for name in first.segments
@@ -119,20 +135,90 @@ def _end_to_end(runs: list[EndToEnd]) -> list[str]:
             [" / ".join(_mib(k) for k in r.consumer_peak_rss_kib) for r in runs],
         ),
         ("peak RSS of the relay, MiB", [_mib(r.relay_peak_rss_kib) for r in runs]),
+        ("group lag while offered: max, at the end", [_lag(r) for r in runs]),
+        ("  slope /s; mean, middle → last third; bounded?", [_bounded(r) for r in runs]),
         ("tokendist verify afterwards", ["ok" if r.verified else "FAILED" for r in runs]),
     ]
-    pacing = f"confirmed at {first.rate:g}/s" if first.rate else "confirmed as one burst"
     lines = [
-        f"End to end ({first.events:,} payments over {first.users} investors, {pacing}; "
-        "relay and consumers are separate processes)",
+        f"End to end ({first.users} investors; relay and consumers are separate processes)",
         *_table(rows),
     ]
     for r in runs:
         if r.timed_out:
-            lines.append(f"  ! {r.consumers}-consumer run timed out: figures cover what finished")
+            lines.append(f"  ! {_name(r)} run timed out: figures cover what finished")
         if not r.verified:
-            lines.append(f"  ! {r.consumers}-consumer run, verify report:")
+            lines.append(f"  ! {_name(r)} run, verify report:")
             lines.extend(f"    {line}" for line in r.verify_report.splitlines())
+    return lines
+
+
+def _name(r: EndToEnd) -> str:
+    return f"{r.mode} {r.consumers}-consumer"
+
+
+def _offered(r: EndToEnd) -> str:
+    return f"{r.rate:g}/s" if r.rate else "once"
+
+
+def _lag(r: EndToEnd) -> str:
+    return f"{r.lag.max_lag:,}, {r.lag.end_lag:,}" if r.lag.samples else "-"
+
+
+def _bounded(r: EndToEnd) -> str:
+    lag = r.lag
+    if not lag.samples:
+        return "-"
+    # Offered faster than any pipeline drains it, a burst's lag only ever grows.
+    verdict = ("yes" if lag.bounded else "no") if r.rate else "n/a (burst)"
+    means = f"{lag.middle_third_mean:,.0f} → {lag.last_third_mean:,.0f}"
+    return f"{lag.slope_per_s:+.1f}; {means}; {verdict}"
+
+
+def _versus(report: Report) -> list[str]:
+    lines = [
+        f"Against the slowest baseline ({report.slowest_stage}, {report.slowest_per_s:,.1f} /s)",
+        *(
+            f"  {v.mode} {v.consumers}c: {v.events_per_s:,.1f} events/s = {v.ratio:.2f} x"
+            for v in report.versus
+        ),
+        "Goals (issue 7)",
+    ]
+    verdicts = {True: "met", False: "NOT met", None: "not measured"}
+    lines += [f"  {goal}: {verdicts[met]}" for goal, met in report.goals.items()]
+    return lines
+
+
+def _memory(runs: list[EndToEnd]) -> list[str]:
+    lines = []
+    for r in (r for r in runs if r.mode == "memory"):
+        names = list(r.memory[0].rss_kib) if r.memory else []
+        lines += ["", f"RSS over the {_name(r)} run, MiB ({r.events:,} payments)"]
+        lines += _table(
+            [
+                ("", names),
+                *(
+                    (
+                        f"{p.label} ({p.credited:,} credited, {p.seconds:,.0f} s)",
+                        [_mib(p.rss_kib[n]) for n in names],
+                    )
+                    for p in r.memory
+                ),
+                ("growth from 10% to the end", [_pct(r.memory_growth_pct.get(n)) for n in names]),
+            ]
+        )
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}%"
+
+
+def _profiles(runs: list[EndToEnd]) -> list[str]:
+    lines = []
+    for r in (r for r in runs if r.profile):
+        for name, shares in r.profile.items():
+            lines += ["", f"py-spy, {_name(r)} run, {name}: % of wall-clock samples"]
+            lines += [f"  {share:5.1f}  {what}" for what, share in shares]
     return lines
 
 

@@ -30,9 +30,19 @@ class Percentiles:
     n: int
     p50_ms: int | None
     p90_ms: int | None
+    p95_ms: int | None
     p99_ms: int | None
     max_ms: int | None
     mean_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRate:
+    """Signed ``distribute`` transactions sent and mined, at most ``window`` unmined."""
+
+    rate: Rate
+    window: int
+    mean_ms: int  # sign → receipt seen, per transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,19 @@ class Stages:
     rpc_block_number: Rate
     rpc_send_raw: Rate
     block_interval: BlockInterval
+    # The three baselines an end-to-end run is compared with (issue 7).
+    kafka_consume: Rate
+    consumer_db: Rate
+    chain: ChainRate  # window = max_inflight_per_sender: one operator key, the node's limit
+    chain_wide: ChainRate  # a wider window: what the chain could take beyond our cap
+
+    def baselines(self) -> dict[str, float]:
+        """Events/s of each stage the pipeline chains together, by name."""
+        return {
+            "kafka_consume": self.kafka_consume.per_second,
+            "consumer_db": self.consumer_db.per_second,
+            "chain": self.chain.rate.per_second,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +86,31 @@ class RelayResult:
 
 
 @dataclass(frozen=True, slots=True)
+class LagVerdict:
+    """Consumer-group lag sampled while load was offered (see ``watch.lag_verdict``)."""
+
+    samples: int
+    max_lag: int
+    middle_third_mean: float
+    last_third_mean: float
+    end_lag: int  # when the payment service stopped confirming
+    slope_per_s: float  # least-squares growth of the lag, records per second
+    bounded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPoint:
+    """Resident memory of every process at one moment of a run."""
+
+    label: str  # "ready" (before any payment), "10%", "50%", "100%" of events credited
+    seconds: float  # since the first payment was confirmed
+    credited: int
+    rss_kib: dict[str, int | None]  # by process: "relay", "consumer-0", ...
+
+
+@dataclass(frozen=True, slots=True)
 class EndToEnd:
+    mode: str  # "burst", "sustained" or "memory"
     consumers: int
     events: int
     users: int
@@ -79,6 +126,10 @@ class EndToEnd:
     blocks: int  # distinct blocks holding our distribute calls
     consumer_peak_rss_kib: list[int | None]
     relay_peak_rss_kib: int | None
+    lag: LagVerdict
+    memory: list[MemoryPoint]
+    memory_growth_pct: dict[str, float | None]  # by process, from the 10% point to the end
+    profile: dict[str, list[tuple[str, float]]]  # by consumer: hottest frames, % of samples
     verified: bool  # `tokendist verify` invariants held afterwards
     verify_report: str
     timed_out: bool
@@ -93,9 +144,23 @@ class Environment:
     log_dir: str
 
 
+@dataclass(frozen=True, slots=True)
+class Versus:
+    """One end-to-end run against the slowest baseline (goal: ratio ≥ 0.5)."""
+
+    mode: str
+    consumers: int
+    events_per_s: float
+    ratio: float
+
+
 @dataclass(slots=True)
 class Report:
     environment: Environment
     stages: Stages
     relay: RelayResult
     end_to_end: list[EndToEnd] = field(default_factory=list)
+    slowest_stage: str = ""
+    slowest_per_s: float = 0.0
+    versus: list[Versus] = field(default_factory=list)
+    goals: dict[str, bool | None] = field(default_factory=dict)

@@ -1,7 +1,9 @@
-"""``python -m bench.run``: the benchmark command (``make bench``).
+"""``tokendist bench`` (or ``python -m bench.run``, ``make bench``): stage baselines, then
+the whole pipeline in burst, sustained-load and memory-growth runs, in one run on one
+machine. Prints a report, then one JSON line with every figure.
 
 Needs the stack's addresses in the environment (``eval "$(tokendist stack env)"``); all
-else it makes for itself: a database (dropped at the end), funded keys, contracts,
+else it makes for itself: databases (dropped at the end), funded keys, contracts,
 topics and consumer groups, so it can run beside other users of the same stack.
 """
 
@@ -15,43 +17,31 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import e2e, relay_stage, report, sandbox, stages, workload
-from bench.results import Environment, Report, Stages
+from bench import (
+    chain_stage,
+    db_stage,
+    e2e,
+    options,
+    relay_stage,
+    report,
+    sandbox,
+    stages,
+    summary,
+    workload,
+)
+from bench.results import EndToEnd, Environment, Rate, RelayResult, Report, Stages
 from tokendist import db, logs
 from tokendist.errors import TransientError
-from tokendist.settings import Settings, SettingsError
+from tokendist.settings import Settings, SettingsError, load_settings
 
 # Sizes of the raw-stage samples: each takes a second or two on a small machine.
 SIGN_COUNT = 2000
 BLOCK_NUMBER_CALLS = 500
 SEND_RAW_CALLS = 200
 BLOCK_WATCH_S = 3.0
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--events", type=int, default=2000, help="payments per end-to-end run")
-    parser.add_argument("--relay-rows", type=int, default=10_000, help="outbox rows to relay")
-    parser.add_argument(
-        "--consumers",
-        type=lambda s: [int(n) for n in s.split(",") if n.strip()],
-        default=[1, 3],
-        help="consumer process counts, one end-to-end run each (e.g. 1,3)",
-    )
-    parser.add_argument("--users", type=int, default=200, help="investors the payments spread over")
-    parser.add_argument("--writers", type=int, default=4, help="payment-service connections")
-    parser.add_argument(
-        "--rate",
-        type=float,
-        default=0.0,
-        help="confirmations/s (0: one burst, as fast as possible)",
-    )
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per end-to-end run")
-    parser.add_argument("--log-level", default="INFO", help="relay/consumer log level")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    return parser.parse_args(argv)
 
 
 def settings_summary(settings: Settings, log_level: str) -> dict[str, object]:
@@ -66,9 +56,9 @@ def settings_summary(settings: Settings, log_level: str) -> dict[str, object]:
     return {**{n: getattr(settings, n) for n in names}, "log_level": log_level}
 
 
-async def bench(args: argparse.Namespace) -> Report:
+async def bench(args: argparse.Namespace, shared: Settings) -> Report:
     run_id = uuid.uuid4().hex[:10]
-    base = await sandbox.bench_settings(run_id)
+    base = await sandbox.bench_settings(shared, run_id)
     log_dir = Path(tempfile.mkdtemp(prefix=f"tokendist-bench-{run_id}-"))
     load_before = os.getloadavg()
     topics: list[str] = []
@@ -78,78 +68,153 @@ async def bench(args: argparse.Namespace) -> Report:
         topics.extend([s.topic, s.dlq_topic])
         return s
 
-    async with sandbox.isolated_database(base.database_url) as url:
-        settings = base.model_copy(update={"database_url": url})
-        topics.extend(f"{settings.topic}.c{n}{dlq}" for n in args.consumers for dlq in ("", ".dlq"))
-        pool = await db.create_pool(url, max_size=args.writers + 4)
-        try:
-            sample = workload.payment(None, "sample", 0, workload.make_wallets(1)).event()
-            produced = await stages.kafka_produce(
-                named(settings, "kafka"), args.relay_rows, sample.model_dump_json().encode()
-            )
-            abi, signing = await stages.chain_cpu(settings, SIGN_COUNT)
-            block_number = await stages.rpc_block_number(settings, BLOCK_NUMBER_CALLS)
-            send_raw = await stages.rpc_send_raw(settings, SEND_RAW_CALLS)
-            interval = await stages.block_interval(settings, BLOCK_WATCH_S)
-            enqueued, relayed = await relay_stage.run(
-                named(settings, "relay"), pool, args.relay_rows, args.writers
-            )
-            result = Report(
-                environment=Environment(
-                    cpus=os.cpu_count() or 0,
-                    load_before=load_before,
-                    load_after=load_before,  # replaced once everything ran
-                    settings=settings_summary(settings, args.log_level),
-                    log_dir=str(log_dir),
-                ),
-                stages=Stages(
-                    enqueue=enqueued,
-                    kafka_produce=produced,
-                    abi_encode=abi,
-                    signing=signing,
-                    rpc_block_number=block_number,
-                    rpc_send_raw=send_raw,
-                    block_interval=interval,
-                ),
-                relay=relayed,
-            )
-            wallets = workload.make_wallets(args.users)
-            await workload.register_users(pool, wallets)
-            load = e2e.Load(
-                events=args.events,
-                wallets=wallets,
-                writers=args.writers,
-                rate=args.rate,
-                timeout_s=args.timeout,
-                log_dir=log_dir,
-                log_level=args.log_level,
-            )
-            for consumers in args.consumers:
-                result.end_to_end.append(await e2e.run(settings, pool, consumers, load))
-        finally:
-            await pool.close()
-            await sandbox.delete_topics(base, topics)
+    async def run(mode: str, consumers: int, events: int, rate: float) -> EndToEnd:
+        load = e2e.Load(
+            mode=mode,
+            events=events,
+            wallets=workload.make_wallets(args.users),
+            writers=args.writers,
+            rate=rate,
+            timeout_s=args.timeout or 600 + events / 2,
+            log_dir=log_dir,
+            log_level=args.service_log_level,
+            profile=args.profile and mode == "burst",
+        )
+        return await _isolated_run(named(base, f"{mode}-c{consumers}"), consumers, load)
+
+    try:
+        enqueued, relayed = await _relay(args, named(base, "relay"))
+        result = Report(
+            environment=Environment(
+                cpus=os.cpu_count() or 0,
+                load_before=load_before,
+                load_after=load_before,  # replaced once everything ran
+                settings=settings_summary(base, args.service_log_level),
+                log_dir=str(log_dir),
+            ),
+            stages=await _stages(args, base, named(base, "kafka"), enqueued),
+            relay=relayed,
+        )
+        await _end_to_end(args, result, run)
+    finally:
+        await sandbox.delete_topics(base, topics)
+    summary.compare(result)
     result.environment = dataclasses.replace(result.environment, load_after=os.getloadavg())
     return result
 
 
+async def _relay(args: argparse.Namespace, settings: Settings) -> tuple[Rate, RelayResult]:
+    """(enqueue transactions/s, the relay's figures), in a database of its own."""
+    async with sandbox.isolated_database(settings.database_url) as url:
+        pool = await db.create_pool(url, max_size=args.writers + 4)
+        try:
+            return await relay_stage.run(
+                settings.model_copy(update={"database_url": url}),
+                pool,
+                args.relay_rows,
+                args.writers,
+            )
+        finally:
+            await pool.close()
+
+
+async def _isolated_run(settings: Settings, consumers: int, load: e2e.Load) -> EndToEnd:
+    """One end-to-end run with a database and an operator key of its own: a run cut
+    short by its timeout leaves nothing that the next run's ``verify`` would count."""
+    rpc_url, _ = settings.require_chain()
+    operator = await sandbox.funded_key(rpc_url)
+    async with sandbox.isolated_database(settings.database_url) as url:
+        pool = await db.create_pool(url, max_size=load.writers + 4)
+        try:
+            await workload.register_users(pool, load.wallets)
+            own = settings.model_copy(update={"database_url": url, "operator_key": operator})
+            return await e2e.run(own, pool, consumers, load)
+        finally:
+            await pool.close()
+
+
+async def _stages(
+    args: argparse.Namespace, base: Settings, kafka_settings: Settings, enqueued: Rate
+) -> Stages:
+    """Every stage alone. The consumer's DB work gets a database of its own (created
+    from ``base``'s server URL): its credits have no transfers on-chain."""
+    sample = workload.payment(None, "sample", 0, workload.make_wallets(1)).event()
+    payload = sample.model_dump_json().encode()
+    produced = await stages.kafka_produce(kafka_settings, args.relay_rows, payload)
+    consumed = await stages.kafka_consume(kafka_settings, len(payload))
+    abi, signing = await stages.chain_cpu(base, SIGN_COUNT)
+    block_number = await stages.rpc_block_number(base, BLOCK_NUMBER_CALLS)
+    send_raw = await stages.rpc_send_raw(base, SEND_RAW_CALLS)
+    interval = await stages.block_interval(base, BLOCK_WATCH_S)
+    chain_settings, distributor = await chain_stage.deploy(base)
+    capped = await chain_stage.sent_and_mined(
+        chain_settings, distributor, args.chain_txs, base.max_inflight_per_sender
+    )
+    wide = await chain_stage.sent_and_mined(
+        chain_settings, distributor, args.chain_txs, args.chain_wide_window
+    )
+    return Stages(
+        enqueue=enqueued,
+        kafka_produce=produced,
+        abi_encode=abi,
+        signing=signing,
+        rpc_block_number=block_number,
+        rpc_send_raw=send_raw,
+        block_interval=interval,
+        kafka_consume=consumed,
+        consumer_db=await db_stage.run(base, args.db_events, args.users, args.writers),
+        chain=capped,
+        chain_wide=wide,
+    )
+
+
+Run = Callable[[str, int, int, float], Awaitable[EndToEnd]]
+
+
+async def _end_to_end(args: argparse.Namespace, result: Report, run: Run) -> None:
+    """Burst runs, then a sustained run at half the best burst's rate (unless --rate
+    says otherwise) with the best burst's consumers, then the long memory run."""
+    if "burst" in args.modes:
+        for consumers in args.consumers:
+            result.end_to_end.append(await run("burst", consumers, args.events, 0.0))
+    if "sustained" in args.modes:
+        best = summary.best_burst(result.end_to_end)
+        rate = args.rate or (best.throughput.per_second / 2 if best else 0.0)
+        if rate <= 0:
+            raise SettingsError("sustained mode: give --rate, or run burst mode too")
+        consumers = args.sustained_consumers or (best.consumers if best else 1)
+        events = max(1, round(rate * args.sustained_s))
+        result.end_to_end.append(await run("sustained", consumers, events, rate))
+    if "memory" in args.modes:
+        result.end_to_end.append(
+            await run("memory", args.memory_consumers, args.memory_events, args.rate)
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """``python -m bench.run``."""
+    return execute(options.parse_args(argv))
+
+
+def execute(args: argparse.Namespace) -> int:
+    """``tokendist bench``: the arguments as ``options`` defines them."""
     # The in-process relay logs every batch; the report is the output here.
     logs.configure("WARNING")
     try:
-        result = asyncio.run(bench(args))
+        result = asyncio.run(bench(args, load_settings()))
     except SettingsError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     except TransientError as exc:
         # A service of the shared stack went away mid-run (someone restarted it): the
-        # run is void; the database was dropped on the way out. Try again later.
+        # run is void; the databases were dropped on the way out. Try again later.
         print(f"bench: the stack became unavailable: {exc}", file=sys.stderr)
         return 3
-    print(report.render(result))
+    figures = json.dumps(dataclasses.asdict(result), default=str)
     if args.json is not None:
-        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2, default=str) + "\n")
+        args.json.write_text(figures + "\n")
+    print(report.render(result))
+    print(figures)  # last, on one line: what scripts read
     good = all(r.verified and not r.timed_out for r in result.end_to_end)
     return 0 if good else 1
 

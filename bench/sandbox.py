@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from consumer.deploy import Deployer, Deployment, deploy_tokenization
 from tokendist import db, kafka
-from tokendist.settings import Settings, load_settings
+from tokendist.settings import Settings
 
 # anvil_setBalance: enough ether for thousands of distribute calls at the capped fee.
 FUNDING_WEI = 10**21
@@ -76,18 +76,18 @@ def address_of(key: SecretStr) -> str:
     return str(Account.from_key(key.get_secret_value()).address)
 
 
-async def bench_settings(run_id: str) -> Settings:
-    """Settings from the environment (so TOKENDIST_* tuning still applies), pointed at a
-    database, keys and names of our own. ``run_id`` makes topic and group names unique."""
-    shared = load_settings()
+async def bench_settings(shared: Settings, run_id: str) -> Settings:
+    """``shared`` (the environment's settings, so TOKENDIST_* tuning still applies)
+    pointed at keys and names of our own; its database URL names the server, where the
+    benchmark creates databases of its own. ``run_id`` makes topic and group names unique."""
     rpc_url, _ = shared.require_chain()
-    server = shared.database_url
-    return load_settings(
-        database_url=server,  # replaced by the isolated database once it exists
-        operator_key=await funded_key(rpc_url),
-        deployer_key=await funded_key(rpc_url),
-        topic=f"bench.{run_id}",
-        consumer_group=f"bench.{run_id}",
+    return shared.model_copy(
+        update={
+            "operator_key": await funded_key(rpc_url),
+            "deployer_key": await funded_key(rpc_url),
+            "topic": f"bench.{run_id}",
+            "consumer_group": f"bench.{run_id}",
+        }
     )
 
 

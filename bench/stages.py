@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from aiokafka import AIOKafkaConsumer
 from eth_typing import HexStr
 
 from bench.results import BlockInterval, Rate
@@ -43,6 +44,37 @@ async def kafka_produce(settings: Settings, count: int, payload: bytes) -> Rate:
     finally:
         await producer.stop()
     return Rate.of("produce+ack, idempotent producer", count, seconds)
+
+
+async def kafka_consume(settings: Settings, payload_bytes: int) -> Rate:
+    """Everything in the settings' topic (what ``kafka_produce`` wrote), read back with
+    ``getmany`` as the consumer's fetch loop reads, without processing anything.
+
+    Fetch options as in ``consumer.runner`` (read_committed, 1 MiB per partition, 500
+    records per call). Partitions are assigned, not joined through the group: joining
+    is start-up, and the clock starts after it, at the first fetch.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=1024 * 1024,
+    )
+    await kafka.start(consumer)
+    try:
+        tps = await kafka.partitions(consumer, settings.topic)
+        consumer.assign(tps)
+        total = sum((await consumer.end_offsets(tps)).values())
+        seen = 0
+        start = time.perf_counter()
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            seen += sum(len(records) for records in batches.values())
+        seconds = time.perf_counter() - start
+    finally:
+        await kafka.close(consumer)
+    return Rate.of(f"aiokafka getmany, {payload_bytes} B events, no processing", seen, seconds)
 
 
 async def chain_cpu(settings: Settings, count: int) -> tuple[Rate, Rate]:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from bench.options import PARSER
+from bench.options import add_arguments as add_bench_arguments
 from tokendist import logs
 from tokendist.errors import TokendistError
 from tokendist.settings import Settings, SettingsError, load_settings
@@ -299,6 +301,12 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.run import execute
+
+    return execute(args)
+
+
 def _address(value: str) -> str:
     from eth_utils.address import is_checksum_address
 
@@ -439,6 +447,12 @@ def _add_simulation(sub: Any) -> None:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--log-dir", default=".stack/demo")
     demo.set_defaults(handler=_async(cmd_demo))
+
+    bench = sub.add_parser(
+        "bench", help="stage baselines; end-to-end throughput, latency, lag, memory", **PARSER
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=cmd_bench)
 
 
 def main(argv: list[str] | None = None) -> int:

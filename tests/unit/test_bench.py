@@ -1,0 +1,166 @@
+"""The benchmark's pure logic: the lag and memory verdicts, the comparison with the
+slowest stage, the profile summary and the command's flags. No timing asserts here."""
+
+from __future__ import annotations
+
+from bench import summary
+from bench.profile import summarize
+from bench.results import (
+    BlockInterval,
+    ChainRate,
+    EndToEnd,
+    Environment,
+    LagVerdict,
+    Percentiles,
+    Rate,
+    RelayResult,
+    Report,
+    Stages,
+)
+from bench.watch import Sample, lag_verdict, memory_growth, memory_points
+from tokendist.cli import build_parser
+
+
+def samples(lags: list[int], *, offering: bool = True) -> list[Sample]:
+    return [Sample(float(t), offering, 0, lag, {}) for t, lag in enumerate(lags)]
+
+
+def test_a_lag_that_levels_off_is_bounded() -> None:
+    verdict = lag_verdict(samples([0, 20, 35, 40, 38, 42, 39, 40, 61]), rate=5.0)
+    assert verdict.bounded  # one spike at the end is not a growing backlog
+    assert (verdict.middle_third_mean, verdict.last_third_mean) == (40.0, 140 / 3)
+    assert (verdict.max_lag, verdict.end_lag) == (61, 61)
+
+
+def test_a_lag_that_keeps_growing_is_not_bounded() -> None:
+    verdict = lag_verdict(samples([0, 10, 20, 30, 40, 50, 60, 70, 80]), rate=5.0)
+    assert not verdict.bounded
+    assert verdict.slope_per_s == 10.0
+
+
+def test_a_lag_under_two_seconds_of_arrivals_is_bounded_whatever_its_shape() -> None:
+    assert lag_verdict(samples([0, 1, 2, 3, 5, 8, 13, 19]), rate=10.0).bounded
+
+
+def test_only_samples_taken_while_load_was_offered_count() -> None:
+    drained = samples([0, 5, 5, 5]) + samples([900, 0], offering=False)
+    verdict = lag_verdict(drained, rate=1.0)
+    assert (verdict.samples, verdict.max_lag, verdict.bounded) == (4, 5, True)
+    assert not lag_verdict(samples([0, 50]), rate=1.0).bounded  # too short: the floor rules
+    assert lag_verdict([], rate=1.0).samples == 0
+
+
+def rss(credited: int, kib: int) -> Sample:
+    return Sample(float(credited), True, credited, 0, {"relay": 100, "consumer-0": kib})
+
+
+def test_memory_points_and_growth_from_the_ten_percent_point() -> None:
+    points = memory_points(
+        rss(0, 50), [rss(5, 90), rss(10, 100), rss(60, 104)], rss(100, 105), events=100
+    )
+    assert [(p.label, p.credited) for p in points] == [
+        ("ready", 0),
+        ("10%", 10),
+        ("50%", 60),
+        ("100%", 100),
+    ]
+    assert memory_growth(points) == {"relay": 0.0, "consumer-0": 5.0}
+
+
+def rate(per_second: float) -> Rate:
+    return Rate("x", int(per_second), 1.0, per_second)
+
+
+def run(mode: str, per_second: float, *, p99_ms: int = 500, paced: float = 0.0) -> EndToEnd:
+    latency = Percentiles(10, 1, 1, 1, p99_ms, p99_ms, 1)
+    return EndToEnd(
+        mode=mode,
+        consumers=1,
+        events=10,
+        users=1,
+        rate=paced,
+        credited=10,
+        failed=0,
+        confirm=rate(100),
+        throughput=rate(per_second),
+        latency=latency,
+        segments={},
+        in_flight=latency,
+        max_inflight=16,
+        blocks=1,
+        consumer_peak_rss_kib=[1],
+        relay_peak_rss_kib=1,
+        lag=LagVerdict(3, 1, 1.0, 1.0, 1, 0.0, bounded=True),
+        memory=[],
+        memory_growth_pct={"consumer-0": 12.0},
+        profile={},
+        verified=True,
+        verify_report="",
+        timed_out=False,
+    )
+
+
+def report(runs: list[EndToEnd]) -> Report:
+    chain = ChainRate(rate(30), 16, 500)
+    fast = rate(1000)
+    stages = Stages(
+        enqueue=fast,
+        kafka_produce=fast,
+        abi_encode=fast,
+        signing=fast,
+        rpc_block_number=fast,
+        rpc_send_raw=fast,
+        block_interval=BlockInterval(4, 1.0, 250),
+        kafka_consume=rate(50_000),
+        consumer_db=rate(200),
+        chain=chain,
+        chain_wide=chain,
+    )
+    env = Environment(2, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), {}, "logs")
+    return Report(env, stages, RelayResult(rate(1000), 10, 500), runs)
+
+
+def test_runs_are_compared_with_the_slowest_baseline_and_paced_runs_are_not() -> None:
+    r = report([run("burst", 12), run("burst", 18), run("sustained", 9, paced=9)])
+    summary.compare(r)
+    assert (r.slowest_stage, r.slowest_per_s) == ("chain", 30)
+    assert [(v.mode, v.ratio) for v in r.versus] == [("burst", 0.4), ("burst", 0.6)]
+    assert list(r.goals.values()) == [True, True, None]
+    assert summary.best_burst(r.end_to_end) is r.end_to_end[1]
+
+
+def test_goals_not_met_and_not_measured() -> None:
+    r = report([run("burst", 3), run("sustained", 1, p99_ms=1500, paced=1), run("memory", 3)])
+    summary.compare(r)
+    assert list(r.goals.values()) == [False, False, False]
+    empty = report([])
+    summary.compare(empty)
+    assert list(empty.goals.values()) == [None, None, None]
+
+
+def test_profile_summary_splits_idle_from_busy_time_by_library_and_our_function() -> None:
+    loop = "run (asyncio/runners.py:1);_run_once (asyncio/base_events.py:2)"
+    folded = "\n".join(
+        [
+            f"{loop};EpollSelector.select (selectors.py:468) 60",
+            f"{loop};Processor._handle (consumer/processor.py:9);parse (pydantic/main.py:3) 30",
+            f"{loop};Handle._run (asyncio/events.py:80) 10",
+            "Thread._bootstrap (threading.py:1002);wait (threading.py:327) 500",
+            "not a sample line",
+        ]
+    )
+    shares = dict(summarize(folded))
+    assert shares["idle: event loop waiting in select"] == 60
+    assert shares["busy in pydantic"] == 30
+    assert shares["busy under Processor._handle (consumer/processor.py)"] == 30
+    assert shares["busy under (outside our code)"] == 10
+    assert summarize("") == []
+
+
+def test_bench_is_a_tokendist_command_with_its_own_flags() -> None:
+    args = build_parser().parse_args(
+        ["bench", "--events", "300", "--consumers", "1,3", "--modes", "burst,memory"]
+    )
+    assert (args.command, args.events, args.consumers) == ("bench", 300, [1, 3])
+    assert args.modes == ["burst", "memory"]
+    assert args.memory_events == 200_000
