@@ -26,6 +26,7 @@ from tokendist.errors import CheckoutRefused, TransientError
 from tokendist.settings import Settings, ip_networks
 from webhook import paystack, senders
 from webhook.checkout import PendingInvestment, create_pending_investment
+from webhook.paystack import Notification
 from webhook.receiver import Receiver
 from webhook.verifier import PaystackVerifier, Verifier
 
@@ -65,7 +66,6 @@ class _Endpoints:
             await pool.close()
 
     async def paystack(self, request: Request) -> Response:
-        assert self._receiver is not None
         peer = request.client.host if request.client else None
         forwarded = request.headers.get("x-forwarded-for")
         if not senders.allowed(peer, forwarded, self.allowlist, self.proxies):
@@ -84,12 +84,21 @@ class _Endpoints:
         except paystack.MalformedPayload as exc:
             log.warning("webhook_rejected", reason="malformed", alert=True, detail=str(exc))
             return PlainTextResponse("malformed payload", status_code=400)
+        return await self._apply(note, body)
+
+    async def _apply(self, note: Notification, body: bytes) -> Response:
+        assert self._receiver is not None
         try:
             async with asyncio.timeout(self.settings.webhook_deadline_s):
                 outcome = await self._receiver.handle(note, body)
         except (TransientError, TimeoutError) as exc:
             log.warning("webhook_deferred", webhook_event=note.event, error=type(exc).__name__)
             return PlainTextResponse("try again later", status_code=503)
+        except Exception:
+            # Rolled back like any failure, and retried by the provider; logged here as one
+            # structured line with its event (uvicorn's bare traceback would carry neither).
+            log.exception("webhook_failed", webhook_event=note.event, alert=True)
+            return PlainTextResponse("internal error", status_code=500)
         return JSONResponse({"outcome": outcome.value})
 
     async def investments(self, request: Request) -> Response:
