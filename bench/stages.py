@@ -16,6 +16,7 @@ from eth_typing import HexStr
 from bench.results import BlockInterval, Rate
 from bench.sandbox import address_of, funded_key, warmed_topic
 from consumer.chain import Chain
+from consumer.runner import FETCH_MAX_RECORDS, FETCH_OPTIONS, FETCH_TIMEOUT_MS
 from tokendist import kafka
 from tokendist.settings import Settings
 
@@ -50,17 +51,10 @@ async def kafka_consume(settings: Settings, payload_bytes: int) -> Rate:
     """Everything in the settings' topic (what ``kafka_produce`` wrote), read back with
     ``getmany`` as the consumer's fetch loop reads, without processing anything.
 
-    Fetch options as in ``consumer.runner`` (read_committed, 1 MiB per partition, 500
-    records per call). Partitions are assigned, not joined through the group: joining
-    is start-up, and the clock starts after it, at the first fetch.
+    The consumer's own fetch options. Partitions are assigned, not joined through the
+    group: joining is start-up, and the clock starts after it, at the first fetch.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=1024 * 1024,
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **FETCH_OPTIONS)
     await kafka.start(consumer)
     try:
         tps = await kafka.partitions(consumer, settings.topic)
@@ -69,7 +63,9 @@ async def kafka_consume(settings: Settings, payload_bytes: int) -> Rate:
         seen = 0
         start = time.perf_counter()
         while seen < total:
-            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            batches = await consumer.getmany(
+                timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+            )
             seen += sum(len(records) for records in batches.values())
         seconds = time.perf_counter() - start
     finally:

@@ -43,6 +43,14 @@ COMMIT_EVERY_S = 0.5
 # owner resumes from the previous one, and resuming is idempotent.
 COMMIT_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_MS = 200
+FETCH_MAX_RECORDS = 500
+# How a member reads; the benchmark's raw-consume baseline reads the same way.
+FETCH_OPTIONS: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "isolation_level": "read_committed",
+    "auto_offset_reset": "earliest",
+    "max_partition_fetch_bytes": 1024 * 1024,
+}
 
 
 class RunnerState(enum.Enum):
@@ -131,13 +139,10 @@ class Runner:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.settings.consumer_group,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=2_000,
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
-            max_partition_fetch_bytes=1024 * 1024,
+            **FETCH_OPTIONS,
         )
         consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
         return consumer
@@ -152,7 +157,9 @@ class Runner:
                 crashed[0].result()  # re-raise: a dead committer or resubmitter stops us loudly
             try:
                 batches = await kafka.guarded(
-                    lambda: consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=500)
+                    lambda: consumer.getmany(
+                        timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                    )
                 )
             except TransientError as exc:
                 log.warning("fetch_failed", error=str(exc))
