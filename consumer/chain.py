@@ -69,6 +69,12 @@ class Signed:
 
 
 @dataclass(frozen=True, slots=True)
+class Block:
+    number: int
+    base_fee: int
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
     tx_hash: str
     block_number: int
@@ -121,9 +127,12 @@ class Chain:
         """The operator's ETH, in wei: what pays for every distribution's gas."""
         return await guarded(lambda: self.w3.eth.get_balance(self.sender))
 
-    async def base_fee(self) -> int:
+    async def latest(self) -> Block:
         block = await guarded(lambda: self.w3.eth.get_block("latest"))
-        return int(block.get("baseFeePerGas", 0))
+        return Block(int(block["number"]), int(block.get("baseFeePerGas", 0)))
+
+    async def base_fee(self) -> int:
+        return (await self.latest()).base_fee
 
     async def block_number(self) -> int:
         return await guarded(lambda: self.w3.eth.block_number)

@@ -1,9 +1,15 @@
-"""One worker per assigned partition: its records in order, one at a time.
+"""One worker per assigned partition: its records pipelined, one user at a time.
 
-The worker owns nothing durable. ``done`` is the next offset safe to commit: it moves
-only after ``process`` returned for a record (credited, parked, failed or dead-lettered).
-A transient failure retries the same record with capped, jittered backoff; the partition
-waits and its offset stays where it is.
+Up to ``window`` records of a partition are in progress at once, but records with the same
+key (one user's events) run strictly one after another, in offset order: a user's second
+payment never starts before the first has finished. Users are independent, so a slow chain
+confirmation of one no longer holds up every other user hashed to the same partition.
+
+The worker owns nothing durable. ``done`` is the next offset safe to commit: it moves past
+a record only once that record and every record before it in the partition finished
+(credited, parked, failed or dead-lettered). A transient failure retries the same record
+with capped, jittered backoff; the user's later records wait, and the offset stays where
+it is.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -28,8 +36,14 @@ Process = Callable[[Any], Awaitable[object]]
 
 class WorkerState(enum.Enum):
     RUNNING = "running"
-    STOPPING = "stopping"  # finishing the record in hand, taking no new ones
+    STOPPING = "stopping"  # finishing the records in hand, taking no new ones
     STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class _InHand:
+    offset: int
+    finished: bool = False
 
 
 class PartitionWorker:
@@ -38,6 +52,7 @@ class PartitionWorker:
         partition: int,
         process: Process,
         *,
+        window: int,
         retry_base_s: float,
         retry_cap_s: float,
         failpoints: Failpoints | None = None,
@@ -50,7 +65,13 @@ class PartitionWorker:
         self._failpoints = failpoints or Failpoints()
         self._queue: collections.deque[Any] = collections.deque()
         self._ready = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"partition-{partition}")
+        self._slots = asyncio.Semaphore(window)
+        # In offset order; a deque, not a dict by offset, so a record delivered twice
+        # (a fetch position reset) is tracked twice rather than confused with itself.
+        self._in_hand: collections.deque[_InHand] = collections.deque()
+        self._last_of_user: dict[bytes | None, asyncio.Task[None]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self._intake = asyncio.create_task(self._take(), name=f"partition-{partition}")
         self._stopping: asyncio.Task[None] | None = None
 
     @property
@@ -63,37 +84,63 @@ class PartitionWorker:
             self._ready.set()
 
     async def stop(self, grace_s: float) -> None:
-        """Finish the record in hand (up to ``grace_s``), then stop. Idempotent and safe
+        """Finish the records in hand (up to ``grace_s``), then stop. Idempotent and safe
         to call concurrently (SIGTERM arriving during a rebalance's revocation): every
         caller awaits the same stopping task.
 
-        Cancelling past the grace period is safe: the record's offset is not done, and
-        whoever processes it next resumes from the state stored in PostgreSQL."""
+        Cancelling past the grace period is safe: the records' offsets are not done, and
+        whoever processes them next resumes from the state stored in PostgreSQL."""
         if self._stopping is None:
             self.state = WorkerState.STOPPING
             self._queue.clear()
-            self._ready.set()
             self._stopping = asyncio.create_task(self._stop(grace_s), name="stop-partition")
         await asyncio.shield(self._stopping)
 
     async def _stop(self, grace_s: float) -> None:
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=grace_s)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._intake.cancel()  # it holds no record between its awaits
+        await asyncio.gather(self._intake, return_exceptions=True)
+        if self._running:
+            _, late = await asyncio.wait(self._running, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         self.state = WorkerState.STOPPED
 
-    async def _run(self) -> None:
-        while self.state is WorkerState.RUNNING:
+    async def _take(self) -> None:
+        while True:
             if not self._queue:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
+            await self._slots.acquire()
             record = self._queue.popleft()
-            if await self._process_until_done(record):
-                self._failpoints.hit("before:offset_commit")
-                self.done = record.offset + 1
+            in_hand = _InHand(record.offset)
+            self._in_hand.append(in_hand)
+            user = record.key
+            task = asyncio.create_task(
+                self._run(record, in_hand, self._last_of_user.get(user)),
+                name=f"partition-{self.partition}-offset-{record.offset}",
+            )
+            self._last_of_user[user] = task
+            self._running.add(task)
+            task.add_done_callback(functools.partial(self._release, user=user))
+
+    def _release(self, task: asyncio.Task[None], user: bytes | None) -> None:
+        self._running.discard(task)
+        if self._last_of_user.get(user) is task:
+            del self._last_of_user[user]
+        self._slots.release()
+
+    async def _run(
+        self, record: Any, in_hand: _InHand, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})  # the user's earlier record, however it ended
+        if await self._process_until_done(record):
+            self._failpoints.hit("before:offset_commit")
+            in_hand.finished = True
+            while self._in_hand and self._in_hand[0].finished:
+                self.done = self._in_hand.popleft().offset + 1
 
     async def _process_until_done(self, record: Any) -> bool:
         attempt = 0
@@ -111,7 +158,8 @@ class PartitionWorker:
                     log.warning("event_retrying", error=str(exc), attempt=attempt, delay_s=delay)
                 except Exception as exc:
                     # A bug or an unforeseen error: never skip an event with money in it.
-                    # The partition waits and retries until a human fixes the cause.
+                    # The user's later records wait and it retries until a human fixes the
+                    # cause; other users go on until the window is full of waiting records.
                     metrics.RETRIES.labels(error=type(exc).__name__).inc()
                     attempt += 1
                     delay = backoff(attempt, *self._retry)

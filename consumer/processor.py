@@ -17,8 +17,9 @@ from typing import Any
 import structlog
 
 from consumer import contracts
-from consumer.chain import Chain
+from consumer.chain import Chain, Receipt
 from consumer.dlq import DeadLetters
+from consumer.head import Head
 from consumer.repository import Distribution, Repository, StateConflict, Tokenization
 from consumer.states import State
 from schemas import PaymentConfirmedV1, parse_event
@@ -50,6 +51,11 @@ class Processor:
         self.chain = chain
         self.dead_letters = dead_letters
         self.failpoints = Failpoints(settings.failpoints)
+        self.head = Head(chain, max_age_s=settings.receipt_poll_s / 2)
+        # Events of this process past validation at once: the sender's in-flight cap is
+        # the most that can usefully be on the way to the chain; the rest wait here
+        # rather than each polling the shared count in PostgreSQL.
+        self._driving = asyncio.Semaphore(settings.max_inflight_per_sender)
 
     async def handle(self, record: Any) -> Outcome:
         started = time.monotonic()
@@ -71,7 +77,8 @@ class Processor:
             if dist.state.terminal:
                 log.info("event_already_done", state=dist.state)
                 return Outcome.ALREADY_DONE
-            outcome = await self.drive(dist, tokenization, event.data.wallet_address)
+            async with self._driving:
+                outcome = await self.drive(dist, tokenization, event.data.wallet_address)
         if outcome is Outcome.CREDITED:
             age = datetime.now(UTC) - event.occurred_at
             metrics.END_TO_END.observe(age.total_seconds())
@@ -202,7 +209,7 @@ class Processor:
 
     async def _fees(self) -> tuple[int, int]:
         tip = self.settings.priority_fee_wei
-        base = await self.chain.base_fee()
+        base = (await self.head.latest()).base_fee
         return min(2 * base + tip, self.settings.max_fee_wei), tip
 
     async def _broadcast(self, dist: Distribution) -> Distribution:
@@ -223,26 +230,25 @@ class Processor:
     async def _await_confirmation(self, dist: Distribution) -> Distribution:
         assert dist.nonce is not None
         strikes = 0
+        seen: int | None = None
         while True:
-            for tx in await self.repo.transactions(dist.event_id):
-                receipt = await self.chain.receipt(tx.tx_hash)
-                if receipt is None:
-                    continue
-                if not receipt.succeeded:  # a revert rolls the once-only flag back too
-                    return await self.repo.transition(
-                        dist,
-                        State.FAILED,
-                        f"reverted: tx {tx.tx_hash} in block {receipt.block_number}",
-                        retryable=True,
-                    )
-                head = await self.chain.block_number()
-                if head - receipt.block_number + 1 >= self.settings.confirmations:
-                    return await self.repo.confirm(dist, tx.tx_hash, receipt.block_number)
-                break
-            else:
+            head = (await self.head.latest()).number
+            if head != seen:  # a receipt can only appear, or vanish, with a new head
+                seen = head
+                receipt = await self._receipt(dist)
+                if receipt is not None:
+                    if not receipt.succeeded:  # a revert rolls the once-only flag back too
+                        return await self.repo.transition(
+                            dist,
+                            State.FAILED,
+                            f"reverted: tx {receipt.tx_hash} in block {receipt.block_number}",
+                            retryable=True,
+                        )
+                    if head - receipt.block_number + 1 >= self.settings.confirmations:
+                        return await self.repo.confirm(dist, receipt.tx_hash, receipt.block_number)
                 # No receipt: if the chain has moved past our nonce, none of our siblings
                 # was mined (someone else used the key). Confirm by the mined nonce too.
-                if await self.chain.nonce(pending=False) > dist.nonce:
+                elif await self.head.mined_nonce() > dist.nonce:
                     strikes += 1
                     if strikes >= NONCE_CONSUMED_STRIKES:
                         return await self.repo.transition(
@@ -251,3 +257,11 @@ class Processor:
                             f"nonce {dist.nonce} consumed by a transaction we did not sign",
                         )
             await asyncio.sleep(self.settings.receipt_poll_s)
+
+    async def _receipt(self, dist: Distribution) -> Receipt | None:
+        """The receipt of whichever of the event's transactions (same nonce) was mined."""
+        for tx in await self.repo.transactions(dist.event_id):
+            receipt = await self.chain.receipt(tx.tx_hash)
+            if receipt is not None:
+                return receipt
+        return None

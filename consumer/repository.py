@@ -93,10 +93,18 @@ class StateConflict(Exception):
 class Repository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # Tokenizations are only ever inserted: one found is kept, one missing is asked again.
+        self._tokenizations: dict[str, Tokenization] = {}
 
     async def tokenization(self, tokenization_id: str) -> Tokenization | None:
+        known = self._tokenizations.get(tokenization_id)
+        if known is not None:
+            return known
         row = await db.guarded(lambda: self.pool.fetchrow(queries.TOKENIZATION, tokenization_id))
-        return None if row is None else Tokenization(**dict(row))
+        if row is None:
+            return None
+        found = self._tokenizations[tokenization_id] = Tokenization(**dict(row))
+        return found
 
     async def payable_user_or_park(self, dist: Distribution) -> tuple[User | None, Distribution]:
         """The user when KYC-approved with a wallet; else the event parked (awaiting_kyc).

@@ -178,6 +178,7 @@ class Runner:
             worker = PartitionWorker(
                 tp.partition,
                 self._process,
+                window=self.settings.partition_window,
                 retry_base_s=self.settings.retry_base_s,
                 retry_cap_s=self.settings.retry_cap_s,
                 failpoints=Failpoints(self.settings.failpoints),

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     resubmit_interval_s: float = Field(default=5.0, gt=0)
 
     max_partition_buffer: int = Field(default=200, ge=1)
+    # Records of one partition in progress at once; one user's records never overlap.
+    partition_window: int = Field(default=16, ge=1, le=1024)
     retry_base_s: float = Field(default=0.2, gt=0)
     retry_cap_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=15.0, gt=0)

@@ -217,7 +217,7 @@ async def test_sigterm_during_a_revocation_drains_cleanly() -> None:
         await asyncio.sleep(30)  # a step that outlives the grace period
 
     tp = TopicPartition("payments", 0)
-    worker = PartitionWorker(0, slow, retry_base_s=0.1, retry_cap_s=1.0)
+    worker = PartitionWorker(0, slow, window=4, retry_base_s=0.1, retry_cap_s=1.0)
     worker.feed([_Record(partition=0, offset=0)])
     runner.workers[tp] = worker
     await started.wait()
@@ -232,6 +232,7 @@ class _Record:
     def __init__(self, *, partition: int, offset: int) -> None:
         self.partition = partition
         self.offset = offset
+        self.key = b"user-1"
 
 
 @pytest.mark.integration

@@ -1,5 +1,7 @@
-"""The partition worker, with an in-memory process function: order, done offsets,
-retries that hold the offset, and a stop that never marks unfinished work done."""
+"""The partition worker, with an in-memory process function: one user's records in
+order and never overlapping, other users' records concurrently up to the window, done
+offsets that move only past a finished prefix, retries that hold the offset, and a stop
+that never marks unfinished work done."""
 
 from __future__ import annotations
 
@@ -11,8 +13,12 @@ from consumer.partition import PartitionWorker, WorkerState
 from tokendist.errors import DatabaseUnavailable
 
 
-def records(*offsets: int) -> list[Any]:
-    return [SimpleNamespace(partition=0, offset=o) for o in offsets]
+def records(*offsets: int, user: bytes = b"user-1") -> list[Any]:
+    return [SimpleNamespace(partition=0, offset=o, key=user) for o in offsets]
+
+
+def worker_for(process: Any, *, window: int = 8, retry_s: float = 0.01) -> PartitionWorker:
+    return PartitionWorker(0, process, window=window, retry_base_s=retry_s, retry_cap_s=retry_s)
 
 
 async def settle() -> None:
@@ -20,13 +26,13 @@ async def settle() -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_records_are_processed_in_order_and_done_moves_past_each() -> None:
+async def test_one_users_records_are_processed_in_order_and_done_moves_past_each() -> None:
     seen: list[int] = []
 
     async def process(record: Any) -> None:
         seen.append(record.offset)
 
-    worker = PartitionWorker(0, process, retry_base_s=0.01, retry_cap_s=0.01)
+    worker = worker_for(process)
     worker.feed(records(5, 6, 7))
     await settle()
     assert seen == [5, 6, 7]
@@ -43,7 +49,7 @@ async def test_a_transient_failure_retries_the_same_record_and_holds_the_offset(
         if len(attempts) < 3:
             raise DatabaseUnavailable("down")
 
-    worker = PartitionWorker(0, process, retry_base_s=0.001, retry_cap_s=0.002)
+    worker = worker_for(process, retry_s=0.001)
     worker.feed(records(1, 2))
     await settle()
     assert attempts == [1, 1, 1, 2]
@@ -60,7 +66,7 @@ async def test_an_unexpected_error_is_retried_too_never_skipped() -> None:
         if calls == 1:
             raise ValueError("a bug")
 
-    worker = PartitionWorker(0, process, retry_base_s=0.001, retry_cap_s=0.002)
+    worker = worker_for(process, retry_s=0.001)
     worker.feed(records(9))
     await settle()
     assert (calls, worker.done) == (2, 10)
@@ -75,7 +81,7 @@ async def test_stop_finishes_the_record_in_hand_and_drops_the_rest() -> None:
         seen.append(record.offset)
         await release.wait()
 
-    worker = PartitionWorker(0, process, retry_base_s=0.01, retry_cap_s=0.01)
+    worker = worker_for(process)
     worker.feed(records(1, 2, 3))
     await settle()
     stopping = asyncio.create_task(worker.stop(5))
@@ -93,9 +99,89 @@ async def test_stop_past_the_grace_period_cancels_without_marking_done() -> None
     async def process(record: Any) -> None:
         await asyncio.sleep(60)
 
-    worker = PartitionWorker(0, process, retry_base_s=0.01, retry_cap_s=0.01)
+    worker = worker_for(process)
     worker.feed(records(1))
     await settle()
     await worker.stop(0.05)
     assert worker.done is None
     assert worker.state is WorkerState.STOPPED
+
+
+async def test_one_users_records_never_overlap_while_other_users_run_beside_them() -> None:
+    running: dict[bytes, int] = {}
+    overlap: list[bytes] = []
+    order: list[tuple[bytes, int]] = []
+    peak = 0
+
+    async def process(record: Any) -> None:
+        nonlocal peak
+        running[record.key] = running.get(record.key, 0) + 1
+        if running[record.key] > 1:
+            overlap.append(record.key)
+        peak = max(peak, sum(running.values()))
+        await asyncio.sleep(0.02)
+        order.append((record.key, record.offset))
+        running[record.key] -= 1
+
+    worker = worker_for(process, window=3)
+    mixed = [SimpleNamespace(partition=0, offset=o, key=b"u%d" % (o % 4)) for o in range(12)]
+    worker.feed(mixed)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if worker.done == 12:
+            break
+    assert worker.done == 12
+    assert overlap == []
+    assert peak == 3, "three users at once: the window, not one record at a time"
+    for user in (b"u0", b"u1", b"u2", b"u3"):
+        offsets = [o for u, o in order if u == user]
+        assert len(offsets) == 3
+        assert offsets == sorted(offsets)
+    await worker.stop(1)
+
+
+async def test_done_waits_for_an_earlier_record_still_in_progress() -> None:
+    slow_user_may_finish = asyncio.Event()
+
+    async def process(record: Any) -> None:
+        if record.key == b"slow":
+            await slow_user_may_finish.wait()
+
+    worker = worker_for(process)
+    worker.feed(records(10, user=b"slow") + records(11, 12, user=b"fast"))
+    await settle()
+    assert worker.done is None, "11 and 12 finished, but 10 before them has not"
+    slow_user_may_finish.set()
+    await settle()
+    assert worker.done == 13
+    await worker.stop(1)
+
+
+async def test_a_retrying_record_holds_its_users_next_record_but_not_other_users() -> None:
+    seen: list[tuple[bytes, int]] = []
+    failures = 0
+
+    async def process(record: Any) -> None:
+        nonlocal failures
+        if record.offset == 1 and failures < 3:
+            failures += 1
+            raise DatabaseUnavailable("down")
+        seen.append((record.key, record.offset))
+
+    worker = worker_for(process, retry_s=0.03)
+    worker.feed(records(1, 2, user=b"a") + records(3, user=b"b"))
+    await settle()
+    assert seen.index((b"b", 3)) < seen.index((b"a", 1)) < seen.index((b"a", 2))
+    assert worker.done == 4
+    await worker.stop(1)
+
+
+async def test_stop_cancels_every_record_in_hand_past_the_grace_period() -> None:
+    async def process(record: Any) -> None:
+        await asyncio.sleep(60)
+
+    worker = worker_for(process)
+    worker.feed(records(1, user=b"a") + records(2, user=b"b"))
+    await settle()
+    await worker.stop(0.05)
+    assert (worker.done, worker.state) == (None, WorkerState.STOPPED)
