@@ -294,10 +294,14 @@ start_anvil() {
   # Interval mining: automine stalls under many concurrent same-sender txs (foundry#10122).
   # Sub-second blocks keep the test suite fast. The chain state is dumped to disk every
   # second and on exit, so a restarted node (fault tests) keeps what was mined.
+  # --prune-history: by default anvil spills every historical state past 500 blocks to
+  # ~/.foundry/anvil/tmp and never removes it when killed; four blocks a second filled
+  # 76 GB in a day of fault runs. Nothing here reads state older than the last blocks
+  # (receipts and logs are kept whole).
   mkdir -p "$ST/anvil"
   spawn "$RUN/anvil.pid" "$LOGS/anvil.log" "$(anvil_bin)" --host $HOST --port $ANVIL_PORT \
     --chain-id 31337 --block-time "${TOKENDIST_ANVIL_BLOCK_TIME:-0.25}" \
-    --state "$ST/anvil/state.json" --state-interval 1
+    --prune-history 256 --state "$ST/anvil/state.json" --state-interval 1
 }
 wait_anvil() { wait_for anvil "$RUN/anvil.pid" anvil "$LOGS/anvil.log" anvil_ready; }
 
