@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     confirmations: int = Field(default=1, ge=1, le=64)
     priority_fee_wei: int = Field(default=1_000_000_000, ge=0)
     max_fee_wei: int = Field(default=500_000_000_000, gt=0)
-    receipt_poll_s: float = Field(default=0.25, gt=0)
+    receipt_poll_s: float = Field(default=0.1, gt=0)
     rebroadcast_after_s: float = Field(default=10.0, gt=0)
     fee_bump_after_s: float = Field(default=30.0, gt=0)
     fee_bump_percent: int = Field(default=20, ge=10, le=500)
