@@ -24,7 +24,7 @@ from eth_typing import HexStr
 from bench import sandbox, workload
 from bench.results import Rate
 from consumer import queries
-from consumer.chain import Chain, Receipt, SendResult, Signed
+from consumer.chain import Block, Chain, Receipt, SendResult, Signed
 from consumer.deploy import Deployment
 from consumer.dlq import DeadLetters
 from consumer.processor import Outcome, Processor
@@ -64,8 +64,8 @@ class InstantChain(Chain):
     async def estimate(self, to: str, data: HexStr) -> int:
         return GAS
 
-    async def base_fee(self) -> int:
-        return FEE_WEI
+    async def latest(self) -> Block:
+        return Block(BLOCK, FEE_WEI)
 
     def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
@@ -78,11 +78,8 @@ class InstantChain(Chain):
     async def send_raw(self, raw: bytes) -> SendResult:
         return SendResult.ACCEPTED
 
-    async def receipt(self, tx_hash: str) -> Receipt | None:
-        return Receipt(tx_hash=tx_hash, block_number=BLOCK, succeeded=True, logs=[])
-
-    async def block_number(self) -> int:
-        return BLOCK
+    async def receipts(self, tx_hashes: list[str]) -> dict[str, Receipt | None]:
+        return {h: Receipt(tx_hash=h, block_number=BLOCK, succeeded=True) for h in tx_hashes}
 
 
 async def run(settings: Settings, events: int, users: int, writers: int) -> Rate:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import aiohttp
+from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexStr
@@ -26,9 +27,9 @@ from web3.exceptions import (
     ContractCustomError,
     ContractLogicError,
     TimeExhausted,
-    TransactionNotFound,
     Web3RPCError,
 )
+from web3.types import RPCEndpoint
 
 from consumer import contracts
 from tokendist.errors import ChainRejected, ChainUnavailable
@@ -79,7 +80,6 @@ class Receipt:
     tx_hash: str
     block_number: int
     succeeded: bool
-    logs: list[dict[str, Any]]
 
 
 async def guarded(op: Callable[[], Awaitable[T]]) -> T:
@@ -104,7 +104,6 @@ class Chain:
     def __init__(self, rpc_url: str, operator_key: SecretStr, *, timeout_s: float = 10.0) -> None:
         self.w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
         self._account: LocalAccount = Account.from_key(operator_key.get_secret_value())
-        self.distributor_abi = contracts.abi("Distributor")
         self._chain_id: int | None = None
 
     def __repr__(self) -> str:  # never let the key reach a log line
@@ -138,9 +137,10 @@ class Chain:
         return await guarded(lambda: self.w3.eth.block_number)
 
     def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
-        contract = self.w3.eth.contract(abi=self.distributor_abi)
+        # eth_abi directly: a web3 contract object per call cost more than the signing.
+        selector, types = contracts.function("Distributor", "distribute")
         args = [payment_id, AsyncWeb3.to_checksum_address(to), amount]
-        return HexStr(contract.encode_abi("distribute", args=args))
+        return HexStr("0x" + (selector + abi_encode(types, args)).hex())
 
     async def estimate(self, to: str, data: HexStr) -> int:
         """Gas for the call, or ``ChainRejected`` when it would revert: a deterministic
@@ -196,16 +196,27 @@ class Chain:
         return SendResult.ACCEPTED
 
     async def receipt(self, tx_hash: str) -> Receipt | None:
-        try:
-            rcpt = await guarded(lambda: self.w3.eth.get_transaction_receipt(HexStr(tx_hash)))
-        except TransactionNotFound:
-            return None
-        return Receipt(
-            tx_hash=tx_hash,
-            block_number=int(rcpt["blockNumber"]),
-            succeeded=rcpt["status"] == 1,
-            logs=[dict(entry) for entry in rcpt["logs"]],
-        )
+        return (await self.receipts([tx_hash]))[tx_hash]
+
+    async def receipts(self, tx_hashes: list[str]) -> dict[str, Receipt | None]:
+        """Each transaction's receipt (None: not mined), in one JSON-RPC batch request."""
+        calls: list[tuple[RPCEndpoint, Any]] = [
+            (RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in tx_hashes
+        ]
+        answers = await guarded(lambda: self.w3.provider.make_batch_request(calls))
+        if not isinstance(answers, list) or len(answers) != len(tx_hashes):
+            raise ChainUnavailable(f"batch of {len(tx_hashes)} receipts answered {answers!r:.200}")
+        found: dict[str, Receipt | None] = {}
+        for tx_hash, answer in zip(tx_hashes, answers, strict=True):
+            if "error" in answer:
+                raise ChainUnavailable(f"receipt of {tx_hash}: {answer['error']}")
+            raw = answer.get("result")
+            found[tx_hash] = (
+                None
+                if raw is None
+                else Receipt(tx_hash, int(raw["blockNumber"], 16), int(raw["status"], 16) == 1)
+            )
+        return found
 
     async def distributed_logs(self, distributor: str, from_block: int = 0) -> list[dict[str, Any]]:
         """Every ``Distributed`` event the distributor emitted."""

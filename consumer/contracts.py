@@ -37,6 +37,16 @@ def error_selectors(name: str) -> dict[str, str]:
     return found
 
 
+@cache
+def function(name: str, function_name: str) -> tuple[bytes, tuple[str, ...]]:
+    """The 4-byte selector and input types of a contract function, from its ABI."""
+    for item in abi(name):
+        if item["type"] == "function" and item["name"] == function_name:
+            types = tuple(i["type"] for i in item["inputs"])
+            return keccak(text=f"{function_name}({','.join(types)})")[:4], types
+    raise KeyError(f"{name} has no function {function_name}")
+
+
 def payment_id(investment_id: str) -> bytes:
     """The Distributor's once-only key for an investment."""
     return keccak(text=f"tokendist:investment:{investment_id}")

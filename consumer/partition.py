@@ -9,7 +9,12 @@ The worker owns nothing durable. ``done`` is the next offset safe to commit: it 
 a record only once that record and every record before it in the partition finished
 (credited, parked, failed or dead-lettered). A transient failure retries the same record
 with capped, jittered backoff; the user's later records wait, and the offset stays where
-it is.
+it is. A record runs only after its user's previous record finished: if that one never
+does (a stop cut it short), neither does this one.
+
+Stopping takes no more records from the queue but gives every record in hand (at most
+``window``) its chance within the grace period, so that what finished can be committed
+without a gap left by an earlier record that was dropped unstarted.
 """
 
 from __future__ import annotations
@@ -69,8 +74,8 @@ class PartitionWorker:
         # In offset order; a deque, not a dict by offset, so a record delivered twice
         # (a fetch position reset) is tracked twice rather than confused with itself.
         self._in_hand: collections.deque[_InHand] = collections.deque()
-        self._last_of_user: dict[bytes | None, asyncio.Task[None]] = {}
-        self._running: set[asyncio.Task[None]] = set()
+        self._last_of_user: dict[bytes | None, asyncio.Task[bool]] = {}
+        self._running: set[asyncio.Task[bool]] = set()
         self._intake = asyncio.create_task(self._take(), name=f"partition-{partition}")
         self._stopping: asyncio.Task[None] | None = None
 
@@ -125,29 +130,31 @@ class PartitionWorker:
             self._running.add(task)
             task.add_done_callback(functools.partial(self._release, user=user))
 
-    def _release(self, task: asyncio.Task[None], user: bytes | None) -> None:
+    def _release(self, task: asyncio.Task[bool], user: bytes | None) -> None:
         self._running.discard(task)
         if self._last_of_user.get(user) is task:
             del self._last_of_user[user]
         self._slots.release()
 
     async def _run(
-        self, record: Any, in_hand: _InHand, previous: asyncio.Task[None] | None
-    ) -> None:
-        if previous is not None:
-            await asyncio.wait({previous})  # the user's earlier record, however it ended
-        if await self._process_until_done(record):
-            self._failpoints.hit("before:offset_commit")
-            in_hand.finished = True
-            while self._in_hand and self._in_hand[0].finished:
-                self.done = self._in_hand.popleft().offset + 1
+        self, record: Any, in_hand: _InHand, previous: asyncio.Task[bool] | None
+    ) -> bool:
+        if previous is not None and not await _finished(previous):
+            return False
+        if not await self._process_until_done(record):
+            return False
+        self._failpoints.hit("before:offset_commit")
+        in_hand.finished = True
+        while self._in_hand and self._in_hand[0].finished:
+            self.done = self._in_hand.popleft().offset + 1
+        return True
 
     async def _process_until_done(self, record: Any) -> bool:
         attempt = 0
         with structlog.contextvars.bound_contextvars(
             partition=record.partition, offset=record.offset
         ):
-            while self.state is WorkerState.RUNNING:
+            while True:
                 try:
                     await self._process(record)
                     return True
@@ -164,5 +171,12 @@ class PartitionWorker:
                     attempt += 1
                     delay = backoff(attempt, *self._retry)
                     log.exception("event_error", error=repr(exc), attempt=attempt, alert=True)
-                await asyncio.sleep(delay)
-            return False
+                if self.state is WorkerState.RUNNING:
+                    await asyncio.sleep(delay)
+                if self.state is not WorkerState.RUNNING:
+                    return False  # a stopping worker does not retry
+
+
+async def _finished(task: asyncio.Task[bool]) -> bool:
+    await asyncio.wait({task})
+    return not task.cancelled() and task.exception() is None and task.result()

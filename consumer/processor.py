@@ -19,7 +19,7 @@ import structlog
 from consumer import contracts
 from consumer.chain import Chain, Receipt
 from consumer.dlq import DeadLetters
-from consumer.head import Head
+from consumer.head import Head, Receipts
 from consumer.repository import Distribution, Repository, StateConflict, Tokenization
 from consumer.states import State
 from schemas import PaymentConfirmedV1, parse_event
@@ -51,7 +51,8 @@ class Processor:
         self.chain = chain
         self.dead_letters = dead_letters
         self.failpoints = Failpoints(settings.failpoints)
-        self.head = Head(chain, max_age_s=settings.receipt_poll_s / 2)
+        self.head = Head(chain, settings.receipt_poll_s)
+        self.receipts = Receipts(chain)
         # Events of this process past validation at once: the sender's in-flight cap is
         # the most that can usefully be on the way to the chain; the rest wait here
         # rather than each polling the shared count in PostgreSQL.
@@ -232,36 +233,32 @@ class Processor:
         strikes = 0
         seen: int | None = None
         while True:
-            head = (await self.head.latest()).number
-            if head != seen:  # a receipt can only appear, or vanish, with a new head
-                seen = head
-                receipt = await self._receipt(dist)
-                if receipt is not None:
-                    if not receipt.succeeded:  # a revert rolls the once-only flag back too
-                        return await self.repo.transition(
-                            dist,
-                            State.FAILED,
-                            f"reverted: tx {receipt.tx_hash} in block {receipt.block_number}",
-                            retryable=True,
-                        )
-                    if head - receipt.block_number + 1 >= self.settings.confirmations:
-                        return await self.repo.confirm(dist, receipt.tx_hash, receipt.block_number)
-                # No receipt: if the chain has moved past our nonce, none of our siblings
-                # was mined (someone else used the key). Confirm by the mined nonce too.
-                elif await self.head.mined_nonce() > dist.nonce:
-                    strikes += 1
-                    if strikes >= NONCE_CONSUMED_STRIKES:
-                        return await self.repo.transition(
-                            dist,
-                            State.FAILED,
-                            f"nonce {dist.nonce} consumed by a transaction we did not sign",
-                        )
-            await asyncio.sleep(self.settings.receipt_poll_s)
+            head = (await self.head.advanced(seen)).number
+            seen = head
+            receipt = await self._receipt(dist)
+            if receipt is not None:
+                if not receipt.succeeded:  # a revert rolls the once-only flag back too
+                    return await self.repo.transition(
+                        dist,
+                        State.FAILED,
+                        f"reverted: tx {receipt.tx_hash} in block {receipt.block_number}",
+                        retryable=True,
+                    )
+                if head - receipt.block_number + 1 >= self.settings.confirmations:
+                    return await self.repo.confirm(dist, receipt.tx_hash, receipt.block_number)
+            # No receipt: if the chain has moved past our nonce, none of our siblings was
+            # mined (someone else used the key). Confirm by the mined nonce too.
+            elif await self.head.mined_nonce() > dist.nonce:
+                strikes += 1
+                if strikes >= NONCE_CONSUMED_STRIKES:
+                    return await self.repo.transition(
+                        dist,
+                        State.FAILED,
+                        f"nonce {dist.nonce} consumed by a transaction we did not sign",
+                    )
 
     async def _receipt(self, dist: Distribution) -> Receipt | None:
         """The receipt of whichever of the event's transactions (same nonce) was mined."""
-        for tx in await self.repo.transactions(dist.event_id):
-            receipt = await self.chain.receipt(tx.tx_hash)
-            if receipt is not None:
-                return receipt
-        return None
+        hashes = [tx.tx_hash for tx in await self.repo.transactions(dist.event_id)]
+        found = await self.receipts.get(hashes)
+        return next((r for r in found.values() if r is not None), None)

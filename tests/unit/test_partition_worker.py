@@ -81,7 +81,7 @@ async def test_stop_finishes_the_record_in_hand_and_drops_the_rest() -> None:
         seen.append(record.offset)
         await release.wait()
 
-    worker = worker_for(process)
+    worker = worker_for(process, window=1)
     worker.feed(records(1, 2, 3))
     await settle()
     stopping = asyncio.create_task(worker.stop(5))
@@ -89,7 +89,7 @@ async def test_stop_finishes_the_record_in_hand_and_drops_the_rest() -> None:
     release.set()
     await stopping
     assert seen == [1]
-    assert worker.done == 2, "the record in hand finished; the queued ones are not done"
+    assert worker.done == 2, "the record in hand finished; the queued ones were dropped"
     worker.feed(records(4))
     await settle()
     assert seen == [1], "a stopped worker takes nothing new"
@@ -185,3 +185,41 @@ async def test_stop_cancels_every_record_in_hand_past_the_grace_period() -> None
     await settle()
     await worker.stop(0.05)
     assert (worker.done, worker.state) == (None, WorkerState.STOPPED)
+
+
+async def test_stop_finishes_every_record_in_hand_so_nothing_finished_is_left_uncommitted() -> None:
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def process(record: Any) -> None:
+        if record.offset == 1:
+            await release.wait()
+        seen.append(record.offset)
+
+    worker = worker_for(process, window=4)
+    worker.feed(records(1, 2, user=b"a") + records(3, user=b"b") + records(4, 5, user=b"c"))
+    await settle()
+    assert seen == [3, 4, 5]
+    assert worker.done is None, "offset 1 is still in progress"
+    stopping = asyncio.create_task(worker.stop(5))
+    await settle()
+    release.set()
+    await stopping
+    assert seen == [3, 4, 5, 1, 2], "2 was in hand (waiting for 1): it ran; nothing was queued"
+    assert worker.done == 6
+
+
+async def test_a_record_whose_predecessor_never_finished_does_not_run() -> None:
+    seen: list[int] = []
+
+    async def process(record: Any) -> None:
+        if record.offset == 1:
+            raise DatabaseUnavailable("down")
+        seen.append(record.offset)
+
+    worker = worker_for(process, window=4, retry_s=0.02)
+    worker.feed(records(1, 2, user=b"a"))
+    await settle()
+    await worker.stop(5)
+    assert seen == [], "the user's second payment never overtakes the first"
+    assert worker.done is None

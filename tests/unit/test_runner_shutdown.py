@@ -45,7 +45,7 @@ async def test_shutdown_cancels_side_tasks_then_drains_workers_then_commits() ->
     runner = Runner(SETTINGS, asyncio.Event())
     runner.consumer = RecordingConsumer(journal)
     tp = TopicPartition("payments", 0)
-    worker = PartitionWorker(0, process, window=4, retry_base_s=0.01, retry_cap_s=0.01)
+    worker = PartitionWorker(0, process, window=1, retry_base_s=0.01, retry_cap_s=0.01)
     runner.workers[tp] = worker
     worker.feed([SimpleNamespace(partition=0, offset=o, key=b"user-1") for o in (41, 42)])
     side = asyncio.create_task(side_task())
