@@ -6,8 +6,9 @@ credit) against a stub chain that answers at once: a fixed gas estimate and fee,
 signature (signing is the chain stage's CPU, not PostgreSQL's), a receipt on the first
 poll. Records are handed over in memory instead of fetched from Kafka.
 
-Concurrency as in one consumer process: one task per partition, each taking its events
-in order, sharing a pool of the consumer's size.
+Concurrency as in one consumer process: the consumer's own ``PartitionWorker`` per
+partition (its window of users at once, each user's events in order), sharing a pool of
+the consumer's size.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from consumer import queries
 from consumer.chain import Block, Chain, Receipt, SendResult, Signed
 from consumer.deploy import Deployment
 from consumer.dlq import DeadLetters
+from consumer.partition import PartitionWorker
 from consumer.processor import Outcome, Processor
 from consumer.repository import Repository
 from schemas import parse_event
@@ -102,7 +104,7 @@ async def run(settings: Settings, events: int, users: int, writers: int) -> Rate
             )
             start = time.perf_counter()
             outcomes = await asyncio.gather(
-                *(_partition(processor, part) for part in records.values())
+                *(_partition(processor, part, settings) for part in records.values())
             )
             seconds = time.perf_counter() - start
         finally:
@@ -150,5 +152,25 @@ async def _records(
     return by_partition
 
 
-async def _partition(processor: Processor, records: list[Record]) -> list[Outcome]:
-    return [await processor.handle(record) for record in records]
+async def _partition(
+    processor: Processor, records: list[Record], settings: Settings
+) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    all_done = asyncio.Event()
+
+    async def process(record: Record) -> None:
+        outcomes.append(await processor.handle(record))
+        if len(outcomes) == len(records):
+            all_done.set()
+
+    worker = PartitionWorker(
+        records[0].partition,
+        process,
+        window=settings.partition_window,
+        retry_base_s=settings.retry_base_s,
+        retry_cap_s=settings.retry_cap_s,
+    )
+    worker.feed(records)
+    await all_done.wait()
+    await worker.stop(0)
+    return outcomes
