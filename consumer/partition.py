@@ -98,11 +98,13 @@ class PartitionWorker:
         if self._stopping is None:
             self.state = WorkerState.STOPPING
             self._queue.clear()
+            # Here, not in the stopping task: a slot freed meanwhile could otherwise wake
+            # the intake to take from the emptied queue.
+            self._intake.cancel()
             self._stopping = asyncio.create_task(self._stop(grace_s), name="stop-partition")
         await asyncio.shield(self._stopping)
 
     async def _stop(self, grace_s: float) -> None:
-        self._intake.cancel()  # it holds no record between its awaits
         await asyncio.gather(self._intake, return_exceptions=True)
         if self._running:
             _, late = await asyncio.wait(self._running, timeout=grace_s)
