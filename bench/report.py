@@ -249,7 +249,9 @@ def _notes(report: Report) -> list[str]:
         "    distributions are on the chain at once, whatever the number of consumers;",
         "    the in-flight row is that ceiling (Little's law) for comparison with events/s.",
         "  - 'claimed' is when a consumer's partition worker starts on the event: time",
-        "    queued in the consumer behind earlier events of its partition counts before it.",
+        "    queued behind the same user's earlier events, or for a free place in the",
+        "    partition's window, counts before it; 'claimed → signed' includes waiting for",
+        "    a place under max_inflight_per_sender.",
         "  - Figures are from one run on a shared machine (the stack and other work use the",
         "    same CPUs): expect noise of tens of percent between runs.",
     ]
