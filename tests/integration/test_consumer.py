@@ -4,6 +4,7 @@ scaling the group, KYC parking, and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import asyncpg
 import pytest
@@ -241,3 +242,43 @@ async def test_an_event_slower_than_max_poll_interval_keeps_the_member_in_the_gr
         assert runner.revocations == 0, "the member was never evicted"
     assert len(await harness.paid_to(settings, tokenization)) == n
     assert await harness.count(pool, "SELECT count(*) FROM chain_transactions") == n
+
+
+async def test_a_users_payments_run_one_after_another_while_other_users_share_the_partition(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """Pipelining inside a partition never reorders one user: each of a user's events is
+    claimed only after the previous one was credited, in offset order; meanwhile other
+    users hashed to the same partition are in progress beside it."""
+    n, users = 120, 40
+    expected = await harness.confirm_payments(pool, tokenization, n, users=users)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: credited_is(pool, n), what="every payment credited")
+    rows = await pool.fetch(
+        "SELECT user_id, kafka_partition, kafka_offset, nonce, created_at, credited_at "
+        "FROM distributions ORDER BY kafka_partition, kafka_offset"
+    )
+    by_user: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_user.setdefault(row["user_id"], []).append(row)
+    assert len(by_user) == users
+    for user, events in by_user.items():
+        assert len({e["kafka_partition"] for e in events}) == 1, user
+        for earlier, later in itertools.pairwise(events):
+            assert later["created_at"] >= earlier["credited_at"], f"{user} overlapped itself"
+            assert later["nonce"] > earlier["nonce"], f"{user} signed out of order"
+    overlapping = [
+        (a["user_id"], b["user_id"])
+        for a in rows
+        for b in rows
+        if a["kafka_partition"] == b["kafka_partition"]
+        and a["user_id"] < b["user_id"]
+        and a["created_at"] < b["credited_at"]
+        and b["created_at"] < a["credited_at"]
+    ]
+    assert overlapping, "users sharing a partition were processed one at a time"
+    paid: dict[str, int] = {}
+    for recipient, amount in await harness.paid_to(settings, tokenization):
+        paid[recipient] = paid.get(recipient, 0) + amount
+    assert paid == {wallet.lower(): tokens for wallet, tokens in expected.items()}
+    assert (await harness.run_verify(settings, pool)).ok
