@@ -277,15 +277,20 @@ anvil_ready() {
 # block is being sealed can hold the block's state changes but not the block (its receipts
 # and logs), and a restart from it loses mined logs. Stop mining, let one more dump run,
 # then stop: the state on disk matches the last block.
+# The port comes from the stack's own record, not the caller's environment: a `down` of
+# one stack run with another's ports in the environment once paused that other node's
+# mining (a benchmark beside it stalled for eight minutes).
 stop_anvil() {
+  local port
+  port=$(cat "$RUN/anvil.port" 2>/dev/null || echo "$ANVIL_PORT")
   if pid_alive "$RUN/anvil.pid" anvil; then
     curl -sf -m 2 -H 'content-type: application/json' \
       -d '{"jsonrpc":"2.0","id":1,"method":"evm_setIntervalMining","params":[0]}' \
-      "http://$HOST:$ANVIL_PORT" >/dev/null 2>&1 || true
+      "http://$HOST:$port" >/dev/null 2>&1 || true
     sleep 1.5
   fi
   stop_pid "$RUN/anvil.pid" anvil
-  wait_port_closed "$ANVIL_PORT"
+  wait_port_closed "$port"
 }
 start_anvil() {
   ensure_anvil
@@ -299,6 +304,7 @@ start_anvil() {
   # 76 GB in a day of fault runs. Nothing here reads state older than the last blocks
   # (receipts and logs are kept whole).
   mkdir -p "$ST/anvil"
+  echo "$ANVIL_PORT" >"$RUN/anvil.port"
   spawn "$RUN/anvil.pid" "$LOGS/anvil.log" "$(anvil_bin)" --host $HOST --port $ANVIL_PORT \
     --chain-id 31337 --block-time "${TOKENDIST_ANVIL_BLOCK_TIME:-0.25}" \
     --prune-history 256 --state "$ST/anvil/state.json" --state-interval 1
