@@ -53,10 +53,11 @@ class Processor:
         self.failpoints = Failpoints(settings.failpoints)
         self.head = Head(chain, settings.receipt_poll_s)
         self.receipts = Receipts(chain)
-        # Events of this process past validation at once: the sender's in-flight cap is
-        # the most that can usefully be on the way to the chain; the rest wait here
-        # rather than each polling the shared count in PostgreSQL.
-        self._driving = asyncio.Semaphore(settings.max_inflight_per_sender)
+        # Signing is one at a time per sender anyway (the nonce row lock): taking this
+        # lock first makes the in-flight cap exact within the process, and only its
+        # holder polls the shared count. It guards signing alone: an event already on
+        # the chain must never wait behind events that wait for it to finish.
+        self._signing = asyncio.Lock()
 
     async def handle(self, record: Any) -> Outcome:
         started = time.monotonic()
@@ -78,8 +79,7 @@ class Processor:
             if dist.state.terminal:
                 log.info("event_already_done", state=dist.state)
                 return Outcome.ALREADY_DONE
-            async with self._driving:
-                outcome = await self.drive(dist, tokenization, event.data.wallet_address)
+            outcome = await self.drive(dist, tokenization, event.data.wallet_address)
         if outcome is Outcome.CREDITED:
             age = datetime.now(UTC) - event.occurred_at
             metrics.END_TO_END.observe(age.total_seconds())
@@ -176,7 +176,6 @@ class Processor:
                 f"wallet_mismatch: event {event_wallet}, user record differs",
                 retryable=True,
             )
-        await self._wait_for_capacity()
         calldata = self.chain.distribute_calldata(
             bytes.fromhex(dist.payment_id[2:]), user.wallet_address, dist.tokens
         )
@@ -184,27 +183,29 @@ class Processor:
             gas = await self.chain.estimate(tokenization.distributor_address, calldata)
         except ChainRejected as exc:  # refused before signing: nothing was paid
             return await self.repo.transition(dist, State.FAILED, exc.reason, retryable=True)
-        max_fee, tip = await self._fees()
         gas_limit = gas * (100 + GAS_MARGIN_PERCENT) // 100
-        return await self.repo.sign_and_store(
-            dist,
-            chain_id=await self.chain.chain_id(),
-            sender=self.chain.sender,
-            recipient=user.wallet_address,
-            sign=lambda nonce: self.chain.sign(
-                to=tokenization.distributor_address,
-                data=calldata,
-                gas=gas_limit,
-                nonce=nonce,
-                max_fee=max_fee,
-                priority_fee=tip,
-            ),
-        )
+        async with self._signing:
+            await self._wait_for_capacity()
+            max_fee, tip = await self._fees()
+            return await self.repo.sign_and_store(
+                dist,
+                chain_id=await self.chain.chain_id(),
+                sender=self.chain.sender,
+                recipient=user.wallet_address,
+                sign=lambda nonce: self.chain.sign(
+                    to=tokenization.distributor_address,
+                    data=calldata,
+                    gas=gas_limit,
+                    nonce=nonce,
+                    max_fee=max_fee,
+                    priority_fee=tip,
+                ),
+            )
 
     async def _wait_for_capacity(self) -> None:
-        # A soft cap: checked outside the nonce lock, so a few workers may overshoot it
-        # together; it keeps the pool under the node's per-account limit, not exactly at it.
-        # The count lives in PostgreSQL, shared by processes: polling it is the only way.
+        # Exact within a process (its holder signs before letting go of the signing lock);
+        # several processes may overshoot it together by one each. The count lives in
+        # PostgreSQL, shared by processes: polling it is the only way.
         while await self.repo.inflight(self.chain.sender) >= self.settings.max_inflight_per_sender:  # noqa: ASYNC110
             await asyncio.sleep(self.settings.receipt_poll_s)
 

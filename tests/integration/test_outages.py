@@ -67,6 +67,30 @@ async def test_service_restart_under_load_loses_and_doubles_nothing(
     assert (await harness.run_verify(settings, pool)).ok
 
 
+async def test_a_node_restart_with_the_in_flight_cap_full_never_stalls_the_consumer(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """Found by the 200,000-event benchmark: with the cap full of submitted transactions,
+    a node restart sent them into retry; events not yet signed took every in-process slot
+    and waited for the cap to drain, which needed those very slots: no RPC, no progress,
+    forever. Only signing waits for capacity now."""
+    capped = settings.model_copy(update={"max_inflight_per_sender": 2})
+    n = 40
+    expected = await harness.confirm_payments(pool, tokenization, n, users=20)
+    async with harness.relay(capped), harness.consumer(capped):
+        await harness.wait_until(lambda: _credited_at_least(pool, 4), what="some credits")
+        await outage("anvil", down_s=2)
+        await harness.wait_until(
+            lambda: _credited_at_least(pool, n),
+            timeout=120,
+            what="every payment credited after the node came back",
+        )
+    paid = await harness.paid_to(settings, tokenization)
+    assert len(paid) == n
+    assert sum(a for _, a in paid) == sum(expected.values())
+    assert (await harness.run_verify(settings, pool)).ok
+
+
 async def _credited_at_least(pool: asyncpg.Pool, n: int) -> bool:
     try:
         return await harness.credited(pool) >= n
