@@ -35,15 +35,10 @@ async def test_broker_down_then_back_relay_catches_up_and_nothing_is_lost(
         await asyncio.sleep(1)  # payments keep being confirmed while the broker is away
         second = await harness.confirm_payments(pool, tokenization, n // 2, users=10, start=n // 2)
         await stop
-        await harness.wait_until(
-            lambda: _credited_at_least(pool, n),
-            timeout=180,
-            what="every payment credited after the broker came back",
-        )
-    paid = await harness.paid_to(settings, tokenization)
-    assert len(paid) == n
-    assert sum(a for _, a in paid) == sum(first.values()) + sum(second.values())
-    assert (await harness.run_verify(settings, pool)).ok
+        await _all_credited(pool, n, after="the broker came back", timeout=180)
+    await _each_paid_once(
+        settings, pool, tokenization, n, sum(first.values()) + sum(second.values())
+    )
 
 
 @pytest.mark.parametrize("service", ["pg", "anvil"])
@@ -56,15 +51,8 @@ async def test_service_restart_under_load_loses_and_doubles_nothing(
     async with harness.relay(settings), harness.consumer(settings):
         await harness.wait_until(lambda: _credited_at_least(pool, 5), what="some credits")
         await outage(service, down_s=2)
-        await harness.wait_until(
-            lambda: _credited_at_least(pool, n),
-            timeout=180,
-            what=f"every payment credited after {service} came back",
-        )
-    paid = await harness.paid_to(settings, tokenization)
-    assert len(paid) == n
-    assert sum(a for _, a in paid) == sum(expected.values())
-    assert (await harness.run_verify(settings, pool)).ok
+        await _all_credited(pool, n, after=f"{service} came back", timeout=180)
+    await _each_paid_once(settings, pool, tokenization, n, sum(expected.values()))
 
 
 async def test_a_node_restart_with_the_in_flight_cap_full_never_stalls_the_consumer(
@@ -80,14 +68,25 @@ async def test_a_node_restart_with_the_in_flight_cap_full_never_stalls_the_consu
     async with harness.relay(capped), harness.consumer(capped):
         await harness.wait_until(lambda: _credited_at_least(pool, 4), what="some credits")
         await outage("anvil", down_s=2)
-        await harness.wait_until(
-            lambda: _credited_at_least(pool, n),
-            timeout=120,
-            what="every payment credited after the node came back",
-        )
+        await _all_credited(pool, n, after="the node came back", timeout=120)
+    await _each_paid_once(settings, pool, tokenization, n, sum(expected.values()))
+
+
+async def _all_credited(pool: asyncpg.Pool, n: int, *, after: str, timeout: float) -> None:
+    await harness.wait_until(
+        lambda: _credited_at_least(pool, n),
+        timeout=timeout,
+        what=f"every payment credited after {after}",
+    )
+
+
+async def _each_paid_once(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment, n: int, tokens: int
+) -> None:
+    """One ``Distributed`` log per payment, the tokens confirmed, and ``verify`` green."""
     paid = await harness.paid_to(settings, tokenization)
     assert len(paid) == n
-    assert sum(a for _, a in paid) == sum(expected.values())
+    assert sum(a for _, a in paid) == tokens
     assert (await harness.run_verify(settings, pool)).ok
 
 
