@@ -100,7 +100,7 @@ async def run(settings: Settings, events: int, users: int, writers: int) -> Rate
                 repo,
                 chain,
                 # Never used: every event here is valid. aiokafka is untyped, so no cast.
-                DeadLetters(None, settings.dlq_topic),
+                DeadLetters(None, settings.dlq_topic, repo),
             )
             start = time.perf_counter()
             outcomes = await asyncio.gather(
@@ -166,6 +166,8 @@ async def _partition(
     worker = PartitionWorker(
         records[0].partition,
         process,
+        park=processor.dead_letters.park,
+        park_after=settings.park_after_errors,
         window=settings.partition_window,
         retry_base_s=settings.retry_base_s,
         retry_cap_s=settings.retry_cap_s,

@@ -7,10 +7,16 @@ confirmation of one no longer holds up every other user hashed to the same parti
 
 The worker owns nothing durable. ``done`` is the next offset safe to commit: it moves past
 a record only once that record and every record before it in the partition finished
-(credited, parked, failed or dead-lettered). A transient failure retries the same record
-with capped, jittered backoff; the user's later records wait, and the offset stays where
-it is. A record runs only after its user's previous record finished: if that one never
-does (a stop cut it short), neither does this one.
+(credited, parked, failed or dead-lettered). A transient failure (an outage: the broker,
+the database or the node) retries the same record with capped, jittered backoff for as
+long as the outage lasts; the user's later records wait, and the offset stays where it
+is. An unexpected error is retried too, but only ``park_after`` times: then the record is
+parked (dead-lettered with reason ``processing_error``) so that no single record can stop
+its partition for good. Parking is safe for a record with money in it: processing resumes
+from the state stored in PostgreSQL whenever the record is re-driven. A record runs only
+after its user's previous record finished: if that one never does (a stop cut it short),
+neither does this one. Which records are being retried, since when and why is kept in
+``retrying`` for the runner to publish.
 
 Stopping takes no more records from the queue but gives every record in hand (at most
 ``window``) its chance within the grace period, so that what finished can be committed
@@ -25,6 +31,7 @@ import enum
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -37,6 +44,9 @@ from tokendist.retry import backoff
 log = structlog.get_logger("tokendist.partition")
 
 Process = Callable[[Any], Awaitable[object]]
+Park = Callable[[Any, str, str], Awaitable[None]]  # (record, reason, detail)
+
+PARK_REASON = "processing_error"
 
 
 class WorkerState(enum.Enum):
@@ -51,12 +61,23 @@ class _InHand:
     finished: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A record being retried: how often, since when, and the last error."""
+
+    attempts: int
+    since: datetime
+    error: str
+
+
 class PartitionWorker:
     def __init__(
         self,
         partition: int,
         process: Process,
         *,
+        park: Park,
+        park_after: int,
         window: int,
         retry_base_s: float,
         retry_cap_s: float,
@@ -65,7 +86,10 @@ class PartitionWorker:
         self.partition = partition
         self.state = WorkerState.RUNNING
         self.done: int | None = None
+        self.retrying: dict[int, Retry] = {}  # by offset
         self._process = process
+        self._park = park
+        self._park_after = park_after
         self._retry = (retry_base_s, retry_cap_s)
         self._failpoints = failpoints or Failpoints()
         self._queue: collections.deque[Any] = collections.deque()
@@ -152,31 +176,51 @@ class PartitionWorker:
         return True
 
     async def _process_until_done(self, record: Any) -> bool:
+        failures: list[str] = []  # unexpected errors only: an outage is not the record's fault
         attempt = 0
+        since = datetime.now(UTC)
         with structlog.contextvars.bound_contextvars(
             partition=record.partition, offset=record.offset
         ):
-            while True:
-                try:
-                    await self._process(record)
-                    return True
-                except TransientError as exc:
-                    metrics.RETRIES.labels(error=type(exc).__name__).inc()
+            try:
+                while True:
+                    error = await self._attempt(record, failures)
+                    if error is None:
+                        return True
                     attempt += 1
-                    delay = backoff(attempt, *self._retry)
-                    log.warning("event_retrying", error=str(exc), attempt=attempt, delay_s=delay)
-                except Exception as exc:
-                    # A bug or an unforeseen error: never skip an event with money in it.
-                    # The user's later records wait and it retries until a human fixes the
-                    # cause; other users go on until the window is full of waiting records.
-                    metrics.RETRIES.labels(error=type(exc).__name__).inc()
-                    attempt += 1
-                    delay = backoff(attempt, *self._retry)
-                    log.exception("event_error", error=repr(exc), attempt=attempt, alert=True)
-                if self.state is WorkerState.RUNNING:
-                    await asyncio.sleep(delay)
-                if self.state is not WorkerState.RUNNING:
-                    return False  # a stopping worker does not retry
+                    self.retrying[record.offset] = Retry(attempt, since, error)
+                    if self.state is WorkerState.RUNNING:
+                        await asyncio.sleep(backoff(attempt, *self._retry))
+                    if self.state is not WorkerState.RUNNING:
+                        return False  # a stopping worker does not retry
+            finally:
+                self.retrying.pop(record.offset, None)
+
+    async def _attempt(self, record: Any, failures: list[str]) -> str | None:
+        """Process the record, or park it once it failed ``park_after`` times: ``None``
+        when it is done, else the error that makes it wait."""
+        parking = len(failures) >= self._park_after
+        try:
+            if parking:
+                await self._park(record, PARK_REASON, f"{len(failures)} attempts: {failures[-1]}")
+                metrics.PARKED_AFTER_ERRORS.inc()
+                log.error("event_parked_after_errors", attempts=len(failures), alert=True)
+            else:
+                await self._process(record)
+            return None
+        except TransientError as exc:
+            metrics.RETRIES.labels(error=type(exc).__name__).inc()
+            log.warning("event_retrying", error=str(exc), parking=parking)
+            return f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            metrics.RETRIES.labels(error=type(exc).__name__).inc()
+            if parking:  # parking itself fails: nothing else can free the partition
+                metrics.UNPARKABLE.inc()
+                log.exception("event_unparkable", error=repr(exc), alert=True)
+            else:
+                failures.append(repr(exc)[:500])
+                log.exception("event_error", error=repr(exc), attempt=len(failures), alert=True)
+            return repr(exc)[:500]
 
 
 async def _finished(task: asyncio.Task[bool]) -> bool:

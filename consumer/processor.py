@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from consumer import contracts
+from consumer import authority, contracts
 from consumer.chain import Chain, Receipt
 from consumer.dlq import DeadLetters
 from consumer.head import Head, Receipts
@@ -71,6 +71,8 @@ class Processor:
             event, tokenization = await self._validate(record)
             dist = await self._claim(event, record)
         except InvalidEvent as exc:
+            if exc.reason in authority.REFUSALS:
+                log.error("event_refused", reason=exc.reason, detail=exc.detail, alert=True)
             await self.dead_letters.park(record, exc.reason, exc.detail)
             return Outcome.DEAD_LETTERED
         with structlog.contextvars.bound_contextvars(
@@ -91,6 +93,7 @@ class Processor:
             raise InvalidEvent("missing_key", "message has no key; expected the user id")
         if record.key != event.data.user_id.encode():
             raise InvalidEvent("key_mismatch", f"key {record.key[:80]!r} is not the user id")
+        authority.check(await self.repo.confirmation(event.event_id), event)
         tokenization = await self.repo.tokenization(event.data.tokenization_id)
         if tokenization is None:
             raise InvalidEvent("unknown_tokenization", event.data.tokenization_id)

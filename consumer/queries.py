@@ -157,6 +157,48 @@ SET kyc_status = 'approved', wallet_address = COALESCE($2, users.wallet_address)
 RETURNING wallet_address
 """
 
+# The confirmed payment an event claims to be: written by outbox.enqueue in the payment's
+# own transaction. Kafka carries events; this row is what makes one payable.
+CONFIRMATION = """
+SELECT investment_id, user_id, tokenization_id, tokens, provider, provider_reference,
+       payload::text AS payload
+FROM payment_confirmations WHERE event_id = $1
+"""
+
+# Parking the same position again (a replay, a crash before the commit) counts, not adds.
+RECORD_DEAD_LETTER = """
+INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, reason, detail, value_bytes)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (topic, kafka_partition, kafka_offset)
+DO UPDATE SET times_parked = dead_letters.times_parked + 1, last_parked_at = now(),
+              reason = EXCLUDED.reason, detail = EXCLUDED.detail
+"""
+
+KEEP_DEAD_LETTER = """
+UPDATE dead_letters
+SET stored = true, stored_key = $4, stored_value = $5, stored_headers = $6::jsonb
+WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3
+"""
+
+STORED_DEAD_LETTER = """
+SELECT stored_key, stored_value, stored_headers::text AS stored_headers FROM dead_letters
+WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND stored
+"""
+
+UPSERT_RETRYING = """
+INSERT INTO retrying_partitions
+    (consumer_group, topic, kafka_partition, kafka_offset, attempts, error, since)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (consumer_group, topic, kafka_partition)
+DO UPDATE SET kafka_offset = EXCLUDED.kafka_offset, attempts = EXCLUDED.attempts,
+              error = EXCLUDED.error, since = EXCLUDED.since, updated_at = now()
+"""
+
+CLEAR_RETRYING = """
+DELETE FROM retrying_partitions
+WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3::int[])
+"""
+
 # --- verify: read-only invariant queries -------------------------------------------------
 
 V_UNDISTRIBUTED = """
@@ -254,6 +296,25 @@ S_PARKED_USERS = "SELECT count(DISTINCT user_id) FROM distributions WHERE state 
 S_LAST_FAILURES = """
 SELECT event_id, failure_reason, updated_at FROM distributions
 WHERE state = 'failed' ORDER BY updated_at DESC LIMIT 5
+"""
+
+S_RETRYING = """
+SELECT kafka_partition, kafka_offset, attempts, error,
+       extract(epoch FROM now() - since)::float8 AS for_s,
+       extract(epoch FROM now() - updated_at)::float8 AS reported_s
+FROM retrying_partitions WHERE consumer_group = $1 AND topic = $2
+ORDER BY kafka_partition
+"""
+
+S_DEAD_LETTERS = """
+SELECT count(*) AS messages, coalesce(sum(times_parked), 0)::bigint AS parkings,
+       count(*) FILTER (WHERE stored) AS stored
+FROM dead_letters WHERE topic = $1
+"""
+
+S_LAST_DEAD_LETTERS = """
+SELECT kafka_partition, kafka_offset, reason, last_parked_at FROM dead_letters
+WHERE topic = $1 ORDER BY last_parked_at DESC LIMIT 3
 """
 
 # --- reconcile ---------------------------------------------------------------------------

@@ -86,6 +86,45 @@ class StoredTx:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """The confirmed payment an event claims to be, as the payment's transaction wrote it."""
+
+    investment_id: str
+    user_id: str
+    tokenization_id: str
+    tokens: int
+    provider: str
+    provider_reference: str
+    payload: str | None  # the whole event as enqueued; NULL in rows older than 0002
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Confirmation:
+        values = dict(row)
+        values["tokens"] = int(values["tokens"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a Kafka record sits."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """The oldest record of a partition that is being retried."""
+
+    partition: int
+    offset: int
+    attempts: int
+    error: str
+    since: datetime
+
+
 class StateConflict(Exception):
     """The row was not in the expected state: another worker moved it; reload."""
 
@@ -105,6 +144,58 @@ class Repository:
             return None
         found = self._tokenizations[tokenization_id] = Tokenization(**dict(row))
         return found
+
+    async def confirmation(self, event_id: uuid.UUID) -> Confirmation | None:
+        row = await db.guarded(lambda: self.pool.fetchrow(queries.CONFIRMATION, event_id))
+        return None if row is None else Confirmation.from_row(row)
+
+    async def record_dead_letter(
+        self, at: Position, reason: str, detail: str, value_bytes: int
+    ) -> None:
+        await db.guarded(
+            lambda: self.pool.execute(
+                queries.RECORD_DEAD_LETTER,
+                at.topic,
+                at.partition,
+                at.offset,
+                reason,
+                detail,
+                value_bytes,
+            )
+        )
+
+    async def keep_dead_letter(
+        self, at: Position, key: bytes | None, value: bytes | None, headers: str
+    ) -> None:
+        """Keep the record's bytes (``headers`` as JSON) where the DLQ topic cannot."""
+        await db.guarded(
+            lambda: self.pool.execute(
+                queries.KEEP_DEAD_LETTER, at.topic, at.partition, at.offset, key, value, headers
+            )
+        )
+
+    async def report_retrying(
+        self, group: str, topic: str, retrying: list[Retrying], finished: list[int]
+    ) -> None:
+        """Publish which owned partitions wait on a record, and which no longer do."""
+
+        async def work() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if finished:
+                    await conn.execute(queries.CLEAR_RETRYING, group, topic, finished)
+                for r in retrying:
+                    await conn.execute(
+                        queries.UPSERT_RETRYING,
+                        group,
+                        topic,
+                        r.partition,
+                        r.offset,
+                        r.attempts,
+                        r.error,
+                        r.since,
+                    )
+
+        await db.guarded(work)
 
     async def payable_user_or_park(self, dist: Distribution) -> tuple[User | None, Distribution]:
         """The user when KYC-approved with a wallet; else the event parked (awaiting_kyc).

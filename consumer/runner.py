@@ -17,6 +17,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -27,7 +28,7 @@ from consumer.chain import Chain
 from consumer.dlq import DeadLetters
 from consumer.partition import PartitionWorker
 from consumer.processor import Processor
-from consumer.repository import Repository
+from consumer.repository import Repository, Retrying
 from consumer.resubmitter import Resubmitter
 from tokendist import db, kafka, metrics
 from tokendist.errors import TransientError
@@ -70,6 +71,10 @@ class Runner:
         self.revocations = 0  # how often the group took partitions away from us
         self.consumer: AIOKafkaConsumer | None = None
         self._process: Callable[[Any], Awaitable[object]] | None = None
+        self._dead_letters: DeadLetters | None = None
+        self._repo: Repository | None = None
+        # What status was last told, by partition; None: unknown, clear it.
+        self._reported: dict[int, Retrying | None] = {}
 
     async def run(self) -> None:
         if self.state is not RunnerState.NEW:
@@ -92,16 +97,15 @@ class Runner:
             resources.push_async_callback(pool.close)
             chain = Chain(rpc_url, key)
             resources.push_async_callback(chain.close)
-            repo = Repository(pool)
+            self._repo = repo = Repository(pool)
             await until_available("nonce", lambda: self._sync_nonce(repo, chain), s, stop)
             await until_available("topics", lambda: kafka.ensure_topics(s), s, stop)
             producer = await until_available(
                 "producer", lambda: kafka.start(kafka.producer(s)), s, stop
             )
             resources.push_async_callback(kafka.close, producer)
-            processor = Processor(
-                self.settings, repo, chain, DeadLetters(producer, self.settings.dlq_topic)
-            )
+            self._dead_letters = DeadLetters(producer, self.settings.dlq_topic, repo)
+            processor = Processor(self.settings, repo, chain, self._dead_letters)
             self._process = processor.handle
             self.consumer = consumer = await until_available(
                 "consumer", lambda: kafka.start(self._make_consumer()), s, stop
@@ -175,15 +179,19 @@ class Runner:
         worker = self.workers.get(tp)
         if worker is None:
             assert self._process is not None
+            assert self._dead_letters is not None
             worker = PartitionWorker(
                 tp.partition,
                 self._process,
+                park=self._dead_letters.park,
+                park_after=self.settings.park_after_errors,
                 window=self.settings.partition_window,
                 retry_base_s=self.settings.retry_base_s,
                 retry_cap_s=self.settings.retry_cap_s,
                 failpoints=Failpoints(self.settings.failpoints),
             )
             self.workers[tp] = worker
+            self._reported[tp.partition] = None
         return worker
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
@@ -199,6 +207,7 @@ class Runner:
             await asyncio.sleep(COMMIT_EVERY_S)
             await self.commit(list(self.workers))
             self._observe_lag()
+            await self._report_retrying()
 
     def _observe_lag(self) -> None:
         assert self.consumer is not None
@@ -206,6 +215,39 @@ class Runner:
             end = self.consumer.highwater(tp)
             if end is not None and worker.done is not None:
                 metrics.LAG.labels(partition=str(tp.partition)).set(end - worker.done)
+
+    async def _report_retrying(self) -> None:
+        """Tell ``tokendist status`` (through PostgreSQL) which owned partitions wait on a
+        record and why; only changes are written. A partition just assigned is cleared
+        once (its previous owner may have died with a row left behind). A failed write is
+        tried again next tick: when the database is what is down, status cannot read it."""
+        assert self._repo is not None
+        now = datetime.now(UTC)
+        owned = {tp.partition: worker for tp, worker in self.workers.items()}
+        current: dict[int, Retrying] = {}
+        for partition, worker in owned.items():
+            held = 0.0
+            if worker.retrying:
+                offset = min(worker.retrying)
+                retry = worker.retrying[offset]
+                current[partition] = Retrying(
+                    partition, offset, retry.attempts, retry.error, retry.since
+                )
+                held = (now - retry.since).total_seconds()
+            metrics.RETRYING.labels(partition=str(partition)).set(held)
+        reported = {p: r for p, r in self._reported.items() if p in owned}
+        changed = [r for p, r in current.items() if reported.get(p) != r]
+        finished = [p for p in reported if p not in current]
+        if not changed and not finished:
+            return
+        try:
+            await self._repo.report_retrying(
+                self.settings.consumer_group, self.settings.topic, changed, finished
+            )
+        except TransientError as exc:
+            log.warning("retrying_report_failed", error=str(exc))
+            return
+        self._reported = {p: r for p, r in current.items()}
 
     async def commit(self, partitions: list[TopicPartition]) -> None:
         """Commit finished offsets; a rebalance in progress makes this a no-op (the next

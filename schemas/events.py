@@ -133,8 +133,10 @@ def parse_event(raw: bytes | None) -> PaymentConfirmedV1:
         raise InvalidEvent("not_utf8", str(exc)) from None
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent("malformed_json", str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        # Not only JSONDecodeError: an integer past Python's digit limit raises ValueError
+        # and deep nesting RecursionError. Any failure to parse is the event's fault.
+        raise InvalidEvent("malformed_json", f"{type(exc).__name__}: {exc}"[:500]) from None
     if not isinstance(doc, dict):
         raise InvalidEvent("malformed_json", "top level must be an object")
     event_type, version = doc.get("event_type"), doc.get("schema_version")

@@ -7,6 +7,7 @@
     │   ├── ChainUnavailable      (RPC connection errors, timeouts)
     │   └── ProviderUnavailable   (the payment provider's API: errors, timeouts)
     ├── InvalidEvent          the event can never be processed: parked in the DLQ with a reason
+    ├── RecordRejected        the broker will never take this record (too large, malformed)
     ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
     ├── CheckoutRefused       a pending investment cannot be created as asked (``reason``)
     ├── ChainRejected         the node or contract refused a transaction deterministically
@@ -49,6 +50,10 @@ class InvalidEvent(TokendistError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class RecordRejected(TokendistError):
+    """Kafka refuses this record itself, not for an outage: sending it again cannot help."""
 
 
 class NotInTransaction(TokendistError):

@@ -10,9 +10,17 @@ from typing import Any, TypeAlias, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 
-from tokendist.errors import BrokerUnavailable
+from tokendist.errors import BrokerUnavailable, RecordRejected
 from tokendist.settings import Settings
 
 log = structlog.get_logger("tokendist.kafka")
@@ -22,10 +30,24 @@ T = TypeVar("T")
 Headers = list[tuple[str, bytes]]
 
 
+# Answers about the record itself (the client's own size check included): retrying the
+# same bytes gets the same answer, so they must not be mistaken for an outage.
+RECORD_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
+
+
 async def guarded(op: Callable[[], Awaitable[T]]) -> T:
-    """Run a Kafka operation, mapping client errors to ``BrokerUnavailable``."""
+    """Run a Kafka operation, mapping client errors to ``RecordRejected`` (this record can
+    never be sent) or ``BrokerUnavailable`` (anything else: retry later)."""
     try:
         return await op()
+    except RECORD_ERRORS as exc:
+        raise RecordRejected(f"{type(exc).__name__}: {exc}") from exc
     except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

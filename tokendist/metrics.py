@@ -28,6 +28,23 @@ END_TO_END = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 DEAD_LETTERS = Counter("tokendist_dead_letters_total", "Messages parked in the DLQ", ["reason"])
+DEAD_LETTERS_STORED = Counter(
+    "tokendist_dead_letters_stored_total",
+    "Parked records the DLQ topic could not take, kept whole in PostgreSQL instead",
+)
+PARKED_AFTER_ERRORS = Counter(
+    "tokendist_records_parked_after_errors_total",
+    "Records parked because processing failed with an unexpected error, attempt after attempt",
+)
+UNPARKABLE = Counter(
+    "tokendist_unparkable_records_total",
+    "Attempts to park a failing record that failed themselves (the partition waits: alert)",
+)
+RETRYING = Gauge(
+    "tokendist_partition_retrying_seconds",
+    "How long the oldest record being retried has held its partition (0: none)",
+    ["partition"],
+)
 RETRIES = Counter("tokendist_retries_total", "Event processing attempts retried", ["error"])
 LAG = Gauge("tokendist_consumer_lag", "Records behind the partition's end", ["partition"])
 INFLIGHT = Gauge("tokendist_inflight_transactions", "Signed or submitted, not yet confirmed")

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     partition_window: int = Field(default=16, ge=1, le=1024)
     retry_base_s: float = Field(default=0.2, gt=0)
     retry_cap_s: float = Field(default=10.0, gt=0)
+    # Unexpected errors (never outages) a record may cause before it is parked as
+    # processing_error: with the backoff above, about a minute of trying.
+    park_after_errors: int = Field(default=10, ge=1, le=1000)
     shutdown_grace_s: float = Field(default=15.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     failpoints: str = Field(default="", description="test only: see tokendist/failpoints.py")

@@ -25,7 +25,6 @@ from aiokafka.partitioner import murmur2
 
 from consumer.chain import Chain
 from consumer.deploy import Deployment
-from consumer.partition import PartitionWorker
 from consumer.redrive import redrive_failed
 from consumer.repository import Repository
 from consumer.resubmitter import Resubmitter
@@ -33,6 +32,7 @@ from consumer.runner import Runner
 from tests.faults.stack import local_stack
 from tests.integration import harness
 from tests.services import Services
+from tests.unit.test_partition_worker import worker_for
 from tokendist import db, payments
 from tokendist.errors import DatabaseUnavailable
 from tokendist.settings import Settings
@@ -217,7 +217,7 @@ async def test_sigterm_during_a_revocation_drains_cleanly() -> None:
         await asyncio.sleep(30)  # a step that outlives the grace period
 
     tp = TopicPartition("payments", 0)
-    worker = PartitionWorker(0, slow, window=4, retry_base_s=0.1, retry_cap_s=1.0)
+    worker = worker_for(slow, window=4, retry_s=0.1)
     worker.feed([_Record(partition=0, offset=0)])
     runner.workers[tp] = worker
     await started.wait()

@@ -22,7 +22,9 @@ from consumer.chain import Chain
 from consumer.deploy import Deployer, Deployment
 from consumer.runner import Runner
 from consumer.verify import Report, verify
+from outbox import enqueue
 from outbox.relay import Relay
+from schemas import PaymentConfirmedV1
 from tokendist import kafka, payments
 from tokendist.settings import Settings
 
@@ -245,6 +247,13 @@ async def pay(pool: asyncpg.Pool, p: payments.Payment, *, kyc: str = "approved")
     async with pool.acquire() as conn:
         await payments.register_user(conn, p.user_id, p.wallet_address, kyc)
         await payments.confirm(conn, p)
+
+
+async def confirm_event(pool: asyncpg.Pool, event: PaymentConfirmedV1) -> None:
+    """Record ``event`` as a confirmed payment (as ``outbox.enqueue`` does in the payment's
+    transaction), for tests that then write it to the topic themselves."""
+    async with pool.acquire() as conn, conn.transaction():
+        await enqueue(conn, event)
 
 
 async def paid_to(settings: Settings, tk: Deployment) -> list[tuple[str, int]]:

@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumer.deploy import Deployment
+from schemas import parse_event
 from tests.integration import harness
 from tokendist.settings import Settings
 
@@ -80,11 +81,11 @@ def bad_inputs(tk: Deployment) -> list[tuple[str, bytes | None, bytes, str]]:
         ("non-UTF-8 bytes", KEY, b"\xc3\x28\xff payment", "not_utf8"),
         ("no key", None, raw(good(tk, 111)), "missing_key"),
         ("key of another user", b"user-9", raw(good(tk, 112)), "key_mismatch"),
-        (
+        (  # the confirmed payment of investment 1 has another event id
             "same investment, other event id",
             KEY,
             raw({**good(tk, 1), "event_id": str(uuid.uuid4())}),
-            "duplicate_investment",
+            "unconfirmed_payment",
         ),
         ("empty value", KEY, b"", "malformed_json"),
     ]
@@ -100,6 +101,11 @@ async def test_each_bad_input_lands_in_the_dlq_with_its_reason_and_the_stream_go
         )
     cases = bad_inputs(tokenization)
     first, last = good(tokenization, 1), good(tokenization, 2)
+    for _, _, value, reason in cases:  # past the payment check, to reach the later ones
+        if reason == "unknown_tokenization":
+            await harness.confirm_event(pool, parse_event(value))
+    for doc in (first, last):
+        await harness.confirm_event(pool, parse_event(raw(doc)))
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, max_request_size=2 * 1024 * 1024
     )

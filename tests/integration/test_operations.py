@@ -139,6 +139,7 @@ async def test_dlq_list_and_redrive_after_the_fix(
     event = p.event().model_copy(
         update={"data": p.event().data.model_copy(update={"tokenization_id": "tok-late"})}
     )
+    await harness.confirm_event(pool, event)
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO users VALUES ('user-0','approved',$1)", p.wallet_address)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)

@@ -9,6 +9,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from prometheus_client import REGISTRY
+
 from consumer.partition import PartitionWorker, WorkerState
 from tokendist.errors import DatabaseUnavailable
 
@@ -17,8 +19,27 @@ def records(*offsets: int, user: bytes = b"user-1") -> list[Any]:
     return [SimpleNamespace(partition=0, offset=o, key=user) for o in offsets]
 
 
-def worker_for(process: Any, *, window: int = 8, retry_s: float = 0.01) -> PartitionWorker:
-    return PartitionWorker(0, process, window=window, retry_base_s=retry_s, retry_cap_s=retry_s)
+async def refuse_to_park(record: Any, reason: str, detail: str) -> None:
+    raise AssertionError(f"offset {record.offset} parked: {reason}: {detail}")
+
+
+def worker_for(
+    process: Any,
+    *,
+    window: int = 8,
+    retry_s: float = 0.01,
+    park: Any = refuse_to_park,
+    park_after: int = 1000,
+) -> PartitionWorker:
+    return PartitionWorker(
+        0,
+        process,
+        park=park,
+        park_after=park_after,
+        window=window,
+        retry_base_s=retry_s,
+        retry_cap_s=retry_s,
+    )
 
 
 async def settle() -> None:
@@ -223,3 +244,99 @@ async def test_a_record_whose_predecessor_never_finished_does_not_run() -> None:
     await worker.stop(5)
     assert seen == [], "the user's second payment never overtakes the first"
     assert worker.done is None
+
+
+async def test_a_record_that_keeps_failing_is_parked_and_its_partition_moves_on() -> None:
+    """Issue 12: no single record may stop its partition for good."""
+    parked: list[tuple[int, str, str]] = []
+    processed: list[int] = []
+
+    async def process(record: Any) -> None:
+        if record.offset == 3:
+            raise ValueError("a poison record")
+        processed.append(record.offset)
+
+    async def park(record: Any, reason: str, detail: str) -> None:
+        parked.append((record.offset, reason, detail))
+
+    worker = worker_for(process, retry_s=0.001, park=park, park_after=4)
+    worker.feed(records(3, 4, 5))
+    await settle()
+    assert parked == [(3, "processing_error", "4 attempts: ValueError('a poison record')")]
+    assert processed == [4, 5]
+    assert worker.done == 6
+    assert worker.retrying == {}
+    await worker.stop(1)
+
+
+async def test_an_outage_never_counts_towards_parking() -> None:
+    attempts = 0
+
+    async def process(record: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 12:
+            raise DatabaseUnavailable("down")
+
+    worker = worker_for(process, retry_s=0.001, park_after=2)  # parking would fail the test
+    worker.feed(records(1))
+    for _ in range(50):
+        await settle()
+        if worker.done is not None:
+            break
+    assert (attempts, worker.done) == (13, 2)
+    await worker.stop(1)
+
+
+async def test_a_record_that_cannot_be_parked_holds_its_partition_loudly() -> None:
+    """Parking fails too (e.g. a bug in it): the record waits, counted and reported,
+    and goes as soon as parking works."""
+    park_calls = 0
+    parking_works = asyncio.Event()
+
+    async def process(record: Any) -> None:
+        raise KeyError("bug")
+
+    async def park(record: Any, reason: str, detail: str) -> None:
+        nonlocal park_calls
+        park_calls += 1
+        if not parking_works.is_set():
+            raise TypeError("parking is broken too")
+
+    before = metric("tokendist_unparkable_records_total")
+    worker = worker_for(process, retry_s=0.001, park=park, park_after=2)
+    worker.feed(records(7, 8))
+    await settle()
+    assert worker.done is None
+    retry = worker.retrying[7]
+    assert retry.attempts >= 3
+    assert "parking is broken too" in retry.error
+    assert metric("tokendist_unparkable_records_total") - before == park_calls
+    parking_works.set()
+    await settle()
+    assert worker.retrying == {}
+    assert worker.done == 9  # 8 failed and was parked too
+    await worker.stop(1)
+
+
+async def test_retrying_shows_attempts_and_the_last_error_while_the_record_waits() -> None:
+    failing = True
+
+    async def process(record: Any) -> None:
+        if failing:
+            raise DatabaseUnavailable("connection refused")
+
+    worker = worker_for(process, retry_s=0.001)
+    worker.feed(records(11))
+    await settle()
+    retry = worker.retrying[11]
+    assert retry.attempts > 1
+    assert retry.error == "DatabaseUnavailable: connection refused"
+    failing = False
+    await settle()
+    assert (worker.retrying, worker.done) == ({}, 12)
+    await worker.stop(1)
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from consumer.partition import PartitionWorker
 from consumer.runner import Runner
+from tests.unit.test_partition_worker import worker_for
 from tokendist.settings import Settings
 
 SETTINGS = Settings(
@@ -45,7 +45,7 @@ async def test_shutdown_cancels_side_tasks_then_drains_workers_then_commits() ->
     runner = Runner(SETTINGS, asyncio.Event())
     runner.consumer = RecordingConsumer(journal)
     tp = TopicPartition("payments", 0)
-    worker = PartitionWorker(0, process, window=1, retry_base_s=0.01, retry_cap_s=0.01)
+    worker = worker_for(process, window=1)
     runner.workers[tp] = worker
     worker.feed([SimpleNamespace(partition=0, offset=o, key=b"user-1") for o in (41, 42)])
     side = asyncio.create_task(side_task())
