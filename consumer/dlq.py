@@ -4,7 +4,8 @@ Every parking is recorded in ``dead_letters`` first (once per original position:
 topic is at-least-once, a replay or a crash before the offset commit copies a record
 again), then the record is copied to the DLQ topic with its reason, keeping its bytes, key
 and headers. A copy the broker can never take (the original was just under the topic's
-limit and the ``dlq.*`` headers push it over, say) is kept whole in PostgreSQL instead,
+limit and the ``dlq.*`` headers push it over, say, or one with neither key nor value,
+which aiokafka cannot produce) is kept whole in PostgreSQL instead,
 and the DLQ gets a small record that points to it: either way the partition moves on.
 Only an outage (broker or database down) makes the caller wait and retry.
 """
@@ -77,14 +78,18 @@ class DeadLetters:
         at = Position(record.topic, record.partition, record.offset)
         await self.repo.record_dead_letter(at, reason, detail, len(record.value or b""))
         headers = dlq_headers(record, reason, detail)
-        try:
-            await kafka.guarded(
-                lambda: self.producer.send_and_wait(
-                    self.topic, value=record.value, key=record.key, headers=headers
+        if record.key is None and record.value is None:
+            # Kafka takes such a record from other clients; aiokafka refuses to send one.
+            await self._keep_in_database(record, at, headers, "neither key nor value")
+        else:
+            try:
+                await kafka.guarded(
+                    lambda: self.producer.send_and_wait(
+                        self.topic, value=record.value, key=record.key, headers=headers
+                    )
                 )
-            )
-        except RecordRejected as exc:
-            await self._keep_in_database(record, at, headers, str(exc))
+            except RecordRejected as exc:
+                await self._keep_in_database(record, at, headers, str(exc))
         metrics.DEAD_LETTERS.labels(reason=reason).inc()
         log.warning("event_dead_lettered", reason=reason, detail=detail)
 

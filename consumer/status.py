@@ -22,6 +22,8 @@ class Status:
     states: dict[str, int] = field(default_factory=dict)
     parked_users: int = 0
     dlq_depth: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    retrying: list[str] = field(default_factory=list)
     distributors: list[dict[str, Any]] = field(default_factory=list)
     last_failures: list[str] = field(default_factory=list)
 
@@ -34,8 +36,11 @@ class Status:
             f"consumer lag  {sum(self.lag.values())} ({lag})",
             f"distributions {dict(sorted(self.states.items()))}",
             f"parked users  {self.parked_users} (awaiting KYC)",
-            f"dead letters  {self.dlq_depth}",
+            f"dead letters  {self.dead_letters.get('messages', 0)} messages "
+            f"({self.dlq_depth} DLQ records: a replay or a crash copies a message again; "
+            f"{self.dead_letters.get('stored', 0)} too large for the DLQ, kept in PostgreSQL)",
         ]
+        lines += [f"waiting       {r}" for r in self.retrying] or ["waiting       none"]
         for d in self.distributors:
             lines.append(
                 f"distributor   {d['tokenization_id']}: {d['tokens']} token units left; "
@@ -90,9 +95,22 @@ async def gather(conn: db.Connection, offsets: KafkaOffsets, chain: Chain | None
     status.parked_users = await conn.fetchval(queries.S_PARKED_USERS)
     status.lag = await offsets.lag()
     status.dlq_depth = sum((await offsets.ends(offsets.settings.dlq_topic)).values())
+    topic, group = offsets.settings.topic, offsets.settings.consumer_group
+    parked = await conn.fetchrow(queries.S_DEAD_LETTERS, topic)
+    status.dead_letters = {} if parked is None else dict(parked)
+    status.retrying = [
+        f"p{r['kafka_partition']} at offset {r['kafka_offset']} for {r['for_s']:.0f}s, "
+        f"{r['attempts']} attempts (reported {r['reported_s']:.0f}s ago): {r['error']}"
+        for r in await conn.fetch(queries.S_RETRYING, group, topic)
+    ]
     status.last_failures = [
         f"{r['updated_at']:%Y-%m-%d %H:%M:%S} {r['event_id']}: {r['failure_reason']}"
         for r in await conn.fetch(queries.S_LAST_FAILURES)
+    ]
+    status.last_failures += [
+        f"{r['last_parked_at']:%Y-%m-%d %H:%M:%S} record p{r['kafka_partition']}"
+        f"@{r['kafka_offset']} parked: {r['reason']}"
+        for r in await conn.fetch(queries.S_LAST_DEAD_LETTERS, topic)
     ]
     if chain is not None:
         gas = await chain.gas_balance()

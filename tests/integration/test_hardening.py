@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from consumer import status
 from consumer.deploy import Deployment
 from consumer.dlq import STORED_HEADER, headers_from_json
 from tests.integration import harness
@@ -126,3 +127,45 @@ async def confirmed(pool: asyncpg.Pool, investment_id: str) -> bytes:
 
 async def credited_is(pool: asyncpg.Pool, n: int) -> bool:
     return await harness.credited(pool) == n
+
+
+async def test_a_record_failing_unexpectedly_shows_in_status_then_is_parked(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """A real PostgreSQL error on one investor's credit (after the tokens moved): status
+    names the waiting partition and the error, then the record is parked after its
+    bounded attempts, the partition moves on, and the payment is still paid once."""
+    settings = settings.model_copy(update={"park_after_errors": 4, "topic_partitions": 1})
+    await pool.execute("""
+        CREATE FUNCTION fail_credit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.user_id = 'user-0' THEN
+                RAISE EXCEPTION 'injected failure of the credit write';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER fail_credit BEFORE INSERT OR UPDATE ON token_holdings
+            FOR EACH ROW EXECUTE FUNCTION fail_credit();
+    """)
+    seen_waiting: list[str] = []
+
+    async def waiting_in_status() -> bool:
+        async with pool.acquire() as conn, status.KafkaOffsets(settings) as offsets:
+            seen_waiting.extend((await status.gather(conn, offsets, None)).retrying)
+        return bool(seen_waiting)
+
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.pay(pool, harness.payment(tokenization, 1, user=0))
+        await harness.pay(pool, harness.payment(tokenization, 2, user=1))
+        await harness.wait_until(waiting_in_status, what="status to show the waiting record")
+        await harness.wait_until(lambda: credited_is(pool, 1), what="the other user's credit")
+        await harness.wait_until(lambda: harness.committed_to_end(settings), what="parking")
+    assert "p0 at offset 0" in seen_waiting[0]
+    assert "injected failure of the credit write" in seen_waiting[0]
+    parked = await pool.fetchrow("SELECT reason, detail FROM dead_letters")
+    assert parked is not None
+    assert parked["reason"] == "processing_error"
+    assert parked["detail"].startswith("4 attempts:")
+    assert await pool.fetchval("SELECT count(*) FROM retrying_partitions") == 0
+    assert await harness.state_of(pool, "inv-1") == "confirmed"  # paid, credit not written
+    assert len(await harness.paid_to(settings, tokenization)) == 2

@@ -117,7 +117,10 @@ async def test_defect_5_invariant_checks_running_beside_the_consumer_cause_no_du
 async def test_defect_6_failed_final_write_after_transfer_never_transfers_again(
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
-    """The credit transaction fails (a real PostgreSQL error) after the tokens moved."""
+    """The credit transaction fails (a real PostgreSQL error) after the tokens moved.
+    (Here it is retried until the error is fixed: parking it after bounded attempts is
+    ``test_hardening``'s.)"""
+    settings = settings.model_copy(update={"park_after_errors": 1000})
     await pool.execute("""
         CREATE TABLE fail_credit (reason TEXT);
         INSERT INTO fail_credit VALUES ('injected');
