@@ -3,18 +3,30 @@
 Python's ``json`` is lenient where a money document must not be: of duplicate keys it keeps
 the last (``{"amount": 1, "amount": 100}`` reads as 100 here and maybe as 1 elsewhere),
 it accepts ``NaN`` and ``Infinity``, it converts an integer of any length (past 4,300
-digits it raises a bare ``ValueError``) and it recurses once per nesting level (raising
-``RecursionError``). Each of these is an ``Unreadable`` with a machine-readable reason.
+digits it raises a bare ``ValueError``) and it recurses once per nesting level: where it
+stops depends on the process's recursion limit (a library may raise it, and then the C
+stack is the limit). Each of these is an ``Unreadable`` with a machine-readable reason;
+nesting is measured before parsing, against a limit of our own.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
+from itertools import accumulate
 from typing import Any
 
 # Longer than any amount, id or timestamp a provider sends (a BIGINT has 19 digits).
 MAX_INT_DIGITS = 32
+# Deeper than any document a provider or the platform sends (Paystack's: about 5).
+MAX_DEPTH = 32
+# A string, or the rest of the body after an unterminated quote: one pass, no rescans.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
 
 
 class Unreadable(ValueError):
@@ -43,8 +55,16 @@ def _constant(name: str) -> Any:
     raise Unreadable("invalid_json", f"{name} is not JSON")
 
 
+def depth(body: bytes) -> int:
+    """How deep arrays and objects nest in ``body`` (exact for valid JSON)."""
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_STEP[b] for b in brackets), default=0)
+
+
 def loads(body: bytes) -> Any:
     """The document in ``body`` (UTF-8 JSON); raises ``Unreadable``."""
+    if depth(body) > MAX_DEPTH:
+        raise Unreadable("too_deep", f"arrays or objects nest deeper than {MAX_DEPTH}")
     try:
         # UTF-8 explicitly: json.loads would also guess UTF-16/32 from raw bytes.
         text = body.decode("utf-8")
@@ -56,5 +76,3 @@ def loads(body: bytes) -> Any:
         )
     except json.JSONDecodeError as exc:
         raise Unreadable("invalid_json", f"not JSON: {exc.msg} at {exc.pos}") from None
-    except RecursionError:
-        raise Unreadable("too_deep", "nested deeper than the parser's recursion limit") from None
