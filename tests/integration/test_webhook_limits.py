@@ -94,12 +94,23 @@ async def test_a_slow_body_is_answered_408_and_closed(
 async def test_a_body_still_coming_after_an_early_answer_is_closed(
     endpoint: wh.Endpoint,
 ) -> None:
-    """A route that answers without reading the body (here 404) does not wait for it."""
+    """A route that answers without reading the body (here 404) does not wait for it,
+    however steadily it keeps coming."""
     reader, writer = await connect(endpoint)
-    writer.write(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
-    answer = await until_closed(reader)
+    writer.write(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+
+    async def trickle() -> None:
+        for _ in range(100_000):
+            writer.write(b"x")
+            await asyncio.sleep(0.1)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        answer = await until_closed(reader)
+    finally:
+        trickling.cancel()
+        writer.close()
     assert answer.startswith(b"HTTP/1.1 404")
-    writer.close()
 
 
 async def test_connections_past_the_cap_are_answered_503_at_once(
