@@ -82,3 +82,12 @@ async def serve(port: int, ready: Callable[[], bool]) -> None:
     log.info("metrics_listening", port=port)
     async with server:
         await server.serve_forever()
+
+
+# Reasons: client_disconnected (left before sending the body it declared), head_timeout,
+# body_timeout, connection_cap. Counted, and logged at debug only: each is cheap to send.
+WEBHOOK_DROPPED = Counter(
+    "tokendist_webhook_dropped_total",
+    "Webhook server connections or requests ended before a request was read whole",
+    ["reason"],
+)

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     checkout_api_key: SecretStr | None = Field(
         default=None, description="enables POST /investments for callers presenting it"
     )
+    # Connection limits (webhook/server.py): a client sending slowly, or not at all, is
+    # cut off instead of holding a connection; connections past the cap get 503 at once.
+    webhook_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_keepalive_s: int = Field(default=5, ge=1, le=300)
+    webhook_max_connections: int = Field(default=256, ge=1, le=100_000)
 
     @field_validator("webhook_allowed_ips", "webhook_trusted_proxies")
     @classmethod

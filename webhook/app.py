@@ -1,9 +1,10 @@
 """The ASGI application: ``POST /webhooks/paystack`` and the checkout API.
 
 Order of checks on a webhook, cheapest and safest first: sender allowlist (403), body
-size (413), signature over the raw bytes (401), then parsing (400), then the database
-(200, or 503 so the provider retries). Nothing is written before the signature holds,
-and neither the secret nor the signature is ever logged.
+size (413) and read time (408), signature over the raw bytes (401), then parsing (400),
+then the database (200, or 503 so the provider retries). Nothing is written before the
+signature holds, and neither the secret nor the signature is ever logged. Every refusal
+answers JSON ``{"error": reason}`` with a machine-readable reason.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import asyncpg
 import structlog
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tokendist import db
+from tokendist import db, metrics
 from tokendist.errors import CheckoutRefused, TransientError
 from tokendist.settings import Settings, ip_networks
-from webhook import paystack, senders
+from webhook import jsonbody, paystack, senders
 from webhook.checkout import PendingInvestment, create_pending_investment
 from webhook.paystack import Notification
 from webhook.receiver import Receiver
@@ -70,20 +71,21 @@ class _Endpoints:
         forwarded = request.headers.get("x-forwarded-for")
         if not senders.allowed(peer, forwarded, self.allowlist, self.proxies):
             log.warning("webhook_rejected", reason="sender_not_allowed", peer=peer)
-            return PlainTextResponse("forbidden", status_code=403)
-        body = await _read_body(request, self.limit)
-        if body is None:
-            log.warning("webhook_rejected", reason="too_large", limit=self.limit)
-            return PlainTextResponse("payload too large", status_code=413)
+            return refusal(403, "sender_not_allowed")
+        try:
+            body = await self._read_body(request)
+        except Refused as exc:
+            log.warning("webhook_rejected", reason=exc.reason, peer=peer)
+            return exc.response
         provided = request.headers.get(paystack.SIGNATURE_HEADER)
         if not paystack.signature_ok(self.secret, body, provided):
             log.warning("webhook_rejected", reason="bad_signature", peer=peer, size=len(body))
-            return PlainTextResponse("invalid signature", status_code=401)
+            return refusal(401, "bad_signature")
         try:
             note = paystack.parse(body)
         except paystack.MalformedPayload as exc:
-            log.warning("webhook_rejected", reason="malformed", alert=True, detail=str(exc))
-            return PlainTextResponse("malformed payload", status_code=400)
+            log.warning("webhook_rejected", reason=exc.reason, alert=True, detail=str(exc))
+            return refusal(400, exc.reason)
         return await self._apply(note, body)
 
     async def _apply(self, note: Notification, body: bytes) -> Response:
@@ -93,39 +95,50 @@ class _Endpoints:
                 outcome = await self._receiver.handle(note, body)
         except (TransientError, TimeoutError) as exc:
             log.warning("webhook_deferred", webhook_event=note.event, error=type(exc).__name__)
-            return PlainTextResponse("try again later", status_code=503)
+            return refusal(503, "unavailable")
         except Exception:
             # Rolled back like any failure, and retried by the provider; logged here as one
             # structured line with its event (uvicorn's bare traceback would carry neither).
             log.exception("webhook_failed", webhook_event=note.event, alert=True)
-            return PlainTextResponse("internal error", status_code=500)
+            return refusal(500, "internal_error")
         return JSONResponse({"outcome": outcome.value})
 
     async def investments(self, request: Request) -> Response:
         key = self.settings.checkout_api_key
         if key is None or not _bearer_ok(request, key.get_secret_value()):
-            return PlainTextResponse("unauthorized", status_code=401)
-        body = await _read_body(request, self.limit)
-        if body is None:
-            return PlainTextResponse("payload too large", status_code=413)
+            return refusal(401, "unauthorized")
         try:
-            order = PendingInvestment.model_validate_json(body)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            return JSONResponse({"error": "invalid_request", "detail": errors}, status_code=422)
+            order = _order(await self._read_body(request))
+        except Refused as exc:
+            return exc.response
         try:
             async with asyncio.timeout(self.settings.webhook_deadline_s):
                 created = await db.guarded(lambda: self._create(order))
         except CheckoutRefused as exc:
             code = 409 if exc.reason == "conflict" else 422
-            return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=code)
+            return refusal(code, exc.reason, exc.detail)
         except (TransientError, TimeoutError):
-            return PlainTextResponse("try again later", status_code=503)
+            return refusal(503, "unavailable")
         log.info("investment_pending", investment_id=order.investment_id, created=created)
         return JSONResponse(
             {"investment_id": order.investment_id, "status": "pending", "created": created},
             status_code=201 if created else 200,
         )
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, read within ``webhook_body_timeout_s``; raises ``Refused``."""
+        try:
+            async with asyncio.timeout(self.settings.webhook_body_timeout_s):
+                return await _read_body(request, self.limit)
+        except TimeoutError:
+            metrics.WEBHOOK_DROPPED.labels("body_timeout").inc()
+            raise Refused(408, "body_timeout") from None
+        except ClientDisconnect:
+            # The client left before sending the body it declared: nobody reads the answer,
+            # and one such request must not cost a traceback in the log (a flooding vector).
+            metrics.WEBHOOK_DROPPED.labels("client_disconnected").inc()
+            log.debug("request_abandoned", path=request.url.path)
+            raise Refused(400, "client_disconnected") from None
 
     async def _create(self, order: PendingInvestment) -> bool:
         assert self._pool is not None
@@ -152,20 +165,51 @@ def create_app(settings: Settings, *, verifier: Verifier | None = None) -> Starl
     return Starlette(routes=routes, lifespan=endpoints.lifespan)
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None past ``limit`` bytes (checked before and while reading)."""
+class Refused(Exception):
+    """A request answered before it is handled: ``status`` with ``{"error": reason}``."""
+
+    def __init__(self, status: int, reason: str, detail: object = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = refusal(status, reason, detail)
+
+
+def refusal(status: int, reason: str, detail: object = None) -> Response:
+    doc = {"error": reason} if detail is None else {"error": reason, "detail": detail}
+    return JSONResponse(doc, status_code=status)
+
+
+def _order(body: bytes) -> PendingInvestment:
+    """The checkout request in ``body``; raises ``Refused`` (422) with pydantic's detail."""
+    try:
+        # Duplicate keys, NaN, endless integers and deep nesting are refused first, with
+        # the webhook's reasons: pydantic would keep the last of duplicate keys.
+        jsonbody.loads(body)
+        return PendingInvestment.model_validate_json(body)
+    except jsonbody.Unreadable as exc:
+        detail: object = [{"type": exc.reason, "msg": str(exc)}]
+    except ValidationError as exc:
+        detail = exc.errors(include_url=False, include_context=False, include_input=False)
+    raise Refused(422, "invalid_request", detail)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body; raises ``Refused`` (413) past ``limit`` bytes, declared or streamed."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        return None
+        raise Refused(413, "too_large")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return None
+            raise Refused(413, "too_large")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _bearer_ok(request: Request, key: str) -> bool:
-    provided = request.headers.get("authorization", "").removeprefix("Bearer ")
-    return hmac.compare_digest(provided.encode("latin-1"), key.encode())
+    # Only "Bearer <key>": a bare key would also be accepted by a prefix strip.
+    scheme, _, provided = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        provided.encode("latin-1"), key.encode()
+    )

@@ -19,7 +19,7 @@ from schemas.events import MAX_AMOUNT_MINOR, Identifier, TokenUnits
 from tokendist import db
 from tokendist.errors import CheckoutRefused
 from webhook import queries
-from webhook.paystack import PROVIDER
+from webhook.paystack import CURRENCY, PROVIDER, REFERENCE
 
 
 class PendingInvestment(BaseModel):
@@ -32,10 +32,8 @@ class PendingInvestment(BaseModel):
     tokenization_id: Identifier
     tokens: TokenUnits  # base units, as a decimal string on the wire
     amount_minor: Annotated[int, Field(gt=0, le=MAX_AMOUNT_MINOR, strict=True)]
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-    provider_reference: Annotated[
-        str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
-    ]
+    currency: Annotated[str, Field(pattern=f"^{CURRENCY.pattern}$")]
+    provider_reference: Annotated[str, Field(pattern=f"^{REFERENCE.pattern}$")]
     provider: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,31}$")] = PROVIDER
 
 
@@ -43,7 +41,8 @@ async def create_pending_investment(conn: db.Connection, order: PendingInvestmen
     """Record ``order`` as a pending investment; False if this very order already exists.
 
     Raises ``CheckoutRefused``: ``unknown_tokenization``, or ``conflict`` when the
-    investment id or the provider reference is already used with other terms.
+    investment id or the provider reference is already used with other terms. A refusal
+    is raised inside the transaction: the user row it may have added is rolled back too.
     """
     async with conn.transaction():
         if not await conn.fetchval(queries.TOKENIZATION_EXISTS, order.tokenization_id):
@@ -68,11 +67,11 @@ async def create_pending_investment(conn: db.Connection, order: PendingInvestmen
             order.provider,
             order.provider_reference,
         )
-    if len(rows) == 1 and _same_terms(order, dict(rows[0])):
-        return False
-    raise CheckoutRefused(
-        "conflict", "the investment id or provider reference is taken by other terms"
-    )
+        if len(rows) == 1 and _same_terms(order, dict(rows[0])):
+            return False
+        raise CheckoutRefused(
+            "conflict", "the investment id or provider reference is taken by other terms"
+        )
 
 
 def _same_terms(order: PendingInvestment, row: dict[str, Any]) -> bool:

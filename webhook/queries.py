@@ -35,8 +35,9 @@ FOR UPDATE OF i
 
 INSERT_PAYMENT = """
 INSERT INTO provider_payments (provider, provider_reference, investment_id, domain,
-                               amount_minor, currency, paid_at, status, flag_reason, body)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                               amount_minor, currency, paid_at, status, flag_reason, body,
+                               body_sha256)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (provider, domain, provider_reference) DO NOTHING
 RETURNING id
 """

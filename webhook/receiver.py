@@ -85,19 +85,24 @@ class Receiver:
 
     async def handle(self, note: Notification, body: bytes) -> Outcome:
         """Apply ``note``; raises ``DatabaseUnavailable`` / ``ProviderUnavailable``."""
+        # Only the kept fields are stored; the raw bytes' hash identifies the delivery (and
+        # lets anyone holding a copy of the body check it against the row).
+        digest = hashlib.sha256(body).hexdigest()
         if note.charge is not None:
-            return await self._charge(note.charge, body)
+            return await self._charge(note.charge, note.kept, digest)
         if note.adjustment is not None:
-            return await self._adjustment(note.event, note.adjustment, body)
+            return await self._adjustment(note.event, note.adjustment, note.kept, digest)
         log.debug("webhook_event_ignored", webhook_event=note.event)
         return Outcome.IGNORED
 
-    async def _charge(self, charge: Charge, body: bytes) -> Outcome:
+    async def _charge(self, charge: Charge, kept: str, digest: str) -> Outcome:
         verification = None
         if self._verifier is not None:
             # Outside the transaction: no row lock is held across the provider's latency.
             verification = await self._verifier.verify(charge.reference)
-        outcome, flag = await db.guarded(lambda: self._record_charge(charge, body, verification))
+        outcome, flag = await db.guarded(
+            lambda: self._record_charge(charge, kept, digest, verification)
+        )
         if flag is not None:
             log.warning(
                 "payment_flagged",
@@ -113,7 +118,7 @@ class Receiver:
         return outcome
 
     async def _record_charge(
-        self, charge: Charge, body: bytes, verification: Verification | None
+        self, charge: Charge, kept: str, digest: str, verification: Verification | None
     ) -> tuple[Outcome, FlagReason | None]:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(queries.INVESTMENT_FOR_PAYMENT, PROVIDER, charge.reference)
@@ -134,7 +139,8 @@ class Receiver:
                 charge.paid_at,
                 "accepted" if flag is None else "flagged",
                 None if flag is None else flag.value,
-                body.decode("utf-8"),
+                kept,
+                digest,
             )
             if payment_id is None:
                 return Outcome.DUPLICATE, None
@@ -144,7 +150,7 @@ class Receiver:
             await enqueue(conn, _event(charge, row))
             return Outcome.CONFIRMED, None
 
-    async def _adjustment(self, event: str, adj: Adjustment, body: bytes) -> Outcome:
+    async def _adjustment(self, event: str, adj: Adjustment, kept: str, digest: str) -> Outcome:
         async def record() -> tuple[int | None, str | None]:
             async with self._pool.acquire() as conn, conn.transaction():
                 payment = await conn.fetchrow(queries.PAYMENT_BY_REFERENCE, PROVIDER, adj.reference)
@@ -156,8 +162,8 @@ class Receiver:
                     adj.kind.value,
                     event,
                     adj.amount_minor,
-                    body.decode("utf-8"),
-                    hashlib.sha256(body).hexdigest(),
+                    kept,
+                    digest,
                 )
                 return inserted, None if payment is None else payment["investment_status"]
 

@@ -9,7 +9,9 @@ webhook arrives.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -22,6 +24,7 @@ from schemas import parse_event
 from tests.integration import harness
 from tests.integration import webhook_harness as wh
 from tests.services import Services
+from tokendist import db as db_module
 from tokendist import payments
 from tokendist.settings import Settings
 from webhook import create_pending_investment, provider
@@ -163,6 +166,144 @@ async def test_valid_signature_over_unusable_json_is_400_never_500(
     status, _ = await endpoint.provider.deliver(body)
     assert status == 400
     assert await wh.counts(db) == wh.NOTHING
+
+
+def _charge(reference: str = '"PSK-1"', amount: str = "500000") -> bytes:
+    return (
+        f'{{"event":"charge.success","data":{{"reference":{reference},"amount":{amount},'
+        '"currency":"NGN","domain":"live"}}'
+    ).encode()
+
+
+def _refund(reference: str = '"PSK-1"', amount: str = '"1000"') -> bytes:
+    return (
+        f'{{"event":"refund.processed","data":{{"transaction_reference":{reference},'
+        f'"amount":{amount}}}}}'
+    ).encode()
+
+
+# The signed bodies that answered 500 (issue 12), each with the reason it now gets.
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (_charge(amount="9" * 5000), "number_too_long"),
+        (_refund(amount='"' + "9" * 5000 + '"'), "invalid_amount"),
+        (b"[" * 10_000 + b"]" * 10_000, "too_deep"),
+        (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "too_deep"),
+        (_charge(amount=str(2**63)), "amount_out_of_range"),
+        (_refund(amount=f'"{2**63}"'), "invalid_amount"),
+        (_charge(reference=r'"PSK-1\u0000"'), "invalid_reference"),
+        (_charge(reference=r'"PSK-\ud800"'), "invalid_reference"),
+        (_refund(reference=r'"PSK-1\u0000"'), "invalid_reference"),
+        (_refund(reference=r'"\udfff"'), "invalid_reference"),
+        (
+            b'{"event":"charge.success","data":{"reference":"PSK-1","amount":1,'
+            b'"currency":"NGN","domain":"live","amount":500000}}',
+            "duplicate_key",
+        ),
+    ],
+    ids=[
+        "amount_5000_digits",
+        "refund_amount_5000_digits",
+        "arrays_10000_deep",
+        "objects_10000_deep",
+        "amount_2_63",
+        "refund_amount_2_63",
+        "reference_nul",
+        "reference_lone_surrogate",
+        "refund_reference_nul",
+        "refund_reference_lone_surrogate",
+        "duplicate_amount",
+    ],
+)
+async def test_signed_bodies_that_answered_500_get_400_with_their_reason(
+    endpoint: wh.Endpoint, db: asyncpg.Pool, body: bytes, reason: str
+) -> None:
+    await wh.pending(db, 1)
+    status, text = await endpoint.provider.deliver(body)
+    assert (status, json.loads(text)) == (400, {"error": reason})
+    assert await wh.counts(db) == wh.NOTHING
+
+
+async def test_a_charge_just_within_bigint_is_recorded_flagged(
+    endpoint: wh.Endpoint, db: asyncpg.Pool
+) -> None:
+    """Absurd but storable: kept for a human, never distributed."""
+    await wh.pending(db, 1)
+    status, text = await endpoint.provider.deliver(_charge(amount=str(2**63 - 1)))
+    assert (status, json.loads(text)) == (200, {"outcome": "flagged"})
+    assert await db.fetchval("SELECT flag_reason FROM provider_payments") == "amount_mismatch"
+
+
+async def test_the_customers_email_is_not_stored_only_what_reconciliation_needs(
+    endpoint: wh.Endpoint, db: asyncpg.Pool
+) -> None:
+    o = await wh.pending(db, 1)
+    metadata = {"custom_fields": [{"phone": "+2348000000000"}]}
+    charge = provider.charge_success(o.provider_reference, o.amount_minor, metadata=metadata)
+    refund = json.loads(provider.refund_processed(o.provider_reference, 1_000))
+    refund["data"]["customer"] = {"email": "investor@example.com", "first_name": "Ada"}
+    dispute = json.loads(provider.dispute(o.provider_reference))
+    dispute["data"]["messages"] = [{"sender": "investor@example.com", "body": "not me"}]
+    bodies = [charge, provider.encode(refund), provider.encode(dispute)]
+    for body in bodies:
+        status, _ = await endpoint.provider.deliver(body)
+        assert status == 200
+    rows = await db.fetch(
+        "SELECT body, body_sha256 FROM provider_payments"
+        " UNION ALL SELECT body, body_sha256 FROM payment_adjustments"
+    )
+    assert [r["body_sha256"] for r in rows] == [hashlib.sha256(b).hexdigest() for b in bodies]
+    for row in rows:
+        assert "investor@example.com" not in row["body"]
+        assert "+234" not in row["body"]
+        assert "Ada" not in row["body"]
+    sent = json.loads(charge)["data"]
+    assert json.loads(rows[0]["body"]) == {
+        "event": "charge.success",
+        "data": {
+            **{k: sent[k] for k in ("id", "domain", "status", "reference", "amount")},
+            **{k: sent[k] for k in ("currency", "paid_at", "channel", "fees")},
+            "customer": {"id": sent["customer"]["id"]},
+        },
+    }
+
+
+async def test_the_migration_minimises_the_bodies_already_stored(stack: Services) -> None:
+    """Rows written verbatim before 0005, then 0005 applied: their personal data goes."""
+    admin = await asyncpg.connect(stack.database_url)
+    name = f"t_mig_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    conn = await asyncpg.connect(stack.database_url.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        migrations = [sql for version, _, sql in db_module.migration_files() if version <= 5]
+        for sql in migrations[:-1]:
+            await conn.execute(sql)
+        charge = provider.charge_success("PSK-1", 500_000).decode()
+        with_nul = charge.replace('"metadata":null', '"metadata":"\\u0000"')
+        assert "\\u0000" in with_nul
+        for reference, body in (("PSK-1", charge), ("PSK-2", with_nul)):
+            await conn.execute(
+                "INSERT INTO provider_payments (provider, provider_reference, domain,"
+                " amount_minor, currency, status, flag_reason, body) VALUES ('paystack', $1,"
+                " 'live', 1, 'NGN', 'flagged', 'unknown_reference', $2)",
+                reference,
+                body,
+            )
+        await conn.execute(migrations[-1])
+        rows = await conn.fetch("SELECT body, body_sha256 FROM provider_payments ORDER BY id")
+    finally:
+        await conn.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+    assert [r["body_sha256"] for r in rows] == [
+        hashlib.sha256(b.encode()).hexdigest() for b in (charge, with_nul)
+    ]
+    for row in rows:
+        kept = json.loads(row["body"])
+        assert kept["data"]["reference"] in ("PSK-1", "PSK-2")
+        assert kept["data"]["customer"] == {"id": 84312}
+        assert "investor@example.com" not in row["body"]
 
 
 async def test_five_sequential_deliveries_record_one_payment(

@@ -201,6 +201,51 @@ async def test_the_checkout_api_creates_pending_investments_idempotently(
     assert await db.fetchval("SELECT kyc_status FROM users WHERE id = 'user-1'") == "pending"
 
 
+async def post_raw(ep: wh.Endpoint, body: bytes, authorization: str) -> int:
+    headers = {"Authorization": authorization, "content-type": "application/json"}
+    async with ep.session.post(f"{ep.base}/investments", data=body, headers=headers) as resp:
+        return resp.status
+
+
+async def test_a_refused_checkout_writes_nothing_not_even_the_new_user(
+    make_settings: MakeSettings, db: asyncpg.Pool
+) -> None:
+    s = make_settings(checkout_api_key=API_KEY)
+    doc = wh.order(1).model_dump(mode="json")
+    async with wh.serving(s) as ep:
+        assert (await post_investment(ep, doc))[0] == 201
+        users = await db.fetchval("SELECT count(*) FROM users")
+        for taken in ({"user_id": "user-new"}, {"investment_id": "inv-9", "user_id": "user-n2"}):
+            status, answer = await post_investment(ep, {**doc, **taken})
+            assert (status, answer["error"]) == (409, "conflict")
+        assert await db.fetchval("SELECT count(*) FROM users") == users
+        assert await db.fetchval("SELECT count(*) FROM investments") == 1
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [API_KEY, f"Token {API_KEY}", f"Bearer{API_KEY}", f"Bearer  {API_KEY}", f"{API_KEY} Bearer"],
+)
+async def test_the_checkout_key_counts_only_as_a_bearer_token(
+    make_settings: MakeSettings, db: asyncpg.Pool, authorization: str
+) -> None:
+    body = json.dumps(wh.order(1).model_dump(mode="json")).encode()
+    async with wh.serving(make_settings(checkout_api_key=API_KEY)) as ep:
+        assert await post_raw(ep, body, authorization) == 401
+        assert await post_raw(ep, body, f"bearer {API_KEY}") == 201  # the scheme is caseless
+    assert await db.fetchval("SELECT count(*) FROM investments") == 1
+
+
+async def test_a_checkout_body_with_a_duplicate_key_is_refused(
+    make_settings: MakeSettings, db: asyncpg.Pool
+) -> None:
+    body = json.dumps(wh.order(1).model_dump(mode="json"))
+    twice = body[:-1] + ', "amount_minor": 1}'
+    async with wh.serving(make_settings(checkout_api_key=API_KEY)) as ep:
+        assert await post_raw(ep, twice.encode(), f"Bearer {API_KEY}") == 422
+    assert await db.fetchval("SELECT count(*) FROM investments") == 0
+
+
 async def test_without_an_api_key_there_is_no_checkout_endpoint(
     make_settings: MakeSettings, db: asyncpg.Pool
 ) -> None:

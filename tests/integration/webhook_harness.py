@@ -1,5 +1,6 @@
 """The webhook receiver over real HTTP: a uvicorn server on a free port, a provider
-stand-in that signs what it sends, and pending investments created through the API."""
+stand-in that signs what it sends, and pending investments created through the API; and
+the same ASGI app driven in-process (no sockets) where many requests must be cheap."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 from tests.integration import harness
 from tokendist.settings import Settings
 from webhook import PendingInvestment, create_pending_investment
+from webhook.app import create_app
 from webhook.provider import Provider
 from webhook.server import WebhookServer
 from webhook.verifier import Verifier
@@ -125,3 +127,50 @@ NOTHING = {
 
 async def gather_deliveries(endpoint: Endpoint, body: bytes, n: int) -> list[tuple[int, str]]:
     return list(await asyncio.gather(*(endpoint.provider.deliver(body) for _ in range(n))))
+
+
+@dataclass
+class InProcess:
+    """Requests straight into the ASGI app: what uvicorn would pass it, minus the socket."""
+
+    app: Any
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """The answer's status and body; an exception the app lets out is raised here."""
+        raw = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [*raw, (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8088),
+        }
+        requests = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return requests.pop() if requests else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await self.app(scope, receive, send)
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        return status, b"".join(
+            m.get("body", b"") for m in sent if m["type"] != "http.response.start"
+        )
+
+
+@asynccontextmanager
+async def in_process(settings: Settings) -> AsyncIterator[InProcess]:
+    """The app with its lifespan (its database pool) running."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield InProcess(app)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tokendist.settings import SettingsError, ip_networks, load_settings
-from webhook import paystack, provider, senders
+from webhook import jsonbody, paystack, provider, senders
 from webhook.paystack import Kind, MalformedPayload
 from webhook.receiver import Expected, FlagReason, assess
 from webhook.verifier import Verification
@@ -74,6 +74,41 @@ def test_unreadable_bodies_are_malformed(body: bytes) -> None:
 def test_other_events_are_read_without_their_data() -> None:
     note = paystack.parse(b'{"event": "transfer.success", "data": 7}')
     assert (note.kind, note.charge, note.adjustment) == (Kind.OTHER, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"a": 1, "a": 2}', "duplicate_key"),
+        (b'{"a": {"b": 1, "b": 1}}', "duplicate_key"),
+        (b"[" + b"9" * 33 + b"]", "number_too_long"),
+        (b"[NaN]", "invalid_json"),
+        (b"[" * 33 + b"]" * 33, "too_deep"),
+        (b"\xed\xa0\x80", "not_utf8"),  # a lone surrogate encoded as UTF-8
+    ],
+)
+def test_the_strict_reader_refuses_what_json_would_take_leniently(body: bytes, reason: str) -> None:
+    with pytest.raises(jsonbody.Unreadable) as refused:
+        jsonbody.loads(body)
+    assert refused.value.reason == reason
+
+
+def test_nesting_is_measured_outside_strings() -> None:
+    assert jsonbody.depth(b'{"a": "[[[{{{\\"]]]", "b": [[1]]}') == 3
+    assert jsonbody.loads(b"[" * 32 + b"-" + b"9" * 32 + b"]" * 32)
+
+
+def test_only_the_reconciliation_fields_of_a_charge_are_kept() -> None:
+    body = provider.charge_success("R-1", 100, metadata={"phone": "+234"})
+    kept = json.loads(paystack.parse(body).kept)
+    assert "email" not in str(kept)
+    assert "metadata" not in kept["data"]
+    assert kept["data"]["customer"] == {"id": 84312}
+    assert (kept["event"], kept["data"]["reference"], kept["data"]["amount"]) == (
+        "charge.success",
+        "R-1",
+        100,
+    )
 
 
 PENDING = Expected(status="pending", amount_minor=100, currency="NGN")
