@@ -141,8 +141,15 @@ async def test_a_client_that_leaves_before_its_body_costs_no_traceback_only_a_co
     """``tokendist webhook`` as its own process: its log file and its /metrics."""
     with wh.free_socket() as a, wh.free_socket() as b:
         port, metrics_port = a.getsockname()[1], b.getsockname()[1]
+    # The connection cap is not what is tested: the session's kept-alive connection and
+    # a closed socket the server has not yet noticed must not make one of these a 503.
     served = bounded.model_copy(
-        update={"webhook_port": port, "metrics_port": metrics_port, "webhook_body_timeout_s": 60}
+        update={
+            "webhook_port": port,
+            "metrics_port": metrics_port,
+            "webhook_body_timeout_s": 60,
+            "webhook_max_connections": 64,
+        }
     )
     proc = harness.Process(served, "webhook")
     base = f"http://127.0.0.1:{port}"
