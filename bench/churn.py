@@ -4,8 +4,10 @@
 One group of ``consumers`` processes and a relay serve two phases in turn, each a burst
 of ``events`` payments on a tokenization of its own: first untouched (the baseline), then
 with one member, round-robin, SIGKILLed and restarted every ``every_s`` seconds until
-every payment is credited. A phase's credited/s runs from its first confirmation to its
-last credit (PostgreSQL's clock, as in ``e2e``).
+every payment is credited or ``churn_s`` has passed (a dynamic group may never finish
+under churn; the rest then drains without faults, uncounted). A phase's credited/s runs
+from its first confirmation to its last credit, or to the end of the churn (PostgreSQL's
+clock, as in ``e2e``).
 
 The stall after a kill: from the SIGKILL (the restart follows at once) until every
 partition that still had work has credited again; the killed member's partitions are the
@@ -37,6 +39,11 @@ POLL_S = 0.25
 STATIC, DYNAMIC = "static", "dynamic"
 MEMBERSHIPS = (STATIC, DYNAMIC)
 
+CREDITED_BY = """
+SELECT count(*) FROM distributions
+WHERE tokenization_id = $1 AND state = 'credited' AND credited_at <= $2
+"""
+
 # The first credit after ``$2`` on each partition that credited anything after it.
 FIRST_CREDITS = """
 SELECT kafka_partition, min(credited_at) AS first
@@ -52,6 +59,7 @@ class Load:
     consumers: int
     events: int  # per phase
     every_s: float
+    churn_s: float  # kills stop after this long; the rest is credited without faults
     wallets: list[str]
     writers: int
     timeout_s: float  # per phase
@@ -124,9 +132,10 @@ async def _phase(
     services: dict[str, Service],
     restart: Callable[[int], Service] | None,
 ) -> tuple[Rate, list[datetime], bool]:
-    """One burst until every payment is credited (or the phase's timeout); with
-    ``restart``, a member killed and restarted every ``every_s`` meanwhile. Returns the
-    phase's credited/s, the kills' instants (PostgreSQL's clock) and whether it finished."""
+    """One burst; with ``restart``, a member killed and restarted every ``every_s``
+    meanwhile, for at most ``churn_s``. Returns credited/s up to the end of the churn (all
+    credited, or ``churn_s`` passed), the kills' instants (PostgreSQL's clock), and
+    whether every payment was credited, after the churn, before the timeout."""
     confirming = asyncio.create_task(
         workload.confirm_payments(
             pool,
@@ -140,36 +149,57 @@ async def _phase(
         name="payment-service",
     )
     kills: list[datetime] = []
-    deadline = time.monotonic() + load.timeout_s
-    next_kill = time.monotonic() + load.every_s
-    finished = False
+    started = time.monotonic()
+    next_kill = started + load.every_s
+    churn_end: datetime | None = None
     try:
-        while time.monotonic() < deadline:
+        while not await _all_done(pool, tk, load.events):
             check_alive(list(services.values()))
-            row = await pool.fetchrow(queries.OUTCOMES, tk.tokenization_id)
-            assert row is not None
-            if row["credited"] + row["failed"] >= load.events:
-                finished = True
+            now = time.monotonic()
+            if now > started + load.timeout_s:
                 break
-            if restart is not None and time.monotonic() >= next_kill:
-                k = len(kills) % load.consumers
-                services[f"consumer-{k}"].kill()
-                kills.append(await pool.fetchval("SELECT clock_timestamp()"))
-                services[f"consumer-{k}"] = restart(k)
-                next_kill += load.every_s
+            if restart is not None and churn_end is None and now >= next_kill:
+                if now > started + load.churn_s:
+                    churn_end = await _clock(pool)  # the kills stop; the rest drains
+                else:
+                    k = len(kills) % load.consumers
+                    services[f"consumer-{k}"].kill()
+                    kills.append(await _clock(pool))
+                    services[f"consumer-{k}"] = restart(k)
+                    next_kill += load.every_s
             await asyncio.sleep(POLL_S)
     finally:
         await confirming
+    return await _rate(pool, tk, churn_end), kills, await _all_done(pool, tk, load.events)
+
+
+async def _rate(pool: asyncpg.Pool, tk: Deployment, until: datetime | None) -> Rate:
+    """Credited/s from the first confirmation to the last credit, or to ``until``."""
     window = await pool.fetchrow(queries.WINDOW, tk.tokenization_id)
-    outcomes = await pool.fetchrow(queries.OUTCOMES, tk.tokenization_id)
     assert window is not None
-    assert outcomes is not None
-    span = (
-        (window["last_credited"] - window["first_confirmed"]).total_seconds()
-        if window["last_credited"] is not None
-        else 0.0
-    )
-    return Rate.of("credited", outcomes["credited"], span), kills, finished
+    if until is None:
+        credited, end = await _credited(pool, tk), window["last_credited"]
+    else:
+        credited, end = await pool.fetchval(CREDITED_BY, tk.tokenization_id, until), until
+    span = (end - window["first_confirmed"]).total_seconds() if end is not None else 0.0
+    return Rate.of("credited", credited, span)
+
+
+async def _credited(pool: asyncpg.Pool, tk: Deployment) -> int:
+    row = await pool.fetchrow(queries.OUTCOMES, tk.tokenization_id)
+    assert row is not None
+    return int(row["credited"])
+
+
+async def _all_done(pool: asyncpg.Pool, tk: Deployment, events: int) -> bool:
+    row = await pool.fetchrow(queries.OUTCOMES, tk.tokenization_id)
+    assert row is not None
+    return bool(row["credited"] + row["failed"] >= events)
+
+
+async def _clock(pool: asyncpg.Pool) -> datetime:
+    now: datetime = await pool.fetchval("SELECT clock_timestamp()")
+    return now
 
 
 async def _first_credits(

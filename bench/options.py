@@ -67,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--churn-events", type=int, default=800, help="churn: payments per phase")
     add("--churn-consumers", type=int, default=3, help="churn: consumer processes")
     add("--churn-every-s", type=float, default=2.0, help="churn: seconds between kills")
+    add("--churn-s", type=float, default=120.0, help="churn: kills stop after this long")
     add(
         "--churn-membership",
         type=_memberships,

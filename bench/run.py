@@ -97,9 +97,10 @@ async def bench(args: argparse.Namespace, shared: Settings) -> Report:
             consumers=args.churn_consumers,
             events=args.churn_events,
             every_s=args.churn_every_s,
+            churn_s=args.churn_s,
             wallets=workload.make_wallets(args.users),
             writers=args.writers,
-            timeout_s=args.timeout or 300 + args.churn_events,
+            timeout_s=args.timeout or 300 + args.churn_s + args.churn_events,
             log_dir=log_dir,
             log_level=args.service_log_level,
         )
