@@ -13,8 +13,7 @@ The stall after a kill: from the SIGKILL (the restart follows at once) until eve
 partition that still had work has credited again; the killed member's partitions are the
 last to, the others go on between blocks. Member-agnostic on purpose, so that static and
 dynamic membership are measured alike (a dynamic group stops every partition to
-rebalance). Its floor is the time a distribution takes on the chain; beside it, the same
-up to each partition's first claim of a new event (read again), which leaves that out.
+rebalance). Its floor is the time a distribution takes on the chain.
 """
 
 from __future__ import annotations
@@ -45,16 +44,11 @@ SELECT count(*) FROM distributions
 WHERE tokenization_id = $1 AND state = 'credited' AND credited_at <= $2
 """
 
-# Per partition with any after ``$2``: the first credit, and the first claim (a worker
-# started on a new event: the partition is being read again).
+# The first credit after ``$2`` on each partition that credited anything after it.
 FIRST_CREDITS = """
-SELECT min(credited_at) AS first FROM distributions
+SELECT kafka_partition, min(credited_at) AS first
+FROM distributions
 WHERE tokenization_id = $1 AND state = 'credited' AND credited_at > $2
-GROUP BY kafka_partition
-"""
-FIRST_CLAIMS = """
-SELECT min(created_at) AS first FROM distributions
-WHERE tokenization_id = $1 AND created_at > $2
 GROUP BY kafka_partition
 """
 
@@ -108,8 +102,12 @@ async def run(settings: Settings, pool: asyncpg.Pool, load: Load) -> ChurnResult
         churn, kills, churn_done = await _phase(pool, churned, load, services, member)
     finally:
         await asyncio.gather(*(s.stop(settings.shutdown_grace_s + 15) for s in services.values()))
-    credit_stall = await _stalls(pool, churned, kills, FIRST_CREDITS)
-    claim_stall = await _stalls(pool, churned, kills, FIRST_CLAIMS)
+    stalls = [
+        s
+        for kill in kills
+        if (s := stall_seconds(kill, await _first_credits(pool, churned.tokenization_id, kill)))
+        is not None
+    ]
     verified, _ = await e2e.verify_run(settings, pool)
     return ChurnResult(
         membership=load.membership,
@@ -120,10 +118,8 @@ async def run(settings: Settings, pool: asyncpg.Pool, load: Load) -> ChurnResult
         churned=churn,
         ratio=churn.per_second / baseline.per_second if baseline.per_second else 0.0,
         kills=len(kills),
-        stall_median_ms=credit_stall[0],
-        stall_max_ms=credit_stall[1],
-        resume_median_ms=claim_stall[0],
-        resume_max_ms=claim_stall[1],
+        stall_median_ms=round(1000 * statistics.median(stalls)) if stalls else None,
+        stall_max_ms=round(1000 * max(stalls)) if stalls else None,
         verified=verified,
         timed_out=not (quiet_done and churn_done),
     )
@@ -206,17 +202,7 @@ async def _clock(pool: asyncpg.Pool) -> datetime:
     return now
 
 
-async def _stalls(
-    pool: asyncpg.Pool, tk: Deployment, kills: list[datetime], first_per_partition: str
-) -> tuple[int | None, int | None]:
-    """Median and max, in ms, over the kills of ``stall_seconds`` by that query."""
-    stalls = []
-    for kill in kills:
-        firsts = [
-            r["first"] for r in await pool.fetch(first_per_partition, tk.tokenization_id, kill)
-        ]
-        if (stall := stall_seconds(kill, firsts)) is not None:
-            stalls.append(stall)
-    if not stalls:
-        return None, None
-    return round(1000 * statistics.median(stalls)), round(1000 * max(stalls))
+async def _first_credits(
+    pool: asyncpg.Pool, tokenization_id: str, kill: datetime
+) -> list[datetime]:
+    return [r["first"] for r in await pool.fetch(FIRST_CREDITS, tokenization_id, kill)]

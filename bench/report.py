@@ -164,14 +164,7 @@ def _churn(runs: list[ChurnResult]) -> list[str]:
         ),
         ("  ratio (goal ≥ 0.5)", [f"{r.ratio:.2f}" for r in runs]),
         ("members killed", [str(r.kills) for r in runs]),
-        (
-            "stall after a kill, ms  median / max",
-            [_ms2(r.stall_median_ms, r.stall_max_ms) for r in runs],
-        ),
-        (
-            "  to reading again (first claim), median / max",
-            [_ms2(r.resume_median_ms, r.resume_max_ms) for r in runs],
-        ),
+        ("stall after a kill, ms  median / max", [_stall(r) for r in runs]),
         ("tokendist verify afterwards", ["ok" if r.verified else "FAILED" for r in runs]),
     ]
     lines = [
@@ -187,8 +180,10 @@ def _per_s_of(rate: Rate) -> str:
     return f"{rate.per_second:,.1f} ({rate.count:,} in {rate.seconds:.1f} s)"
 
 
-def _ms2(median: int | None, top: int | None) -> str:
-    return "-" if median is None or top is None else f"{median:,} / {top:,}"
+def _stall(r: ChurnResult) -> str:
+    if r.stall_median_ms is None or r.stall_max_ms is None:
+        return "-"
+    return f"{r.stall_median_ms:,} / {r.stall_max_ms:,}"
 
 
 def _name(r: EndToEnd) -> str:

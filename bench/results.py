@@ -149,10 +149,8 @@ class ChurnResult:
     churned: Rate
     ratio: float
     kills: int
-    stall_median_ms: int | None  # kill → every partition with work credited again
+    stall_median_ms: int | None
     stall_max_ms: int | None
-    resume_median_ms: int | None  # kill → every partition with work claimed a new event
-    resume_max_ms: int | None
     verified: bool
     timed_out: bool
 

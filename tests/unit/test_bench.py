@@ -155,8 +155,6 @@ def churned(membership: str, ratio: float, stall_max_ms: int | None) -> ChurnRes
         9,
         900,
         stall_max_ms,
-        700,
-        1500,
         verified=True,
         timed_out=False,
     )
