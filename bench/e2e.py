@@ -63,7 +63,7 @@ async def run(settings: Settings, pool: asyncpg.Pool, consumers: int, load: Load
         services["relay"] = start("relay", "relay")
         for k in range(consumers):
             services[f"consumer-{k}"] = start("consume", f"consumer-{k}")
-        await _ready(settings, pool, list(services.values()), consumers, deadline)
+        await wait_ready(settings, pool, list(services.values()), consumers, deadline)
         if load.profile:
             recorders = {
                 name: Recorder(s.pid, load.log_dir / f"{tag}-{name}.pyspy.txt")
@@ -128,7 +128,7 @@ async def _result(
         if window["last_credited"] is not None
         else 0.0
     )
-    verified, verify_text = await _verify(settings, pool)
+    verified, verify_text = await verify_run(settings, pool)
     return EndToEnd(
         mode=load.mode,
         consumers=consumers,
@@ -159,7 +159,7 @@ async def _result(
     )
 
 
-async def _ready(
+async def wait_ready(
     settings: Settings,
     pool: asyncpg.Pool,
     services: list[Service],
@@ -196,7 +196,7 @@ async def _percentiles(
     )
 
 
-async def _verify(settings: Settings, pool: asyncpg.Pool) -> tuple[bool, str]:
+async def verify_run(settings: Settings, pool: asyncpg.Pool) -> tuple[bool, str]:
     """`tokendist verify` over the whole database: a fast run that paid twice, or lost a
     payment, is not a result. Grace 0: by now nothing may still be in flight."""
     rpc_url, key = settings.require_chain()

@@ -10,10 +10,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-MODES = ("burst", "sustained", "memory")
+MODES = ("burst", "sustained", "memory", "churn")
+MEMBERSHIPS = ("static", "dynamic")
 DESCRIPTION = """Stage baselines (Kafka consume, the consumer's DB work, the chain), then the
 whole pipeline: burst runs, a sustained-load run at a fixed rate, a long memory-growth
-run. Prints a report, then one JSON line with every figure. Needs the stack's addresses
+run, member churn (a SIGKILL + restart every few seconds). Prints a report, then one JSON
+line with every figure. Needs the stack's addresses
 (eval "$(tokendist stack env)"); makes its own databases, keys, contracts and topics."""
 PARSER: dict[str, Any] = {
     "description": DESCRIPTION,
@@ -33,6 +35,14 @@ def _modes(text: str) -> list[str]:
     return chosen
 
 
+def _memberships(text: str) -> list[str]:
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(MEMBERSHIPS))
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"give some of {MEMBERSHIPS}")
+    return chosen
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", **PARSER)
     add_arguments(parser)
@@ -41,7 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add = p.add_argument
-    add("--modes", type=_modes, default=["burst", "sustained"], help="of burst,sustained,memory")
+    add(
+        "--modes",
+        type=_modes,
+        default=["burst", "sustained"],
+        help="of burst,sustained,memory,churn",
+    )
     add("--events", type=int, default=20_000, help="payments per burst run")
     add("--consumers", type=_counts, default=[1, 3], help="consumer processes per burst run")
     add("--rate", type=float, default=0.0, help="sustained: payments/s (0: half the best burst)")
@@ -49,6 +64,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--sustained-consumers", type=int, default=0, help="sustained (0: the best burst's)")
     add("--memory-events", type=int, default=200_000, help="memory: payments in the long run")
     add("--memory-consumers", type=int, default=1, help="memory: consumer processes")
+    add("--churn-events", type=int, default=800, help="churn: payments per phase")
+    add("--churn-consumers", type=int, default=3, help="churn: consumer processes")
+    add("--churn-every-s", type=float, default=2.0, help="churn: seconds between kills")
+    add("--churn-s", type=float, default=120.0, help="churn: kills stop after this long")
+    add(
+        "--churn-membership",
+        type=_memberships,
+        default=list(MEMBERSHIPS),
+        help="churn: static (an instance id per member) and/or dynamic",
+    )
     add("--relay-rows", type=int, default=10_000, help="outbox rows relayed; Kafka records")
     add("--db-events", type=int, default=2_000, help="events through the consumer's DB work")
     add("--chain-txs", type=int, default=320, help="distribute transactions per chain run")

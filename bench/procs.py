@@ -74,6 +74,12 @@ class Service:
         self._log.close()
         return code
 
+    def kill(self) -> None:
+        """SIGKILL: no drain, no commit, no leaving the group (a crash, as churn wants)."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
     def log_tail(self) -> str:
         data = self.log_path.read_bytes()
         return data[-LOG_TAIL_BYTES:].decode("utf-8", "replace")

@@ -4,7 +4,7 @@ then each run against the slowest baseline, memory over the runs and the profile
 
 from __future__ import annotations
 
-from bench.results import ChainRate, EndToEnd, Percentiles, Rate, Report
+from bench.results import ChainRate, ChurnResult, EndToEnd, Percentiles, Rate, Report
 
 LABEL = 52
 
@@ -18,6 +18,7 @@ def render(report: Report) -> str:
             "",
             *_relay(report),
             *(["", *_end_to_end(report.end_to_end)] if report.end_to_end else []),
+            *(["", *_churn(report.churn)] if report.churn else []),
             "",
             *_versus(report),
             *_memory(report.end_to_end),
@@ -152,6 +153,39 @@ def _end_to_end(runs: list[EndToEnd]) -> list[str]:
     return lines
 
 
+def _churn(runs: list[ChurnResult]) -> list[str]:
+    first = runs[0]
+    rows: list[tuple[str, list[str]]] = [
+        ("membership", [r.membership for r in runs]),
+        ("credited/s without faults", [_per_s_of(r.baseline) for r in runs]),
+        (
+            f"credited/s, a kill + restart every {first.every_s:g} s",
+            [_per_s_of(r.churned) for r in runs],
+        ),
+        ("  ratio (goal ≥ 0.5)", [f"{r.ratio:.2f}" for r in runs]),
+        ("members killed", [str(r.kills) for r in runs]),
+        ("stall after a kill, ms  median / max", [_stall(r) for r in runs]),
+        ("tokendist verify afterwards", ["ok" if r.verified else "FAILED" for r in runs]),
+    ]
+    lines = [
+        f"Member churn ({first.consumers} consumers, {first.events:,} payments per phase; "
+        "stall: kill → every partition with work credited again)",
+        *_table(rows),
+    ]
+    lines += [f"  ! churn, {r.membership}: timed out" for r in runs if r.timed_out]
+    return lines
+
+
+def _per_s_of(rate: Rate) -> str:
+    return f"{rate.per_second:,.1f} ({rate.count:,} in {rate.seconds:.1f} s)"
+
+
+def _stall(r: ChurnResult) -> str:
+    if r.stall_median_ms is None or r.stall_max_ms is None:
+        return "-"
+    return f"{r.stall_median_ms:,} / {r.stall_max_ms:,}"
+
+
 def _name(r: EndToEnd) -> str:
     return f"{r.mode} {r.consumers}-consumer"
 
@@ -181,7 +215,7 @@ def _versus(report: Report) -> list[str]:
             f"  {v.mode} {v.consumers}c: {v.events_per_s:,.1f} events/s = {v.ratio:.2f} x"
             for v in report.versus
         ),
-        "Goals (issue 7)",
+        "Goals (issues 7 and 12)",
     ]
     verdicts = {True: "met", False: "NOT met", None: "not measured"}
     lines += [f"  {goal}: {verdicts[met]}" for goal, met in report.goals.items()]

@@ -136,6 +136,26 @@ class EndToEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class ChurnResult:
+    """Credited/s with one member SIGKILLed and restarted every ``every_s`` against
+    credited/s without faults (goal: ratio ≥ 0.5), and the stall each kill caused (goal
+    under static membership: at most 2 s). See ``bench.churn``."""
+
+    membership: str  # "static" (an instance id per member) or "dynamic"
+    consumers: int
+    events: int  # per phase
+    every_s: float
+    baseline: Rate
+    churned: Rate
+    ratio: float
+    kills: int
+    stall_median_ms: int | None
+    stall_max_ms: int | None
+    verified: bool
+    timed_out: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Environment:
     cpus: int
     load_before: tuple[float, float, float]
@@ -160,6 +180,7 @@ class Report:
     stages: Stages
     relay: RelayResult
     end_to_end: list[EndToEnd] = field(default_factory=list)
+    churn: list[ChurnResult] = field(default_factory=list)
     slowest_stage: str = ""
     slowest_per_s: float = 0.0
     versus: list[Versus] = field(default_factory=list)

@@ -19,9 +19,13 @@ import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
 
 from bench import (
     chain_stage,
+    churn,
     db_stage,
     e2e,
     options,
@@ -32,7 +36,7 @@ from bench import (
     summary,
     workload,
 )
-from bench.results import EndToEnd, Environment, Rate, RelayResult, Report, Stages
+from bench.results import ChurnResult, EndToEnd, Environment, Rate, RelayResult, Report, Stages
 from tokendist import db, logs
 from tokendist.errors import TransientError
 from tokendist.settings import Settings, SettingsError, load_settings
@@ -80,7 +84,32 @@ async def bench(args: argparse.Namespace, shared: Settings) -> Report:
             log_level=args.service_log_level,
             profile=args.profile and mode == "burst",
         )
-        return await _isolated_run(named(base, f"{mode}-c{consumers}"), consumers, load)
+        return await _isolated(
+            named(base, f"{mode}-c{consumers}"),
+            load.wallets,
+            load.writers,
+            lambda own, pool: e2e.run(own, pool, consumers, load),
+        )
+
+    async def churned(membership: str) -> ChurnResult:
+        load = churn.Load(
+            membership=membership,
+            consumers=args.churn_consumers,
+            events=args.churn_events,
+            every_s=args.churn_every_s,
+            churn_s=args.churn_s,
+            wallets=workload.make_wallets(args.users),
+            writers=args.writers,
+            timeout_s=args.timeout or 300 + args.churn_s + args.churn_events,
+            log_dir=log_dir,
+            log_level=args.service_log_level,
+        )
+        return await _isolated(
+            named(base, f"churn-{membership}"),
+            load.wallets,
+            load.writers,
+            lambda own, pool: churn.run(own, pool, load),
+        )
 
     try:
         enqueued, relayed = await _relay(args, named(base, "relay"))
@@ -96,6 +125,8 @@ async def bench(args: argparse.Namespace, shared: Settings) -> Report:
             relay=relayed,
         )
         await _end_to_end(args, result, run)
+        for membership in args.churn_membership if "churn" in args.modes else []:
+            result.churn.append(await churned(membership))
     finally:
         await sandbox.delete_topics(base, topics)
     summary.compare(result)
@@ -118,17 +149,25 @@ async def _relay(args: argparse.Namespace, settings: Settings) -> tuple[Rate, Re
             await pool.close()
 
 
-async def _isolated_run(settings: Settings, consumers: int, load: e2e.Load) -> EndToEnd:
-    """One end-to-end run with a database and an operator key of its own: a run cut
-    short by its timeout leaves nothing that the next run's ``verify`` would count."""
+T = TypeVar("T")
+
+
+async def _isolated(
+    settings: Settings,
+    wallets: list[str],
+    writers: int,
+    body: Callable[[Settings, asyncpg.Pool], Awaitable[T]],
+) -> T:
+    """``body`` with a database and an operator key of its own: a run cut short by its
+    timeout leaves nothing that the next run's ``verify`` would count."""
     rpc_url, _ = settings.require_chain()
     operator = await sandbox.funded_key(rpc_url)
     async with sandbox.isolated_database(settings.database_url) as url:
-        pool = await db.create_pool(url, max_size=load.writers + 4)
+        pool = await db.create_pool(url, max_size=writers + 4)
         try:
-            await workload.register_users(pool, load.wallets)
+            await workload.register_users(pool, wallets)
             own = settings.model_copy(update={"database_url": url, "operator_key": operator})
-            return await e2e.run(own, pool, consumers, load)
+            return await body(own, pool)
         finally:
             await pool.close()
 
@@ -215,7 +254,8 @@ def execute(args: argparse.Namespace) -> int:
         args.json.write_text(figures + "\n")
     print(report.render(result))
     print(figures)  # last, on one line: what scripts read
-    good = all(r.verified and not r.timed_out for r in result.end_to_end)
+    runs: list[EndToEnd | ChurnResult] = [*result.end_to_end, *result.churn]
+    good = all(r.verified and not r.timed_out for r in runs)
     return 0 if good else 1
 
 

@@ -8,7 +8,8 @@ partition, only up to the last record whose processing finished.
 Shutdown order (``_shutdown``), for SIGTERM and for any crashed side task alike:
 stop intake (leave the fetch loop) → cancel side tasks → let workers finish the record in
 hand up to the grace period, cancel the rest → commit finished offsets → leave the group
-and close the producer, chain client and pool, in reverse order of opening.
+(``membership.close``: a static member too) and close the producer, chain client and pool,
+in reverse order of opening.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from consumer import membership
 from consumer.chain import Chain
 from consumer.dlq import DeadLetters
 from consumer.partition import PartitionWorker
@@ -110,7 +112,7 @@ class Runner:
             self.consumer = consumer = await until_available(
                 "consumer", lambda: kafka.start(self._make_consumer()), s, stop
             )
-            resources.push_async_callback(kafka.close, consumer)
+            resources.push_async_callback(membership.close, consumer, s)
             side_tasks = [
                 *self._metrics_server(),
                 asyncio.create_task(self._commit_loop(), name="committer"),
@@ -142,10 +144,7 @@ class Runner:
     def _make_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=self.settings.consumer_group,
-            session_timeout_ms=self.settings.session_timeout_ms,
-            heartbeat_interval_ms=2_000,
-            max_poll_interval_ms=self.settings.max_poll_interval_ms,
+            **membership.group_options(self.settings),
             **FETCH_OPTIONS,
         )
         consumer.subscribe([self.settings.topic], listener=_Rebalance(self))

@@ -16,7 +16,7 @@ from bench.options import PARSER
 from bench.options import add_arguments as add_bench_arguments
 from tokendist import logs
 from tokendist.errors import TokendistError
-from tokendist.settings import Settings, SettingsError, load_settings
+from tokendist.settings import Settings, SettingsError, instance_id, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
@@ -70,6 +70,8 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.runner import Runner
     from tokendist.signals import stop_on_signals
 
+    if args.instance_id is not None:
+        settings = settings.model_copy(update={"consumer_instance_id": args.instance_id})
     stop = asyncio.Event()
     with stop_on_signals(stop):
         await Runner(settings, stop).run()
@@ -315,6 +317,13 @@ def _address(value: str) -> str:
     return value
 
 
+def _instance_id(value: str) -> str:
+    try:
+        return instance_id(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokendist", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("TOKENDIST_LOG_LEVEL", "INFO"))
@@ -345,10 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_operations(sub: Any) -> None:
-    sub.add_parser("consume", help="distribute tokens for payment events").set_defaults(
-        handler=_async(cmd_consume)
+def _add_consume(sub: Any) -> None:
+    consume = sub.add_parser("consume", help="distribute tokens for payment events")
+    consume.add_argument(
+        "--instance-id",
+        type=_instance_id,
+        help="static group membership: unique per member, kept across restarts "
+        "(default: TOKENDIST_CONSUMER_INSTANCE_ID; unset: dynamic membership)",
     )
+    consume.set_defaults(handler=_async(cmd_consume))
+
+
+def _add_operations(sub: Any) -> None:
+    _add_consume(sub)
 
     chain = sub.add_parser("chain", help="contracts").add_subparsers(dest="c", required=True)
     deploy = chain.add_parser("deploy", help="deploy token + Distributor, fund, record")

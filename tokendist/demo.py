@@ -129,10 +129,13 @@ class Demo:
         env = {**self.base_env, **self.settings.as_env()}
         roles = ["webhook", "relay"] + [f"consume-{i}" for i in range(1, self.consumers + 1)]
         for role in roles:
+            command = role.split("-")[0]
+            # Static membership, an id per consumer: two sharing one would fence each other.
+            args = ["--instance-id", role] if command == "consume" else []
             with (self.log_dir / f"{role}.log").open("wb") as out:
                 self.procs.append(
                     subprocess.Popen(  # noqa: S603 -- our own CLI, fixed arguments
-                        [sys.executable, "-m", "tokendist.cli", role.split("-")[0]],
+                        [sys.executable, "-m", "tokendist.cli", command, *args],
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,

@@ -6,6 +6,7 @@ Built once in the CLI and passed down; nothing else reads the environment.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal, TypeAlias
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TOKENDIST_"
 LOCAL_HINT = 'for the local stack: eval "$(tokendist stack env)"'
+INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]+")
+INSTANCE_ID_MAX = 249
 
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -21,6 +24,18 @@ IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 def ip_networks(value: str) -> tuple[IPNetwork, ...]:
     """Comma-separated addresses or CIDR blocks; empty means none."""
     return tuple(ipaddress.ip_network(v.strip()) for v in value.split(",") if v.strip())
+
+
+def instance_id(value: str) -> str:
+    """``value`` if the broker accepts it as a group.instance.id (its rule is that of topic
+    names); checked up front, a bad id stops ``consume`` with a reason instead of failing
+    every join."""
+    if len(value) > INSTANCE_ID_MAX or value in {".", ".."} or not INSTANCE_ID.fullmatch(value):
+        raise ValueError(
+            f"an instance id is 1 to {INSTANCE_ID_MAX} letters, digits, '.', '_' or '-' "
+            "(and not '.' or '..')"
+        )
+    return value
 
 
 class SettingsError(Exception):
@@ -46,6 +61,10 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=16, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1, le=5)
     consumer_group: str = "tokendist-distributor"
+    # Static membership (KIP-345): a member restarted with the same id takes its partitions
+    # back without a rebalance. Unique per live member (two with one id fence each other):
+    # a StatefulSet pod name, say. Unset: a dynamic member, new to the group at each start.
+    consumer_instance_id: str | None = None
     # How long a silent member keeps its partitions: the pause after a consumer crash.
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     # The fetch loop polls every 200 ms whatever the workers do, so this only bounds a
@@ -105,6 +124,11 @@ class Settings(BaseSettings):
     webhook_body_timeout_s: float = Field(default=10.0, gt=0, le=300)
     webhook_keepalive_s: int = Field(default=5, ge=1, le=300)
     webhook_max_connections: int = Field(default=256, ge=1, le=100_000)
+
+    @field_validator("consumer_instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        return None if value is None else instance_id(value)
 
     @field_validator("webhook_allowed_ips", "webhook_trusted_proxies")
     @classmethod

@@ -111,9 +111,24 @@ class Fleet:
         label: str = "",
     ) -> Member:
         name = f"{role}{label}-{next(self._ids)}"
-        return Member(
-            name, role, settings or self.settings, self.log_dir / f"{name}.log", extra_env
-        )
+        settings = settings or self.settings
+        if role == "consume":
+            settings = settings.model_copy(
+                update={"consumer_instance_id": self._free_instance_id(settings)}
+            )
+        return Member(name, role, settings, self.log_dir / f"{name}.log", extra_env)
+
+    def _free_instance_id(self, settings: Settings) -> str:
+        """The lowest ``member-N`` no live member of the group holds: a replacement for a
+        killed member takes its id, and its partitions, back, as a restarted StatefulSet
+        pod does; two live members never share one (they would fence each other)."""
+        members = [*self.consumers, *self.others, *self.replayers]
+        taken = {
+            m.settings.consumer_instance_id
+            for m in members
+            if m.alive() and m.settings.consumer_group == settings.consumer_group
+        }
+        return next(f"member-{n}" for n in itertools.count() if f"member-{n}" not in taken)
 
     def start_relay(self) -> Member:
         member = self._spawn("relay")

@@ -3,11 +3,16 @@ slowest stage, the profile summary and the command's flags. No timing asserts he
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from bench import summary
+from bench.churn import stall_seconds
 from bench.profile import summarize
+from bench.report import render
 from bench.results import (
     BlockInterval,
     ChainRate,
+    ChurnResult,
     EndToEnd,
     Environment,
     LagVerdict,
@@ -125,17 +130,63 @@ def test_runs_are_compared_with_the_slowest_baseline_and_paced_runs_are_not() ->
     summary.compare(r)
     assert (r.slowest_stage, r.slowest_per_s) == ("chain", 30)
     assert [(v.mode, v.ratio) for v in r.versus] == [("burst", 0.4), ("burst", 0.6)]
-    assert list(r.goals.values()) == [True, True, None]
+    assert list(r.goals.values()) == [True, True, None, None, None]
     assert summary.best_burst(r.end_to_end) is r.end_to_end[1]
 
 
 def test_goals_not_met_and_not_measured() -> None:
     r = report([run("burst", 3), run("sustained", 1, p99_ms=1500, paced=1), run("memory", 3)])
     summary.compare(r)
-    assert list(r.goals.values()) == [False, False, False]
+    assert list(r.goals.values()) == [False, False, False, None, None]
     empty = report([])
     summary.compare(empty)
-    assert list(empty.goals.values()) == [None, None, None]
+    assert list(empty.goals.values()) == [None, None, None, None, None]
+
+
+def churned(membership: str, ratio: float, stall_max_ms: int | None) -> ChurnResult:
+    return ChurnResult(
+        membership,
+        3,
+        800,
+        2.0,
+        rate(20),
+        rate(20 * ratio),
+        ratio,
+        9,
+        900,
+        stall_max_ms,
+        verified=True,
+        timed_out=False,
+    )
+
+
+def test_churn_goals_are_static_membership_s_and_the_report_shows_both_kinds() -> None:
+    r = report([])
+    r.churn = [churned("static", 0.8, 1900), churned("dynamic", 0.1, 12_000)]
+    summary.compare(r)
+    assert list(r.goals.values())[-2:] == [True, True]
+    names = ("topic_partitions", "relay_batch_size", "max_inflight_per_sender", "confirmations")
+    r.environment = Environment(
+        2,
+        (1.0,) * 3,
+        (1.0,) * 3,
+        {**dict.fromkeys(names, 1), "receipt_poll_s": 0.1, "log_level": "INFO"},
+        "",
+    )
+    assert "900 / 12,000" in render(r)
+    r.churn = [churned("static", 0.4, 2100)]
+    summary.compare(r)
+    assert list(r.goals.values())[-2:] == [False, False]
+    r.churn = [churned("static", 0.9, None)]  # no kill left a partition waiting
+    summary.compare(r)
+    assert list(r.goals.values())[-1] is False
+
+
+def test_a_kills_stall_ends_when_the_last_waiting_partition_credits_again() -> None:
+    kill = datetime(2026, 1, 1, tzinfo=UTC)
+    firsts = [kill + timedelta(seconds=s) for s in (0.3, 1.7, 0.9)]
+    assert stall_seconds(kill, firsts) == 1.7
+    assert stall_seconds(kill, []) is None
 
 
 def test_profile_summary_splits_idle_from_busy_time_by_library_and_our_function() -> None:
@@ -164,3 +215,9 @@ def test_bench_is_a_tokendist_command_with_its_own_flags() -> None:
     assert (args.command, args.events, args.consumers) == ("bench", 300, [1, 3])
     assert args.modes == ["burst", "memory"]
     assert args.memory_events == 200_000
+    churn = build_parser().parse_args(["bench", "--modes", "churn", "--churn-membership", "static"])
+    assert (churn.modes, churn.churn_membership, churn.churn_every_s) == (
+        ["churn"],
+        ["static"],
+        2.0,
+    )
