@@ -7,6 +7,7 @@
     │   ├── ChainUnavailable      (RPC connection errors, timeouts)
     │   └── ProviderUnavailable   (the payment provider's API: errors, timeouts)
     ├── InvalidEvent          the event can never be processed: parked in the DLQ with a reason
+    ├── InvalidInput          an operator command was asked something it refuses (exit 2)
     ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
     ├── CheckoutRefused       a pending investment cannot be created as asked (``reason``)
     ├── ChainRejected         the node or contract refused a transaction deterministically
@@ -49,6 +50,10 @@ class InvalidEvent(TokendistError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class InvalidInput(TokendistError):
+    """An operator command's arguments are refused; nothing was written or sent."""
 
 
 class NotInTransaction(TokendistError):
