@@ -529,14 +529,20 @@ def _add_simulation(sub: Any) -> None:
     bench.set_defaults(handler=cmd_bench)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse (argparse exits 2 on bad syntax or a refused value), then run the command
-    inside the one error boundary: every failure is one line and exit 2 or 1."""
-    parser = build_parser()
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, each value checked by its ``type=`` and then the command's checks
+    across values (``check``); a refusal is argparse's: one line, exit 2."""
     args = parser.parse_args(argv)
     check: Callable[[argparse.Namespace], str | None] | None = getattr(args, "check", None)
     if check is not None and (problem := check(args)) is not None:
         parser.error(problem)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse (argparse exits 2 on bad syntax or a refused value), then run the command
+    inside the one error boundary: every failure is one line and exit 2 or 1."""
+    args = parse(build_parser(), argv)
     logs.configure(args.log_level)
     try:
         code: int = args.handler(args)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from eth_keys.constants import SECPK1_N
-from eth_utils.address import is_address, to_checksum_address
+from eth_utils.address import is_checksum_address, is_hex_address, to_checksum_address
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import Identifier, TokenUnits
@@ -102,7 +102,10 @@ def label(max_chars: int) -> Any:
 def address(value: str) -> str:
     """An account address as EIP-55 or single-case hex, never the zero address; returned
     checksummed. A mixed-case address with a wrong checksum is a typo and refused."""
-    if not is_address(value) or not value.startswith("0x"):
+    single_case = value in (value.lower(), value.upper()[:1] + "x" + value.upper()[2:])
+    if not (is_hex_address(value) and value.startswith("0x")) or not (
+        single_case or is_checksum_address(value)
+    ):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not an address (0x and 40 hex digits, EIP-55 if mixed case)"
         )
