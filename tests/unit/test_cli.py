@@ -165,6 +165,8 @@ def test_the_webhook_refuses_a_secret_that_is_not_a_paystack_key(
     secret: str, nowhere: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("TOKENDIST_PAYSTACK_SECRET_KEY", secret)
+    # An address no interface has: were the key accepted, binding fails instead of serving.
+    monkeypatch.setenv("TOKENDIST_WEBHOOK_HOST", "203.0.113.1")
     assert main(["webhook"]) == 2
     err = capsys.readouterr().err
     assert "is not a Paystack secret key" in err
