@@ -127,7 +127,8 @@ async def deploy_tokenization(
     if (problem := amounts_problem(supply, fund)) is not None:
         raise InvalidInput(problem)
     if await conn.fetchval(queries.TOKENIZATION, tokenization_id) is not None:
-        raise InvalidInput(f"tokenization {tokenization_id} is already deployed")
+        # ChainRejected, and this text: the compose setup script recognises a re-run by them.
+        raise ChainRejected(f"tokenization {tokenization_id} is already deployed")
     token, distributor = await deployer.deploy(
         operator=operator,
         name=name,
