@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
@@ -18,7 +19,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from consumer import contracts, queries
 from consumer.chain import guarded
 from tokendist import db
-from tokendist.errors import ChainRejected
+from tokendist.errors import ChainRejected, DatabaseUnavailable, InvalidInput
 
 RECEIPT_TIMEOUT_S = 60
 
@@ -98,6 +99,16 @@ class Deployer:
         await self.w3.provider.disconnect()
 
 
+def amounts_problem(supply: int, fund: int | None) -> str | None:
+    """Why ``supply`` and ``fund`` cannot be deployed, if they cannot: the fund is moved
+    out of the supply, so more than the supply reverts after both contracts exist."""
+    if supply <= 0:
+        return f"--supply must be positive, not {supply}"
+    if fund is not None and not 0 < fund <= supply:
+        return f"--fund {fund} must be positive and at most --supply {supply}"
+    return None
+
+
 async def deploy_tokenization(
     deployer: Deployer,
     conn: db.Connection,
@@ -111,8 +122,12 @@ async def deploy_tokenization(
     supply: int,
     fund: int | None = None,
 ) -> Deployment:
-    """Deploy, fund and record one tokenization; refuses an id that is already recorded."""
+    """Deploy, fund and record one tokenization. Everything that can be refused is checked
+    before the first transaction: amounts, and an id that is already recorded."""
+    if (problem := amounts_problem(supply, fund)) is not None:
+        raise InvalidInput(problem)
     if await conn.fetchval(queries.TOKENIZATION, tokenization_id) is not None:
+        # ChainRejected, and this text: the compose setup script recognises a re-run by them.
         raise ChainRejected(f"tokenization {tokenization_id} is already deployed")
     token, distributor = await deployer.deploy(
         operator=operator,
@@ -131,13 +146,25 @@ async def deploy_tokenization(
         decimals=decimals,
         supply=supply,
     )
-    await conn.execute(
-        queries.RECORD_TOKENIZATION,
-        tokenization_id,
-        property_id,
-        deployment.chain_id,
-        token,
-        decimals,
-        distributor,
-    )
+    try:
+        await db.guarded(
+            lambda: conn.execute(
+                queries.RECORD_TOKENIZATION,
+                tokenization_id,
+                property_id,
+                deployment.chain_id,
+                token,
+                decimals,
+                distributor,
+            )
+        )
+    except (DatabaseUnavailable, asyncpg.UniqueViolationError) as exc:
+        # The contracts exist now: whoever records them by hand needs their addresses.
+        unrecorded = (
+            f"deployed token {token} and distributor {distributor} but did not record "
+            f"tokenization {tokenization_id}"
+        )
+        if isinstance(exc, DatabaseUnavailable):
+            raise DatabaseUnavailable(f"{unrecorded}: {exc}") from exc
+        raise InvalidInput(f"{unrecorded}: another deploy recorded it first") from exc
     return deployment

@@ -9,10 +9,15 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
+from schemas.events import MAX_EVENT_BYTES
 from tokendist import kafka
+from tokendist.errors import InvalidInput
 from tokendist.settings import Settings
 
 SUMMARY_CHARS = 80
+# An event is two objects deep; json.loads recurses once per level, so a dead letter
+# nested thousands deep (one of the things a DLQ exists to hold) is not handed to it.
+MAX_SUMMARY_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Parked:
 
 def _event_summary(text: str) -> str | None:
     """The fields an operator looks for first, when the payload is an event-shaped object."""
+    if len(text) > MAX_EVENT_BYTES or _deeper_than(text, MAX_SUMMARY_DEPTH):
+        return None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError:
@@ -61,6 +68,30 @@ def _event_summary(text: str) -> str | None:
     parts = [f"{doc.get('event_type')} v{doc.get('schema_version')} {doc.get('event_id')}"]
     parts += [f"{name}={data.get(name)}" for name in fields if name in data]
     return _truncate(" ".join(str(p) for p in parts), limit=3 * SUMMARY_CHARS)
+
+
+def _deeper_than(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` nests arrays or objects more than ``limit`` deep (brackets
+    inside strings do not count). One pass, no recursion."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def _truncate(text: str, limit: int = SUMMARY_CHARS) -> str:
@@ -92,9 +123,21 @@ async def read_all(settings: Settings) -> list[Parked]:
         await client.stop()
 
 
-def select(parked: list[Parked], *, ids: list[str], reason: str | None) -> list[Parked]:
-    """``ids`` are ``partition:offset`` of DLQ records; ``reason`` a dlq.reason code."""
-    chosen = [p for p in parked if f"{p.partition}:{p.offset}" in set(ids)] if ids else parked
+def select(
+    parked: list[Parked], *, positions: list[tuple[int, int]], reason: str | None
+) -> list[Parked]:
+    """``positions`` are (partition, offset) of DLQ records, every one of which must exist
+    (a typo re-drives nothing rather than part of what was meant); ``reason`` a
+    dlq.reason code, which may match nothing (all of that kind may be re-driven already)."""
+    if positions:
+        wanted = set(positions)
+        chosen = [p for p in parked if (p.partition, p.offset) in wanted]
+        missing = wanted - {(p.partition, p.offset) for p in chosen}
+        if missing:
+            names = ", ".join(f"{p}:{o}" for p, o in sorted(missing)[:10])
+            raise InvalidInput(f"no dead letter at {names}: see `tokendist dlq list`")
+    else:
+        chosen = parked
     return [p for p in chosen if reason is None or p.meta.get("dlq.reason") == reason]
 
 

@@ -331,3 +331,12 @@ SELECT c.event_id, c.investment_id, c.payload::text AS payload FROM payment_conf
 LEFT JOIN distributions d ON d.investment_id = c.investment_id
 WHERE d.event_id IS NULL AND c.confirmed_at < now() - make_interval(secs => $1)
 """
+
+# --- operator commands (kyc approve) -----------------------------------------------------
+
+# Addresses are recorded EIP-55 cased; compare without case.
+K_TOKENIZATION_OF_ADDRESS = """
+SELECT id FROM tokenizations
+WHERE lower(token_address) = lower($1) OR lower(distributor_address) = lower($1)
+LIMIT 1
+"""

@@ -74,12 +74,13 @@ class Reconciler:
                 found = await self._mined(dist)
                 if found is None:
                     return  # in flight: the owner and the resubmitter take care of it
-                if dry_run:
-                    result.credited.append(str(dist.event_id))
-                    return
-                dist = await self.repo.confirm(dist, *found)
-            if not dry_run:
-                await self.repo.credit(dist, tokenization.property_id)
+                if not dry_run:
+                    dist = await self.repo.confirm(dist, *found)
+            if dry_run:
+                result.credited.append(str(dist.event_id))
+                log.info("reconcile_would_credit", event_id=str(dist.event_id))
+                return
+            await self.repo.credit(dist, tokenization.property_id)
             result.credited.append(str(dist.event_id))
             log.info("reconcile_credited", event_id=str(dist.event_id))
         except StateConflict:
@@ -103,8 +104,10 @@ class Reconciler:
         if payload is None:
             result.for_a_human.append(f"payment {event_id}: confirmed, no payload to re-drive")
             return
-        if not dry_run:
-            async with self.repo.pool.acquire() as conn, conn.transaction():
-                await write_outbox_row(conn, PaymentConfirmedV1.model_validate_json(payload))
         result.redriven.append(str(event_id))
+        if dry_run:
+            log.info("reconcile_would_redrive", event_id=str(event_id))
+            return
+        async with self.repo.pool.acquire() as conn, conn.transaction():
+            await write_outbox_row(conn, PaymentConfirmedV1.model_validate_json(payload))
         log.info("reconcile_redriven", event_id=str(event_id))

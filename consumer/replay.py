@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tokendist import kafka
-from tokendist.errors import TokendistError
+from tokendist.errors import InvalidInput, TokendistError
 from tokendist.settings import Settings
 
 
@@ -70,7 +70,7 @@ async def plan_and_apply(
     try:
         tps = await kafka.partitions(client, settings.topic)
         if not tps:
-            raise TokendistError(f"topic {settings.topic} has no partitions (does it exist?)")
+            raise InvalidInput(f"topic {settings.topic} has no partitions (does it exist?)")
         targets = await _targets(client, tps, earliest, timestamp_ms, offsets)
         ends = await client.end_offsets(tps)
         moves = [
@@ -101,7 +101,15 @@ async def _targets(
     assert offsets is not None
     unknown = set(offsets) - {tp.partition for tp in tps}
     if unknown:
-        raise TokendistError(f"no such partitions: {sorted(unknown)}")
+        raise InvalidInput(f"no such partitions: {sorted(unknown)}")
+    starts, ends = await client.beginning_offsets(tps), await client.end_offsets(tps)
+    outside = [
+        f"{tp.partition}:{offsets[tp.partition]} (has {starts[tp]}..{ends[tp]})"
+        for tp in tps
+        if tp.partition in offsets and not starts[tp] <= offsets[tp.partition] <= ends[tp]
+    ]
+    if outside:
+        raise InvalidInput(f"offsets outside their partition: {', '.join(outside)}")
     current = {tp: await client.committed(tp) for tp in tps}
     return {tp: offsets.get(tp.partition, current[tp] or 0) for tp in tps}
 

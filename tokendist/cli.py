@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bench.options import PARSER
 from bench.options import add_arguments as add_bench_arguments
-from tokendist import logs
-from tokendist.errors import TokendistError
-from tokendist.settings import Settings, SettingsError, instance_id, load_settings
+from tokendist import cli_errors, logs
+from tokendist import cli_input as valid
+from tokendist.errors import InvalidInput
+from tokendist.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
@@ -24,14 +28,44 @@ STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _async(fn: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]) -> Handler:
-    """Wrap an async command: settings are loaded first so a bad variable fails fast."""
+def _async(
+    fn: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]], *, tool: bool = False
+) -> Handler:
+    """Wrap an async command: settings are loaded and checked first so a bad variable fails
+    fast. A ``tool`` (one-shot operator command) keeps the libraries' own log lines quiet:
+    their outage reports would only repeat, in many lines, the one line ``main`` prints."""
 
     def run(args: argparse.Namespace) -> int:
         settings = load_settings()
+        _check_keys(settings)
+        if tool and args.log_level != "DEBUG":
+            logging.disable(logging.ERROR)
         return asyncio.run(fn(args, settings))
 
     return run
+
+
+def _tool(fn: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]) -> Handler:
+    return _async(fn, tool=True)
+
+
+def _check_keys(settings: Settings) -> None:
+    for name in ("operator_key", "deployer_key"):
+        secret = getattr(settings, name)
+        if secret is not None and not valid.is_private_key(secret.get_secret_value()):
+            raise SettingsError(
+                f"{ENV_PREFIX}{name.upper()} is not a private key (64 hex digits, 0x optional)"
+            )
+
+
+def _secrets() -> list[str]:
+    """What the one error line must never show: keys and the database password."""
+    found = [v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) and k.endswith("_KEY")]
+    try:
+        password = urlsplit(os.environ.get(f"{ENV_PREFIX}DATABASE_URL", "")).password
+    except ValueError:
+        password = None
+    return [*found, *([password] if password else [])]
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -82,10 +116,27 @@ async def cmd_webhook(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.signals import stop_on_signals
     from webhook.server import WebhookServer
 
+    if not valid.is_paystack_key(settings.require_webhook().get_secret_value()):
+        raise SettingsError(
+            f"{ENV_PREFIX}PAYSTACK_SECRET_KEY is not a Paystack secret key (sk_live_… or sk_test_…)"
+        )
     stop = asyncio.Event()
-    with stop_on_signals(stop):
-        await WebhookServer(settings, stop).run()
+    with _listening(settings.webhook_host, settings.webhook_port) as sock, stop_on_signals(stop):
+        await WebhookServer(settings, stop, sock=sock).run()
     return 0
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """The receiver's socket, bound here: uvicorn reports a failed bind by exiting the
+    interpreter from inside the event loop, a traceback that says nothing useful."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what holds it or "
+            f"set {ENV_PREFIX}WEBHOOK_PORT / {ENV_PREFIX}WEBHOOK_HOST"
+        ) from None
 
 
 async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
@@ -130,7 +181,7 @@ async def cmd_rotate_operator(args: argparse.Namespace, settings: Settings) -> i
     async with db.connect(settings.database_url) as conn:
         row = await conn.fetchrow(queries.TOKENIZATION, args.tokenization_id)
     if row is None:
-        raise SettingsError(f"no tokenization {args.tokenization_id} is recorded")
+        raise InvalidInput(f"no tokenization {args.tokenization_id} is recorded")
     deployer = Deployer(rpc_url, deployer_key)
     try:
         await deployer.set_operator(row["distributor_address"], args.new_operator)
@@ -141,11 +192,18 @@ async def cmd_rotate_operator(args: argparse.Namespace, settings: Settings) -> i
 
 
 async def cmd_kyc_approve(args: argparse.Namespace, settings: Settings) -> int:
+    from eth_account import Account
+
     from consumer.kyc import approve
     from tokendist import db
 
+    ours = [
+        Account.from_key(key.get_secret_value()).address
+        for key in (settings.operator_key, settings.deployer_key)
+        if key is not None
+    ]
     async with db.connect(settings.database_url) as conn:
-        released = await approve(conn, args.user_id, args.wallet)
+        released = await approve(conn, args.user_id, args.wallet, not_wallets=ours)
     print(f"user {args.user_id} approved; {released} parked distributions re-driven")
     return 0
 
@@ -239,8 +297,8 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         settings,
         group,
         earliest=args.earliest or bool(args.fresh_group),
-        timestamp_ms=_timestamp_ms(args.to_timestamp),
-        offsets=_offsets(args.to_offsets),
+        timestamp_ms=args.to_timestamp,
+        offsets=args.to_offsets,
         dry_run=args.dry_run,
     )
     print(render(group, moves, dry_run=args.dry_run))
@@ -249,42 +307,42 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _timestamp_ms(value: str | None) -> int | None:
-    if value is None:
-        return None
-    from datetime import datetime
-
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise SettingsError(f"--to-timestamp {value}: give a time zone (e.g. ...Z or +01:00)")
-    return int(moment.timestamp() * 1000)
-
-
-def _offsets(value: str | None) -> dict[int, int] | None:
-    if value is None:
-        return None
-    pairs = (item.split(":", 1) for item in value.split(",") if item)
-    return {int(p): int(o) for p, o in pairs}
-
-
-async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+async def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     from consumer import dlq_admin
 
     parked = await dlq_admin.read_all(settings)
-    if args.action == "list":
-        for p in parked[-args.limit :]:
-            print(p.line())
-        print(f"{len(parked)} messages in {settings.dlq_topic}")
-        return 0
-    chosen = dlq_admin.select(parked, ids=args.ids, reason=args.reason)
-    if not args.ids and not args.reason and not args.all:
-        raise SettingsError("dlq redrive: name messages (partition:offset), --reason or --all")
+    for p in parked[-args.limit :]:
+        print(p.line())
+    print(f"{len(parked)} messages in {settings.dlq_topic}")
+    return 0
+
+
+async def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer import dlq_admin
+
+    parked = await dlq_admin.read_all(settings)
+    chosen = dlq_admin.select(parked, positions=args.positions, reason=args.reason)
     if args.dry_run:
         for p in chosen:
             print("would re-drive " + p.line())
+        print(f"{len(chosen)} messages would be re-driven")
         return 0
     print(f"re-drove {await dlq_admin.redrive(settings, chosen)} messages to their topic")
     return 0
+
+
+def _dlq_redrive_names_something(args: argparse.Namespace) -> str | None:
+    if args.positions and args.all:
+        return "dlq redrive: name messages (partition:offset) or --all, not both"
+    if not args.positions and not args.reason and not args.all:
+        return "dlq redrive: name messages (partition:offset), --reason or --all"
+    return None
+
+
+def _fund_within_supply(args: argparse.Namespace) -> str | None:
+    from consumer.deploy import amounts_problem
+
+    return amounts_problem(args.supply, args.fund)
 
 
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -309,24 +367,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return execute(args)
 
 
-def _address(value: str) -> str:
-    from eth_utils.address import is_checksum_address
-
-    if not is_checksum_address(value):
-        raise argparse.ArgumentTypeError(f"{value} is not an EIP-55 checksummed address")
-    return value
-
-
-def _instance_id(value: str) -> str:
-    try:
-        return instance_id(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokendist", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("TOKENDIST_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        type=valid.log_level,
+        default=os.environ.get(f"{ENV_PREFIX}LOG_LEVEL", "INFO"),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="local PostgreSQL, Kafka and anvil without Docker")
@@ -336,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dbp = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     dbp.add_parser("migrate", help="apply pending migrations").set_defaults(
-        handler=_async(cmd_migrate)
+        handler=_tool(cmd_migrate)
     )
 
     sch = sub.add_parser("schemas", help="event schemas").add_subparsers(dest="s", required=True)
@@ -358,7 +405,7 @@ def _add_consume(sub: Any) -> None:
     consume = sub.add_parser("consume", help="distribute tokens for payment events")
     consume.add_argument(
         "--instance-id",
-        type=_instance_id,
+        type=valid.instance_id,
         help="static group membership: unique per member, kept across restarts "
         "(default: TOKENDIST_CONSUMER_INSTANCE_ID; unset: dynamic membership)",
     )
@@ -370,86 +417,106 @@ def _add_operations(sub: Any) -> None:
 
     chain = sub.add_parser("chain", help="contracts").add_subparsers(dest="c", required=True)
     deploy = chain.add_parser("deploy", help="deploy token + Distributor, fund, record")
-    deploy.add_argument("--tokenization-id", required=True)
-    deploy.add_argument("--property-id", required=True)
-    deploy.add_argument("--name", default="Property Token")
-    deploy.add_argument("--symbol", default="PROP")
-    deploy.add_argument("--decimals", type=int, default=18)
-    deploy.add_argument("--supply", type=int, default=10**9 * 10**18, help="base units")
+    deploy.add_argument("--tokenization-id", required=True, type=valid.identifier)
+    deploy.add_argument("--property-id", required=True, type=valid.identifier)
+    deploy.add_argument("--name", default="Property Token", type=valid.label(64))
+    deploy.add_argument("--symbol", default="PROP", type=valid.label(16))
+    deploy.add_argument("--decimals", type=valid.integer(0, 255), default=18)
+    deploy.add_argument(
+        "--supply", type=valid.token_units, default=10**9 * 10**18, help="base units"
+    )
     deploy.add_argument(
         "--fund",
-        type=int,
+        type=valid.token_units,
         default=None,
         help="base units moved into the Distributor (default: all)",
     )
-    deploy.set_defaults(handler=_async(cmd_deploy))
+    deploy.set_defaults(handler=_tool(cmd_deploy), check=_fund_within_supply)
 
     rotate = chain.add_parser(
         "rotate-operator", help="make another key the Distributor's operator (owner only)"
     )
-    rotate.add_argument("--tokenization-id", required=True)
-    rotate.add_argument("--new-operator", required=True, type=_address)
-    rotate.set_defaults(handler=_async(cmd_rotate_operator))
+    rotate.add_argument("--tokenization-id", required=True, type=valid.identifier)
+    rotate.add_argument("--new-operator", required=True, type=valid.address)
+    rotate.set_defaults(handler=_tool(cmd_rotate_operator))
 
     kyc = sub.add_parser("kyc", help="investor verification").add_subparsers(
         dest="k", required=True
     )
     approve = kyc.add_parser("approve", help="approve a user and release parked payments")
-    approve.add_argument("user_id")
-    approve.add_argument("--wallet", type=_address, default=None)
-    approve.set_defaults(handler=_async(cmd_kyc_approve))
+    approve.add_argument("user_id", type=valid.identifier)
+    approve.add_argument("--wallet", type=valid.address, default=None)
+    approve.set_defaults(handler=_tool(cmd_kyc_approve))
 
     redrive = sub.add_parser(
         "redrive", help="retry distributions that failed before signing (e.g. after a top-up)"
     )
     redrive.add_argument("event_ids", nargs="*", type=uuid.UUID, help="default: all of them")
-    redrive.set_defaults(handler=_async(cmd_redrive))
+    redrive.set_defaults(handler=_tool(cmd_redrive))
 
     sub.add_parser("status", help="one screen: backlog, lag, states, DLQ, balances").set_defaults(
-        handler=_async(cmd_status)
+        handler=_tool(cmd_status)
     )
 
     rec = sub.add_parser("reconcile", help="repair what is provably safe, report the rest")
-    rec.add_argument("--grace", type=float, default=60.0, help="only touch rows idle this long")
+    rec.add_argument("--grace", type=valid.seconds, default=60.0, help="only rows idle this long")
     rec.add_argument("--dry-run", action="store_true", help="say what would be repaired")
-    rec.set_defaults(handler=_async(cmd_reconcile))
+    rec.set_defaults(handler=_tool(cmd_reconcile))
 
     rep = sub.add_parser("replay", help="reset a stopped group's offsets (recovery)")
     target = rep.add_mutually_exclusive_group(required=True)
     target.add_argument("--earliest", action="store_true", help="from the start of the topic")
-    target.add_argument("--to-timestamp", help="ISO-8601 time with zone")
-    target.add_argument("--to-offsets", help="partition:offset,... (others unchanged)")
-    target.add_argument("--fresh-group", help="a new group id that starts from the earliest")
+    target.add_argument("--to-timestamp", type=valid.timestamp_ms, help="ISO-8601 time with zone")
+    target.add_argument(
+        "--to-offsets", type=valid.offsets, help="partition:offset,... (others unchanged)"
+    )
+    target.add_argument(
+        "--fresh-group", type=valid.identifier, help="a new group id that starts from the earliest"
+    )
     rep.add_argument("--dry-run", action="store_true", help="say what would be reprocessed")
-    rep.set_defaults(handler=_async(cmd_replay))
+    rep.set_defaults(handler=_tool(cmd_replay))
 
-    dlq = sub.add_parser("dlq", help="the dead-letter topic")
-    dlq.add_argument("action", choices=["list", "redrive"])
-    dlq.add_argument("ids", nargs="*", help="redrive: DLQ records as partition:offset")
-    dlq.add_argument("--reason", help="redrive: only records parked for this reason")
-    dlq.add_argument("--all", action="store_true", help="redrive: every record")
-    dlq.add_argument("--limit", type=int, default=50, help="list: the newest N")
-    dlq.add_argument("--dry-run", action="store_true")
-    dlq.set_defaults(handler=_async(cmd_dlq))
+    _add_dlq(sub)
 
     ver = sub.add_parser("verify", help="check every invariant; exit 0 only if all hold")
-    ver.add_argument("--grace", type=float, default=300.0, help="seconds before in-flight is stuck")
+    ver.add_argument(
+        "--grace", type=valid.seconds, default=300.0, help="seconds before in-flight is stuck"
+    )
     ver.add_argument(
         "--shared-chain",
         action="store_true",
         help="the tokens also move outside this system: skip the balanceOf check",
     )
-    ver.set_defaults(handler=_async(cmd_verify))
+    ver.set_defaults(handler=_tool(cmd_verify))
     _add_simulation(sub)
+
+
+def _add_dlq(sub: Any) -> None:
+    dlq = sub.add_parser("dlq", help="the dead-letter topic").add_subparsers(
+        dest="action", required=True
+    )
+    listing = dlq.add_parser("list", help="the parked messages, oldest first")
+    listing.add_argument("--limit", type=valid.integer(1), default=50, help="the newest N")
+    listing.set_defaults(handler=_tool(cmd_dlq_list))
+    again = dlq.add_parser("redrive", help="send messages back through full validation")
+    again.add_argument(
+        "positions", nargs="*", type=valid.position, help="DLQ records as partition:offset"
+    )
+    again.add_argument("--reason", help="only records parked for this reason")
+    again.add_argument("--all", action="store_true", help="every record")
+    again.add_argument("--dry-run", action="store_true")
+    again.set_defaults(handler=_tool(cmd_dlq_redrive), check=_dlq_redrive_names_something)
 
 
 def _add_simulation(sub: Any) -> None:
     sim = sub.add_parser("simulate", help="a simulated payment service confirming payments")
-    sim.add_argument("--tokenization-id", required=True)
-    sim.add_argument("--property-id", default="property")
-    sim.add_argument("--rate", type=float, default=5.0, help="payments per second")
-    sim.add_argument("--count", type=int, default=0, help="payments to confirm (0: forever)")
-    sim.add_argument("--users", type=int, default=40)
+    sim.add_argument("--tokenization-id", required=True, type=valid.identifier)
+    sim.add_argument("--property-id", default="property", type=valid.identifier)
+    sim.add_argument("--rate", type=valid.rate, default=5.0, help="payments per second")
+    sim.add_argument(
+        "--count", type=valid.integer(0), default=0, help="payments to confirm (0: forever)"
+    )
+    sim.add_argument("--users", type=valid.integer(1), default=40)
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument(
         "--webhook-url",
@@ -458,10 +525,10 @@ def _add_simulation(sub: Any) -> None:
     sim.set_defaults(handler=_async(cmd_simulate))
 
     demo = sub.add_parser("demo", help="the whole system end to end, with live progress")
-    demo.add_argument("--payments", type=int, default=300)
-    demo.add_argument("--rate", type=float, default=25.0, help="payments per second")
-    demo.add_argument("--users", type=int, default=40)
-    demo.add_argument("--consumers", type=int, default=2)
+    demo.add_argument("--payments", type=valid.integer(1), default=300)
+    demo.add_argument("--rate", type=valid.rate, default=25.0, help="payments per second")
+    demo.add_argument("--users", type=valid.integer(1), default=40)
+    demo.add_argument("--consumers", type=valid.integer(1, 16), default=2)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--log-dir", default=".stack/demo")
     demo.set_defaults(handler=_async(cmd_demo))
@@ -473,14 +540,27 @@ def _add_simulation(sub: Any) -> None:
     bench.set_defaults(handler=cmd_bench)
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, each value checked by its ``type=`` and then the command's checks
+    across values (``check``); a refusal is argparse's: one line, exit 2."""
+    args = parser.parse_args(argv)
+    check: Callable[[argparse.Namespace], str | None] | None = getattr(args, "check", None)
+    if check is not None and (problem := check(args)) is not None:
+        parser.error(problem)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Parse (argparse exits 2 on bad syntax or a refused value), then run the command
+    inside the one error boundary: every failure is one line and exit 2 or 1."""
+    args = parse(build_parser(), argv)
     logs.configure(args.log_level)
     try:
         code: int = args.handler(args)
-    except (SettingsError, TokendistError) as exc:
-        print(f"tokendist: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:  # the boundary: see tokendist.cli_errors
+        code, line = cli_errors.one_line(exc, _secrets())
+        print(line, file=sys.stderr)
+        return code
     return code
 
 

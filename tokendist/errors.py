@@ -8,6 +8,7 @@
     │   └── ProviderUnavailable   (the payment provider's API: errors, timeouts)
     ├── InvalidEvent          the event can never be processed: parked in the DLQ with a reason
     ├── RecordRejected        the broker will never take this record (too large, malformed)
+    ├── InvalidInput          an operator command was asked something it refuses (exit 2)
     ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
     ├── CheckoutRefused       a pending investment cannot be created as asked (``reason``)
     ├── ChainRejected         the node or contract refused a transaction deterministically
@@ -54,6 +55,10 @@ class InvalidEvent(TokendistError):
 
 class RecordRejected(TokendistError):
     """Kafka refuses this record itself, not for an outage: sending it again cannot help."""
+
+
+class InvalidInput(TokendistError):
+    """An operator command's arguments are refused; nothing was written or sent."""
 
 
 class NotInTransaction(TokendistError):

@@ -159,7 +159,7 @@ async def test_dlq_list_and_redrive_after_the_fix(
             " decimals, distributor_address FROM tokenizations WHERE id = $1",
             tokenization.tokenization_id,
         )
-        chosen = dlq_admin.select(parked, ids=[], reason="unknown_tokenization")
+        chosen = dlq_admin.select(parked, positions=[], reason="unknown_tokenization")
         assert await dlq_admin.redrive(settings, chosen) == 1
         assert await dlq_admin.redrive(settings, chosen) == 1
         await harness.wait_until(lambda: credited_is(pool, 1), what="the re-driven credit")
