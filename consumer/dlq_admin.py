@@ -1,6 +1,10 @@
 """``tokendist dlq list | redrive``: inspect the dead-letter topic and send chosen
 messages back to their original topic after a fix. A re-driven message goes through full
-validation again; if it is still bad it returns to the DLQ with its (new) reason."""
+validation again; if it is still bad it returns to the DLQ with its (new) reason.
+
+A DLQ record that only points to PostgreSQL (the original was too large for the DLQ, see
+``consumer.dlq``) is re-driven with the original's bytes, read back from ``dead_letters``.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
+from consumer import queries
+from consumer.dlq import STORED_HEADER, STORED_IN, headers_from_json
 from schemas.events import MAX_EVENT_BYTES
-from tokendist import kafka
+from tokendist import db, kafka
 from tokendist.errors import InvalidInput
 from tokendist.settings import Settings
 
@@ -18,6 +24,8 @@ SUMMARY_CHARS = 80
 # An event is two objects deep; json.loads recurses once per level, so a dead letter
 # nested thousands deep (one of the things a DLQ exists to hold) is not handed to it.
 MAX_SUMMARY_DEPTH = 8
+# An original kept in PostgreSQL fitted its topic: give it the room it had there.
+MAX_REDRIVE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,28 @@ class Parked:
     def meta(self) -> dict[str, str]:
         return kafka.header_map(self.headers)
 
+    @property
+    def stored(self) -> bool:
+        """Whether this record only points to its original, kept in PostgreSQL."""
+        return self.meta.get(STORED_HEADER) == STORED_IN
+
+    @property
+    def origin(self) -> tuple[str, int, int] | None:
+        """(topic, partition, offset) of the parked original; one message parked several
+        times (a replay, a crash before the commit) has several records, one origin."""
+        m = self.meta
+        try:
+            return (
+                m["dlq.original.topic"],
+                int(m["dlq.original.partition"]),
+                int(m["dlq.original.offset"]),
+            )
+        except (KeyError, ValueError):
+            return None
+
     def summary(self) -> str:
+        if self.stored:
+            return "<original kept in PostgreSQL: table dead_letters>"
         if self.value is None:
             return "<no value>"
         try:
@@ -123,6 +152,42 @@ async def read_all(settings: Settings) -> list[Parked]:
         await client.stop()
 
 
+def distinct(parked: list[Parked]) -> int:
+    """How many messages ``parked`` holds (records without an origin count one each)."""
+    return len({p.origin or (p.partition, p.offset) for p in parked})
+
+
+async def with_originals(settings: Settings, chosen: list[Parked]) -> list[Parked]:
+    """``chosen`` with every pointer record replaced by its original from PostgreSQL."""
+    if not any(p.stored for p in chosen):
+        return chosen
+    async with db.connect(settings.database_url) as conn:
+        found: list[Parked] = []
+        for p in chosen:
+            origin = p.origin
+            if not p.stored or origin is None:
+                found.append(p)
+                continue
+            row = await db.guarded(lambda o=origin: conn.fetchrow(queries.STORED_DEAD_LETTER, *o))  # type: ignore[misc]
+            if row is None:
+                raise InvalidInput(
+                    f"dead letter {p.partition}:{p.offset} points to PostgreSQL, "
+                    "but dead_letters holds no original for it"
+                )
+            key, value = row["stored_key"], row["stored_value"]
+            dlq_only = [(k, v) for k, v in p.headers if k.startswith("dlq.")]
+            found.append(
+                Parked(
+                    p.partition,
+                    p.offset,
+                    None if key is None else bytes(key),
+                    None if value is None else bytes(value),
+                    headers_from_json(row["stored_headers"]) + dlq_only,
+                )
+            )
+    return found
+
+
 def select(
     parked: list[Parked], *, positions: list[tuple[int, int]], reason: str | None
 ) -> list[Parked]:
@@ -142,9 +207,14 @@ def select(
 
 
 async def redrive(settings: Settings, chosen: list[Parked]) -> int:
-    producer = await kafka.start(kafka.producer(settings))
+    """Re-drive ``chosen``; returns how many were sent. A message with neither key nor
+    value carries nothing to process and cannot be produced: it is left parked."""
+    sendable = [
+        p for p in await with_originals(settings, chosen) if (p.key, p.value) != (None, None)
+    ]
+    producer = await kafka.start(kafka.producer(settings, max_request_size=MAX_REDRIVE_BYTES))
     try:
-        for p in chosen:
+        for p in sendable:
             headers = [(k, v) for k, v in p.headers if not k.startswith("dlq.")]
             headers.append(("dlq.redriven_from", f"{p.partition}:{p.offset}".encode()))
             topic = p.meta.get("dlq.original.topic") or settings.topic
@@ -155,4 +225,4 @@ async def redrive(settings: Settings, chosen: list[Parked]) -> int:
             )
     finally:
         await producer.stop()
-    return len(chosen)
+    return len(sendable)

@@ -313,7 +313,10 @@ async def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     parked = await dlq_admin.read_all(settings)
     for p in parked[-args.limit :]:
         print(p.line())
-    print(f"{len(parked)} messages in {settings.dlq_topic}")
+    print(
+        f"{dlq_admin.distinct(parked)} messages in {len(parked)} records of "
+        f"{settings.dlq_topic} (a replay or a crash parks a message again)"
+    )
     return 0
 
 
@@ -327,7 +330,10 @@ async def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
             print("would re-drive " + p.line())
         print(f"{len(chosen)} messages would be re-driven")
         return 0
-    print(f"re-drove {await dlq_admin.redrive(settings, chosen)} messages to their topic")
+    sent = await dlq_admin.redrive(settings, chosen)
+    print(f"re-drove {sent} messages to their topic")
+    if sent < len(chosen):
+        print(f"left {len(chosen) - sent} parked: neither key nor value, nothing to process")
     return 0
 
 

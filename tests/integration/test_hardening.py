@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumer import status
+from consumer import dlq_admin, status
 from consumer.deploy import Deployment
 from consumer.dlq import STORED_HEADER, headers_from_json
 from tests.integration import harness
@@ -88,6 +88,15 @@ async def test_poison_records_are_parked_and_the_payments_behind_them_are_credit
         [(wallet, first.tokens), (wallet, last.tokens)]
     )
     assert await pool.fetchval("SELECT count(*) FROM retrying_partitions") == 0
+
+    # The operator's view: the pointer is shown as such, and re-driving reads the original.
+    listed = await dlq_admin.read_all(settings)
+    (stored,) = [p for p in listed if p.stored]
+    assert "kept in PostgreSQL" in stored.line()
+    (original,) = await dlq_admin.with_originals(settings, [stored])
+    assert (original.key, original.value) == (KEY, filler)
+    assert original.headers[: len(huge_headers)] == huge_headers
+    assert original.meta["dlq.reason"] == "too_large"
 
 
 async def test_a_well_formed_event_without_a_confirmed_payment_pays_nobody(

@@ -19,6 +19,8 @@ from tests.integration import harness
 from tokendist import kafka
 from tokendist.settings import Settings
 
+FIXED_ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+
 pytestmark = pytest.mark.integration
 
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1
@@ -55,7 +57,8 @@ DATABASE_COMMANDS = [
     ["reconcile", "--dry-run"],
     ["status"],
     ["chain", "deploy", "--tokenization-id", "tok-9", "--property-id", "p"],
-    ["chain", "rotate-operator", "--tokenization-id", "tok-9", "--new-operator", harness.wallet(1)],
+    # A fixed address: parameters must be the same in every xdist worker.
+    ["chain", "rotate-operator", "--tokenization-id", "tok-9", "--new-operator", FIXED_ADDRESS],
 ]
 KAFKA_COMMANDS = [
     ["dlq", "list"],
