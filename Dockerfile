@@ -18,25 +18,13 @@ WORKDIR /src
 # tests, docs or the stack scripts does not invalidate this layer.
 COPY pyproject.toml ./
 COPY tokendist/ tokendist/
-COPY schemas/ schemas/
-COPY outbox/ outbox/
-COPY consumer/ consumer/
-COPY webhook/ webhook/
-COPY bench/ bench/
 RUN pip install .
 
-# consumer/contracts.py reads the compiled contracts at run time from
-# <directory holding the consumer package>/contracts/build; after a regular (non-editable)
-# install that directory is site-packages. Ask the installed code where it looks (from /,
-# so the source tree in /src is not what gets imported), put the artifacts there, and fail
-# the build if they cannot be loaded.
-COPY contracts/build/ /src/contracts/build/
+# The contract artifacts and the migrations are package data: check from / (so the source
+# tree in /src is not what gets imported) that the installed package finds them.
 RUN cd / \
-    && dest="$(python -c 'from consumer.contracts import BUILD_DIR; print(BUILD_DIR)')" \
-    && case "$dest" in /opt/tokendist/*) ;; *) echo "unexpected BUILD_DIR $dest" >&2; exit 1 ;; esac \
-    && mkdir -p "$(dirname "$dest")" \
-    && cp -r /src/contracts/build "$dest" \
-    && python -c "from consumer.contracts import artifact; artifact('Distributor'); artifact('PropertyToken')" \
+    && python -c "from tokendist.consumer.contracts import artifact; artifact('Distributor'); artifact('PropertyToken')" \
+    && python -c "from tokendist.core.db import migration_files; assert migration_files()" \
     && tokendist --help >/dev/null
 
 # ---------------------------------------------------------------- runtime
@@ -50,7 +38,7 @@ RUN groupadd --system --gid 10001 tokendist \
     && useradd --system --uid 10001 --gid tokendist --create-home --home-dir /home/tokendist \
        --shell /usr/sbin/nologin tokendist
 
-# The virtualenv holds the project, its dependencies and contracts/build (see above).
+# The virtualenv holds the project, its dependencies, its ABIs and migrations.
 COPY --from=build /opt/tokendist /opt/tokendist
 
 # Numeric, so orchestrators can verify "runAsNonRoot" without resolving names.

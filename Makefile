@@ -27,6 +27,7 @@ lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 	cd contracts && npm ci --silent --no-audit --no-fund && node compile.mjs --check
 
 # The tests: unit, then integration in parallel, then the tests that restart shared
@@ -54,7 +55,7 @@ bench: deps stack-up
 	$(ENV) && $(BIN)/tokendist bench $(BENCH_ARGS)
 
 bench-webhook: deps stack-up
-	$(ENV) && $(BIN)/python -m bench.webhook
+	$(ENV) && $(BIN)/python -m tokendist.bench.webhook
 
 clean: stack-down
 	rm -rf .stack $(VENV)

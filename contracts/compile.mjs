@@ -3,7 +3,7 @@
 // version pinned in contracts/package.json (the compiler is bundled in the
 // npm package: nothing is downloaded at run time).
 //
-//   node contracts/compile.mjs          write contracts/build/<Name>.json
+//   node contracts/compile.mjs          write tokendist/consumer/abi/<Name>.json (package data)
 //   node contracts/compile.mjs --check  compile in memory; exit 1 if the
 //                                       committed build files differ
 import { readFileSync, writeFileSync, mkdirSync, existsSync } from 'node:fs';
@@ -16,7 +16,7 @@ const solc = require('solc');
 
 const ROOT = dirname(fileURLToPath(import.meta.url));
 const SRC_DIR = join(ROOT, 'src');
-const BUILD_DIR = join(ROOT, 'build');
+const BUILD_DIR = join(ROOT, '..', 'tokendist', 'consumer', 'abi');
 
 // Contract name -> source file (relative to src/). Order is the output order.
 const CONTRACTS = {

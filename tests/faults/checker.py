@@ -12,12 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer import contracts
-from consumer.chain import Chain
 from tests.faults.context import Ctx
 from tests.faults.nemesis import redrive_now, top_up_and_redrive
 from tests.faults.retry import retrying
 from tests.integration import harness
+from tokendist.consumer import contracts
+from tokendist.consumer.chain import Chain
 
 STATES = "SELECT state, count(*) AS n FROM distributions GROUP BY state"
 NOT_CREDITED = """

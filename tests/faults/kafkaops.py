@@ -10,8 +10,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from tokendist import kafka
-from tokendist.settings import Settings
+from tokendist.core import kafka
+from tokendist.core.settings import Settings
 
 READ_LIMIT = 500
 

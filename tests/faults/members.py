@@ -22,10 +22,10 @@ from typing import IO
 
 from tests.faults.stack import REPO_ROOT
 from tests.integration import harness
-from tokendist.settings import Settings
+from tokendist.core.settings import Settings
 
 TERM_TIMEOUT_S = 30.0
-CLI_ERROR_EXIT = 2  # tokendist.cli.main: SettingsError / TokendistError, message on stderr
+CLI_ERROR_EXIT = 2  # tokendist.cli.app: SettingsError / TokendistError, message on stderr
 
 
 class Member:

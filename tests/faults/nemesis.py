@@ -15,11 +15,11 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
-from consumer.redrive import redrive_failed
 from tests.faults import kafkaops
 from tests.faults.context import Ctx
 from tests.faults.retry import retrying
 from tests.integration import harness
+from tokendist.ops.redrive import redrive_failed
 
 Fault = Callable[[Ctx, random.Random], Awaitable[None]]
 

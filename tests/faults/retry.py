@@ -12,8 +12,8 @@ from typing import TypeVar
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from tokendist.db import CONNECTION_ERRORS
-from tokendist.errors import TransientError
+from tokendist.core.db import CONNECTION_ERRORS
+from tokendist.core.errors import TransientError
 
 T = TypeVar("T")
 

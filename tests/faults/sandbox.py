@@ -17,11 +17,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from eth_account import Account
 from pydantic import SecretStr
 
-from consumer.deploy import Deployer, Deployment, deploy_tokenization
 from tests.faults.stack import Stack
 from tests.integration import harness
-from tokendist import db
-from tokendist.settings import Settings
+from tokendist.core import db
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 
 TEMPLATE_LOCK = 7117099  # the key tests/integration/conftest.py uses: one template builder
 SUPPLY = 10**31

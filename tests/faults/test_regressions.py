@@ -23,19 +23,20 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.partitioner import murmur2
 
-from consumer.chain import Chain
-from consumer.deploy import Deployment
-from consumer.redrive import redrive_failed
-from consumer.repository import Repository
-from consumer.resubmitter import Resubmitter
-from consumer.runner import Runner
 from tests.faults.stack import local_stack
 from tests.integration import harness
 from tests.services import Services
 from tests.unit.test_partition_worker import worker_for
-from tokendist import db, payments
-from tokendist.errors import DatabaseUnavailable
-from tokendist.settings import Settings
+from tokendist.consumer.chain import Chain
+from tokendist.consumer.repository import Repository
+from tokendist.consumer.resubmitter import Resubmitter
+from tokendist.consumer.runner import Runner
+from tokendist.core import db
+from tokendist.core.errors import DatabaseUnavailable
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
+from tokendist.ops.redrive import redrive_failed
+from tokendist.sim import payments
 
 GWEI = 10**9
 

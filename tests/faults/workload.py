@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import asyncpg
 from eth_account import Account
 
-from consumer.kyc import approve
 from tests.faults.retry import retrying
-from tokendist import payments as service
-from tokendist.payments import Payment
+from tokendist.ops.kyc import approve
+from tokendist.sim import payments as service
+from tokendist.sim.payments import Payment
 
 SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 

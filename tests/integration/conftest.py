@@ -15,11 +15,11 @@ import pytest
 from eth_account import Account
 from pydantic import SecretStr
 
-from consumer.deploy import Deployer, Deployment, deploy_tokenization
 from tests.integration import harness
 from tests.services import Services, services
-from tokendist import db
-from tokendist.settings import Settings
+from tokendist.core import db
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 
 
 def _with_db(url: str, name: str) -> str:

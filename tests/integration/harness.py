@@ -18,15 +18,16 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 from eth_account import Account
 
-from consumer.chain import Chain
-from consumer.deploy import Deployer, Deployment
-from consumer.runner import Runner
-from consumer.verify import Report, verify
-from outbox import enqueue
-from outbox.relay import Relay
-from schemas import PaymentConfirmedV1
-from tokendist import kafka, payments
-from tokendist.settings import Settings
+from tokendist.consumer.chain import Chain
+from tokendist.consumer.runner import Runner
+from tokendist.core import kafka
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployer, Deployment
+from tokendist.ops.verify import Report, verify
+from tokendist.outbox import enqueue
+from tokendist.outbox.relay import Relay
+from tokendist.schemas import PaymentConfirmedV1
+from tokendist.sim import payments
 
 WALLETS = [Account.create() for _ in range(64)]
 

@@ -9,12 +9,12 @@ import itertools
 import asyncpg
 import pytest
 
-from consumer.deploy import Deployment
-from consumer.kyc import approve
-from consumer.redrive import redrive_failed
-from consumer.replay import plan_and_apply
 from tests.integration import harness
-from tokendist.settings import Settings
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
+from tokendist.ops.kyc import approve
+from tokendist.ops.redrive import redrive_failed
+from tokendist.ops.replay import plan_and_apply
 
 pytestmark = pytest.mark.integration
 

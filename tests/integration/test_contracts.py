@@ -7,12 +7,12 @@ import asyncpg
 import pytest
 from web3 import AsyncWeb3
 
-from consumer import contracts
-from consumer.chain import Chain
-from consumer.deploy import Deployment
 from tests.integration import harness
-from tokendist.errors import ChainRejected
-from tokendist.settings import Settings
+from tokendist.consumer import contracts
+from tokendist.consumer.chain import Chain
+from tokendist.core.errors import ChainRejected
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumer.deploy import Deployment
-from schemas import parse_event
 from tests.integration import harness
-from tokendist.settings import Settings
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
+from tokendist.schemas import parse_event
 
 pytestmark = pytest.mark.integration
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from consumer import contracts
-from consumer.deploy import Deployment
 from tests.integration import harness
-from tokendist.settings import Settings
+from tokendist.consumer import contracts
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
 
 pytestmark = pytest.mark.integration
 

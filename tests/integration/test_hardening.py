@@ -9,12 +9,12 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumer import dlq_admin, status
-from consumer.deploy import Deployment
-from consumer.dlq import STORED_HEADER, headers_from_json
 from tests.integration import harness
-from tokendist import kafka
-from tokendist.settings import Settings
+from tokendist.consumer.dlq import STORED_HEADER, headers_from_json
+from tokendist.core import kafka
+from tokendist.core.settings import Settings
+from tokendist.ops import dlq_admin, status
+from tokendist.ops.deploy import Deployment
 
 pytestmark = pytest.mark.integration
 

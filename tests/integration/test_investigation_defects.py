@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumer.deploy import Deployment
 from tests.integration import harness
-from tokendist import payments
-from tokendist.settings import Settings
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
+from tokendist.sim import payments
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumer.deploy import Deployment
-from consumer.replay import GroupActive, live_members, plan_and_apply
-from consumer.runner import Runner
 from tests.integration import harness
-from tokendist.settings import Settings
+from tokendist.consumer.runner import Runner
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
+from tokendist.ops.replay import GroupActive, live_members, plan_and_apply
 
 pytestmark = pytest.mark.integration
 

@@ -18,16 +18,17 @@ from aiokafka import AIOKafkaProducer
 from eth_account import Account
 from pydantic import SecretStr
 
-from consumer import contracts, dlq_admin
-from consumer.chain import Chain
-from consumer.deploy import Deployment
-from consumer.reconcile import Reconciler
-from consumer.replay import GroupActive, plan_and_apply
-from consumer.repository import Repository
-from consumer.status import KafkaOffsets, gather
 from tests.integration import harness
-from tokendist.errors import ChainRejected
-from tokendist.settings import Settings
+from tokendist.consumer import contracts
+from tokendist.consumer.chain import Chain
+from tokendist.consumer.repository import Repository
+from tokendist.core.errors import ChainRejected
+from tokendist.core.settings import Settings
+from tokendist.ops import dlq_admin
+from tokendist.ops.deploy import Deployment
+from tokendist.ops.reconcile import Reconciler
+from tokendist.ops.replay import GroupActive, plan_and_apply
+from tokendist.ops.status import KafkaOffsets, gather
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 from eth_account import Account
 
-from consumer.deploy import Deployment
 from tests.integration import harness
-from tokendist import kafka
-from tokendist.settings import Settings
+from tokendist.core import kafka
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
 
 FIXED_ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 

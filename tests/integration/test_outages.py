@@ -10,10 +10,10 @@ import asyncio
 import asyncpg
 import pytest
 
-from consumer.deploy import Deployment
 from tests.faults.stack import local_stack
 from tests.integration import harness
-from tokendist.settings import Settings
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 

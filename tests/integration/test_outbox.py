@@ -9,11 +9,11 @@ from collections import defaultdict
 import asyncpg
 import pytest
 
-from outbox import enqueue
 from tests.integration import harness
-from tokendist import payments
-from tokendist.errors import NotInTransaction
-from tokendist.settings import Settings
+from tokendist.core.errors import NotInTransaction
+from tokendist.core.settings import Settings
+from tokendist.outbox import enqueue
+from tokendist.sim import payments
 
 pytestmark = pytest.mark.integration
 

@@ -20,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.chain import Chain
-from consumer.deploy import Deployment
-from consumer.dlq import DeadLetters
-from consumer.processor import Outcome, Processor
-from consumer.repository import Repository
 from tests.integration import harness
-from tokendist import kafka
-from tokendist.settings import Settings
+from tokendist.consumer.chain import Chain
+from tokendist.consumer.dlq import DeadLetters
+from tokendist.consumer.processor import Outcome, Processor
+from tokendist.consumer.repository import Repository
+from tokendist.core import kafka
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
 
 pytestmark = pytest.mark.integration
 

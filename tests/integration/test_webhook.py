@@ -19,17 +19,17 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from consumer.deploy import Deployment
-from schemas import parse_event
 from tests.integration import harness
 from tests.integration import webhook_harness as wh
 from tests.services import Services
-from tokendist import db as db_module
-from tokendist import payments
-from tokendist.settings import Settings
-from webhook import create_pending_investment, provider
-from webhook.paystack import SIGNATURE_HEADER, signature
-from webhook.provider import Provider
+from tokendist.core import db as db_module
+from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployment
+from tokendist.schemas import parse_event
+from tokendist.sim import payments, provider
+from tokendist.sim.provider import Provider
+from tokendist.webhook import create_pending_investment
+from tokendist.webhook.paystack import SIGNATURE_HEADER, signature
 
 
 @pytest.fixture

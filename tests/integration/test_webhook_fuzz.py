@@ -22,8 +22,8 @@ from pydantic import SecretStr
 
 from tests.integration import webhook_harness as wh
 from tests.services import Services
-from webhook import provider
-from webhook.paystack import SIGNATURE_HEADER, signature
+from tokendist.sim import provider
+from tokendist.webhook.paystack import SIGNATURE_HEADER, signature
 
 WEBHOOK_CASES = 2000
 CHECKOUT_CASES = 2000

@@ -20,7 +20,7 @@ import pytest
 from tests.integration import harness
 from tests.integration import webhook_harness as wh
 from tests.services import Services
-from tokendist.settings import Settings
+from tokendist.core.settings import Settings
 
 WAIT_S = 30
 HEAD = b"POST /webhooks/paystack HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

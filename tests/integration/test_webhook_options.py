@@ -15,8 +15,8 @@ from aiohttp import web
 
 from tests.integration import webhook_harness as wh
 from tests.services import Services
-from tokendist.settings import Settings
-from webhook import provider
+from tokendist.core.settings import Settings
+from tokendist.sim import provider
 
 PAYSTACK_IP = "52.31.139.75"
 

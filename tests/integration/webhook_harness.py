@@ -16,12 +16,12 @@ import asyncpg
 from pydantic import SecretStr
 
 from tests.integration import harness
-from tokendist.settings import Settings
-from webhook import PendingInvestment, create_pending_investment
-from webhook.app import create_app
-from webhook.provider import Provider
-from webhook.server import WebhookServer
-from webhook.verifier import Verifier
+from tokendist.core.settings import Settings
+from tokendist.sim.provider import Provider
+from tokendist.webhook import PendingInvestment, create_pending_investment
+from tokendist.webhook.app import create_app
+from tokendist.webhook.server import WebhookServer
+from tokendist.webhook.verifier import Verifier
 
 LIVE_KEY = "sk_live_" + "5e" * 20
 TEST_KEY = "sk_test_" + "5e" * 20

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from consumer import authority
-from consumer.repository import Confirmation
-from schemas import PaymentConfirmedV1, parse_event
 from tests.unit.test_schemas import with_data
-from tokendist.errors import InvalidEvent
+from tokendist.consumer import authority
+from tokendist.consumer.repository import Confirmation
+from tokendist.core.errors import InvalidEvent
+from tokendist.schemas import PaymentConfirmedV1, parse_event
 
 EVENT = parse_event(with_data())
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bench import summary
-from bench.churn import stall_seconds
-from bench.profile import summarize
-from bench.report import render
-from bench.results import (
+from tokendist.bench import summary
+from tokendist.bench.churn import stall_seconds
+from tokendist.bench.profile import summarize
+from tokendist.bench.report import render
+from tokendist.bench.results import (
     BlockInterval,
     ChainRate,
     ChurnResult,
@@ -22,8 +22,8 @@ from bench.results import (
     Report,
     Stages,
 )
-from bench.watch import Sample, lag_verdict, memory_growth, memory_points
-from tokendist.cli import build_parser
+from tokendist.bench.watch import Sample, lag_verdict, memory_growth, memory_points
+from tokendist.cli.app import build_parser
 
 
 def samples(lags: list[int], *, offering: bool = True) -> list[Sample]:
@@ -194,7 +194,8 @@ def test_profile_summary_splits_idle_from_busy_time_by_library_and_our_function(
     folded = "\n".join(
         [
             f"{loop};EpollSelector.select (selectors.py:468) 60",
-            f"{loop};Processor._handle (consumer/processor.py:9);parse (pydantic/main.py:3) 30",
+            f"{loop};Processor._handle (tokendist/consumer/processor.py:9)"
+            ";parse (pydantic/main.py:3) 30",
             f"{loop};Handle._run (asyncio/events.py:80) 10",
             "Thread._bootstrap (threading.py:1002);wait (threading.py:327) 500",
             "not a sample line",
@@ -203,7 +204,7 @@ def test_profile_summary_splits_idle_from_busy_time_by_library_and_our_function(
     shares = dict(summarize(folded))
     assert shares["idle: event loop waiting in select"] == 60
     assert shares["busy in pydantic"] == 30
-    assert shares["busy under Processor._handle (consumer/processor.py)"] == 30
+    assert shares["busy under Processor._handle (tokendist/consumer/processor.py)"] == 30
     assert shares["busy under (outside our code)"] == 10
     assert summarize("") == []
 

@@ -17,9 +17,15 @@ from aiokafka.errors import KafkaConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokendist import cli, cli_errors
-from tokendist.cli import build_parser, main
-from tokendist.errors import BrokerUnavailable, ChainUnavailable, DatabaseUnavailable, InvalidInput
+from tokendist.cli import app as cli
+from tokendist.cli import errors as cli_errors
+from tokendist.cli.app import build_parser, main
+from tokendist.core.errors import (
+    BrokerUnavailable,
+    ChainUnavailable,
+    DatabaseUnavailable,
+    InvalidInput,
+)
 
 
 @pytest.mark.parametrize("command", [["relay"], ["consume"], ["db", "migrate"], ["status"]])
@@ -139,7 +145,7 @@ def test_bad_values_are_refused_at_parse_time(
 
 
 def test_the_amounts_rule_is_the_deployers(nowhere: None) -> None:
-    from consumer.deploy import amounts_problem
+    from tokendist.ops.deploy import amounts_problem
 
     assert amounts_problem(10, 100) == "--fund 100 must be positive and at most --supply 10"
     assert amounts_problem(10, 10) is None
@@ -174,7 +180,7 @@ def test_the_webhook_refuses_a_secret_that_is_not_a_paystack_key(
 
 
 def test_addresses_are_checksummed_and_the_zero_address_refused() -> None:
-    from tokendist import cli_input
+    from tokendist.cli import inputs as cli_input
 
     assert cli_input.address(WALLET.lower()) == WALLET
     assert cli_input.address(WALLET) == WALLET
@@ -184,7 +190,7 @@ def test_addresses_are_checksummed_and_the_zero_address_refused() -> None:
 
 
 def test_a_dead_letter_nested_10000_deep_is_listed_without_recursion() -> None:
-    from consumer.dlq_admin import Parked
+    from tokendist.ops.dlq_admin import Parked
 
     deep = b'{"data":' * 10_000 + b"1" + b"}" * 10_000
     line = Parked(0, 7, b"k", deep, [("dlq.reason", b"malformed_json")]).line()

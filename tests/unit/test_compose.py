@@ -26,10 +26,10 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from consumer.deploy import deploy_tokenization
-from tokendist.cli import build_parser
-from tokendist.errors import ChainRejected, TokendistError
-from tokendist.settings import ENV_PREFIX, Settings, SettingsError
+from tokendist.cli.app import build_parser
+from tokendist.core.errors import ChainRejected, TokendistError
+from tokendist.core.settings import ENV_PREFIX, Settings, SettingsError
+from tokendist.ops.deploy import deploy_tokenization
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -526,7 +526,10 @@ def test_dockerfile_builds_on_python_311_slim_and_runs_unprivileged() -> None:
 def test_dockerfile_installs_the_project_with_contracts_and_cli_entrypoint() -> None:
     runs = " && ".join(ins.args for ins in dockerfile() if ins.keyword == "RUN")
     assert re.search(r"\bpip install (?:--?\S+ )*\.(?:\s|$)", runs), "no `pip install .`"
-    assert "contracts/build" in copy_sources(), "contracts/build is read at run time"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    data = pyproject["tool"]["setuptools"]["package-data"]["tokendist"]
+    assert "consumer/abi/*.json" in data, "the ABIs are read at run time: package data"
+    assert "artifact('Distributor')" in runs, "the image never checks it can load the ABIs"
     assert image_entrypoint() == ["tokendist"]
 
 

@@ -10,10 +10,10 @@ import pytest
 from pydantic import SecretStr
 from web3 import AsyncWeb3
 
-from consumer import contracts
-from consumer.chain import Block, Chain, Receipt
-from consumer.head import Head, Receipts, Shared
-from tokendist.errors import ChainUnavailable
+from tokendist.consumer import contracts
+from tokendist.consumer.chain import Block, Chain, Receipt
+from tokendist.consumer.head import Head, Receipts, Shared
+from tokendist.core.errors import ChainUnavailable
 
 ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 

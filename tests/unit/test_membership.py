@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.membership import group_options
-from consumer.runner import Runner
-from tokendist.cli import build_parser
-from tokendist.settings import Settings, SettingsError, instance_id, load_settings
+from tokendist.cli.app import build_parser
+from tokendist.consumer.membership import group_options
+from tokendist.consumer.runner import Runner
+from tokendist.core.settings import Settings, SettingsError, instance_id, load_settings
 
 BASE = {"database_url": "postgresql://x", "kafka_bootstrap": "k:9092"}
 LEGAL = string.ascii_letters + string.digits + "._-"

@@ -11,8 +11,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from consumer.partition import PartitionWorker, WorkerState
-from tokendist.errors import DatabaseUnavailable
+from tokendist.consumer.partition import PartitionWorker, WorkerState
+from tokendist.core.errors import DatabaseUnavailable
 
 
 def records(*offsets: int, user: bytes = b"user-1") -> list[Any]:

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from consumer.runner import Runner
 from tests.unit.test_partition_worker import worker_for
-from tokendist.settings import Settings
+from tokendist.consumer.runner import Runner
+from tokendist.core.settings import Settings
 
 SETTINGS = Settings(
     database_url="postgresql://unused", kafka_bootstrap="unused:9092", shutdown_grace_s=2

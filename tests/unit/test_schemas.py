@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import (
+from tokendist.core.errors import InvalidEvent
+from tokendist.schemas import (
     MAX_AMOUNT_MINOR,
     MAX_EVENT_BYTES,
     MAX_TOKEN_UNITS,
     PaymentConfirmedV1,
     parse_event,
 )
-from schemas.export import export
-from tokendist.errors import InvalidEvent
+from tokendist.schemas.export import export
 
 WALLET = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 

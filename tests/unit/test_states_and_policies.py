@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from consumer.dlq import dlq_headers
-from consumer.states import TRANSITIONS, State, check_transition
-from tokendist.retry import backoff
-from tokendist.settings import Settings, SettingsError, load_settings
+from tokendist.consumer.dlq import dlq_headers
+from tokendist.consumer.states import TRANSITIONS, State, check_transition
+from tokendist.core.retry import backoff
+from tokendist.core.settings import Settings, SettingsError, load_settings
 
 
 def test_a_signed_event_can_never_go_back_to_signing() -> None:

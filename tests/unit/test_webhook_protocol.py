@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tokendist.settings import SettingsError, ip_networks, load_settings
-from webhook import jsonbody, paystack, provider, senders
-from webhook.paystack import Kind, MalformedPayload
-from webhook.receiver import Expected, FlagReason, assess
-from webhook.verifier import Verification
+from tokendist.core.settings import SettingsError, ip_networks, load_settings
+from tokendist.sim import provider
+from tokendist.webhook import jsonbody, paystack, senders
+from tokendist.webhook.paystack import Kind, MalformedPayload
+from tokendist.webhook.receiver import Expected, FlagReason, assess
+from tokendist.webhook.verifier import Verification
 
 KEY = b"sk_test_abc"
 

@@ -1,5 +1,0 @@
-"""The upstream API (``enqueue``) and the relay that publishes outbox rows to Kafka."""
-
-from outbox.enqueue import EnqueueResult, enqueue
-
-__all__ = ["EnqueueResult", "enqueue"]

@@ -1,0 +1,5 @@
+import sys
+
+from tokendist.cli.app import main
+
+sys.exit(main())

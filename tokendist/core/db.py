@@ -1,0 +1,119 @@
+"""PostgreSQL connections and the migration runner.
+
+Migrations are numbered SQL files applied in order, each in its own transaction, recorded
+with a checksum so an edited file is refused instead of silently diverging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import TypeAlias, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from tokendist.core.errors import DatabaseUnavailable, MigrationError
+
+T = TypeVar("T")
+
+# What callers hand us: a plain connection or one borrowed from a pool.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+# asyncpg raises these when the server is down, restarting or the socket broke.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.SerializationError,
+    # A query sent while the protocol is still consuming the server's FATAL (the backend
+    # was terminated, e.g. pg_ctl stop -m fast) surfaces as an internal client error.
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    TimeoutError,
+)
+
+MIGRATION_LOCK = 7_117_001  # advisory lock key: one migrator at a time
+
+
+async def guarded(op: Callable[[], Awaitable[T]]) -> T:
+    """Run a DB operation, mapping connectivity failures to ``DatabaseUnavailable``."""
+    try:
+        return await op()
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    return await guarded(
+        lambda: asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
+    )
+
+
+@asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn: asyncpg.Connection = await guarded(lambda: asyncpg.connect(dsn, timeout=10))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def create_database(dsn: str, name: str) -> str:
+    """Create database ``name`` on ``dsn``'s server; returns its DSN."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"unsafe database name {name!r}")
+    async with connect(dsn) as conn:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled migration, in order."""
+    found = []
+    for entry in resources.files("tokendist.core.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(conn: Connection) -> list[str]:
+    """Apply pending migrations; returns the names applied. Safe to run concurrently."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,
+                   applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+        )
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        applied = {r["version"]: r for r in rows}
+        done = []
+        for version, name, sql in migration_files():
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            if version in applied:
+                if applied[version]["checksum"] != checksum:
+                    raise MigrationError(f"{name} changed after it was applied; add a new one")
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    version,
+                    name,
+                    checksum,
+                )
+            done.append(name)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

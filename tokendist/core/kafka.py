@@ -1,0 +1,150 @@
+"""The Kafka adapter: client construction, topic creation, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
+
+from tokendist.core.errors import BrokerUnavailable, RecordRejected
+from tokendist.core.settings import Settings
+
+log = structlog.get_logger("tokendist.kafka")
+
+T = TypeVar("T")
+
+Headers = list[tuple[str, bytes]]
+
+
+# Answers about the record itself (the client's own size check included): retrying the
+# same bytes gets the same answer, so they must not be mistaken for an outage.
+RECORD_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
+
+
+async def guarded(op: Callable[[], Awaitable[T]]) -> T:
+    """Run a Kafka operation, mapping client errors to ``RecordRejected`` (this record can
+    never be sent) or ``BrokerUnavailable`` (anything else: retry later)."""
+    try:
+        return await op()
+    except RECORD_ERRORS as exc:
+        raise RecordRejected(f"{type(exc).__name__}: {exc}") from exc
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+START_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 15.0
+
+Client: TypeAlias = AIOKafkaProducer | AIOKafkaConsumer | AIOKafkaAdminClient
+C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient)
+
+
+async def start(client: C) -> C:
+    """Start a client, or close it and raise ``BrokerUnavailable``. Bounded: an idempotent
+    producer whose broker vanished mid-start retries InitProducerId forever (seen in the
+    fault runs), so a hung start is abandoned and the caller builds a fresh client."""
+    try:
+        await asyncio.wait_for(client.start(), START_TIMEOUT_S)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await close(client)
+        raise BrokerUnavailable(f"starting {type(client).__name__}: {exc!r}") from exc
+    return client
+
+
+async def close(client: Client) -> None:
+    """Close a client without letting a broker outage turn a clean shutdown into a crash.
+
+    Bounded, because a producer flushing to a dead broker waits out every retry (nothing is
+    lost by abandoning it: unacknowledged outbox rows stay unpublished and unfinished
+    offsets uncommitted). And during an outage aiokafka 0.14's ``Fetcher.close`` cancels
+    its in-flight fetch tasks and re-raises their ``CancelledError`` (fault seed 2142):
+    that one is swallowed unless our own task really is being cancelled."""
+    closing = client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
+    try:
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka_close_failed", client=type(client).__name__, error="CancelledError")
+    except Exception as exc:  # closing is best effort; the outage is the news
+        log.warning("kafka_close_failed", client=type(client).__name__, error=repr(exc))
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer: acks from all in-sync replicas, no reordering on retry."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "request_timeout_ms": 15_000,
+        "max_batch_size": 256 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the event topic and its dead-letter topic when missing."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
+    )
+    await start(admin)
+
+    async def create() -> None:
+        try:
+            existing = set(await admin.list_topics())
+            wanted = [
+                NewTopic(
+                    name,
+                    num_partitions=settings.topic_partitions,
+                    replication_factor=settings.topic_replication,
+                    topic_configs={"min.insync.replicas": str(min(2, settings.topic_replication))},
+                )
+                for name in (settings.topic, settings.dlq_topic)
+                if name not in existing
+            ]
+            if wanted:
+                # Another relay or consumer may have created it first.
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(wanted)
+        finally:
+            await admin.close()
+
+    await guarded(create)
+
+
+async def partitions(client: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, refreshing metadata when the client has none cached yet."""
+    found = client.partitions_for_topic(topic)
+    if not found:
+        # aiokafka offers no public refresh; a client that never subscribed has no metadata.
+        await guarded(client._client.force_metadata_update)
+        found = client.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(found)]
+
+
+def header_map(headers: Any) -> dict[str, str]:
+    """Kafka record headers as text, undecodable values replaced (they are only metadata)."""
+    return {key: value.decode("utf-8", "replace") for key, value in (headers or ())}

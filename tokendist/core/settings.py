@@ -1,0 +1,207 @@
+"""The one settings object, read from ``TOKENDIST_*`` environment variables.
+
+Built once in the CLI and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal, TypeAlias
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TOKENDIST_"
+LOCAL_HINT = 'for the local stack: eval "$(tokendist stack env)"'
+INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]+")
+INSTANCE_ID_MAX = 249
+
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ip_networks(value: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR blocks; empty means none."""
+    return tuple(ipaddress.ip_network(v.strip()) for v in value.split(",") if v.strip())
+
+
+def instance_id(value: str) -> str:
+    """``value`` if the broker accepts it as a group.instance.id (its rule is that of topic
+    names); checked up front, a bad id stops ``consume`` with a reason instead of failing
+    every join."""
+    if len(value) > INSTANCE_ID_MAX or value in {".", ".."} or not INSTANCE_ID.fullmatch(value):
+        raise ValueError(
+            f"an instance id is 1 to {INSTANCE_ID_MAX} letters, digits, '.', '_' or '-' "
+            "(and not '.' or '..')"
+        )
+    return value
+
+
+class SettingsError(Exception):
+    """Configuration is missing or invalid; the message names the variable to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(description="PostgreSQL DSN")
+    kafka_bootstrap: str = Field(description="comma-separated Kafka bootstrap servers")
+    rpc_url: str | None = Field(default=None, description="Ethereum JSON-RPC URL")
+    operator_key: SecretStr | None = Field(
+        default=None, description="hex private key of the distributor's operator"
+    )
+    deployer_key: SecretStr | None = Field(
+        default=None, description="hex private key that deploys contracts and owns them"
+    )
+
+    topic: str = "payments.confirmed"
+    topic_partitions: int = Field(default=16, ge=1, le=1024)
+    topic_replication: int = Field(default=1, ge=1, le=5)
+    consumer_group: str = "tokendist-distributor"
+    # Static membership (KIP-345): a member restarted with the same id takes its partitions
+    # back without a rebalance. Unique per live member (two with one id fence each other):
+    # a StatefulSet pod name, say. Unset: a dynamic member, new to the group at each start.
+    consumer_instance_id: str | None = None
+    # How long a silent member keeps its partitions: the pause after a consumer crash.
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    # The fetch loop polls every 200 ms whatever the workers do, so this only bounds a
+    # wedged event loop; it never has to cover a slow chain call.
+    max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_poll_interval_s: float = Field(default=1.0, gt=0)
+    relay_retention_s: int = Field(default=7 * 24 * 3600, ge=0)
+    relay_standby_retry_s: float = Field(default=1.0, gt=0)
+
+    confirmations: int = Field(default=1, ge=1, le=64)
+    priority_fee_wei: int = Field(default=1_000_000_000, ge=0)
+    max_fee_wei: int = Field(default=500_000_000_000, gt=0)
+    receipt_poll_s: float = Field(default=0.1, gt=0)
+    rebroadcast_after_s: float = Field(default=10.0, gt=0)
+    fee_bump_after_s: float = Field(default=30.0, gt=0)
+    fee_bump_percent: int = Field(default=20, ge=10, le=500)
+    max_inflight_per_sender: int = Field(default=16, ge=1, le=64)
+    resubmit_interval_s: float = Field(default=5.0, gt=0)
+
+    max_partition_buffer: int = Field(default=200, ge=1)
+    # Records of one partition in progress at once; one user's records never overlap.
+    partition_window: int = Field(default=16, ge=1, le=1024)
+    retry_base_s: float = Field(default=0.2, gt=0)
+    retry_cap_s: float = Field(default=10.0, gt=0)
+    # Unexpected errors (never outages) a record may cause before it is parked as
+    # processing_error: with the backoff above, about a minute of trying.
+    park_after_errors: int = Field(default=10, ge=1, le=1000)
+    shutdown_grace_s: float = Field(default=15.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    failpoints: str = Field(default="", description="test only: see tokendist/failpoints.py")
+
+    # The webhook receiver (tokendist webhook). Paystack signs with the merchant's secret
+    # key; the key's mode is the only mode whose payments are accepted.
+    paystack_secret_key: SecretStr | None = Field(
+        default=None, description="sk_live_... or sk_test_...: verifies webhook signatures"
+    )
+    paystack_mode: Literal["live", "test"] = "live"
+    paystack_verify: bool = False  # also ask the Verify Transaction API before accepting
+    paystack_api_url: str = "https://api.paystack.co"
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8088, ge=0, le=65535)
+    webhook_max_body_bytes: int = Field(default=128 * 1024, ge=1024)
+    # Paystack counts anything slower than 30 s as failed: answer 503 well before that.
+    webhook_deadline_s: float = Field(default=20.0, gt=0, lt=30)
+    webhook_allowed_ips: str = Field(default="", description="senders allowed; empty: any")
+    webhook_trusted_proxies: str = Field(
+        default="", description="proxies whose X-Forwarded-For is believed; empty: none"
+    )
+    checkout_api_key: SecretStr | None = Field(
+        default=None, description="enables POST /investments for callers presenting it"
+    )
+    # Connection limits (tokendist/webhook/server.py): a client sending slowly, or not at all, is
+    # cut off instead of holding a connection; connections past the cap get 503 at once.
+    webhook_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_keepalive_s: int = Field(default=5, ge=1, le=300)
+    webhook_max_connections: int = Field(default=256, ge=1, le=100_000)
+
+    @field_validator("consumer_instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        return None if value is None else instance_id(value)
+
+    @field_validator("webhook_allowed_ips", "webhook_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        ip_networks(value)  # raises ValueError on a bad entry, reported with its variable
+        return value
+
+    @model_validator(mode="after")
+    def _key_matches_mode(self) -> Settings:
+        secret = self.paystack_secret_key
+        key = "" if secret is None else secret.get_secret_value()
+        if key.startswith(("sk_live_", "sk_test_")) and not key.startswith(
+            f"sk_{self.paystack_mode}_"
+        ):
+            raise ValueError(
+                f"TOKENDIST_PAYSTACK_SECRET_KEY is not a {self.paystack_mode} key "
+                "(set TOKENDIST_PAYSTACK_MODE to match it)"
+            )
+        return self
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as the environment of a child ``tokendist`` process."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+                env[f"{ENV_PREFIX}{name.upper()}"] = str(plain)
+        return env
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+    def require_chain(self) -> tuple[str, SecretStr]:
+        """The RPC URL and operator key, or an error that says which variable to set."""
+        self._require("rpc_url", "operator_key")
+        assert self.rpc_url is not None
+        assert self.operator_key is not None
+        return self.rpc_url, self.operator_key
+
+    def require_deployer(self) -> tuple[str, SecretStr]:
+        self._require("rpc_url", "deployer_key")
+        assert self.rpc_url is not None
+        assert self.deployer_key is not None
+        return self.rpc_url, self.deployer_key
+
+    def require_webhook(self) -> SecretStr:
+        self._require("paystack_secret_key")
+        assert self.paystack_secret_key is not None
+        return self.paystack_secret_key
+
+    def _require(self, *names: str) -> None:
+        missing = [f"{ENV_PREFIX}{n.upper()}" for n in names if getattr(self, n) is None]
+        if missing:
+            raise SettingsError(f"set {' and '.join(missing)} ({LOCAL_HINT})")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = f"{ENV_PREFIX}{'_'.join(str(p) for p in err['loc']).upper()}"
+            if err["type"] == "missing":
+                lines.append(f"{name} is not set")
+            elif not err["loc"]:  # a check across variables names them in its message
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+            else:
+                lines.append(f"{name}: {err['msg']}")
+        raise SettingsError("; ".join(lines) + f" ({LOCAL_HINT})") from None

@@ -1,0 +1,113 @@
+"""``tokendist reconcile``: compare chain, distributions, holdings and ledger (verify's
+checks) and repair only what is provably safe, leaving everything else to a human.
+
+Safe repairs, and why they are safe beside live consumers (the investigation's defect 5):
+
+- a distribution whose transaction is mined and confirmed but which is not credited yet
+  is moved on (``confirmed``, then ``credited``) through the same guarded transitions the
+  consumer uses: whoever comes second finds the state moved and does nothing;
+- a confirmed payment without any distribution is re-published through the outbox with
+  its original event id: the consumer's claim is idempotent, so a copy of an event that
+  was only late is a no-op.
+
+Nothing here signs or sends a transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+
+from tokendist.consumer import queries
+from tokendist.consumer.chain import Chain
+from tokendist.consumer.repository import Distribution, Repository, StateConflict
+from tokendist.consumer.states import State
+from tokendist.ops.verify import Report, verify
+from tokendist.outbox.enqueue import write_outbox_row
+from tokendist.schemas import PaymentConfirmedV1
+
+log = structlog.get_logger("tokendist.reconcile")
+
+
+@dataclass
+class Reconciliation:
+    credited: list[str] = field(default_factory=list)
+    redriven: list[str] = field(default_factory=list)
+    for_a_human: list[str] = field(default_factory=list)
+    report: Report | None = None
+
+    def render(self) -> str:
+        lines = [
+            f"credited (confirmed on-chain, not yet credited): {len(self.credited)}",
+            f"re-driven through the outbox (confirmed, never distributed): {len(self.redriven)}",
+            f"left for a human: {len(self.for_a_human)}",
+        ]
+        lines += [f"  - {item}" for item in self.for_a_human[:50]]
+        if self.report is not None:
+            lines += ["", self.report.render()]
+        return "\n".join(lines)
+
+
+class Reconciler:
+    def __init__(self, repo: Repository, chain: Chain, *, confirmations: int) -> None:
+        self.repo = repo
+        self.chain = chain
+        self.confirmations = confirmations
+
+    async def run(self, *, grace_s: float, dry_run: bool = False) -> Reconciliation:
+        result = Reconciliation()
+        pool = self.repo.pool
+        for row in await pool.fetch(queries.R_STALE_ON_CHAIN, grace_s):
+            await self._settle(Distribution.from_row(row), result, dry_run)
+        for row in await pool.fetch(queries.R_UNDISTRIBUTED, grace_s):
+            await self._redrive(row["event_id"], row["payload"], result, dry_run)
+        async with pool.acquire() as conn:
+            result.report = await verify(conn, self.chain, grace_s=grace_s)
+        return result
+
+    async def _settle(self, dist: Distribution, result: Reconciliation, dry_run: bool) -> None:
+        tokenization = await self.repo.tokenization(dist.tokenization_id)
+        assert tokenization is not None  # a foreign key
+        try:
+            if dist.state is not State.CONFIRMED:
+                found = await self._mined(dist)
+                if found is None:
+                    return  # in flight: the owner and the resubmitter take care of it
+                if not dry_run:
+                    dist = await self.repo.confirm(dist, *found)
+            if dry_run:
+                result.credited.append(str(dist.event_id))
+                log.info("reconcile_would_credit", event_id=str(dist.event_id))
+                return
+            await self.repo.credit(dist, tokenization.property_id)
+            result.credited.append(str(dist.event_id))
+            log.info("reconcile_credited", event_id=str(dist.event_id))
+        except StateConflict:
+            pass  # a consumer moved it first: exactly what we wanted
+
+    async def _mined(self, dist: Distribution) -> tuple[str, int] | None:
+        """(tx hash, block) of the event's successful, confirmed transaction, if any."""
+        head = await self.chain.block_number()
+        for tx in await self.repo.transactions(dist.event_id):
+            receipt = await self.chain.receipt(tx.tx_hash)
+            if receipt is None:
+                continue
+            if receipt.succeeded and head - receipt.block_number + 1 >= self.confirmations:
+                return tx.tx_hash, receipt.block_number
+            return None  # reverted or too fresh: the consumer decides
+        return None
+
+    async def _redrive(
+        self, event_id: object, payload: str | None, result: Reconciliation, dry_run: bool
+    ) -> None:
+        if payload is None:
+            result.for_a_human.append(f"payment {event_id}: confirmed, no payload to re-drive")
+            return
+        result.redriven.append(str(event_id))
+        if dry_run:
+            log.info("reconcile_would_redrive", event_id=str(event_id))
+            return
+        async with self.repo.pool.acquire() as conn, conn.transaction():
+            await write_outbox_row(conn, PaymentConfirmedV1.model_validate_json(payload))
+        log.info("reconcile_redriven", event_id=str(event_id))

@@ -1,0 +1,122 @@
+"""``tokendist status``: one screen of what the system is doing, read-only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tokendist.consumer import queries
+from tokendist.consumer.chain import Chain
+from tokendist.core import db, kafka
+from tokendist.core.settings import Settings
+
+
+@dataclass
+class Status:
+    outbox_backlog: int = 0
+    outbox_published: int = 0
+    outbox_oldest_s: float | None = None
+    lag: dict[int, int] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
+    parked_users: int = 0
+    dlq_depth: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    retrying: list[str] = field(default_factory=list)
+    distributors: list[dict[str, Any]] = field(default_factory=list)
+    last_failures: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        oldest = "-" if self.outbox_oldest_s is None else f"{self.outbox_oldest_s:.1f}s"
+        lag = ", ".join(f"p{p}={n}" for p, n in sorted(self.lag.items()) if n) or "none"
+        lines = [
+            f"outbox        backlog {self.outbox_backlog}, oldest {oldest}, "
+            f"published {self.outbox_published}",
+            f"consumer lag  {sum(self.lag.values())} ({lag})",
+            f"distributions {dict(sorted(self.states.items()))}",
+            f"parked users  {self.parked_users} (awaiting KYC)",
+            f"dead letters  {self.dead_letters.get('messages', 0)} messages "
+            f"({self.dlq_depth} DLQ records: a replay or a crash copies a message again; "
+            f"{self.dead_letters.get('stored', 0)} too large for the DLQ, kept in PostgreSQL)",
+        ]
+        lines += [f"waiting       {r}" for r in self.retrying] or ["waiting       none"]
+        for d in self.distributors:
+            lines.append(
+                f"distributor   {d['tokenization_id']}: {d['tokens']} token units left; "
+                f"operator gas {d['gas_wei'] / 10**18:.4f} ETH"
+            )
+        lines += [f"last failure  {f}" for f in self.last_failures] or ["last failure  none"]
+        return "\n".join(lines)
+
+
+class KafkaOffsets:
+    """End offsets of a topic and a group's committed offsets, without joining the group."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=settings.consumer_group,
+            enable_auto_commit=False,
+        )
+
+    async def __aenter__(self) -> KafkaOffsets:
+        await kafka.start(self.client)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.client.stop()
+
+    async def ends(self, topic: str) -> dict[int, int]:
+        tps = await kafka.partitions(self.client, topic)
+        if not tps:
+            return {}
+        ends = await kafka.guarded(lambda: self.client.end_offsets(tps))
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def lag(self) -> dict[int, int]:
+        ends = await self.ends(self.settings.topic)
+        result = {}
+        for partition, end in ends.items():
+            tp = TopicPartition(self.settings.topic, partition)
+            committed = await kafka.guarded(lambda tp=tp: self.client.committed(tp))  # type: ignore[misc]
+            result[partition] = end - (committed or 0)
+        return result
+
+
+async def gather(conn: db.Connection, offsets: KafkaOffsets, chain: Chain | None) -> Status:
+    status = Status()
+    row = await conn.fetchrow(queries.S_OUTBOX)
+    if row is not None:
+        status.outbox_backlog, status.outbox_published = row["backlog"], row["published"]
+        status.outbox_oldest_s = row["oldest_s"]
+    status.states = {r["state"]: r["n"] for r in await conn.fetch(queries.V_COUNTS)}
+    status.parked_users = await conn.fetchval(queries.S_PARKED_USERS)
+    status.lag = await offsets.lag()
+    status.dlq_depth = sum((await offsets.ends(offsets.settings.dlq_topic)).values())
+    topic, group = offsets.settings.topic, offsets.settings.consumer_group
+    parked = await conn.fetchrow(queries.S_DEAD_LETTERS, topic)
+    status.dead_letters = {} if parked is None else dict(parked)
+    status.retrying = [
+        f"p{r['kafka_partition']} at offset {r['kafka_offset']} for {r['for_s']:.0f}s, "
+        f"{r['attempts']} attempts (reported {r['reported_s']:.0f}s ago): {r['error']}"
+        for r in await conn.fetch(queries.S_RETRYING, group, topic)
+    ]
+    status.last_failures = [
+        f"{r['updated_at']:%Y-%m-%d %H:%M:%S} {r['event_id']}: {r['failure_reason']}"
+        for r in await conn.fetch(queries.S_LAST_FAILURES)
+    ]
+    status.last_failures += [
+        f"{r['last_parked_at']:%Y-%m-%d %H:%M:%S} record p{r['kafka_partition']}"
+        f"@{r['kafka_offset']} parked: {r['reason']}"
+        for r in await conn.fetch(queries.S_LAST_DEAD_LETTERS, topic)
+    ]
+    if chain is not None:
+        gas = await chain.gas_balance()
+        for tk in await conn.fetch(queries.V_TOKENIZATIONS):
+            tokens = await chain.token_balance(tk["token_address"], tk["distributor_address"])
+            status.distributors.append(
+                {"tokenization_id": tk["id"], "tokens": tokens, "gas_wei": gas}
+            )
+    return status

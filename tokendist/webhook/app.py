@@ -1,0 +1,215 @@
+"""The ASGI application: ``POST /webhooks/paystack`` and the checkout API.
+
+Order of checks on a webhook, cheapest and safest first: sender allowlist (403), body
+size (413) and read time (408), signature over the raw bytes (401), then parsing (400),
+then the database (200, or 503 so the provider retries). Nothing is written before the
+signature holds, and neither the secret nor the signature is ever logged. Every refusal
+answers JSON ``{"error": reason}`` with a machine-readable reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import structlog
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from tokendist.core import db, metrics
+from tokendist.core.errors import CheckoutRefused, TransientError
+from tokendist.core.settings import Settings, ip_networks
+from tokendist.webhook import jsonbody, paystack, senders
+from tokendist.webhook.checkout import PendingInvestment, create_pending_investment
+from tokendist.webhook.paystack import Notification
+from tokendist.webhook.receiver import Receiver
+from tokendist.webhook.verifier import PaystackVerifier, Verifier
+
+log = structlog.get_logger("tokendist.webhook")
+
+POOL_SIZE = 10
+
+
+class _Endpoints:
+    """The endpoints, holding what they share: settings, the pool, the receiver."""
+
+    def __init__(self, settings: Settings, verifier: Verifier | None) -> None:
+        self.settings = settings
+        self.secret = settings.require_webhook().get_secret_value().encode()
+        self.allowlist = ip_networks(settings.webhook_allowed_ips)
+        self.proxies = ip_networks(settings.webhook_trusted_proxies)
+        self.limit = settings.webhook_max_body_bytes
+        if verifier is None and settings.paystack_verify:
+            verifier = PaystackVerifier(settings.paystack_api_url, settings.require_webhook())
+        self.verifier = verifier
+        self._pool: asyncpg.Pool | None = None
+        self._receiver: Receiver | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # min_size 0: the receiver starts (and answers 503) while PostgreSQL is down.
+        pool = await db.create_pool(self.settings.database_url, min_size=0, max_size=POOL_SIZE)
+        self._pool = pool
+        mode = self.settings.paystack_mode
+        self._receiver = Receiver(pool, mode=mode, verifier=self.verifier)
+        log.info("webhook_started", mode=mode, verify=self.verifier is not None)
+        try:
+            yield
+        finally:
+            if self.verifier is not None:
+                await self.verifier.close()
+            await pool.close()
+
+    async def paystack(self, request: Request) -> Response:
+        peer = request.client.host if request.client else None
+        forwarded = request.headers.get("x-forwarded-for")
+        if not senders.allowed(peer, forwarded, self.allowlist, self.proxies):
+            log.warning("webhook_rejected", reason="sender_not_allowed", peer=peer)
+            return refusal(403, "sender_not_allowed")
+        try:
+            body = await self._read_body(request)
+        except Refused as exc:
+            log.warning("webhook_rejected", reason=exc.reason, peer=peer)
+            return exc.response
+        provided = request.headers.get(paystack.SIGNATURE_HEADER)
+        if not paystack.signature_ok(self.secret, body, provided):
+            log.warning("webhook_rejected", reason="bad_signature", peer=peer, size=len(body))
+            return refusal(401, "bad_signature")
+        try:
+            note = paystack.parse(body)
+        except paystack.MalformedPayload as exc:
+            log.warning("webhook_rejected", reason=exc.reason, alert=True, detail=str(exc))
+            return refusal(400, exc.reason)
+        return await self._apply(note, body)
+
+    async def _apply(self, note: Notification, body: bytes) -> Response:
+        assert self._receiver is not None
+        try:
+            async with asyncio.timeout(self.settings.webhook_deadline_s):
+                outcome = await self._receiver.handle(note, body)
+        except (TransientError, TimeoutError) as exc:
+            log.warning("webhook_deferred", webhook_event=note.event, error=type(exc).__name__)
+            return refusal(503, "unavailable")
+        except Exception:
+            # Rolled back like any failure, and retried by the provider; logged here as one
+            # structured line with its event (uvicorn's bare traceback would carry neither).
+            log.exception("webhook_failed", webhook_event=note.event, alert=True)
+            return refusal(500, "internal_error")
+        return JSONResponse({"outcome": outcome.value})
+
+    async def investments(self, request: Request) -> Response:
+        key = self.settings.checkout_api_key
+        if key is None or not _bearer_ok(request, key.get_secret_value()):
+            return refusal(401, "unauthorized")
+        try:
+            order = _order(await self._read_body(request))
+        except Refused as exc:
+            return exc.response
+        try:
+            async with asyncio.timeout(self.settings.webhook_deadline_s):
+                created = await db.guarded(lambda: self._create(order))
+        except CheckoutRefused as exc:
+            code = 409 if exc.reason == "conflict" else 422
+            return refusal(code, exc.reason, exc.detail)
+        except (TransientError, TimeoutError):
+            return refusal(503, "unavailable")
+        log.info("investment_pending", investment_id=order.investment_id, created=created)
+        return JSONResponse(
+            {"investment_id": order.investment_id, "status": "pending", "created": created},
+            status_code=201 if created else 200,
+        )
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, read within ``webhook_body_timeout_s``; raises ``Refused``."""
+        try:
+            async with asyncio.timeout(self.settings.webhook_body_timeout_s):
+                return await _read_body(request, self.limit)
+        except TimeoutError:
+            metrics.WEBHOOK_DROPPED.labels("body_timeout").inc()
+            raise Refused(408, "body_timeout") from None
+        except ClientDisconnect:
+            # The client left before sending the body it declared: nobody reads the answer,
+            # and one such request must not cost a traceback in the log (a flooding vector).
+            metrics.WEBHOOK_DROPPED.labels("client_disconnected").inc()
+            log.debug("request_abandoned", path=request.url.path)
+            raise Refused(400, "client_disconnected") from None
+
+    async def _create(self, order: PendingInvestment) -> bool:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            return await create_pending_investment(conn, order)
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def create_app(settings: Settings, *, verifier: Verifier | None = None) -> Starlette:
+    """The receiver for ``settings``; ``verifier`` replaces the Paystack one if given.
+
+    ``POST /investments`` exists only when ``TOKENDIST_CHECKOUT_API_KEY`` is set.
+    """
+    endpoints = _Endpoints(settings, verifier)
+    routes = [
+        Route("/webhooks/paystack", endpoints.paystack, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    if settings.checkout_api_key is not None:
+        routes.append(Route("/investments", endpoints.investments, methods=["POST"]))
+    return Starlette(routes=routes, lifespan=endpoints.lifespan)
+
+
+class Refused(Exception):
+    """A request answered before it is handled: ``status`` with ``{"error": reason}``."""
+
+    def __init__(self, status: int, reason: str, detail: object = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = refusal(status, reason, detail)
+
+
+def refusal(status: int, reason: str, detail: object = None) -> Response:
+    doc = {"error": reason} if detail is None else {"error": reason, "detail": detail}
+    return JSONResponse(doc, status_code=status)
+
+
+def _order(body: bytes) -> PendingInvestment:
+    """The checkout request in ``body``; raises ``Refused`` (422) with pydantic's detail."""
+    try:
+        # Duplicate keys, NaN, endless integers and deep nesting are refused first, with
+        # the webhook's reasons: pydantic would keep the last of duplicate keys.
+        jsonbody.loads(body)
+        return PendingInvestment.model_validate_json(body)
+    except jsonbody.Unreadable as exc:
+        detail: object = [{"type": exc.reason, "msg": str(exc)}]
+    except ValidationError as exc:
+        detail = exc.errors(include_url=False, include_context=False, include_input=False)
+    raise Refused(422, "invalid_request", detail)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body; raises ``Refused`` (413) past ``limit`` bytes, declared or streamed."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(413, "too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, "too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _bearer_ok(request: Request, key: str) -> bool:
+    # Only "Bearer <key>": a bare key would also be accepted by a prefix strip.
+    scheme, _, provided = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        provided.encode("latin-1"), key.encode()
+    )
