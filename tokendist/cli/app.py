@@ -6,25 +6,19 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from tokendist.bench.options import PARSER
 from tokendist.bench.options import add_arguments as add_bench_arguments
+from tokendist.cli import commands as cmd
 from tokendist.cli import errors as cli_errors
 from tokendist.cli import inputs as valid
 from tokendist.core import logs
-from tokendist.core.errors import InvalidInput
 from tokendist.core.settings import ENV_PREFIX, Settings, SettingsError, load_settings
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -69,311 +63,6 @@ def _secrets() -> list[str]:
     return [*found, *([password] if password else [])]
 
 
-def cmd_stack(args: argparse.Namespace) -> int:
-    extra = ["--brokers", str(args.brokers)] if args.action == "up" else []
-    return subprocess.call(["bash", str(STACK_SCRIPT), args.action, *extra])  # noqa: S603,S607
-
-
-async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.core import db
-
-    async with db.connect(settings.database_url) as conn:
-        applied = await db.migrate(conn)
-    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
-    return 0
-
-
-def cmd_schemas_export(args: argparse.Namespace) -> int:
-    from tokendist.schemas.export import export
-
-    for path in export(Path(args.out)):
-        print(path)
-    return 0
-
-
-async def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.core.signals import stop_on_signals
-    from tokendist.outbox.relay import Relay
-
-    stop = asyncio.Event()
-    with stop_on_signals(stop):
-        await Relay(settings, stop).run()
-    return 0
-
-
-async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer.runner import Runner
-    from tokendist.core.signals import stop_on_signals
-
-    if args.instance_id is not None:
-        settings = settings.model_copy(update={"consumer_instance_id": args.instance_id})
-    stop = asyncio.Event()
-    with stop_on_signals(stop):
-        await Runner(settings, stop).run()
-    return 0
-
-
-async def cmd_webhook(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.core.signals import stop_on_signals
-    from tokendist.webhook.server import WebhookServer
-
-    if not valid.is_paystack_key(settings.require_webhook().get_secret_value()):
-        raise SettingsError(
-            f"{ENV_PREFIX}PAYSTACK_SECRET_KEY is not a Paystack secret key (sk_live_… or sk_test_…)"
-        )
-    stop = asyncio.Event()
-    with _listening(settings.webhook_host, settings.webhook_port) as sock, stop_on_signals(stop):
-        await WebhookServer(settings, stop, sock=sock).run()
-    return 0
-
-
-def _listening(host: str, port: int) -> socket.socket:
-    """The receiver's socket, bound here: uvicorn reports a failed bind by exiting the
-    interpreter from inside the event loop, a traceback that says nothing useful."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise InvalidInput(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what holds it or "
-            f"set {ENV_PREFIX}WEBHOOK_PORT / {ENV_PREFIX}WEBHOOK_HOST"
-        ) from None
-
-
-async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
-    from eth_account import Account
-
-    from tokendist.core import db
-    from tokendist.ops.deploy import Deployer, deploy_tokenization
-
-    rpc_url, deployer_key = settings.require_deployer()
-    _, operator_key = settings.require_chain()
-    operator = Account.from_key(operator_key.get_secret_value()).address
-    deployer = Deployer(rpc_url, deployer_key)
-    try:
-        async with db.connect(settings.database_url) as conn:
-            d = await deploy_tokenization(
-                deployer,
-                conn,
-                tokenization_id=args.tokenization_id,
-                property_id=args.property_id,
-                operator=operator,
-                name=args.name,
-                symbol=args.symbol,
-                decimals=args.decimals,
-                supply=args.supply,
-                fund=args.fund,
-            )
-    finally:
-        await deployer.close()
-    print(
-        f"tokenization {d.tokenization_id}: token {d.token_address}, "
-        f"distributor {d.distributor_address} (operator {operator}), supply {d.supply}"
-    )
-    return 0
-
-
-async def cmd_rotate_operator(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer import queries
-    from tokendist.core import db
-    from tokendist.ops.deploy import Deployer
-
-    rpc_url, deployer_key = settings.require_deployer()
-    async with db.connect(settings.database_url) as conn:
-        row = await conn.fetchrow(queries.TOKENIZATION, args.tokenization_id)
-    if row is None:
-        raise InvalidInput(f"no tokenization {args.tokenization_id} is recorded")
-    deployer = Deployer(rpc_url, deployer_key)
-    try:
-        await deployer.set_operator(row["distributor_address"], args.new_operator)
-    finally:
-        await deployer.close()
-    print(f"distributor {row['distributor_address']}: operator is now {args.new_operator}")
-    return 0
-
-
-async def cmd_kyc_approve(args: argparse.Namespace, settings: Settings) -> int:
-    from eth_account import Account
-
-    from tokendist.core import db
-    from tokendist.ops.kyc import approve
-
-    ours = [
-        Account.from_key(key.get_secret_value()).address
-        for key in (settings.operator_key, settings.deployer_key)
-        if key is not None
-    ]
-    async with db.connect(settings.database_url) as conn:
-        released = await approve(conn, args.user_id, args.wallet, not_wallets=ours)
-    print(f"user {args.user_id} approved; {released} parked distributions re-driven")
-    return 0
-
-
-async def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.core import db
-    from tokendist.ops.redrive import redrive_failed
-
-    async with db.connect(settings.database_url) as conn:
-        count = await redrive_failed(conn, args.event_ids or None)
-    print(f"{count} failed distributions re-driven through the outbox")
-    return 0
-
-
-async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer.chain import Chain
-    from tokendist.core import db
-    from tokendist.ops.status import KafkaOffsets, gather
-
-    chain = Chain(*settings.require_chain()) if settings.rpc_url and settings.operator_key else None
-    try:
-        async with db.connect(settings.database_url) as conn, KafkaOffsets(settings) as offsets:
-            print((await gather(conn, offsets, chain)).render())
-    finally:
-        if chain is not None:
-            await chain.close()
-    return 0
-
-
-async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    import aiohttp
-
-    from tokendist.core import db
-    from tokendist.core.signals import stop_on_signals
-    from tokendist.sim.simulator import Channel, Plan, Simulator, ThroughWebhook
-
-    pool = await db.create_pool(settings.database_url, max_size=4)
-    session = aiohttp.ClientSession()
-    stop = asyncio.Event()
-    try:
-        channel: Channel | None = None
-        if args.webhook_url:
-            channel = ThroughWebhook(args.webhook_url, settings, session)
-        with stop_on_signals(stop):
-            tally = await Simulator(
-                settings, pool, args.tokenization_id, args.property_id, channel
-            ).run(Plan(count=args.count, rate=args.rate, users=args.users, seed=args.seed), stop)
-    finally:
-        await session.close()
-        await pool.close()
-    print(f"confirmed {tally.confirmed}, re-delivered {tally.duplicates}, invalid {tally.invalid}")
-    return 0
-
-
-async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.core.signals import stop_on_signals
-    from tokendist.sim.demo import Demo
-    from tokendist.sim.simulator import Plan
-
-    plan = Plan(count=args.payments, rate=args.rate, users=args.users, seed=args.seed)
-    demo = Demo(settings, plan, args.consumers, dict(os.environ), Path(args.log_dir))
-    stop = asyncio.Event()
-    with stop_on_signals(stop):
-        return await demo.run(stop)
-
-
-async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer.chain import Chain
-    from tokendist.consumer.repository import Repository
-    from tokendist.core import db
-    from tokendist.ops.reconcile import Reconciler
-
-    chain = Chain(*settings.require_chain())
-    pool = await db.create_pool(settings.database_url, max_size=4)
-    try:
-        result = await Reconciler(
-            Repository(pool), chain, confirmations=settings.confirmations
-        ).run(grace_s=args.grace, dry_run=args.dry_run)
-    finally:
-        await pool.close()
-        await chain.close()
-    print(("dry run: nothing changed\n" if args.dry_run else "") + result.render())
-    return 0 if result.report is not None and result.report.ok else 1
-
-
-async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.ops.replay import plan_and_apply, render
-
-    group = args.fresh_group or settings.consumer_group
-    moves = await plan_and_apply(
-        settings,
-        group,
-        earliest=args.earliest or bool(args.fresh_group),
-        timestamp_ms=args.to_timestamp,
-        offsets=args.to_offsets,
-        dry_run=args.dry_run,
-    )
-    print(render(group, moves, dry_run=args.dry_run))
-    if args.fresh_group and not args.dry_run:
-        print(f"start consumers with TOKENDIST_CONSUMER_GROUP={group} to replay")
-    return 0
-
-
-async def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.ops import dlq_admin
-
-    parked = await dlq_admin.read_all(settings)
-    for p in parked[-args.limit :]:
-        print(p.line())
-    print(
-        f"{dlq_admin.distinct(parked)} messages in {len(parked)} records of "
-        f"{settings.dlq_topic} (a replay or a crash parks a message again)"
-    )
-    return 0
-
-
-async def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.ops import dlq_admin
-
-    parked = await dlq_admin.read_all(settings)
-    chosen = dlq_admin.select(parked, positions=args.positions, reason=args.reason)
-    if args.dry_run:
-        for p in chosen:
-            print("would re-drive " + p.line())
-        print(f"{len(chosen)} messages would be re-driven")
-        return 0
-    sent = await dlq_admin.redrive(settings, chosen)
-    print(f"re-drove {sent} messages to their topic")
-    if sent < len(chosen):
-        print(f"left {len(chosen) - sent} parked: neither key nor value, nothing to process")
-    return 0
-
-
-def _dlq_redrive_names_something(args: argparse.Namespace) -> str | None:
-    if args.positions and args.all:
-        return "dlq redrive: name messages (partition:offset) or --all, not both"
-    if not args.positions and not args.reason and not args.all:
-        return "dlq redrive: name messages (partition:offset), --reason or --all"
-    return None
-
-
-def _fund_within_supply(args: argparse.Namespace) -> str | None:
-    from tokendist.ops.deploy import amounts_problem
-
-    return amounts_problem(args.supply, args.fund)
-
-
-async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer.chain import Chain
-    from tokendist.core import db
-    from tokendist.ops.verify import verify
-
-    rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
-    try:
-        async with db.connect(settings.database_url) as conn:
-            report = await verify(conn, chain, grace_s=args.grace, shared_chain=args.shared_chain)
-    finally:
-        await chain.close()
-    print(report.render())
-    return 0 if report.ok else 1
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from tokendist.bench.run import execute
-
-    return execute(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokendist", description=__doc__)
     parser.add_argument(
@@ -386,24 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="local PostgreSQL, Kafka and anvil without Docker")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.add_argument("--brokers", type=int, choices=[1, 3], default=1)
-    stack.set_defaults(handler=cmd_stack)
+    stack.set_defaults(handler=cmd.cmd_stack)
 
     dbp = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     dbp.add_parser("migrate", help="apply pending migrations").set_defaults(
-        handler=_tool(cmd_migrate)
+        handler=_tool(cmd.cmd_migrate)
     )
 
     sch = sub.add_parser("schemas", help="event schemas").add_subparsers(dest="s", required=True)
     export = sch.add_parser("export", help="write JSON Schema for upstream producers")
     export.add_argument("--out", default="schemas/json")
-    export.set_defaults(handler=cmd_schemas_export)
+    export.set_defaults(handler=cmd.cmd_schemas_export)
 
     sub.add_parser("relay", help="publish the outbox to Kafka").set_defaults(
-        handler=_async(cmd_relay)
+        handler=_async(cmd.cmd_relay)
     )
     sub.add_parser(
         "webhook", help="receive the payment provider's webhooks (and POST /investments)"
-    ).set_defaults(handler=_async(cmd_webhook))
+    ).set_defaults(handler=_async(cmd.cmd_webhook))
     _add_operations(sub)
     return parser
 
@@ -416,7 +105,7 @@ def _add_consume(sub: Any) -> None:
         help="static group membership: unique per member, kept across restarts "
         "(default: TOKENDIST_CONSUMER_INSTANCE_ID; unset: dynamic membership)",
     )
-    consume.set_defaults(handler=_async(cmd_consume))
+    consume.set_defaults(handler=_async(cmd.cmd_consume))
 
 
 def _add_operations(sub: Any) -> None:
@@ -438,14 +127,14 @@ def _add_operations(sub: Any) -> None:
         default=None,
         help="base units moved into the Distributor (default: all)",
     )
-    deploy.set_defaults(handler=_tool(cmd_deploy), check=_fund_within_supply)
+    deploy.set_defaults(handler=_tool(cmd.cmd_deploy), check=cmd.fund_within_supply)
 
     rotate = chain.add_parser(
         "rotate-operator", help="make another key the Distributor's operator (owner only)"
     )
     rotate.add_argument("--tokenization-id", required=True, type=valid.identifier)
     rotate.add_argument("--new-operator", required=True, type=valid.address)
-    rotate.set_defaults(handler=_tool(cmd_rotate_operator))
+    rotate.set_defaults(handler=_tool(cmd.cmd_rotate_operator))
 
     kyc = sub.add_parser("kyc", help="investor verification").add_subparsers(
         dest="k", required=True
@@ -453,22 +142,22 @@ def _add_operations(sub: Any) -> None:
     approve = kyc.add_parser("approve", help="approve a user and release parked payments")
     approve.add_argument("user_id", type=valid.identifier)
     approve.add_argument("--wallet", type=valid.address, default=None)
-    approve.set_defaults(handler=_tool(cmd_kyc_approve))
+    approve.set_defaults(handler=_tool(cmd.cmd_kyc_approve))
 
     redrive = sub.add_parser(
         "redrive", help="retry distributions that failed before signing (e.g. after a top-up)"
     )
     redrive.add_argument("event_ids", nargs="*", type=uuid.UUID, help="default: all of them")
-    redrive.set_defaults(handler=_tool(cmd_redrive))
+    redrive.set_defaults(handler=_tool(cmd.cmd_redrive))
 
     sub.add_parser("status", help="one screen: backlog, lag, states, DLQ, balances").set_defaults(
-        handler=_tool(cmd_status)
+        handler=_tool(cmd.cmd_status)
     )
 
     rec = sub.add_parser("reconcile", help="repair what is provably safe, report the rest")
     rec.add_argument("--grace", type=valid.seconds, default=60.0, help="only rows idle this long")
     rec.add_argument("--dry-run", action="store_true", help="say what would be repaired")
-    rec.set_defaults(handler=_tool(cmd_reconcile))
+    rec.set_defaults(handler=_tool(cmd.cmd_reconcile))
 
     rep = sub.add_parser("replay", help="reset a stopped group's offsets (recovery)")
     target = rep.add_mutually_exclusive_group(required=True)
@@ -481,7 +170,7 @@ def _add_operations(sub: Any) -> None:
         "--fresh-group", type=valid.identifier, help="a new group id that starts from the earliest"
     )
     rep.add_argument("--dry-run", action="store_true", help="say what would be reprocessed")
-    rep.set_defaults(handler=_tool(cmd_replay))
+    rep.set_defaults(handler=_tool(cmd.cmd_replay))
 
     _add_dlq(sub)
 
@@ -494,7 +183,7 @@ def _add_operations(sub: Any) -> None:
         action="store_true",
         help="the tokens also move outside this system: skip the balanceOf check",
     )
-    ver.set_defaults(handler=_tool(cmd_verify))
+    ver.set_defaults(handler=_tool(cmd.cmd_verify))
     _add_simulation(sub)
 
 
@@ -504,7 +193,7 @@ def _add_dlq(sub: Any) -> None:
     )
     listing = dlq.add_parser("list", help="the parked messages, oldest first")
     listing.add_argument("--limit", type=valid.integer(1), default=50, help="the newest N")
-    listing.set_defaults(handler=_tool(cmd_dlq_list))
+    listing.set_defaults(handler=_tool(cmd.cmd_dlq_list))
     again = dlq.add_parser("redrive", help="send messages back through full validation")
     again.add_argument(
         "positions", nargs="*", type=valid.position, help="DLQ records as partition:offset"
@@ -512,7 +201,7 @@ def _add_dlq(sub: Any) -> None:
     again.add_argument("--reason", help="only records parked for this reason")
     again.add_argument("--all", action="store_true", help="every record")
     again.add_argument("--dry-run", action="store_true")
-    again.set_defaults(handler=_tool(cmd_dlq_redrive), check=_dlq_redrive_names_something)
+    again.set_defaults(handler=_tool(cmd.cmd_dlq_redrive), check=cmd.dlq_redrive_names_something)
 
 
 def _add_simulation(sub: Any) -> None:
@@ -529,7 +218,7 @@ def _add_simulation(sub: Any) -> None:
         "--webhook-url",
         help="pay through `tokendist webhook` at this URL (checkout API + signed webhooks)",
     )
-    sim.set_defaults(handler=_async(cmd_simulate))
+    sim.set_defaults(handler=_async(cmd.cmd_simulate))
 
     demo = sub.add_parser("demo", help="the whole system end to end, with live progress")
     demo.add_argument("--payments", type=valid.integer(1), default=300)
@@ -538,13 +227,13 @@ def _add_simulation(sub: Any) -> None:
     demo.add_argument("--consumers", type=valid.integer(1, 16), default=2)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--log-dir", default=".stack/demo")
-    demo.set_defaults(handler=_async(cmd_demo))
+    demo.set_defaults(handler=_async(cmd.cmd_demo))
 
     bench = sub.add_parser(
         "bench", help="stage baselines; end-to-end throughput, latency, lag, memory", **PARSER
     )
     add_bench_arguments(bench)
-    bench.set_defaults(handler=cmd_bench)
+    bench.set_defaults(handler=cmd.cmd_bench)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
