@@ -250,6 +250,24 @@ async def pay(pool: asyncpg.Pool, p: payments.Payment, *, kyc: str = "approved")
         await payments.confirm(conn, p)
 
 
+async def fail_credits(pool: asyncpg.Pool, of_user: str) -> None:
+    """Make every credit of ``of_user``'s holdings fail with a real PostgreSQL error, until
+    the row in ``fail_credit`` is deleted."""
+    await pool.execute(f"""
+        CREATE TABLE fail_credit (user_id TEXT);
+        INSERT INTO fail_credit VALUES ('{of_user}');
+        CREATE FUNCTION fail_credit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM fail_credit WHERE user_id = NEW.user_id) THEN
+                RAISE EXCEPTION 'injected failure of the credit write';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER fail_credit BEFORE INSERT OR UPDATE ON token_holdings
+            FOR EACH ROW EXECUTE FUNCTION fail_credit();
+    """)
+
+
 async def confirm_event(pool: asyncpg.Pool, event: PaymentConfirmedV1) -> None:
     """Record ``event`` as a confirmed payment (as ``outbox.enqueue`` does in the payment's
     transaction), for tests that then write it to the topic themselves."""

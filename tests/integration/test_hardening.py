@@ -145,17 +145,7 @@ async def test_a_record_failing_unexpectedly_shows_in_status_then_is_parked(
     names the waiting partition and the error, then the record is parked after its
     bounded attempts, the partition moves on, and the payment is still paid once."""
     settings = settings.model_copy(update={"park_after_errors": 4, "topic_partitions": 1})
-    await pool.execute("""
-        CREATE FUNCTION fail_credit() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.user_id = 'user-0' THEN
-                RAISE EXCEPTION 'injected failure of the credit write';
-            END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER fail_credit BEFORE INSERT OR UPDATE ON token_holdings
-            FOR EACH ROW EXECUTE FUNCTION fail_credit();
-    """)
+    await harness.fail_credits(pool, of_user="user-0")
     seen_waiting: list[str] = []
 
     async def waiting_in_status() -> bool:

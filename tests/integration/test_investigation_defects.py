@@ -121,19 +121,7 @@ async def test_defect_6_failed_final_write_after_transfer_never_transfers_again(
     (Here it is retried until the error is fixed: parking it after bounded attempts is
     ``test_hardening``'s.)"""
     settings = settings.model_copy(update={"park_after_errors": 1000})
-    await pool.execute("""
-        CREATE TABLE fail_credit (reason TEXT);
-        INSERT INTO fail_credit VALUES ('injected');
-        CREATE FUNCTION fail_credit() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF EXISTS (SELECT 1 FROM fail_credit) THEN
-                RAISE EXCEPTION 'injected failure of the credit write';
-            END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER fail_credit BEFORE INSERT OR UPDATE ON token_holdings
-            FOR EACH ROW EXECUTE FUNCTION fail_credit();
-    """)
+    await harness.fail_credits(pool, of_user="user-0")
     async with harness.relay(settings), harness.consumer(settings):
         await harness.pay(pool, harness.payment(tokenization, 1, user=0, tokens=A))
         await harness.wait_until(
