@@ -17,10 +17,10 @@ from typing import Any
 import structlog
 
 from consumer import authority, contracts
-from consumer.chain import Chain, Receipt
-from consumer.dlq import DeadLetters
+from consumer.chain import Receipt
 from consumer.head import Head, Receipts
-from consumer.repository import Distribution, Repository, StateConflict, Tokenization
+from consumer.ports import DeadLetterSink, DistributionStore, OperatorChain
+from consumer.repository import Distribution, StateConflict, Tokenization
 from consumer.states import State
 from schemas import PaymentConfirmedV1, parse_event
 from tokendist import metrics
@@ -44,7 +44,11 @@ class Outcome(enum.StrEnum):
 
 class Processor:
     def __init__(
-        self, settings: Settings, repo: Repository, chain: Chain, dead_letters: DeadLetters
+        self,
+        settings: Settings,
+        repo: DistributionStore,
+        chain: OperatorChain,
+        dead_letters: DeadLetterSink,
     ) -> None:
         self.settings = settings
         self.repo = repo

@@ -11,8 +11,7 @@ from typing import Any
 
 import structlog
 
-from consumer.chain import Chain
-from consumer.repository import Repository
+from consumer.ports import DistributionStore, OperatorChain
 from tokendist import metrics
 from tokendist.errors import ChainRejected, TransientError
 from tokendist.settings import Settings
@@ -21,7 +20,7 @@ log = structlog.get_logger("tokendist.resubmitter")
 
 
 class Resubmitter:
-    def __init__(self, settings: Settings, repo: Repository, chain: Chain) -> None:
+    def __init__(self, settings: Settings, repo: DistributionStore, chain: OperatorChain) -> None:
         self.settings = settings
         self.repo = repo
         self.chain = chain
