@@ -24,19 +24,19 @@ from eth_typing import HexStr
 
 from tokendist.bench import sandbox, workload
 from tokendist.bench.results import Rate
-from tokendist.consumer import queries
-from tokendist.consumer.chain import Block, Chain, Receipt, SendResult, Signed
-from tokendist.consumer.dlq import DeadLetters
+from tokendist.consumer import contracts, queries
+from tokendist.consumer.chain import Block, Receipt, SendResult, Signed
 from tokendist.consumer.partition import PartitionWorker
 from tokendist.consumer.processor import Outcome, Processor
 from tokendist.consumer.repository import Repository
+from tokendist.consumer.wiring import POOL_SIZE
 from tokendist.core import db
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployment
 from tokendist.schemas import parse_event
 
 CHAIN_ID = 31_337  # any id: nothing here talks to a node
-POOL_SIZE = 20  # consumer.runner's pool
+SENDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # any address: nothing is sent
 GAS = 100_000
 FEE_WEI = 10**9
 BLOCK = 1
@@ -57,17 +57,35 @@ class Record:
     value: bytes
 
 
-class InstantChain(Chain):
-    """A chain that answers at once and never touches the network."""
+class InstantChain:
+    """The chain port (``consumer.ports.OperatorChain``) answering at once, without a node
+    or a key: encoding and signing are the chain stage's CPU, not PostgreSQL's.
+
+    Its own, not the unit tests' fake: the benchmark ships in the package and never
+    imports ``tests``, and it wants the cheapest answers, not scriptable failures."""
+
+    sender = SENDER
 
     async def chain_id(self) -> int:
         return CHAIN_ID
 
-    async def estimate(self, to: str, data: HexStr) -> int:
-        return GAS
+    async def nonce(self, *, pending: bool) -> int:
+        return 0
 
     async def latest(self) -> Block:
         return Block(BLOCK, FEE_WEI)
+
+    async def base_fee(self) -> int:
+        return FEE_WEI
+
+    def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
+        # The ABI encoding of three static words, as long as the real calldata.
+        selector, _ = contracts.function("Distributor", "distribute")
+        words = payment_id + bytes.fromhex(to[2:]).rjust(32, b"\0") + amount.to_bytes(32)
+        return HexStr("0x" + (selector + words).hex())
+
+    async def estimate(self, to: str, data: HexStr) -> int:
+        return GAS
 
     def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
@@ -84,6 +102,13 @@ class InstantChain(Chain):
         return {h: Receipt(tx_hash=h, block_number=BLOCK, succeeded=True) for h in tx_hashes}
 
 
+class RefuseToPark:
+    """The dead-letter port of a run whose events are all valid: parking one is a bug."""
+
+    async def park(self, record: object, reason: str, detail: str) -> None:
+        raise RuntimeError(f"consumer DB stage dead-lettered a record: {reason}: {detail}")
+
+
 async def run(settings: Settings, events: int, users: int, writers: int) -> Rate:
     """Events/s credited by one consumer's worth of workers, in a database of its own
     (its distributions have no transactions on-chain: ``verify`` must never see them)."""
@@ -91,16 +116,13 @@ async def run(settings: Settings, events: int, users: int, writers: int) -> Rate
         pool = await db.create_pool(url, max_size=POOL_SIZE)
         try:
             records = await _records(pool, events, users, writers, settings.topic_partitions)
-            rpc_url, key = settings.require_chain()
-            chain = InstantChain(rpc_url, key)  # its web3 client is never used
             repo = Repository(pool)
-            await repo.sync_nonce(CHAIN_ID, chain.sender, 0)
+            await repo.sync_nonce(CHAIN_ID, SENDER, 0)
             processor = Processor(
                 settings.model_copy(update={"max_inflight_per_sender": UNCAPPED_INFLIGHT}),
                 repo,
-                chain,
-                # Never used: every event here is valid. aiokafka is untyped, so no cast.
-                DeadLetters(None, settings.dlq_topic, repo),
+                InstantChain(),
+                RefuseToPark(),
             )
             start = time.perf_counter()
             outcomes = await asyncio.gather(

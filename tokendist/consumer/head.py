@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from tokendist.consumer.chain import Block, Chain, Receipt
+from tokendist.consumer.chain import Block, Receipt
+from tokendist.consumer.ports import ChainClient
 from tokendist.core.errors import ChainUnavailable
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ class Shared(Generic[T]):
 
 
 class Head:
-    def __init__(self, chain: Chain, poll_s: float) -> None:
+    def __init__(self, chain: ChainClient, poll_s: float) -> None:
         self._poll_s = poll_s
         self._latest = Shared(chain.latest, poll_s / 2)
         self._mined_nonce = Shared(lambda: chain.nonce(pending=False), poll_s / 2)
@@ -95,7 +96,7 @@ class Head:
 class Receipts:
     """Receipt lookups of the waiting events, sent together as one JSON-RPC batch."""
 
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, chain: ChainClient) -> None:
         self._chain = chain
         self._wanted: dict[str, asyncio.Future[Receipt | None]] = {}
         self._sending: asyncio.Task[None] | None = None

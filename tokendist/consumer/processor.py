@@ -17,10 +17,10 @@ from typing import Any
 import structlog
 
 from tokendist.consumer import authority, contracts
-from tokendist.consumer.chain import Chain, Receipt
-from tokendist.consumer.dlq import DeadLetters
+from tokendist.consumer.chain import Receipt
 from tokendist.consumer.head import Head, Receipts
-from tokendist.consumer.repository import Distribution, Repository, StateConflict, Tokenization
+from tokendist.consumer.ports import DeadLetterSink, DistributionStore, OperatorChain
+from tokendist.consumer.repository import Distribution, StateConflict, Tokenization
 from tokendist.consumer.states import State
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, ChainUnavailable, InvalidEvent
@@ -44,7 +44,11 @@ class Outcome(enum.StrEnum):
 
 class Processor:
     def __init__(
-        self, settings: Settings, repo: Repository, chain: Chain, dead_letters: DeadLetters
+        self,
+        settings: Settings,
+        repo: DistributionStore,
+        chain: OperatorChain,
+        dead_letters: DeadLetterSink,
     ) -> None:
         self.settings = settings
         self.repo = repo

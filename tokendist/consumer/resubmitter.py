@@ -11,8 +11,7 @@ from typing import Any
 
 import structlog
 
-from tokendist.consumer.chain import Chain
-from tokendist.consumer.repository import Repository
+from tokendist.consumer.ports import DistributionStore, OperatorChain
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, TransientError
 from tokendist.core.settings import Settings
@@ -21,7 +20,7 @@ log = structlog.get_logger("tokendist.resubmitter")
 
 
 class Resubmitter:
-    def __init__(self, settings: Settings, repo: Repository, chain: Chain) -> None:
+    def __init__(self, settings: Settings, repo: DistributionStore, chain: OperatorChain) -> None:
         self.settings = settings
         self.repo = repo
         self.chain = chain

@@ -25,14 +25,11 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from tokendist.consumer import membership
-from tokendist.consumer.chain import Chain
+from tokendist.consumer import membership, wiring
 from tokendist.consumer.dlq import DeadLetters
 from tokendist.consumer.partition import PartitionWorker
-from tokendist.consumer.processor import Processor
 from tokendist.consumer.repository import Repository, Retrying
-from tokendist.consumer.resubmitter import Resubmitter
-from tokendist.core import db, kafka, metrics
+from tokendist.core import kafka, metrics
 from tokendist.core.errors import TransientError
 from tokendist.core.failpoints import Failpoints
 from tokendist.core.retry import StoppedWhileWaiting, until_available
@@ -90,25 +87,12 @@ class Runner:
         log.info("consumer_stopped")
 
     async def _run(self) -> None:
-        rpc_url, key = self.settings.require_chain()
         async with AsyncExitStack() as resources:
             s, stop = self.settings, self.stop
-            pool = await until_available(
-                "database", lambda: db.create_pool(s.database_url, max_size=20), s, stop
-            )
-            resources.push_async_callback(pool.close)
-            chain = Chain(rpc_url, key)
-            resources.push_async_callback(chain.close)
-            self._repo = repo = Repository(pool)
-            await until_available("nonce", lambda: self._sync_nonce(repo, chain), s, stop)
-            await until_available("topics", lambda: kafka.ensure_topics(s), s, stop)
-            producer = await until_available(
-                "producer", lambda: kafka.start(kafka.producer(s)), s, stop
-            )
-            resources.push_async_callback(kafka.close, producer)
-            self._dead_letters = DeadLetters(producer, self.settings.dlq_topic, repo)
-            processor = Processor(self.settings, repo, chain, self._dead_letters)
-            self._process = processor.handle
+            member = await wiring.build(s, stop, resources)
+            self._repo = member.repo
+            self._dead_letters = member.dead_letters
+            self._process = member.processor.handle
             self.consumer = consumer = await until_available(
                 "consumer", lambda: kafka.start(self._make_consumer()), s, stop
             )
@@ -116,9 +100,7 @@ class Runner:
             side_tasks = [
                 *self._metrics_server(),
                 asyncio.create_task(self._commit_loop(), name="committer"),
-                asyncio.create_task(
-                    Resubmitter(self.settings, repo, chain).run(), name="resubmitter"
-                ),
+                asyncio.create_task(member.resubmitter.run(), name="resubmitter"),
             ]
             try:
                 await self._fetch_loop(side_tasks)
@@ -132,14 +114,6 @@ class Runner:
         return [
             asyncio.create_task(metrics.serve(self.settings.metrics_port, ready), name="metrics")
         ]
-
-    async def _sync_nonce(self, repo: Repository, chain: Chain) -> None:
-        chain_id = await chain.chain_id()
-        pending = await chain.nonce(pending=True)
-        next_nonce = await repo.sync_nonce(chain_id, chain.sender, pending)
-        log.info(
-            "nonce_synchronised", sender=chain.sender, chain_pending=pending, next_nonce=next_nonce
-        )
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(

@@ -1,0 +1,177 @@
+"""What the distribution state machine (``Processor``, ``Resubmitter``) needs from the
+world, as small Protocols. The composition root (``consumer.wiring``) plugs in the real
+adapters: ``Repository`` (PostgreSQL), ``Chain`` (one node, one key), ``DeadLetters``
+(the DLQ topic and PostgreSQL). Unit tests plug in in-memory fakes of their own.
+
+Every port raises only errors of our tree (``tokendist.errors``), mapped inside its
+adapter. A ``TransientError`` means "the same call may succeed later": the state machine
+lets it propagate, and the partition worker retries the record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from eth_typing import HexStr
+
+from tokendist.consumer.chain import Block, Receipt, SendResult, Signed
+from tokendist.consumer.repository import (
+    Confirmation,
+    Distribution,
+    StoredTx,
+    Tokenization,
+    User,
+)
+from tokendist.consumer.states import State
+
+
+class DistributionStore(Protocol):
+    """The distributions, their transactions and the sender's nonces, durably.
+
+    Promises: each method is atomic; every state change is guarded by the state the
+    caller read and raises ``StateConflict`` when the stored state differs (another
+    worker moved the row: reload with ``get``); a state change outside
+    ``consumer.states.TRANSITIONS`` is never made. Raises ``DatabaseUnavailable`` when
+    the store cannot be reached.
+    """
+
+    async def confirmation(self, event_id: uuid.UUID) -> Confirmation | None:
+        """The confirmed payment written with the event's id, if any."""
+        ...
+
+    async def tokenization(self, tokenization_id: str) -> Tokenization | None: ...
+
+    async def claim(
+        self,
+        *,
+        event_id: uuid.UUID,
+        investment_id: str,
+        payment_id: str,
+        user_id: str,
+        tokenization_id: str,
+        tokens: int,
+        payload: str,
+        partition: int,
+        offset: int,
+    ) -> tuple[Distribution | None, Distribution | None]:
+        """Insert a ``received`` row unless the event or the investment has one; returns
+        (the row of this event id, the row of this investment id)."""
+        ...
+
+    async def get(self, event_id: uuid.UUID) -> Distribution: ...
+
+    async def transition(
+        self, dist: Distribution, new: State, reason: str | None = None, *, retryable: bool = False
+    ) -> Distribution:
+        """``dist`` moved to ``new``; ``retryable`` marks a failure that paid nothing."""
+        ...
+
+    async def payable_user_or_park(self, dist: Distribution) -> tuple[User | None, Distribution]:
+        """The user if KYC-approved with a wallet; else ``dist`` parked (``awaiting_kyc``),
+        atomically with respect to an approval."""
+        ...
+
+    async def inflight(self, sender: str) -> int:
+        """How many of the sender's distributions are signed or submitted."""
+        ...
+
+    async def sign_and_store(
+        self,
+        dist: Distribution,
+        *,
+        chain_id: int,
+        sender: str,
+        recipient: str,
+        sign: Callable[[int], Signed],
+    ) -> Distribution:
+        """Reserve the sender's next nonce, call ``sign`` with it, store the transaction
+        and mark ``dist`` signed, all or nothing. ``StateConflict`` unless ``dist`` is
+        still before signing: an event is signed at most once."""
+        ...
+
+    async def transactions(self, event_id: uuid.UUID) -> list[StoredTx]:
+        """The event's transactions of its current nonce, oldest first."""
+        ...
+
+    async def mark_broadcast(self, tx_hash: str) -> None: ...
+
+    async def confirm(self, dist: Distribution, tx_hash: str, block_number: int) -> Distribution:
+        """``dist`` confirmed by ``tx_hash``; guarded by its being signed or submitted."""
+        ...
+
+    async def credit(self, dist: Distribution, property_id: str) -> Distribution:
+        """Holdings += tokens, the ledger pair, the investment distributed and the state
+        credited, at once; guarded by the ``confirmed`` state."""
+        ...
+
+    async def next_nonce(self, chain_id: int, sender: str) -> int: ...
+
+    async def pending_transactions(self, chain_id: int, sender: str) -> list[dict[str, Any]]:
+        """The newest transaction of every signed or submitted distribution, by nonce."""
+        ...
+
+    async def store_replacement(
+        self, event_id: uuid.UUID, replaces: str, *, chain_id: int, sender: str, signed: Signed
+    ) -> bool:
+        """Store a same-nonce sibling of ``replaces`` if that is still the event's newest
+        transaction and the event is unconfirmed; False (nothing stored) otherwise."""
+        ...
+
+
+class Signer(Protocol):
+    """One key. Signing is local: no I/O, so nothing transient. ``ChainClient.chain_id``
+    must have been awaited first (the id is part of what is signed). A key pool plugs in
+    here."""
+
+    @property
+    def sender(self) -> str: ...
+
+    def sign(
+        self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
+    ) -> Signed: ...
+
+
+class ChainClient(Protocol):
+    """One node, asked about the sender's account and the Distributor. Every call may
+    raise ``ChainUnavailable``; ``estimate`` and ``send_raw`` also ``ChainRejected``,
+    a refusal that asking again cannot change (the answers table of ``consumer.chain``)."""
+
+    async def chain_id(self) -> int: ...
+
+    async def nonce(self, *, pending: bool) -> int:
+        """The sender's transaction count, as of the pending or the latest block."""
+        ...
+
+    async def latest(self) -> Block: ...
+
+    async def base_fee(self) -> int: ...
+
+    def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
+        """The Distributor call paying ``amount`` to ``to`` once for ``payment_id``."""
+        ...
+
+    async def estimate(self, to: str, data: HexStr) -> int:
+        """Gas for the call; ``ChainRejected`` if it would revert."""
+        ...
+
+    async def send_raw(self, raw: bytes) -> SendResult:
+        """Broadcast; a ``SendResult`` also when the node has (had) this nonce's
+        transaction. ``ChainRejected`` on any other refusal."""
+        ...
+
+    async def receipts(self, tx_hashes: list[str]) -> dict[str, Receipt | None]:
+        """Each transaction's receipt, None while not mined."""
+        ...
+
+
+class OperatorChain(ChainClient, Signer, Protocol):
+    """A node and the Distributor operator's key, as ``consumer.chain.Chain`` is."""
+
+
+class DeadLetterSink(Protocol):
+    """Where a record that can never be processed goes. ``park`` returns once the parking
+    is durable; ``DatabaseUnavailable`` or ``BrokerUnavailable`` when it cannot be."""
+
+    async def park(self, record: Any, reason: str, detail: str) -> None: ...
