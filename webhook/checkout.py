@@ -19,7 +19,8 @@ from schemas.events import MAX_AMOUNT_MINOR, Identifier, TokenUnits
 from tokendist import db
 from tokendist.errors import CheckoutRefused
 from webhook import queries
-from webhook.paystack import CURRENCY, PROVIDER, REFERENCE
+from webhook.paystack import PROVIDER
+from webhook.providers.base import CURRENCY, NAME, REFERENCE
 
 
 class PendingInvestment(BaseModel):
@@ -34,7 +35,7 @@ class PendingInvestment(BaseModel):
     amount_minor: Annotated[int, Field(gt=0, le=MAX_AMOUNT_MINOR, strict=True)]
     currency: Annotated[str, Field(pattern=f"^{CURRENCY.pattern}$")]
     provider_reference: Annotated[str, Field(pattern=f"^{REFERENCE.pattern}$")]
-    provider: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,31}$")] = PROVIDER
+    provider: Annotated[str, Field(pattern=f"^{NAME.pattern}$")] = PROVIDER
 
 
 async def create_pending_investment(conn: db.Connection, order: PendingInvestment) -> bool:
