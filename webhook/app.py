@@ -70,17 +70,17 @@ class _Endpoints:
         if provider is None:
             # Not logged: the segment is the sender's text, and a 404 is no alert.
             return refusal(404, "unknown_provider")
+        name = provider.name
         peer = request.client.host if request.client else None
         forwarded = request.headers.get("x-forwarded-for")
         if not senders.allowed(peer, forwarded, self.allowlist, self.proxies):
-            log.warning("webhook_rejected", reason="sender_not_allowed", peer=peer)
+            log.warning("webhook_rejected", reason="sender_not_allowed", provider=name, peer=peer)
             return refusal(403, "sender_not_allowed")
         try:
             body = await self._read_body(request)
         except Refused as exc:
-            log.warning("webhook_rejected", reason=exc.reason, peer=peer)
+            log.warning("webhook_rejected", reason=exc.reason, provider=name, peer=peer)
             return exc.response
-        name = provider.name
         if not provider.verify_signature(body, request.headers):
             log.warning(
                 "webhook_rejected", reason="bad_signature", provider=name, peer=peer, size=len(body)
