@@ -1,5 +1,6 @@
-"""Property-based fuzzing of the receiver's two boundaries, in-process against a real
-PostgreSQL database: any signed webhook body, any checkout request.
+"""Property-based fuzzing of the receiver's boundaries, in-process against a real
+PostgreSQL database: any signed webhook body, any provider in the route, any checkout
+request.
 
 For every input: no exception escapes the app, the status is one of a defined set, the
 answer is JSON naming an outcome or an error, and a refusal writes nothing (the row
@@ -27,6 +28,7 @@ from tokendist.webhook.paystack import SIGNATURE_HEADER, signature
 
 WEBHOOK_CASES = 2000
 CHECKOUT_CASES = 2000
+ROUTE_CASES = 300
 API_KEY = "checkout-key-" + "9" * 20
 REFERENCES = [f"PSK-{i}" for i in range(4)]  # pending investments of 500000 NGN
 TABLES = (
@@ -239,6 +241,38 @@ def test_any_signed_webhook_body_gets_a_defined_answer_and_refusals_write_nothin
     print(f"webhook fuzz: {sum(seen.values())} cases; {dict(seen)}")  # noqa: T201 -- reported
     assert sum(seen.values()) >= WEBHOOK_CASES // 2
     assert seen["confirmed"] + seen["flagged"] > 0  # the fuzz reached the database
+
+
+# Any route segment but an enabled provider's (a slash would make it another route).
+segments = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1).filter(
+    lambda segment: segment != "paystack"
+)
+
+
+def test_any_other_provider_segment_is_404_unknown_provider_and_writes_nothing(
+    app: tuple[asyncio.Runner, wh.InProcess, asyncpg.Pool],
+) -> None:
+    runner, client, pool = app
+    body = provider.charge_success(REFERENCES[0], 500_000)
+    headers = {SIGNATURE_HEADER: signature(wh.LIVE_KEY.encode(), body)}
+    before = runner.run(row_counts(pool))
+    ran = 0
+
+    async def check(segment: str) -> None:
+        status, text = await client.post(f"/webhooks/{segment}", body, headers)
+        assert (status, json.loads(text)) == (404, {"error": "unknown_provider"}), segment
+
+    @settings(FUZZ, max_examples=ROUTE_CASES)
+    @given(segment=segments)
+    def case(segment: str) -> None:
+        nonlocal ran
+        ran += 1
+        runner.run(check(segment))
+
+    case()
+    print(f"route fuzz: {ran} cases")  # noqa: T201 -- reported
+    assert ran >= ROUTE_CASES // 2
+    assert runner.run(row_counts(pool)) == before
 
 
 orders = mutated(

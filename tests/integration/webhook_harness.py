@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +20,8 @@ from tokendist.core.settings import Settings
 from tokendist.sim.provider import Provider
 from tokendist.webhook import PendingInvestment, create_pending_investment
 from tokendist.webhook.app import create_app
+from tokendist.webhook.providers.base import PaymentProvider
 from tokendist.webhook.server import WebhookServer
-from tokendist.webhook.verifier import Verifier
 
 LIVE_KEY = "sk_live_" + "5e" * 20
 TEST_KEY = "sk_test_" + "5e" * 20
@@ -58,14 +58,14 @@ def free_socket() -> socket.socket:
 
 @asynccontextmanager
 async def serving(
-    settings: Settings, *, verifier: Verifier | None = None
+    settings: Settings, *, providers: Sequence[PaymentProvider] | None = None
 ) -> AsyncIterator[Endpoint]:
     """A running receiver; stopped (drained) on exit."""
     sock = free_socket()
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     key = settings.require_webhook().get_secret_value()
     async with (
-        harness.running(lambda stop: WebhookServer(settings, stop, sock=sock, verifier=verifier)),
+        harness.running(lambda stop: WebhookServer(settings, stop, sock=sock, providers=providers)),
         aiohttp.ClientSession() as session,
     ):
         await harness.wait_until(lambda: up(session, base), timeout=30, what="the receiver")
@@ -169,8 +169,10 @@ class InProcess:
 
 
 @asynccontextmanager
-async def in_process(settings: Settings) -> AsyncIterator[InProcess]:
+async def in_process(
+    settings: Settings, *, providers: Sequence[PaymentProvider] | None = None
+) -> AsyncIterator[InProcess]:
     """The app with its lifespan (its database pool) running."""
-    app = create_app(settings)
+    app = create_app(settings, providers=providers)
     async with app.router.lifespan_context(app):
         yield InProcess(app)

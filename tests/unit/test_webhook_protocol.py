@@ -3,6 +3,8 @@ the sender address behind proxies, and the settings that configure them."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -13,9 +15,18 @@ import pytest
 from tokendist.core.settings import SettingsError, ip_networks, load_settings
 from tokendist.sim import provider
 from tokendist.webhook import jsonbody, paystack, senders
-from tokendist.webhook.paystack import Kind, MalformedPayload
+from tokendist.webhook.providers import registry
+from tokendist.webhook.providers.base import (
+    Adjustment,
+    AdjustmentKind,
+    Charge,
+    Ignored,
+    MalformedPayload,
+    PaymentProvider,
+    Verification,
+)
+from tokendist.webhook.providers.paystack import Paystack
 from tokendist.webhook.receiver import Expected, FlagReason, assess
-from tokendist.webhook.verifier import Verification
 
 KEY = b"sk_test_abc"
 
@@ -36,8 +47,16 @@ def test_charge_success_is_read_whatever_metadata_is(metadata: object) -> None:
     note = paystack.parse(
         provider.charge_success("R-1", 12_345, metadata=metadata, domain="test", paid_at=paid)
     )
-    assert note.kind is Kind.CHARGE
-    assert note.charge == paystack.Charge("R-1", "test", 12_345, "NGN", paid)
+    assert isinstance(note, Charge)
+    assert dataclasses.replace(note, kept="") == Charge(
+        event="charge.success",
+        reference="R-1",
+        domain="test",
+        amount_minor=12_345,
+        currency="NGN",
+        paid_at=paid,
+        kept="",
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,9 +78,21 @@ def test_a_charge_with_unusable_money_fields_is_malformed(data: dict[str, object
 
 def test_refund_amounts_arrive_as_strings_and_disputes_nest_the_reference() -> None:
     refund = paystack.parse(provider.refund_processed("R-1", 2_500))
-    assert refund.adjustment == paystack.Adjustment(Kind.REFUND, "R-1", 2_500)
+    assert isinstance(refund, Adjustment)
+    assert (refund.event, refund.kind, refund.reference, refund.amount_minor) == (
+        "refund.processed",
+        AdjustmentKind.REFUND,
+        "R-1",
+        2_500,
+    )
     dispute = paystack.parse(provider.dispute("R-2", "charge.dispute.resolve"))
-    assert dispute.adjustment == paystack.Adjustment(Kind.DISPUTE, "R-2", None)
+    assert isinstance(dispute, Adjustment)
+    assert (dispute.event, dispute.kind, dispute.reference, dispute.amount_minor) == (
+        "charge.dispute.resolve",
+        AdjustmentKind.DISPUTE,
+        "R-2",
+        None,
+    )
     assert paystack.minor_units("12x") is None
     assert paystack.minor_units(False) is None
 
@@ -73,8 +104,9 @@ def test_unreadable_bodies_are_malformed(body: bytes) -> None:
 
 
 def test_other_events_are_read_without_their_data() -> None:
-    note = paystack.parse(b'{"event": "transfer.success", "data": 7}')
-    assert (note.kind, note.charge, note.adjustment) == (Kind.OTHER, None, None)
+    assert paystack.parse(b'{"event": "transfer.success", "data": 7}') == Ignored(
+        event="transfer.success"
+    )
 
 
 @pytest.mark.parametrize(
@@ -101,7 +133,9 @@ def test_nesting_is_measured_outside_strings() -> None:
 
 def test_only_the_reconciliation_fields_of_a_charge_are_kept() -> None:
     body = provider.charge_success("R-1", 100, metadata={"phone": "+234"})
-    kept = json.loads(paystack.parse(body).kept)
+    note = paystack.parse(body)
+    assert isinstance(note, Charge)
+    kept = json.loads(note.kept)
     assert "email" not in str(kept)
     assert "metadata" not in kept["data"]
     assert kept["data"]["customer"] == {"id": 84312}
@@ -113,7 +147,15 @@ def test_only_the_reconciliation_fields_of_a_charge_are_kept() -> None:
 
 
 PENDING = Expected(status="pending", amount_minor=100, currency="NGN")
-CHARGE = paystack.Charge("R", "live", 100, "NGN", None)
+CHARGE = Charge(
+    event="charge.success",
+    reference="R",
+    domain="live",
+    amount_minor=100,
+    currency="NGN",
+    paid_at=None,
+    kept="{}",
+)
 OK = Verification("success", 100, "NGN")
 
 
@@ -123,21 +165,16 @@ OK = Verification("success", 100, "NGN")
         (CHARGE, PENDING, None, None),
         (CHARGE, PENDING, OK, None),
         (CHARGE, None, OK, FlagReason.UNKNOWN_REFERENCE),
-        (paystack.Charge("R", "test", 100, "NGN", None), PENDING, None, FlagReason.DOMAIN_MISMATCH),
+        (dataclasses.replace(CHARGE, domain="test"), PENDING, None, FlagReason.DOMAIN_MISMATCH),
         (CHARGE, Expected("confirmed", 100, "NGN"), None, FlagReason.INVESTMENT_NOT_PENDING),
-        (
-            paystack.Charge("R", "live", 100, "USD", None),
-            PENDING,
-            None,
-            FlagReason.CURRENCY_MISMATCH,
-        ),
-        (paystack.Charge("R", "live", 99, "NGN", None), PENDING, None, FlagReason.AMOUNT_MISMATCH),
+        (dataclasses.replace(CHARGE, currency="USD"), PENDING, None, FlagReason.CURRENCY_MISMATCH),
+        (dataclasses.replace(CHARGE, amount_minor=99), PENDING, None, FlagReason.AMOUNT_MISMATCH),
         (CHARGE, PENDING, Verification("reversed", 100, "NGN"), FlagReason.NOT_VERIFIED),
         (CHARGE, PENDING, Verification("success", 101, "NGN"), FlagReason.NOT_VERIFIED),
     ],
 )
 def test_assess_flags_every_mismatch(
-    charge: paystack.Charge,
+    charge: Charge,
     expected: Expected | None,
     verification: Verification | None,
     flag: FlagReason | None,
@@ -179,3 +216,28 @@ def test_settings_refuse_a_key_of_the_other_mode_and_bad_networks() -> None:
         load_settings(**base, webhook_allowed_ips="52.31.139.75,nope")
     with pytest.raises(SettingsError, match="set TOKENDIST_PAYSTACK_SECRET_KEY"):
         load_settings(**base).require_webhook()
+
+
+SETTINGS = {"database_url": "postgresql://x", "kafka_bootstrap": "k:1"}
+LIVE = {"paystack_secret_key": "sk_live_x"}
+TEST = {"paystack_secret_key": KEY.decode(), "paystack_mode": "test"}
+
+
+def test_paystack_is_enabled_by_its_secret_and_nothing_else_is() -> None:
+    enabled = registry.enabled(load_settings(**SETTINGS, **LIVE))
+    assert [(p.name, p.mode) for p in enabled] == [("paystack", "live")]
+    with pytest.raises(SettingsError, match="set TOKENDIST_PAYSTACK_SECRET_KEY"):
+        registry.enabled(load_settings(**SETTINGS))
+
+
+def test_the_paystack_plug_in_checks_its_header_over_the_raw_bytes() -> None:
+    plug_in: PaymentProvider = Paystack.from_settings(load_settings(**SETTINGS, **TEST))
+    body = provider.charge_success("R-1", 100, domain="test")
+    good = paystack.signature(KEY, body)
+    assert plug_in.verify_signature(body, {paystack.SIGNATURE_HEADER: good})
+    assert not plug_in.verify_signature(body + b" ", {paystack.SIGNATURE_HEADER: good})
+    assert not plug_in.verify_signature(body, {"x-other-signature": good})
+    assert not plug_in.verify_signature(body, {})
+    assert plug_in.parse(body) == paystack.parse(body)
+    # Without TOKENDIST_PAYSTACK_VERIFY nothing is asked: the API is never called.
+    assert asyncio.run(plug_in.confirm("R-1")) is None

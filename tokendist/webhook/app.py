@@ -1,17 +1,19 @@
-"""The ASGI application: ``POST /webhooks/paystack`` and the checkout API.
+"""The ASGI application: ``POST /webhooks/{provider}`` and the checkout API.
 
-Order of checks on a webhook, cheapest and safest first: sender allowlist (403), body
-size (413) and read time (408), signature over the raw bytes (401), then parsing (400),
-then the database (200, or 503 so the provider retries). Nothing is written before the
-signature holds, and neither the secret nor the signature is ever logged. Every refusal
-answers JSON ``{"error": reason}`` with a machine-readable reason.
+Order of checks on a webhook, cheapest and safest first: an enabled provider (404),
+sender allowlist (403), body size (413) and read time (408), the provider's signature
+over the raw bytes (401), then parsing (400), then the database (200, or 503 so the
+provider retries). Nothing is written before the signature holds, and neither a secret
+nor a signature is ever logged. Every refusal answers JSON ``{"error": reason}`` with a
+machine-readable reason. Providers are plug-ins (``webhook/providers``): nothing here
+knows which one is speaking.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -25,11 +27,11 @@ from starlette.routing import Route
 from tokendist.core import db, metrics
 from tokendist.core.errors import CheckoutRefused, TransientError
 from tokendist.core.settings import Settings, ip_networks
-from tokendist.webhook import jsonbody, paystack, senders
+from tokendist.webhook import jsonbody, senders
 from tokendist.webhook.checkout import PendingInvestment, create_pending_investment
-from tokendist.webhook.paystack import Notification
+from tokendist.webhook.providers import registry
+from tokendist.webhook.providers.base import NAME, MalformedPayload, Notice, PaymentProvider
 from tokendist.webhook.receiver import Receiver
-from tokendist.webhook.verifier import PaystackVerifier, Verifier
 
 log = structlog.get_logger("tokendist.webhook")
 
@@ -37,17 +39,14 @@ POOL_SIZE = 10
 
 
 class _Endpoints:
-    """The endpoints, holding what they share: settings, the pool, the receiver."""
+    """The endpoints, holding what they share: settings, providers, the pool, the receiver."""
 
-    def __init__(self, settings: Settings, verifier: Verifier | None) -> None:
+    def __init__(self, settings: Settings, providers: Sequence[PaymentProvider]) -> None:
         self.settings = settings
-        self.secret = settings.require_webhook().get_secret_value().encode()
+        self.providers = _by_name(providers)
         self.allowlist = ip_networks(settings.webhook_allowed_ips)
         self.proxies = ip_networks(settings.webhook_trusted_proxies)
         self.limit = settings.webhook_max_body_bytes
-        if verifier is None and settings.paystack_verify:
-            verifier = PaystackVerifier(settings.paystack_api_url, settings.require_webhook())
-        self.verifier = verifier
         self._pool: asyncpg.Pool | None = None
         self._receiver: Receiver | None = None
 
@@ -56,50 +55,59 @@ class _Endpoints:
         # min_size 0: the receiver starts (and answers 503) while PostgreSQL is down.
         pool = await db.create_pool(self.settings.database_url, min_size=0, max_size=POOL_SIZE)
         self._pool = pool
-        mode = self.settings.paystack_mode
-        self._receiver = Receiver(pool, mode=mode, verifier=self.verifier)
-        log.info("webhook_started", mode=mode, verify=self.verifier is not None)
+        self._receiver = Receiver(pool)
+        modes = {name: provider.mode for name, provider in self.providers.items()}
+        log.info("webhook_started", providers=modes)
         try:
             yield
         finally:
-            if self.verifier is not None:
-                await self.verifier.close()
+            for provider in self.providers.values():
+                await provider.close()
             await pool.close()
 
-    async def paystack(self, request: Request) -> Response:
+    async def webhook(self, request: Request) -> Response:
+        provider = self.providers.get(request.path_params["provider"])
+        if provider is None:
+            # Not logged: the segment is the sender's text, and a 404 is no alert.
+            return refusal(404, "unknown_provider")
+        name = provider.name
         peer = request.client.host if request.client else None
         forwarded = request.headers.get("x-forwarded-for")
         if not senders.allowed(peer, forwarded, self.allowlist, self.proxies):
-            log.warning("webhook_rejected", reason="sender_not_allowed", peer=peer)
+            log.warning("webhook_rejected", reason="sender_not_allowed", provider=name, peer=peer)
             return refusal(403, "sender_not_allowed")
         try:
             body = await self._read_body(request)
         except Refused as exc:
-            log.warning("webhook_rejected", reason=exc.reason, peer=peer)
+            log.warning("webhook_rejected", reason=exc.reason, provider=name, peer=peer)
             return exc.response
-        provided = request.headers.get(paystack.SIGNATURE_HEADER)
-        if not paystack.signature_ok(self.secret, body, provided):
-            log.warning("webhook_rejected", reason="bad_signature", peer=peer, size=len(body))
+        if not provider.verify_signature(body, request.headers):
+            log.warning(
+                "webhook_rejected", reason="bad_signature", provider=name, peer=peer, size=len(body)
+            )
             return refusal(401, "bad_signature")
         try:
-            note = paystack.parse(body)
-        except paystack.MalformedPayload as exc:
-            log.warning("webhook_rejected", reason=exc.reason, alert=True, detail=str(exc))
+            notice = provider.parse(body)
+        except MalformedPayload as exc:
+            log.warning(
+                "webhook_rejected", reason=exc.reason, provider=name, alert=True, detail=str(exc)
+            )
             return refusal(400, exc.reason)
-        return await self._apply(note, body)
+        return await self._apply(provider, notice, body)
 
-    async def _apply(self, note: Notification, body: bytes) -> Response:
+    async def _apply(self, provider: PaymentProvider, notice: Notice, body: bytes) -> Response:
         assert self._receiver is not None
+        context = {"provider": provider.name, "webhook_event": notice.event}
         try:
             async with asyncio.timeout(self.settings.webhook_deadline_s):
-                outcome = await self._receiver.handle(note, body)
+                outcome = await self._receiver.handle(provider, notice, body)
         except (TransientError, TimeoutError) as exc:
-            log.warning("webhook_deferred", webhook_event=note.event, error=type(exc).__name__)
+            log.warning("webhook_deferred", **context, error=type(exc).__name__)
             return refusal(503, "unavailable")
         except Exception:
             # Rolled back like any failure, and retried by the provider; logged here as one
             # structured line with its event (uvicorn's bare traceback would carry neither).
-            log.exception("webhook_failed", webhook_event=note.event, alert=True)
+            log.exception("webhook_failed", **context, alert=True)
             return refusal(500, "internal_error")
         return JSONResponse({"outcome": outcome.value})
 
@@ -150,19 +158,30 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def create_app(settings: Settings, *, verifier: Verifier | None = None) -> Starlette:
-    """The receiver for ``settings``; ``verifier`` replaces the Paystack one if given.
+def create_app(
+    settings: Settings, *, providers: Sequence[PaymentProvider] | None = None
+) -> Starlette:
+    """The receiver for ``settings``, with the providers they enable unless ``providers``
+    are given (tests plug in their own).
 
     ``POST /investments`` exists only when ``TOKENDIST_CHECKOUT_API_KEY`` is set.
     """
-    endpoints = _Endpoints(settings, verifier)
+    chosen = registry.enabled(settings) if providers is None else providers
+    endpoints = _Endpoints(settings, chosen)
     routes = [
-        Route("/webhooks/paystack", endpoints.paystack, methods=["POST"]),
+        Route("/webhooks/{provider}", endpoints.webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     if settings.checkout_api_key is not None:
         routes.append(Route("/investments", endpoints.investments, methods=["POST"]))
     return Starlette(routes=routes, lifespan=endpoints.lifespan)
+
+
+def _by_name(providers: Sequence[PaymentProvider]) -> dict[str, PaymentProvider]:
+    by_name = {provider.name: provider for provider in providers}
+    if len(by_name) != len(providers) or not all(NAME.fullmatch(name) for name in by_name):
+        raise ValueError(f"provider names must be distinct and match {NAME.pattern}")
+    return by_name
 
 
 class Refused(Exception):

@@ -19,7 +19,8 @@ from tokendist.core import db
 from tokendist.core.errors import CheckoutRefused
 from tokendist.schemas.events import MAX_AMOUNT_MINOR, Identifier, TokenUnits
 from tokendist.webhook import queries
-from tokendist.webhook.paystack import CURRENCY, PROVIDER, REFERENCE
+from tokendist.webhook.paystack import PROVIDER
+from tokendist.webhook.providers.base import CURRENCY, NAME, REFERENCE
 
 
 class PendingInvestment(BaseModel):
@@ -34,7 +35,7 @@ class PendingInvestment(BaseModel):
     amount_minor: Annotated[int, Field(gt=0, le=MAX_AMOUNT_MINOR, strict=True)]
     currency: Annotated[str, Field(pattern=f"^{CURRENCY.pattern}$")]
     provider_reference: Annotated[str, Field(pattern=f"^{REFERENCE.pattern}$")]
-    provider: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,31}$")] = PROVIDER
+    provider: Annotated[str, Field(pattern=f"^{NAME.pattern}$")] = PROVIDER
 
 
 async def create_pending_investment(conn: db.Connection, order: PendingInvestment) -> bool:

@@ -1,4 +1,6 @@
-"""Paystack's webhook protocol, as pure functions: the signature and the payloads.
+"""Paystack's webhook protocol, as pure functions: the signature and the payloads,
+read into the provider-neutral notices of ``webhook/providers/base.py`` (the plug-in
+the receiver talks to is ``webhook/providers/paystack.py``).
 
 The signature is checked over the raw body bytes before anything parses them; hashing a
 re-serialised document instead is the classic bug (whitespace, key order and escapes all
@@ -10,10 +12,10 @@ BIGINT holds (Paystack's amounts are kobo, far below 2^63); a reference, currenc
 event name outside printable ASCII (PostgreSQL text refuses NUL; a lone surrogate is no
 UTF-8 at all) and therefore never one the platform issued.
 
-What is kept of a body (``Notification.kept``) is what reconciliation with Paystack
-needs and no personal data: the customer's e-mail, names and phone, card details,
-``metadata`` (the platform may put anything there) and dispute messages are dropped;
-the customer's id and code let an operator find them in Paystack's dashboard.
+What is kept of a body (a notice's ``kept``) is what reconciliation with Paystack needs
+and no personal data: the customer's e-mail, names and phone, card details, ``metadata``
+(the platform may put anything there) and dispute messages are dropped; the customer's
+id and code let an operator find them in Paystack's dashboard.
 """
 
 from __future__ import annotations
@@ -21,36 +23,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from tokendist.webhook import jsonbody
+from tokendist.webhook.providers.base import (
+    CURRENCY,
+    EVENT,
+    MAX_AMOUNT_MINOR,
+    REFERENCE,
+    Adjustment,
+    AdjustmentKind,
+    Charge,
+    Ignored,
+    MalformedPayload,
+    Notice,
+)
 
 PROVIDER = "paystack"
 SIGNATURE_HEADER = "x-paystack-signature"
-# What the platform may issue as a reference (the checkout API takes the same).
-REFERENCE = re.compile(r"[\x21-\x7e]{1,128}")
-CURRENCY = re.compile(r"[A-Z]{3}")
-EVENT = re.compile(r"[\x21-\x7e]{1,64}")
-MAX_AMOUNT_MINOR = 2**63 - 1  # what the BIGINT columns hold
-
-
-class Kind(StrEnum):
-    CHARGE = "charge"
-    REFUND = "refund"
-    DISPUTE = "dispute"
-    OTHER = "other"
-
-
-class MalformedPayload(ValueError):
-    """The body is signed but cannot be read as the event it claims to be (answer 400)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+CHARGE_EVENT = "charge.success"
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -67,44 +59,17 @@ def signature_ok(secret: bytes, body: bytes, provided: str | None) -> bool:
     return hmac.compare_digest(signature(secret, body).encode(), provided.encode("latin-1"))
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
-    reference: str
-    domain: str
-    amount_minor: int
-    currency: str
-    paid_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Adjustment:
-    """A refund or dispute, against the charge ``reference``."""
-
-    kind: Kind
-    reference: str
-    amount_minor: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Notification:
-    event: str
-    kind: Kind
-    charge: Charge | None = None
-    adjustment: Adjustment | None = None
-    kept: str = "{}"  # the fields of the body worth storing, as compact JSON
-
-
-# The fields of ``data`` kept per kind ("a.b": field b of the object a); scalars only.
-KEPT_FIELDS = {
-    Kind.CHARGE: (
-        "id", "domain", "status", "reference", "amount", "currency", "paid_at", "paidAt",
-        "channel", "fees", "customer.id", "customer.customer_code",
-    ),
-    Kind.REFUND: (
+# The fields of ``data`` kept per event ("a.b": field b of the object a); scalars only.
+CHARGE_KEPT = (
+    "id", "domain", "status", "reference", "amount", "currency", "paid_at", "paidAt",
+    "channel", "fees", "customer.id", "customer.customer_code",
+)  # fmt: skip
+ADJUSTMENT_KEPT = {
+    AdjustmentKind.REFUND: (
         "id", "domain", "status", "transaction_reference", "refund_reference", "amount",
         "currency",
     ),
-    Kind.DISPUTE: (
+    AdjustmentKind.DISPUTE: (
         "id", "domain", "status", "resolution", "category", "refund_amount", "currency",
         "due_at", "resolved_at", "created_at", "transaction.id", "transaction.reference",
         "transaction.amount", "transaction.currency",
@@ -123,7 +88,7 @@ def minor_units(value: object) -> int | None:
     return None
 
 
-def parse(body: bytes) -> Notification:
+def parse(body: bytes) -> Notice:
     """Read a verified body; raises ``MalformedPayload`` when it is not usable."""
     try:
         doc = jsonbody.loads(body)
@@ -134,31 +99,26 @@ def parse(body: bytes) -> Notification:
     event: str = doc["event"]
     if not EVENT.fullmatch(event):
         raise MalformedPayload("invalid_event", "'event' is not 1-64 printable ASCII characters")
+    kind = _adjustment_kind(event)
+    if event != CHARGE_EVENT and kind is None:
+        return Ignored(event=event)
     data = doc.get("data")
-    kind = _kind(event)
-    if kind is Kind.OTHER:
-        return Notification(event=event, kind=kind)
     if not isinstance(data, dict):
         raise MalformedPayload("data_not_object", f"{event}: 'data' is not an object")
-    kept = json.dumps(
-        {"event": event, "data": _kept(data, KEPT_FIELDS[kind])}, separators=(",", ":")
-    )
-    if kind is Kind.CHARGE:
-        return Notification(event=event, kind=kind, charge=_charge(data), kept=kept)
-    return Notification(event=event, kind=kind, adjustment=_adjustment(kind, data), kept=kept)
+    if kind is None:
+        return _charge(data, _kept(event, data, CHARGE_KEPT))
+    return _adjustment(event, kind, data, _kept(event, data, ADJUSTMENT_KEPT[kind]))
 
 
-def _kind(event: str) -> Kind:
-    if event == "charge.success":
-        return Kind.CHARGE
+def _adjustment_kind(event: str) -> AdjustmentKind | None:
     if event.startswith("refund."):
-        return Kind.REFUND
+        return AdjustmentKind.REFUND
     if event.startswith("charge.dispute."):
-        return Kind.DISPUTE
-    return Kind.OTHER
+        return AdjustmentKind.DISPUTE
+    return None
 
 
-def _kept(data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+def _kept(event: str, data: dict[str, Any], fields: tuple[str, ...]) -> str:
     kept: dict[str, Any] = {}
     for field in fields:
         *parents, name = field.split(".")
@@ -170,10 +130,10 @@ def _kept(data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
         value = source.get(name, kept)  # ``kept``: a sentinel, never a value of ``data``
         if value is None or isinstance(value, str | int | float | bool):
             target[name] = value
-    return kept
+    return json.dumps({"event": event, "data": kept}, separators=(",", ":"))
 
 
-def _charge(data: dict[str, Any]) -> Charge:
+def _charge(data: dict[str, Any], kept: str) -> Charge:
     domain, currency = data.get("domain"), data.get("currency")
     amount = data.get("amount")
     # The amount of a charge is documented as an integer: a string here is not trusted.
@@ -183,7 +143,7 @@ def _charge(data: dict[str, Any]) -> Charge:
         )
     if amount > MAX_AMOUNT_MINOR:
         raise MalformedPayload("amount_out_of_range", "charge.success: 'amount' exceeds 2^63-1")
-    reference = _reference("charge.success", data.get("reference"))
+    reference = _reference(CHARGE_EVENT, data.get("reference"))
     if domain not in ("live", "test"):
         raise MalformedPayload(
             "invalid_domain", "charge.success: 'domain' is neither live nor test"
@@ -193,16 +153,18 @@ def _charge(data: dict[str, Any]) -> Charge:
             "invalid_currency", "charge.success: 'currency' is not three capital letters"
         )
     return Charge(
+        event=CHARGE_EVENT,
         reference=reference,
         domain=domain,
         amount_minor=amount,
         currency=currency,
         paid_at=_timestamp(data.get("paid_at") or data.get("paidAt")),
+        kept=kept,
     )
 
 
-def _adjustment(kind: Kind, data: dict[str, Any]) -> Adjustment:
-    if kind is Kind.REFUND:
+def _adjustment(event: str, kind: AdjustmentKind, data: dict[str, Any], kept: str) -> Adjustment:
+    if kind is AdjustmentKind.REFUND:
         reference = data.get("transaction_reference")
     else:
         transaction = data.get("transaction")
@@ -214,7 +176,11 @@ def _adjustment(kind: Kind, data: dict[str, Any]) -> Adjustment:
             "invalid_amount", f"{kind.value}: 'amount' is not a number of subunits below 2^63"
         )
     return Adjustment(
-        kind=kind, reference=_reference(kind.value, reference), amount_minor=amount_minor
+        event=event,
+        kind=kind,
+        reference=_reference(kind.value, reference),
+        amount_minor=amount_minor,
+        kept=kept,
     )
 
 

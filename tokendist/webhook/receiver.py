@@ -1,6 +1,10 @@
-"""What a verified Paystack notification does to the database.
+"""What a verified notification does to the database, whichever provider sent it.
 
-``charge.success`` runs ONE transaction: lock the pending investment, record the payment
+The receiver knows providers only through ``PaymentProvider`` (``webhook/providers``):
+every row it writes and every event it enqueues carries the provider's ``name``, so the
+same reference at two providers is two payments.
+
+A charge runs ONE transaction: lock the pending investment, record the payment
 under its unique reference, and, when it matches, confirm the investment and
 ``outbox.enqueue`` the ``PaymentConfirmed`` event. Either all of it commits or none of it
 does, so a failure answers 5xx, the provider retries, and the retry starts clean. A
@@ -24,8 +28,15 @@ from tokendist.core import db
 from tokendist.outbox import enqueue
 from tokendist.schemas import PaymentConfirmedV1
 from tokendist.webhook import queries
-from tokendist.webhook.paystack import PROVIDER, Adjustment, Charge, Kind, Notification
-from tokendist.webhook.verifier import Verification, Verifier
+from tokendist.webhook.providers.base import (
+    Adjustment,
+    AdjustmentKind,
+    Charge,
+    Domain,
+    Notice,
+    PaymentProvider,
+    Verification,
+)
 
 log = structlog.get_logger("tokendist.webhook")
 
@@ -57,7 +68,7 @@ class Expected:
 
 
 def assess(
-    charge: Charge, expected: Expected | None, mode: str, verification: Verification | None
+    charge: Charge, expected: Expected | None, mode: Domain, verification: Verification | None
 ) -> FlagReason | None:
     """Why this payment must not be distributed, or None when it may (first reason wins)."""
     if expected is None:
@@ -78,59 +89,67 @@ def assess(
 
 
 class Receiver:
-    def __init__(self, pool: asyncpg.Pool, *, mode: str, verifier: Verifier | None) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._mode = mode
-        self._verifier = verifier
 
-    async def handle(self, note: Notification, body: bytes) -> Outcome:
-        """Apply ``note``; raises ``DatabaseUnavailable`` / ``ProviderUnavailable``."""
+    async def handle(self, provider: PaymentProvider, notice: Notice, body: bytes) -> Outcome:
+        """Apply ``notice`` from ``provider``; raises ``DatabaseUnavailable`` /
+        ``ProviderUnavailable``."""
         # Only the kept fields are stored; the raw bytes' hash identifies the delivery (and
         # lets anyone holding a copy of the body check it against the row).
         digest = hashlib.sha256(body).hexdigest()
-        if note.charge is not None:
-            return await self._charge(note.charge, note.kept, digest)
-        if note.adjustment is not None:
-            return await self._adjustment(note.event, note.adjustment, note.kept, digest)
-        log.debug("webhook_event_ignored", webhook_event=note.event)
+        if isinstance(notice, Charge):
+            return await self._charge(provider, notice, digest)
+        if isinstance(notice, Adjustment):
+            return await self._adjustment(provider.name, notice, digest)
+        log.debug("webhook_event_ignored", provider=provider.name, webhook_event=notice.event)
         return Outcome.IGNORED
 
-    async def _charge(self, charge: Charge, kept: str, digest: str) -> Outcome:
-        verification = None
-        if self._verifier is not None:
-            # Outside the transaction: no row lock is held across the provider's latency.
-            verification = await self._verifier.verify(charge.reference)
+    async def _charge(self, provider: PaymentProvider, charge: Charge, digest: str) -> Outcome:
+        # Outside the transaction: no row lock is held across the provider's latency.
+        verification = await provider.confirm(charge.reference)
         outcome, flag = await db.guarded(
-            lambda: self._record_charge(charge, kept, digest, verification)
+            lambda: self._record_charge(provider.name, provider.mode, charge, digest, verification)
         )
         if flag is not None:
             log.warning(
                 "payment_flagged",
                 alert=True,
                 reason=flag.value,
+                provider=provider.name,
                 reference=charge.reference,
                 amount_minor=charge.amount_minor,
                 currency=charge.currency,
                 domain=charge.domain,
             )
         else:
-            log.info("payment_received", outcome=outcome.value, reference=charge.reference)
+            log.info(
+                "payment_received",
+                outcome=outcome.value,
+                provider=provider.name,
+                reference=charge.reference,
+            )
         return outcome
 
     async def _record_charge(
-        self, charge: Charge, kept: str, digest: str, verification: Verification | None
+        self,
+        provider: str,
+        mode: Domain,
+        charge: Charge,
+        digest: str,
+        verification: Verification | None,
     ) -> tuple[Outcome, FlagReason | None]:
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(queries.INVESTMENT_FOR_PAYMENT, PROVIDER, charge.reference)
+            row = await conn.fetchrow(queries.INVESTMENT_FOR_PAYMENT, provider, charge.reference)
             expected = (
                 None
                 if row is None
                 else Expected(row["status"], row["amount_minor"], row["currency"])
             )
-            flag = assess(charge, expected, self._mode, verification)
+            flag = assess(charge, expected, mode, verification)
             payment_id = await conn.fetchval(
                 queries.INSERT_PAYMENT,
-                PROVIDER,
+                provider,
                 charge.reference,
                 None if row is None else row["id"],
                 charge.domain,
@@ -139,7 +158,7 @@ class Receiver:
                 charge.paid_at,
                 "accepted" if flag is None else "flagged",
                 None if flag is None else flag.value,
-                kept,
+                charge.kept,
                 digest,
             )
             if payment_id is None:
@@ -147,22 +166,22 @@ class Receiver:
             if flag is not None or row is None:
                 return Outcome.FLAGGED, flag
             await conn.execute(queries.CONFIRM_INVESTMENT, row["id"])
-            await enqueue(conn, _event(charge, row))
+            await enqueue(conn, _event(provider, charge, row))
             return Outcome.CONFIRMED, None
 
-    async def _adjustment(self, event: str, adj: Adjustment, kept: str, digest: str) -> Outcome:
+    async def _adjustment(self, provider: str, adj: Adjustment, digest: str) -> Outcome:
         async def record() -> tuple[int | None, str | None]:
             async with self._pool.acquire() as conn, conn.transaction():
-                payment = await conn.fetchrow(queries.PAYMENT_BY_REFERENCE, PROVIDER, adj.reference)
+                payment = await conn.fetchrow(queries.PAYMENT_BY_REFERENCE, provider, adj.reference)
                 inserted = await conn.fetchval(
                     queries.INSERT_ADJUSTMENT,
-                    PROVIDER,
+                    provider,
                     adj.reference,
                     None if payment is None else payment["id"],
                     adj.kind.value,
-                    event,
+                    adj.event,
                     adj.amount_minor,
-                    kept,
+                    adj.kept,
                     digest,
                 )
                 return inserted, None if payment is None else payment["investment_status"]
@@ -171,9 +190,10 @@ class Receiver:
         if inserted is None:
             return Outcome.DUPLICATE
         log.warning(
-            "refund_recorded" if adj.kind is Kind.REFUND else "dispute_recorded",
+            "refund_recorded" if adj.kind is AdjustmentKind.REFUND else "dispute_recorded",
             alert=True,
-            webhook_event=event,
+            provider=provider,
+            webhook_event=adj.event,
             reference=adj.reference,
             amount_minor=adj.amount_minor,
             # tokens_distributed: the investor holds the tokens; an operator decides.
@@ -182,7 +202,7 @@ class Receiver:
         return Outcome.ADJUSTMENT
 
 
-def _event(charge: Charge, row: Any) -> PaymentConfirmedV1:
+def _event(provider: str, charge: Charge, row: Any) -> PaymentConfirmedV1:
     wallet = row["wallet_address"]
     return PaymentConfirmedV1.new(
         occurred_at=charge.paid_at or datetime.now(UTC),
@@ -194,6 +214,6 @@ def _event(charge: Charge, row: Any) -> PaymentConfirmedV1:
         amount_minor=charge.amount_minor,
         currency=charge.currency,
         wallet_address=None if wallet is None else to_checksum_address(wallet),
-        provider=PROVIDER,
+        provider=provider,
         provider_reference=charge.reference,
     )

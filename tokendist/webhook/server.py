@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -31,7 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from tokendist.core import metrics
 from tokendist.core.settings import Settings
 from tokendist.webhook.app import create_app
-from tokendist.webhook.verifier import Verifier
+from tokendist.webhook.providers.base import PaymentProvider
 
 MAX_HEAD_BYTES = 16 * 1024  # h11's default, set here so that it is a decision
 BUSY = (
@@ -127,14 +127,14 @@ class WebhookServer:
         stop: asyncio.Event,
         *,
         sock: socket.socket | None = None,
-        verifier: Verifier | None = None,
+        providers: Sequence[PaymentProvider] | None = None,
     ) -> None:
         self._stop = stop
         self._sock = sock
         self._metrics_port = settings.metrics_port
         limits = Limits(settings.webhook_header_timeout_s, settings.webhook_max_connections)
         config = uvicorn.Config(
-            create_app(settings, verifier=verifier),
+            create_app(settings, providers=providers),
             host=settings.webhook_host,
             port=settings.webhook_port,
             http=_protocol(limits),

@@ -2,13 +2,12 @@
 
 A webhook with a valid signature is already the provider speaking; asking again costs a
 round trip per payment, so it is off by default (``TOKENDIST_PAYSTACK_VERIFY``). The
-receiver depends only on ``Verifier``, so tests and other providers plug in their own.
+Paystack plug-in's ``confirm`` asks it (``webhook/providers/paystack.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -16,25 +15,9 @@ from pydantic import SecretStr
 
 from tokendist.core.errors import ProviderUnavailable
 from tokendist.webhook.paystack import minor_units
+from tokendist.webhook.providers.base import Verification
 
 NOT_FOUND = "not_found"
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    """The provider's own view of a transaction: ``status`` is ``data.status``."""
-
-    status: str
-    amount_minor: int | None
-    currency: str | None
-
-
-class Verifier(Protocol):
-    async def verify(self, reference: str) -> Verification:
-        """Raises ``ProviderUnavailable`` when the provider cannot answer now."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class PaystackVerifier:
