@@ -24,7 +24,7 @@ from eth_typing import HexStr
 
 from bench import sandbox, workload
 from bench.results import Rate
-from consumer import queries
+from consumer import tool_queries
 from consumer.chain import Block, Chain, Receipt, SendResult, Signed
 from consumer.deploy import Deployment
 from consumer.dlq import DeadLetters
@@ -133,7 +133,7 @@ async def _records(
         supply=0,
     )
     await pool.execute(
-        queries.RECORD_TOKENIZATION,
+        tool_queries.RECORD_TOKENIZATION,
         tk.tokenization_id,
         tk.property_id,
         tk.chain_id,

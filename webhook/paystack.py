@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from tokendist.errors import MalformedPayload as MalformedPayload  # noqa: PLC0414 -- still importable from here
 from webhook import jsonbody
 
 PROVIDER = "paystack"
@@ -43,14 +44,6 @@ class Kind(StrEnum):
     REFUND = "refund"
     DISPUTE = "dispute"
     OTHER = "other"
-
-
-class MalformedPayload(ValueError):
-    """The body is signed but cannot be read as the event it claims to be (answer 400)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 def signature(secret: bytes, body: bytes) -> str:

@@ -79,7 +79,7 @@ def assess(
 
 class Receiver:
     def __init__(self, pool: asyncpg.Pool, *, mode: str, verifier: Verifier | None) -> None:
-        self._pool = pool
+        self._db = db.Database(pool)
         self._mode = mode
         self._verifier = verifier
 
@@ -100,9 +100,7 @@ class Receiver:
         if self._verifier is not None:
             # Outside the transaction: no row lock is held across the provider's latency.
             verification = await self._verifier.verify(charge.reference)
-        outcome, flag = await db.guarded(
-            lambda: self._record_charge(charge, kept, digest, verification)
-        )
+        outcome, flag = await self._record_charge(charge, kept, digest, verification)
         if flag is not None:
             log.warning(
                 "payment_flagged",
@@ -120,7 +118,7 @@ class Receiver:
     async def _record_charge(
         self, charge: Charge, kept: str, digest: str, verification: Verification | None
     ) -> tuple[Outcome, FlagReason | None]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.transaction() as conn:
             row = await conn.fetchrow(queries.INVESTMENT_FOR_PAYMENT, PROVIDER, charge.reference)
             expected = (
                 None
@@ -151,23 +149,20 @@ class Receiver:
             return Outcome.CONFIRMED, None
 
     async def _adjustment(self, event: str, adj: Adjustment, kept: str, digest: str) -> Outcome:
-        async def record() -> tuple[int | None, str | None]:
-            async with self._pool.acquire() as conn, conn.transaction():
-                payment = await conn.fetchrow(queries.PAYMENT_BY_REFERENCE, PROVIDER, adj.reference)
-                inserted = await conn.fetchval(
-                    queries.INSERT_ADJUSTMENT,
-                    PROVIDER,
-                    adj.reference,
-                    None if payment is None else payment["id"],
-                    adj.kind.value,
-                    event,
-                    adj.amount_minor,
-                    kept,
-                    digest,
-                )
-                return inserted, None if payment is None else payment["investment_status"]
-
-        inserted, investment_status = await db.guarded(record)
+        async with self._db.transaction() as conn:
+            payment = await conn.fetchrow(queries.PAYMENT_BY_REFERENCE, PROVIDER, adj.reference)
+            inserted = await conn.fetchval(
+                queries.INSERT_ADJUSTMENT,
+                PROVIDER,
+                adj.reference,
+                None if payment is None else payment["id"],
+                adj.kind.value,
+                event,
+                adj.amount_minor,
+                kept,
+                digest,
+            )
+        investment_status = None if payment is None else payment["investment_status"]
         if inserted is None:
             return Outcome.DUPLICATE
         log.warning(

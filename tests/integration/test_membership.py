@@ -15,9 +15,10 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumer.deploy import Deployment
-from consumer.replay import GroupActive, live_members, plan_and_apply
+from consumer.replay import live_members, plan_and_apply
 from consumer.runner import Runner
 from tests.integration import harness
+from tokendist.errors import GroupActive
 from tokendist.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -22,11 +22,12 @@ from consumer import contracts, dlq_admin
 from consumer.chain import Chain
 from consumer.deploy import Deployment
 from consumer.reconcile import Reconciler
-from consumer.replay import GroupActive, plan_and_apply
+from consumer.replay import plan_and_apply
 from consumer.repository import Repository
 from consumer.status import KafkaOffsets, gather
+from consumer.tool_repository import ToolRepository
 from tests.integration import harness
-from tokendist.errors import ChainRejected
+from tokendist.errors import ChainRejected, GroupActive
 from tokendist.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,10 @@ pytestmark = pytest.mark.integration
 
 def reconciler(settings: Settings, pool: asyncpg.Pool) -> tuple[Reconciler, Chain]:
     chain = Chain(*settings.require_chain())
-    return Reconciler(Repository(pool), chain, confirmations=settings.confirmations), chain
+    rec = Reconciler(
+        Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
+    )
+    return rec, chain
 
 
 async def credited_is(pool: asyncpg.Pool, n: int) -> bool:
