@@ -1,7 +1,7 @@
 """The client side of a run: investors, their payments, webhook deliveries, KYC approvals.
 
 Everything is drawn from the run's rng (wallet keys included), so a replayed seed pays
-the same amounts to the same addresses. Payments go through ``tokendist.payments`` exactly
+the same amounts to the same addresses. Payments go through ``tokendist.sim.payments`` exactly
 as the upstream payment service's webhook handler does: payment row and outbox row in one
 transaction. A delivery that fails because the database is restarting is delivered again,
 as a payment provider retries a webhook; the dedupe makes that harmless by design.

@@ -16,9 +16,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration import harness
 from tokendist.consumer.runner import Runner
+from tokendist.core.errors import GroupActive
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployment
-from tokendist.ops.replay import GroupActive, live_members, plan_and_apply
+from tokendist.ops.replay import live_members, plan_and_apply
 
 pytestmark = pytest.mark.integration
 

@@ -22,12 +22,13 @@ from tests.integration import harness
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Repository
-from tokendist.core.errors import ChainRejected
+from tokendist.core.errors import ChainRejected, GroupActive
 from tokendist.core.settings import Settings
 from tokendist.ops import dlq_admin
 from tokendist.ops.deploy import Deployment
 from tokendist.ops.reconcile import Reconciler
-from tokendist.ops.replay import GroupActive, plan_and_apply
+from tokendist.ops.replay import plan_and_apply
+from tokendist.ops.repository import ToolRepository
 from tokendist.ops.status import KafkaOffsets, gather
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,10 @@ pytestmark = pytest.mark.integration
 
 def reconciler(settings: Settings, pool: asyncpg.Pool) -> tuple[Reconciler, Chain]:
     chain = Chain(*settings.require_chain())
-    return Reconciler(Repository(pool), chain, confirmations=settings.confirmations), chain
+    rec = Reconciler(
+        Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
+    )
+    return rec, chain
 
 
 async def credited_is(pool: asyncpg.Pool, n: int) -> bool:

@@ -9,15 +9,23 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import asyncpg
 import pytest
 from eth_account import Account
 
 from tests.integration import harness
-from tokendist.core import kafka
+from tokendist.consumer.chain import Chain
+from tokendist.core import db, kafka
+from tokendist.core.errors import DatabaseUnavailable
 from tokendist.core.settings import Settings
-from tokendist.ops.deploy import Deployment
+from tokendist.ops import kyc
+from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
+from tokendist.ops.redrive import redrive_failed
+from tokendist.ops.status import KafkaOffsets, gather
+from tokendist.ops.verify import verify
 
 FIXED_ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 
@@ -200,3 +208,39 @@ async def test_reconcile_dry_run_logs_what_it_would_do_and_writes_nothing(
     assert '"event": "reconcile_would_redrive"' in run.stderr
     assert "reconcile_redriven" not in run.stderr
     assert await harness.count(pool, "SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_connection_lost_under_a_running_tool_is_database_unavailable(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """Every tool's statements run through its repository: a backend that goes away under
+    a command reaches it as ``DatabaseUnavailable`` (exit 1, the database hint), not as
+    asyncpg's own error."""
+    chain = Chain(*settings.require_chain())
+    deployer = Deployer(*settings.require_deployer())
+    tools: dict[str, Callable[[db.Connection], Awaitable[object]]] = {
+        "kyc approve": lambda conn: kyc.approve(conn, "user-1", harness.wallet(1)),
+        "redrive": lambda conn: redrive_failed(conn, None),
+        "verify": lambda conn: verify(conn, chain),
+        "status": lambda conn: gather(conn, KafkaOffsets(settings), None),
+        "chain deploy": lambda conn: deploy_tokenization(
+            deployer, conn, tokenization_id="tok-2", property_id="p", operator=FIXED_ADDRESS,
+            name="T", symbol="T", decimals=18, supply=10**18,
+        ),
+    }  # fmt: skip
+    try:
+        for tool in tools.values():
+            async with db.connect(settings.database_url) as conn:
+                pid = conn.get_server_pid()
+                await pool.execute("SELECT pg_terminate_backend($1)", pid)
+                await harness.wait_until(partial(_gone, pool, pid), what=f"backend {pid} gone")
+                with pytest.raises(DatabaseUnavailable):
+                    await tool(conn)
+    finally:
+        await deployer.close()
+        await chain.close()
+    assert await harness.count(pool, "SELECT count(*) FROM tokenizations") == 1
+
+
+async def _gone(pool: asyncpg.Pool, pid: int) -> bool:
+    return not await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)

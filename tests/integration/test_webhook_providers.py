@@ -22,7 +22,7 @@ import pytest
 
 from tests.integration import webhook_harness as wh
 from tests.services import Services
-from tokendist.core.errors import ProviderUnavailable
+from tokendist.core.errors import MalformedPayload, ProviderUnavailable
 from tokendist.schemas import parse_event
 from tokendist.sim import provider as paystack_sender
 from tokendist.webhook import create_pending_investment
@@ -34,7 +34,6 @@ from tokendist.webhook.providers.base import (
     Charge,
     Domain,
     Ignored,
-    MalformedPayload,
     Notice,
     Verification,
 )

@@ -42,6 +42,7 @@ from tokendist.consumer.resubmitter import Resubmitter
 from tokendist.consumer.states import TRANSITIONS, State
 from tokendist.core.errors import ChainUnavailable, DatabaseUnavailable, TransientError
 from tokendist.ops.reconcile import Reconciler, Reconciliation
+from tokendist.ops.repository import ToolRepository
 
 R, KYC, SIGNED, SUBMITTED, CONFIRMED, CREDITED, FAILED = (
     State.RECEIVED,
@@ -504,8 +505,11 @@ async def test_a_transaction_mined_while_the_event_stayed_signed_is_settled_by_r
     repo.backdate(chain.signatures[0].tx_hash, s.rebroadcast_after_s)
     assert await Resubmitter(s, repo, chain).sweep() == 1
 
-    reconciler = Reconciler(cast(Repository, repo), cast(Chain, chain), confirmations=1)
-    # ``run`` reads its candidates from PostgreSQL directly; settling one is the move.
+    # ``run`` reads its candidates through the tools' repository (PostgreSQL); settling one
+    # is the move, and it needs only the consumer's repository and the chain.
+    reconciler = Reconciler(
+        cast(Repository, repo), cast(ToolRepository, None), cast(Chain, chain), confirmations=1
+    )
     await reconciler._settle(await repo.get(event.event_id), Reconciliation(), dry_run=False)
 
     assert repo.path(event.event_id) == SETTLED_BY_RECONCILE

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tokendist.core.errors import MalformedPayload
 from tokendist.core.settings import SettingsError, ip_networks, load_settings
 from tokendist.sim import provider
 from tokendist.webhook import jsonbody, paystack, senders
@@ -21,7 +22,6 @@ from tokendist.webhook.providers.base import (
     AdjustmentKind,
     Charge,
     Ignored,
-    MalformedPayload,
     PaymentProvider,
     Verification,
 )

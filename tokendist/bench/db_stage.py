@@ -24,7 +24,7 @@ from eth_typing import HexStr
 
 from tokendist.bench import sandbox, workload
 from tokendist.bench.results import Rate
-from tokendist.consumer import contracts, queries
+from tokendist.consumer import contracts
 from tokendist.consumer.chain import Block, Receipt, SendResult, Signed
 from tokendist.consumer.partition import PartitionWorker
 from tokendist.consumer.processor import Outcome, Processor
@@ -32,6 +32,7 @@ from tokendist.consumer.repository import Repository
 from tokendist.consumer.wiring import POOL_SIZE
 from tokendist.core import db
 from tokendist.core.settings import Settings
+from tokendist.ops import queries as tool_queries
 from tokendist.ops.deploy import Deployment
 from tokendist.schemas import parse_event
 
@@ -155,7 +156,7 @@ async def _records(
         supply=0,
     )
     await pool.execute(
-        queries.RECORD_TOKENIZATION,
+        tool_queries.RECORD_TOKENIZATION,
         tk.tokenization_id,
         tk.property_id,
         tk.chain_id,

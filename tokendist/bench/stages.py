@@ -26,7 +26,7 @@ SIMPLE_TRANSFER_GAS = 21_000
 async def kafka_produce(settings: Settings, count: int, payload: bytes) -> Rate:
     """The relay's send pattern without PostgreSQL: a batch of sends, then every ack.
 
-    Uses ``tokendist.kafka.producer`` (idempotent, acks=all) and the relay's batch size,
+    Uses ``tokendist.core.kafka.producer`` (idempotent, acks=all) and the relay's batch size,
     so the figure is the relay's Kafka ceiling.
     """
     await warmed_topic(settings)

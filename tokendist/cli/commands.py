@@ -123,21 +123,21 @@ async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_rotate_operator(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer import queries
     from tokendist.core import db
     from tokendist.ops.deploy import Deployer
+    from tokendist.ops.repository import ToolRepository
 
     rpc_url, deployer_key = settings.require_deployer()
     async with db.connect(settings.database_url) as conn:
-        row = await conn.fetchrow(queries.TOKENIZATION, args.tokenization_id)
-    if row is None:
+        distributor = await ToolRepository(conn).distributor_of(args.tokenization_id)
+    if distributor is None:
         raise InvalidInput(f"no tokenization {args.tokenization_id} is recorded")
     deployer = Deployer(rpc_url, deployer_key)
     try:
-        await deployer.set_operator(row["distributor_address"], args.new_operator)
+        await deployer.set_operator(distributor, args.new_operator)
     finally:
         await deployer.close()
-    print(f"distributor {row['distributor_address']}: operator is now {args.new_operator}")
+    print(f"distributor {distributor}: operator is now {args.new_operator}")
     return 0
 
 
@@ -225,12 +225,13 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.consumer.repository import Repository
     from tokendist.core import db
     from tokendist.ops.reconcile import Reconciler
+    from tokendist.ops.repository import ToolRepository
 
     chain = Chain(*settings.require_chain())
     pool = await db.create_pool(settings.database_url, max_size=4)
     try:
         result = await Reconciler(
-            Repository(pool), chain, confirmations=settings.confirmations
+            Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
         ).run(grace_s=args.grace, dry_run=args.dry_run)
     finally:
         await pool.close()

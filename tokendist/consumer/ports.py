@@ -3,7 +3,7 @@ world, as small Protocols. The composition root (``consumer.wiring``) plugs in t
 adapters: ``Repository`` (PostgreSQL), ``Chain`` (one node, one key), ``DeadLetters``
 (the DLQ topic and PostgreSQL). Unit tests plug in in-memory fakes of their own.
 
-Every port raises only errors of our tree (``tokendist.errors``), mapped inside its
+Every port raises only errors of our tree (``tokendist.core.errors``), mapped inside its
 adapter. A ``TransientError`` means "the same call may succeed later": the state machine
 lets it propagate, and the partition worker retries the record.
 """

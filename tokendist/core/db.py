@@ -1,4 +1,5 @@
-"""PostgreSQL connections and the migration runner.
+"""The PostgreSQL adapter: connections, ``Database`` (the one place asyncpg's errors are
+mapped to ours) and the migration runner.
 
 Migrations are numbered SQL files applied in order, each in its own transaction, recorded
 with a checksum so an edited file is refused instead of silently diverging.
@@ -7,10 +8,10 @@ with a checksum so an edited file is refused instead of silently diverging.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -45,12 +46,62 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 MIGRATION_LOCK = 7_117_001  # advisory lock key: one migrator at a time
 
 
-async def guarded(op: Callable[[], Awaitable[T]]) -> T:
-    """Run a DB operation, mapping connectivity failures to ``DatabaseUnavailable``."""
+@contextmanager
+def mapped() -> Iterator[None]:
+    """Connectivity failures inside the block become ``DatabaseUnavailable``."""
     try:
-        return await op()
+        yield
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def guarded(op: Callable[[], Awaitable[T]]) -> T:
+    """Run a DB operation, mapping connectivity failures to ``DatabaseUnavailable``."""
+    with mapped():
+        return await op()
+
+
+class Database:
+    """A pool, or one connection, behind this project's errors: every call and every block
+    below maps a connectivity failure to ``DatabaseUnavailable`` here, so no caller does.
+    Anything else (a constraint violation, a refusal raised by the caller's own block)
+    passes through unchanged."""
+
+    def __init__(self, target: asyncpg.Pool | Connection) -> None:
+        self._target = target
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        with mapped():
+            return await self._target.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        with mapped():
+            return await self._target.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        with mapped():
+            return await self._target.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        with mapped():
+            return await self._target.execute(query, *args)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """One connection for several statements (the pool's borrowed for the block)."""
+        with mapped():
+            if isinstance(self._target, asyncpg.Pool):
+                async with self._target.acquire() as conn:
+                    yield conn
+            else:
+                yield self._target
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """One connection in a transaction: committed when the block ends, rolled back when
+        it raises. The commit is inside the mapping too."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

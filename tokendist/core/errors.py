@@ -1,20 +1,36 @@
-"""The project's exception tree. Adapters translate library errors into these.
+"""The project's exception tree: every error it raises on purpose is one of these.
+Adapters (``tokendist.core.db``, ``tokendist.core.kafka``, ``tokendist.consumer.chain``,
+the providers' verify-API clients) translate their library's errors into this tree, once,
+inside the adapter.
 
     TokendistError
-    ├── TransientError        retry with capped backoff; nothing moves meanwhile
+    ├── TransientError        retry with capped backoff; nothing moves meanwhile (exit 1)
     │   ├── DatabaseUnavailable   (asyncpg connection / server errors)
     │   ├── BrokerUnavailable     (aiokafka errors)
     │   ├── ChainUnavailable      (RPC connection errors, timeouts)
     │   └── ProviderUnavailable   (the payment provider's API: errors, timeouts)
+    ├── SettingsError         configuration missing or invalid; names the variable (exit 2)
+    ├── InvalidInput          an operator command was asked something it refuses (exit 2)
+    │   └── GroupActive           replay refused: the consumer group has live members
     ├── InvalidEvent          the event can never be processed: parked in the DLQ with a reason
     ├── RecordRejected        the broker will never take this record (too large, malformed)
-    ├── InvalidInput          an operator command was asked something it refuses (exit 2)
-    ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
+    ├── Unreadable            a body is not one well-defined JSON document (``reason``)
+    ├── MalformedPayload      a signed webhook body is not the event it claims (``reason``)
     ├── CheckoutRefused       a pending investment cannot be created as asked (``reason``)
+    ├── RequestRefused        an HTTP request answered before it is handled (``status``,
+    │                         ``reason``): too large, too slow, unreadable
+    ├── StateConflict         a distribution was not in the state expected: another worker
+    │                         moved it; reload and decide again
     ├── ChainRejected         the node or contract refused a transaction deterministically
-    └── MigrationError        a migration file changed after it was applied
+    ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
+    ├── MigrationError        a migration file changed after it was applied
+    └── StoppedWhileWaiting   stop was requested while a start-up step waited for its
+                              dependency: a clean exit, not a failure
 
-``SettingsError`` (configuration) lives beside the settings object.
+``Unreadable`` and ``MalformedPayload`` are also ``ValueError``: they are parse failures.
+Outside the tree on purpose: a misuse of an object (a second ``run()``, an illegal state
+transition) is a bug and raises ``RuntimeError``/``ValueError``; pydantic validators and
+argparse types raise what their library expects.
 """
 
 from __future__ import annotations
@@ -44,6 +60,18 @@ class ProviderUnavailable(TransientError):
     pass
 
 
+class SettingsError(TokendistError):
+    """Configuration is missing or invalid; the message names the variable to set."""
+
+
+class InvalidInput(TokendistError):
+    """An operator command's arguments are refused; nothing was written or sent."""
+
+
+class GroupActive(InvalidInput):
+    """Offsets cannot move under live consumers: they would commit over the move."""
+
+
 class InvalidEvent(TokendistError):
     """The event cannot be processed as sent; ``reason`` is a short machine-readable code."""
 
@@ -57,12 +85,30 @@ class RecordRejected(TokendistError):
     """Kafka refuses this record itself, not for an outage: sending it again cannot help."""
 
 
-class InvalidInput(TokendistError):
-    """An operator command's arguments are refused; nothing was written or sent."""
+class Unreadable(TokendistError, ValueError):
+    """Not one well-defined JSON document; ``reason`` says why, for the answer and logs."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
-class NotInTransaction(TokendistError):
-    pass
+class MalformedPayload(TokendistError, ValueError):
+    """The body is signed but cannot be read as the event it claims to be (answer 400)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class RequestRefused(TokendistError):
+    """An HTTP request answered before it is handled: ``status`` with ``{"error": reason}``."""
+
+    def __init__(self, status: int, reason: str, detail: object = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
 
 
 class CheckoutRefused(TokendistError):
@@ -74,6 +120,10 @@ class CheckoutRefused(TokendistError):
         self.detail = detail
 
 
+class StateConflict(TokendistError):
+    """The row was not in the expected state: another worker moved it; reload."""
+
+
 class ChainRejected(TokendistError):
     """A call reverts or a transaction was refused for a reason retrying cannot fix."""
 
@@ -82,5 +132,13 @@ class ChainRejected(TokendistError):
         self.reason = reason
 
 
+class NotInTransaction(TokendistError):
+    pass
+
+
 class MigrationError(TokendistError):
     pass
+
+
+class StoppedWhileWaiting(TokendistError):
+    """Stop was requested while a start-up step waited for its dependency."""

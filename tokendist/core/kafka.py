@@ -1,11 +1,14 @@
-"""The Kafka adapter: client construction, topic creation, error mapping."""
+"""The Kafka adapter: client construction, topic creation, and the calls the relay and
+the operator tools make (sends, offsets, group descriptions), each mapping aiokafka's
+errors to ours here, once."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Self, TypeAlias, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -41,15 +44,58 @@ RECORD_ERRORS = (
 )
 
 
-async def guarded(op: Callable[[], Awaitable[T]]) -> T:
-    """Run a Kafka operation, mapping client errors to ``RecordRejected`` (this record can
-    never be sent) or ``BrokerUnavailable`` (anything else: retry later)."""
+@contextlib.contextmanager
+def mapped() -> Iterator[None]:
+    """Client errors inside the block become ``RecordRejected`` (this record can never be
+    sent) or ``BrokerUnavailable`` (anything else: retry later)."""
     try:
-        return await op()
+        yield
     except RECORD_ERRORS as exc:
         raise RecordRejected(f"{type(exc).__name__}: {exc}") from exc
     except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def guarded(op: Callable[[], Awaitable[T]]) -> T:
+    """Run a Kafka operation with its errors mapped (see ``mapped``)."""
+    with mapped():
+        return await op()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+async def send(producer: AIOKafkaProducer, topic: str, message: Message) -> None:
+    """Send one record and wait for the broker's ack."""
+    with mapped():
+        await producer.send_and_wait(
+            topic, value=message.value, key=message.key, headers=message.headers
+        )
+
+
+async def send_batch(producer: AIOKafkaProducer, topic: str, messages: Sequence[Message]) -> None:
+    """Send every record, then wait for every ack: the producer batches them meanwhile."""
+    with mapped():
+        acks = [
+            await producer.send(topic, value=m.value, key=m.key, headers=m.headers)
+            for m in messages
+        ]
+        await asyncio.gather(*acks)
+
+
+async def group_members(admin: AIOKafkaAdminClient, group: str) -> int:
+    """How many members ``group`` has right now (0: empty, dead or unknown)."""
+    with mapped():
+        described = await admin.describe_consumer_groups([group])
+    members = 0
+    for response in described:
+        for entry in response.groups:
+            members += len(entry[5])  # (error, group, state, protocol_type, protocol, members…)
+    return members
 
 
 START_TIMEOUT_S = 30.0
@@ -143,6 +189,75 @@ async def partitions(client: AIOKafkaConsumer, topic: str) -> list[TopicPartitio
         await guarded(client._client.force_metadata_update)
         found = client.partitions_for_topic(topic) or set()
     return [TopicPartition(topic, p) for p in sorted(found)]
+
+
+class Reader:
+    """A consumer client used outside any group's membership: to read a topic from its
+    start, and to read (or, for a stopped group, move) ``group``'s committed offsets.
+    Started on entering ``async with``, stopped on leaving it."""
+
+    def __init__(self, settings: Settings, *, group: str | None = None, **options: Any) -> None:
+        self.client = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            **options,
+        )
+
+    async def __aenter__(self) -> Self:
+        await start(self.client)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.client.stop()
+
+    async def partitions(self, topic: str) -> list[TopicPartition]:
+        return await partitions(self.client, topic)
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.client.assign(tps)
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        with mapped():
+            found: dict[TopicPartition, int] = await self.client.beginning_offsets(tps)
+        return found
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        with mapped():
+            found: dict[TopicPartition, int] = await self.client.end_offsets(tps)
+        return found
+
+    async def offsets_for_times(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
+        """The first offset at or after each time; None past a partition's last record."""
+        with mapped():
+            found = await self.client.offsets_for_times(timestamps)
+        return {tp: None if at is None else int(at.offset) for tp, at in found.items()}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        with mapped():
+            offset: int | None = await self.client.committed(tp)
+        return offset
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        with mapped():
+            await self.client.commit(offsets)
+
+    async def seek_to_beginning(self, tps: list[TopicPartition]) -> None:
+        with mapped():
+            await self.client.seek_to_beginning(*tps)
+
+    async def position(self, tp: TopicPartition) -> int:
+        with mapped():
+            offset: int = await self.client.position(tp)
+        return offset
+
+    async def getmany(self, timeout_ms: int) -> list[Any]:
+        """The records fetched within ``timeout_ms``, of every assigned partition."""
+        with mapped():
+            batches = await self.client.getmany(timeout_ms=timeout_ms)
+        return [record for records in batches.values() for record in records]
 
 
 def header_map(headers: Any) -> dict[str, str]:

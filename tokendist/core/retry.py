@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import structlog
 
+from tokendist.core.errors import StoppedWhileWaiting as StoppedWhileWaiting  # noqa: PLC0414 -- still importable from here
 from tokendist.core.errors import TransientError
 from tokendist.core.settings import Settings
 from tokendist.core.signals import pause
@@ -27,10 +28,6 @@ def backoff(attempt: int, base_s: float, cap_s: float) -> float:
     """Capped exponential backoff with full jitter (AWS architecture blog's variant)."""
     ceiling: float = min(cap_s, base_s * 2 ** min(attempt, 30))
     return random.uniform(0, ceiling)  # noqa: S311 -- jitter, not cryptography
-
-
-class StoppedWhileWaiting(Exception):
-    """Stop was requested while a start-up step waited for its dependency."""
 
 
 async def until_available(

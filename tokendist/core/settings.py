@@ -12,6 +12,9 @@ from typing import Literal, TypeAlias
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Defined with the rest of the tree; importable from here, beside the settings it is about.
+from tokendist.core.errors import SettingsError as SettingsError  # noqa: PLC0414 -- still importable from here
+
 ENV_PREFIX = "TOKENDIST_"
 LOCAL_HINT = 'for the local stack: eval "$(tokendist stack env)"'
 INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]+")
@@ -36,10 +39,6 @@ def instance_id(value: str) -> str:
             "(and not '.' or '..')"
         )
     return value
-
-
-class SettingsError(Exception):
-    """Configuration is missing or invalid; the message names the variable to set."""
 
 
 class Settings(BaseSettings):

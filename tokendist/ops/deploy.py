@@ -8,18 +8,19 @@ consumers alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import asyncpg
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from tokendist.consumer import contracts, queries
+from tokendist.consumer import contracts
 from tokendist.consumer.chain import guarded
 from tokendist.core import db
 from tokendist.core.errors import ChainRejected, DatabaseUnavailable, InvalidInput
+from tokendist.ops.repository import ToolRepository
 
 RECEIPT_TIMEOUT_S = 60
 
@@ -36,24 +37,33 @@ class Deployment:
 
 
 class Deployer:
+    """The deployer key's own chain adapter: its RPC calls go through ``consumer.chain``'s
+    mapping, one transaction at a time."""
+
     def __init__(self, rpc_url: str, deployer_key: SecretStr) -> None:
         self.w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
         self.account: LocalAccount = Account.from_key(deployer_key.get_secret_value())
 
+    async def chain_id(self) -> int:
+        return await guarded(lambda: self.w3.eth.chain_id)
+
     async def _transact(self, tx: dict[str, Any]) -> dict[str, Any]:
-        tx.setdefault("from", self.account.address)
-        tx["nonce"] = await guarded(
-            lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")
-        )
-        tx["chainId"] = await guarded(lambda: self.w3.eth.chain_id)
-        tx["gas"] = await guarded(lambda: self.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
-        signed = self.account.sign_transaction(tx)
-        tx_hash = await guarded(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction))
-        receipt = await guarded(
-            lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
-        )
+        receipt = await guarded(partial(self._submit, tx))
         if receipt["status"] != 1:
-            raise ChainRejected(f"deployment transaction {tx_hash.hex()} reverted")
+            raise ChainRejected(
+                f"deployment transaction {receipt['transactionHash'].hex()} reverted"
+            )
+        return receipt
+
+    async def _submit(self, tx: dict[str, Any]) -> dict[str, Any]:
+        """Nonce, chain id, gas, sign, send, wait for the receipt (within ``guarded``)."""
+        tx.setdefault("from", self.account.address)
+        tx["nonce"] = await self.w3.eth.get_transaction_count(self.account.address, "pending")
+        tx["chainId"] = await self.w3.eth.chain_id
+        tx["gas"] = await self.w3.eth.estimate_gas(tx)  # type: ignore[arg-type]
+        signed = self.account.sign_transaction(tx)
+        tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
         return dict(receipt)
 
     async def _deploy(self, name: str, *args: Any) -> str:
@@ -126,7 +136,8 @@ async def deploy_tokenization(
     before the first transaction: amounts, and an id that is already recorded."""
     if (problem := amounts_problem(supply, fund)) is not None:
         raise InvalidInput(problem)
-    if await conn.fetchval(queries.TOKENIZATION, tokenization_id) is not None:
+    ops = ToolRepository(conn)
+    if await ops.distributor_of(tokenization_id) is not None:
         # ChainRejected, and this text: the compose setup script recognises a re-run by them.
         raise ChainRejected(f"tokenization {tokenization_id} is already deployed")
     token, distributor = await deployer.deploy(
@@ -140,31 +151,28 @@ async def deploy_tokenization(
     deployment = Deployment(
         tokenization_id=tokenization_id,
         property_id=property_id,
-        chain_id=await guarded(lambda: deployer.w3.eth.chain_id),
+        chain_id=await deployer.chain_id(),
         token_address=token,
         distributor_address=distributor,
         decimals=decimals,
         supply=supply,
     )
+    # The contracts exist now: whoever records them by hand needs their addresses.
+    unrecorded = (
+        f"deployed token {token} and distributor {distributor} but did not record "
+        f"tokenization {tokenization_id}"
+    )
     try:
-        await db.guarded(
-            lambda: conn.execute(
-                queries.RECORD_TOKENIZATION,
-                tokenization_id,
-                property_id,
-                deployment.chain_id,
-                token,
-                decimals,
-                distributor,
-            )
+        recorded = await ops.record_tokenization(
+            tokenization_id=tokenization_id,
+            property_id=property_id,
+            chain_id=deployment.chain_id,
+            token_address=token,
+            decimals=decimals,
+            distributor_address=distributor,
         )
-    except (DatabaseUnavailable, asyncpg.UniqueViolationError) as exc:
-        # The contracts exist now: whoever records them by hand needs their addresses.
-        unrecorded = (
-            f"deployed token {token} and distributor {distributor} but did not record "
-            f"tokenization {tokenization_id}"
-        )
-        if isinstance(exc, DatabaseUnavailable):
-            raise DatabaseUnavailable(f"{unrecorded}: {exc}") from exc
-        raise InvalidInput(f"{unrecorded}: another deploy recorded it first") from exc
+    except DatabaseUnavailable as exc:
+        raise DatabaseUnavailable(f"{unrecorded}: {exc}") from exc
+    if not recorded:
+        raise InvalidInput(f"{unrecorded}: another deploy recorded it first")
     return deployment

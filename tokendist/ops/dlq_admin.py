@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
-
-from tokendist.consumer import queries
 from tokendist.consumer.dlq import STORED_HEADER, STORED_IN, headers_from_json
 from tokendist.core import db, kafka
 from tokendist.core.errors import InvalidInput
 from tokendist.core.settings import Settings
+from tokendist.ops.repository import ToolRepository
 from tokendist.schemas.events import MAX_EVENT_BYTES
 
 SUMMARY_CHARS = 80
@@ -128,28 +126,20 @@ def _truncate(text: str, limit: int = SUMMARY_CHARS) -> str:
 
 
 async def read_all(settings: Settings) -> list[Parked]:
-    client = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    await kafka.start(client)
-    try:
-        tps = await kafka.partitions(client, settings.dlq_topic)
+    async with kafka.Reader(settings, isolation_level="read_committed") as client:
+        tps = await client.partitions(settings.dlq_topic)
         if not tps:
             return []
         client.assign(tps)
-        await client.seek_to_beginning(*tps)
+        await client.seek_to_beginning(tps)
         ends = await client.end_offsets(tps)
         found: list[Parked] = []
         while [tp for tp in tps if await client.position(tp) < ends[tp]]:
-            for records in (await client.getmany(timeout_ms=1000)).values():
-                found += [
-                    Parked(r.partition, r.offset, r.key, r.value, list(r.headers)) for r in records
-                ]
+            found += [
+                Parked(r.partition, r.offset, r.key, r.value, list(r.headers))
+                for r in await client.getmany(timeout_ms=1000)
+            ]
         return sorted(found, key=lambda p: (p.partition, p.offset))
-    finally:
-        await client.stop()
 
 
 def distinct(parked: list[Parked]) -> int:
@@ -162,13 +152,14 @@ async def with_originals(settings: Settings, chosen: list[Parked]) -> list[Parke
     if not any(p.stored for p in chosen):
         return chosen
     async with db.connect(settings.database_url) as conn:
+        ops = ToolRepository(conn)
         found: list[Parked] = []
         for p in chosen:
             origin = p.origin
             if not p.stored or origin is None:
                 found.append(p)
                 continue
-            row = await db.guarded(lambda o=origin: conn.fetchrow(queries.STORED_DEAD_LETTER, *o))  # type: ignore[misc]
+            row = await ops.stored_dead_letter(*origin)
             if row is None:
                 raise InvalidInput(
                     f"dead letter {p.partition}:{p.offset} points to PostgreSQL, "
@@ -218,11 +209,7 @@ async def redrive(settings: Settings, chosen: list[Parked]) -> int:
             headers = [(k, v) for k, v in p.headers if not k.startswith("dlq.")]
             headers.append(("dlq.redriven_from", f"{p.partition}:{p.offset}".encode()))
             topic = p.meta.get("dlq.original.topic") or settings.topic
-            await kafka.guarded(
-                lambda topic=topic, p=p, headers=headers: producer.send_and_wait(  # type: ignore[misc]
-                    topic, value=p.value, key=p.key, headers=headers
-                )
-            )
+            await kafka.send(producer, topic, kafka.Message(p.key, p.value, headers))
     finally:
         await producer.stop()
     return len(sendable)

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokendist.consumer import queries
 from tokendist.core import db
 from tokendist.core.errors import InvalidInput
-from tokendist.outbox.enqueue import write_outbox_row
-from tokendist.schemas import PaymentConfirmedV1
+from tokendist.ops.repository import ToolRepository
 
 
 async def approve(
@@ -30,23 +28,16 @@ async def approve(
 ) -> int:
     """Approve ``user_id`` (optionally setting the wallet); returns events re-driven.
     ``not_wallets``: the system's own accounts, refused as an investor's wallet."""
+    ops = ToolRepository(conn)
     if wallet_address is not None:
-        await _check_wallet(conn, wallet_address, not_wallets)
-    async with conn.transaction():
-        await conn.execute(queries.LOCK_USER_KYC, user_id)
-        wallet = await conn.fetchval(queries.APPROVE_USER, user_id, wallet_address)
-        if wallet is None:
-            raise InvalidInput(f"user {user_id} has no wallet address: pass --wallet")
-        parked = await conn.fetch(queries.PARKED_OF_USER, user_id)
-        for row in parked:
-            await write_outbox_row(conn, PaymentConfirmedV1.model_validate_json(row["payload"]))
-    return len(parked)
+        await _check_wallet(ops, wallet_address, not_wallets)
+    return await ops.approve(user_id, wallet_address)
 
 
-async def _check_wallet(conn: db.Connection, wallet: str, not_wallets: Iterable[str]) -> None:
+async def _check_wallet(ops: ToolRepository, wallet: str, not_wallets: Iterable[str]) -> None:
     if wallet.lower() in {a.lower() for a in not_wallets}:
         raise InvalidInput(f"{wallet} is one of this system's own accounts, not a wallet")
-    tokenization = await conn.fetchval(queries.K_TOKENIZATION_OF_ADDRESS, wallet)
+    tokenization = await ops.tokenization_of_address(wallet)
     if tokenization is not None:
         raise InvalidInput(
             f"{wallet} is a contract of tokenization {tokenization} (token or Distributor)"

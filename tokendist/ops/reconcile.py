@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from tokendist.consumer import queries
 from tokendist.consumer.chain import Chain
-from tokendist.consumer.repository import Distribution, Repository, StateConflict
+from tokendist.consumer.repository import Distribution, Repository
 from tokendist.consumer.states import State
-from tokendist.ops.verify import Report, verify
-from tokendist.outbox.enqueue import write_outbox_row
-from tokendist.schemas import PaymentConfirmedV1
+from tokendist.core.errors import StateConflict
+from tokendist.ops.repository import ToolRepository
+from tokendist.ops.verify import Report, check_all
 
 log = structlog.get_logger("tokendist.reconcile")
 
@@ -50,20 +49,23 @@ class Reconciliation:
 
 
 class Reconciler:
-    def __init__(self, repo: Repository, chain: Chain, *, confirmations: int) -> None:
+    """``repo``: the consumer's repository (its guarded transitions); ``ops``: the tools'."""
+
+    def __init__(
+        self, repo: Repository, ops: ToolRepository, chain: Chain, *, confirmations: int
+    ) -> None:
         self.repo = repo
+        self.ops = ops
         self.chain = chain
         self.confirmations = confirmations
 
     async def run(self, *, grace_s: float, dry_run: bool = False) -> Reconciliation:
         result = Reconciliation()
-        pool = self.repo.pool
-        for row in await pool.fetch(queries.R_STALE_ON_CHAIN, grace_s):
-            await self._settle(Distribution.from_row(row), result, dry_run)
-        for row in await pool.fetch(queries.R_UNDISTRIBUTED, grace_s):
+        for dist in await self.ops.stale_on_chain(grace_s):
+            await self._settle(dist, result, dry_run)
+        for row in await self.ops.lost_events(grace_s):
             await self._redrive(row["event_id"], row["payload"], result, dry_run)
-        async with pool.acquire() as conn:
-            result.report = await verify(conn, self.chain, grace_s=grace_s)
+        result.report = await check_all(self.ops, self.chain, grace_s=grace_s)
         return result
 
     async def _settle(self, dist: Distribution, result: Reconciliation, dry_run: bool) -> None:
@@ -108,6 +110,5 @@ class Reconciler:
         if dry_run:
             log.info("reconcile_would_redrive", event_id=str(event_id))
             return
-        async with self.repo.pool.acquire() as conn, conn.transaction():
-            await write_outbox_row(conn, PaymentConfirmedV1.model_validate_json(payload))
+        await self.ops.republish(payload)
         log.info("reconcile_redriven", event_id=str(event_id))

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tokendist.core import kafka
-from tokendist.core.errors import InvalidInput, TokendistError
+from tokendist.core.errors import GroupActive, InvalidInput
 from tokendist.core.settings import Settings
-
-
-class GroupActive(TokendistError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -39,14 +35,9 @@ async def live_members(settings: Settings, group: str) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await kafka.start(admin)
     try:
-        described = await kafka.guarded(lambda: admin.describe_consumer_groups([group]))
+        return await kafka.group_members(admin, group)
     finally:
         await admin.close()
-    members = 0
-    for response in described:
-        for entry in response.groups:
-            members += len(entry[5])  # (error, group, state, protocol_type, protocol, members…)
-    return members
 
 
 async def plan_and_apply(
@@ -63,12 +54,8 @@ async def plan_and_apply(
             f"consumer group {group} has {members} live member(s): stop every "
             "`tokendist consume` of this group first (or replay into a fresh group)"
         )
-    client = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=group, enable_auto_commit=False
-    )
-    await kafka.start(client)
-    try:
-        tps = await kafka.partitions(client, settings.topic)
+    async with kafka.Reader(settings, group=group) as client:
+        tps = await client.partitions(settings.topic)
         if not tps:
             raise InvalidInput(f"topic {settings.topic} has no partitions (does it exist?)")
         targets = await _targets(client, tps, earliest, timestamp_ms, offsets)
@@ -78,26 +65,23 @@ async def plan_and_apply(
         ]
         if not dry_run:
             client.assign(tps)
-            await kafka.guarded(lambda: client.commit(targets))
+            await client.commit(targets)
         return moves
-    finally:
-        await client.stop()
 
 
 async def _targets(
-    client: AIOKafkaConsumer,
+    client: kafka.Reader,
     tps: list[TopicPartition],
     earliest: bool,
     timestamp_ms: int | None,
     offsets: dict[int, int] | None,
 ) -> dict[TopicPartition, int]:
     if earliest:
-        result: dict[TopicPartition, int] = await client.beginning_offsets(tps)
-        return result
+        return await client.beginning_offsets(tps)
     if timestamp_ms is not None:
         found = await client.offsets_for_times({tp: timestamp_ms for tp in tps})
         ends = await client.end_offsets(tps)
-        return {tp: (found[tp].offset if found[tp] is not None else ends[tp]) for tp in tps}
+        return {tp: ends[tp] if (at := found[tp]) is None else at for tp in tps}
     assert offsets is not None
     unknown = set(offsets) - {tp.partition for tp in tps}
     if unknown:

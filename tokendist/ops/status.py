@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from tokendist.consumer import queries
 from tokendist.consumer.chain import Chain
 from tokendist.core import db, kafka
 from tokendist.core.settings import Settings
+from tokendist.ops.repository import ToolRepository
 
 
 @dataclass
@@ -50,71 +50,60 @@ class Status:
         return "\n".join(lines)
 
 
-class KafkaOffsets:
+class KafkaOffsets(kafka.Reader):
     """End offsets of a topic and a group's committed offsets, without joining the group."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, group=settings.consumer_group)
         self.settings = settings
-        self.client = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=settings.consumer_group,
-            enable_auto_commit=False,
-        )
-
-    async def __aenter__(self) -> KafkaOffsets:
-        await kafka.start(self.client)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.client.stop()
 
     async def ends(self, topic: str) -> dict[int, int]:
-        tps = await kafka.partitions(self.client, topic)
+        tps = await self.partitions(topic)
         if not tps:
             return {}
-        ends = await kafka.guarded(lambda: self.client.end_offsets(tps))
+        ends = await self.end_offsets(tps)
         return {tp.partition: offset for tp, offset in ends.items()}
 
     async def lag(self) -> dict[int, int]:
         ends = await self.ends(self.settings.topic)
         result = {}
         for partition, end in ends.items():
-            tp = TopicPartition(self.settings.topic, partition)
-            committed = await kafka.guarded(lambda tp=tp: self.client.committed(tp))  # type: ignore[misc]
+            committed = await self.committed(TopicPartition(self.settings.topic, partition))
             result[partition] = end - (committed or 0)
         return result
 
 
 async def gather(conn: db.Connection, offsets: KafkaOffsets, chain: Chain | None) -> Status:
+    ops = ToolRepository(conn)
     status = Status()
-    row = await conn.fetchrow(queries.S_OUTBOX)
+    row = await ops.outbox_summary()
     if row is not None:
         status.outbox_backlog, status.outbox_published = row["backlog"], row["published"]
         status.outbox_oldest_s = row["oldest_s"]
-    status.states = {r["state"]: r["n"] for r in await conn.fetch(queries.V_COUNTS)}
-    status.parked_users = await conn.fetchval(queries.S_PARKED_USERS)
+    status.states = await ops.counts()
+    status.parked_users = await ops.parked_users()
     status.lag = await offsets.lag()
     status.dlq_depth = sum((await offsets.ends(offsets.settings.dlq_topic)).values())
     topic, group = offsets.settings.topic, offsets.settings.consumer_group
-    parked = await conn.fetchrow(queries.S_DEAD_LETTERS, topic)
+    parked = await ops.dead_letter_summary(topic)
     status.dead_letters = {} if parked is None else dict(parked)
     status.retrying = [
         f"p{r['kafka_partition']} at offset {r['kafka_offset']} for {r['for_s']:.0f}s, "
         f"{r['attempts']} attempts (reported {r['reported_s']:.0f}s ago): {r['error']}"
-        for r in await conn.fetch(queries.S_RETRYING, group, topic)
+        for r in await ops.retrying(group, topic)
     ]
     status.last_failures = [
         f"{r['updated_at']:%Y-%m-%d %H:%M:%S} {r['event_id']}: {r['failure_reason']}"
-        for r in await conn.fetch(queries.S_LAST_FAILURES)
+        for r in await ops.last_failures()
     ]
     status.last_failures += [
         f"{r['last_parked_at']:%Y-%m-%d %H:%M:%S} record p{r['kafka_partition']}"
         f"@{r['kafka_offset']} parked: {r['reason']}"
-        for r in await conn.fetch(queries.S_LAST_DEAD_LETTERS, topic)
+        for r in await ops.last_dead_letters(topic)
     ]
     if chain is not None:
         gas = await chain.gas_balance()
-        for tk in await conn.fetch(queries.V_TOKENIZATIONS):
+        for tk in await ops.tokenizations():
             tokens = await chain.token_balance(tk["token_address"], tk["distributor_address"])
             status.distributors.append(
                 {"tokenization_id": tk["id"], "tokens": tokens, "gas_wei": gas}

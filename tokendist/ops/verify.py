@@ -25,9 +25,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokendist.consumer import queries
 from tokendist.consumer.chain import Chain
 from tokendist.core import db
+from tokendist.ops.repository import ToolRepository
 
 
 @dataclass
@@ -66,29 +66,35 @@ class Report:
 async def verify(
     conn: db.Connection, chain: Chain, *, grace_s: float = 300.0, shared_chain: bool = False
 ) -> Report:
+    """Every check, over the database ``conn`` is connected to."""
+    return await check_all(ToolRepository(conn), chain, grace_s=grace_s, shared_chain=shared_chain)
+
+
+async def check_all(
+    ops: ToolRepository, chain: Chain, *, grace_s: float = 300.0, shared_chain: bool = False
+) -> Report:
     checks = [
-        await _confirmations(conn, grace_s),
-        await _chain_logs(conn, chain),
-        await _books(conn),
-        await _balances(conn, chain, shared_chain),
-        await _liveness(conn, grace_s),
+        await _confirmations(ops, grace_s),
+        await _chain_logs(ops, chain),
+        await _books(ops),
+        await _balances(ops, chain, shared_chain),
+        await _liveness(ops, grace_s),
     ]
-    counts = {r["state"]: r["n"] for r in await conn.fetch(queries.V_COUNTS)}
-    return Report(checks=checks, counts=counts)
+    return Report(checks=checks, counts=await ops.counts())
 
 
-async def _confirmations(conn: db.Connection, grace_s: float) -> Check:
+async def _confirmations(ops: ToolRepository, grace_s: float) -> Check:
     check = Check("every confirmed payment has exactly one distribution")
-    for row in await conn.fetch(queries.V_UNDISTRIBUTED, grace_s):
+    for row in await ops.undistributed(grace_s):
         check.problems.append(f"investment {row['investment_id']} confirmed, never distributed")
-    for row in await conn.fetch(queries.V_DISTRIBUTION_WITHOUT_CONFIRMATION):
+    for row in await ops.unconfirmed_distributions():
         check.problems.append(f"distribution {row['event_id']} has no confirmed payment")
     return check
 
 
-async def _all_logs(conn: db.Connection, chain: Chain) -> list[dict[str, Any]]:
+async def _all_logs(ops: ToolRepository, chain: Chain) -> list[dict[str, Any]]:
     logs = []
-    for tk in await conn.fetch(queries.V_TOKENIZATIONS):
+    for tk in await ops.tokenizations():
         for entry in await chain.distributed_logs(tk["distributor_address"]):
             logs.append(
                 {
@@ -101,14 +107,14 @@ async def _all_logs(conn: db.Connection, chain: Chain) -> list[dict[str, Any]]:
     return logs
 
 
-async def _chain_logs(conn: db.Connection, chain: Chain) -> Check:
+async def _chain_logs(ops: ToolRepository, chain: Chain) -> Check:
     check = Check("every on-chain distribution has exactly one matching Distributed log")
-    logs = await _all_logs(conn, chain)
+    logs = await _all_logs(ops, chain)
     by_payment: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in logs:
         by_payment[entry["payment_id"]].append(entry)
     known = set()
-    for d in await conn.fetch(queries.V_ONCHAIN_DISTRIBUTIONS):
+    for d in await ops.onchain_distributions():
         known.add(d["payment_id"])
         found = by_payment.get(d["payment_id"], [])
         # A signed or submitted transfer may or may not be mined yet: 0 or 1 log is fine.
@@ -132,28 +138,28 @@ async def _chain_logs(conn: db.Connection, chain: Chain) -> Check:
     return check
 
 
-async def _books(conn: db.Connection) -> Check:
+async def _books(ops: ToolRepository) -> Check:
     check = Check("holdings = credited distributions = ledger; the ledger balances")
-    for r in await conn.fetch(queries.V_HOLDINGS_MISMATCH):
+    for r in await ops.holdings_mismatches():
         check.problems.append(
             f"user {r['user_id']} / {r['tokenization_id']}: holding {r['holding']}, "
             f"credited {r['credited']}, ledger {r['ledger']}"
         )
-    for r in await conn.fetch(queries.V_LEDGER_UNBALANCED):
+    for r in await ops.unbalanced_ledger_events():
         check.problems.append(f"ledger entries of event {r['event_id']} sum to {r['total']}")
-    total = await conn.fetchval(queries.V_LEDGER_TOTAL)
+    total = await ops.ledger_total()
     if total != 0:
         check.problems.append(f"debits and credits differ by {total}")
     return check
 
 
-async def _balances(conn: db.Connection, chain: Chain, shared_chain: bool) -> Check:
+async def _balances(ops: ToolRepository, chain: Chain, shared_chain: bool) -> Check:
     check = Check("on-chain balanceOf = tokens this system distributed to each recipient")
     if shared_chain:
         check.skipped = "skipped: the tokens are moved by other flows too (--shared-chain)"
         return check
-    tokens = {r["id"]: r["token_address"] for r in await conn.fetch(queries.V_TOKENIZATIONS)}
-    for r in await conn.fetch(queries.V_RECIPIENT_TOTALS):
+    tokens = {r["id"]: r["token_address"] for r in await ops.tokenizations()}
+    for r in await ops.recipient_totals():
         balance = await chain.token_balance(tokens[r["tokenization_id"]], r["recipient"])
         settled, inflight = int(r["settled"]), int(r["inflight"])
         # Transfers in flight may land any moment: the balance lies between the settled
@@ -167,12 +173,12 @@ async def _balances(conn: db.Connection, chain: Chain, shared_chain: bool) -> Ch
     return check
 
 
-async def _liveness(conn: db.Connection, grace_s: float) -> Check:
+async def _liveness(ops: ToolRepository, grace_s: float) -> Check:
     check = Check(f"nothing unpublished or stuck for more than {grace_s:g}s")
-    stale = await conn.fetchrow(queries.V_STALE_OUTBOX, grace_s)
+    stale = await ops.stale_outbox(grace_s)
     if stale is not None and stale["n"]:
         check.problems.append(f"{stale['n']} outbox rows unpublished since {stale['oldest']}")
-    stuck = Counter(r["state"] for r in await conn.fetch(queries.V_STUCK_DISTRIBUTIONS, grace_s))
+    stuck = Counter(r["state"] for r in await ops.stuck_distributions(grace_s))
     for state, n in sorted(stuck.items()):
         check.problems.append(f"{n} distributions stuck in {state}")
     return check

@@ -95,11 +95,9 @@ class Relay:
 
     async def _lead_when_possible(self) -> None:
         async with db.connect(self.settings.database_url) as conn:
+            session = db.Database(conn)
             while not self.stop.is_set():
-                locked = await db.guarded(
-                    lambda: conn.fetchval(queries.TRY_LEADER_LOCK, LEADER_LOCK)
-                )
-                if locked:
+                if await session.fetchval(queries.TRY_LEADER_LOCK, LEADER_LOCK):
                     break
                 await pause(self.stop, self.settings.relay_standby_retry_s)
             else:
@@ -107,42 +105,38 @@ class Relay:
             self.state = RelayState.LEADING
             metrics.RELAY_LEADER.set(1)
             log.info("relay_leading")
-            await db.guarded(lambda: conn.add_listener(NOTIFY_CHANNEL, self._on_notify))
+            async with session.connection() as listening:
+                await listening.add_listener(NOTIFY_CHANNEL, self._on_notify)
             # Every leadership term re-checks the topics: a broker that lost a young
             # topic (or an operator who deleted it) must not leave the relay stuck.
             await kafka.ensure_topics(self.settings)
             producer = await kafka.start(kafka.producer(self.settings))
             try:
-                await self._publish_loop(conn, producer)
+                await self._publish_loop(session, producer)
             finally:
                 self.state = RelayState.STOPPING
                 metrics.RELAY_LEADER.set(0)
                 await kafka.close(producer)
 
-    async def _publish_loop(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> None:
+    async def _publish_loop(self, session: db.Database, producer: AIOKafkaProducer) -> None:
         pruned_at = 0.0
         while not self.stop.is_set():
             self._wake.clear()
-            count = await self._publish_batch(conn, producer)
+            count = await self._publish_batch(session, producer)
             if time.monotonic() - pruned_at > PRUNE_EVERY_S:
-                await db.guarded(
-                    lambda: conn.execute(queries.PRUNE_PUBLISHED, self.settings.relay_retention_s)
-                )
+                await session.execute(queries.PRUNE_PUBLISHED, self.settings.relay_retention_s)
                 pruned_at = time.monotonic()
             if count < self.settings.relay_batch_size:
                 # Idle: sleep until a NOTIFY, the poll interval (a missed NOTIFY) or stop.
                 await self._wait_for_work()
 
-    async def _publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
-        async def work() -> int:
-            async with conn.transaction():
-                rows = await conn.fetch(queries.CLAIM_BATCH, self.settings.relay_batch_size)
-                if rows:
-                    await self._send_all(producer, rows)
-                    await conn.execute(queries.MARK_PUBLISHED, [r["id"] for r in rows])
-                return len(rows)
-
-        count = await db.guarded(work)
+    async def _publish_batch(self, session: db.Database, producer: AIOKafkaProducer) -> int:
+        async with session.transaction() as conn:
+            rows = await conn.fetch(queries.CLAIM_BATCH, self.settings.relay_batch_size)
+            if rows:
+                await self._send_all(producer, rows)
+                await conn.execute(queries.MARK_PUBLISHED, [r["id"] for r in rows])
+        count = len(rows)
         if count:
             metrics.RELAY_PUBLISHED.inc(count)
             self.published += count
@@ -150,21 +144,17 @@ class Relay:
         return count
 
     async def _send_all(self, producer: AIOKafkaProducer, rows: list[asyncpg.Record]) -> None:
-        async def send() -> None:
-            acks = [
-                await producer.send(
-                    self.settings.topic,
-                    value=row["payload"].encode(),
-                    key=row["aggregateid"].encode(),
-                    headers=_headers(row["headers"]),
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*acks)
-
+        messages = [
+            kafka.Message(
+                key=row["aggregateid"].encode(),
+                value=row["payload"].encode(),
+                headers=_headers(row["headers"]),
+            )
+            for row in rows
+        ]
         # Abandoning the wait rolls the claim back: the rows are published again later, and
         # whatever did reach the topic meanwhile is a duplicate the consumer already ignores.
-        sending = asyncio.ensure_future(kafka.guarded(send))
+        sending = asyncio.ensure_future(kafka.send_batch(producer, self.settings.topic, messages))
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
             await asyncio.wait(

@@ -25,12 +25,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from tokendist.core import db, metrics
-from tokendist.core.errors import CheckoutRefused, TransientError
+from tokendist.core.errors import CheckoutRefused, MalformedPayload, RequestRefused, TransientError
 from tokendist.core.settings import Settings, ip_networks
 from tokendist.webhook import jsonbody, senders
 from tokendist.webhook.checkout import PendingInvestment, create_pending_investment
 from tokendist.webhook.providers import registry
-from tokendist.webhook.providers.base import NAME, MalformedPayload, Notice, PaymentProvider
+from tokendist.webhook.providers.base import NAME, Notice, PaymentProvider
 from tokendist.webhook.receiver import Receiver
 
 log = structlog.get_logger("tokendist.webhook")
@@ -78,9 +78,9 @@ class _Endpoints:
             return refusal(403, "sender_not_allowed")
         try:
             body = await self._read_body(request)
-        except Refused as exc:
+        except RequestRefused as exc:
             log.warning("webhook_rejected", reason=exc.reason, provider=name, peer=peer)
-            return exc.response
+            return refusal(exc.status, exc.reason, exc.detail)
         if not provider.verify_signature(body, request.headers):
             log.warning(
                 "webhook_rejected", reason="bad_signature", provider=name, peer=peer, size=len(body)
@@ -117,8 +117,8 @@ class _Endpoints:
             return refusal(401, "unauthorized")
         try:
             order = _order(await self._read_body(request))
-        except Refused as exc:
-            return exc.response
+        except RequestRefused as exc:
+            return refusal(exc.status, exc.reason, exc.detail)
         try:
             async with asyncio.timeout(self.settings.webhook_deadline_s):
                 created = await db.guarded(lambda: self._create(order))
@@ -134,19 +134,19 @@ class _Endpoints:
         )
 
     async def _read_body(self, request: Request) -> bytes:
-        """The body, read within ``webhook_body_timeout_s``; raises ``Refused``."""
+        """The body, read within ``webhook_body_timeout_s``; raises ``RequestRefused``."""
         try:
             async with asyncio.timeout(self.settings.webhook_body_timeout_s):
                 return await _read_body(request, self.limit)
         except TimeoutError:
             metrics.WEBHOOK_DROPPED.labels("body_timeout").inc()
-            raise Refused(408, "body_timeout") from None
+            raise RequestRefused(408, "body_timeout") from None
         except ClientDisconnect:
             # The client left before sending the body it declared: nobody reads the answer,
             # and one such request must not cost a traceback in the log (a flooding vector).
             metrics.WEBHOOK_DROPPED.labels("client_disconnected").inc()
             log.debug("request_abandoned", path=request.url.path)
-            raise Refused(400, "client_disconnected") from None
+            raise RequestRefused(400, "client_disconnected") from None
 
     async def _create(self, order: PendingInvestment) -> bool:
         assert self._pool is not None
@@ -184,22 +184,13 @@ def _by_name(providers: Sequence[PaymentProvider]) -> dict[str, PaymentProvider]
     return by_name
 
 
-class Refused(Exception):
-    """A request answered before it is handled: ``status`` with ``{"error": reason}``."""
-
-    def __init__(self, status: int, reason: str, detail: object = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.response = refusal(status, reason, detail)
-
-
 def refusal(status: int, reason: str, detail: object = None) -> Response:
     doc = {"error": reason} if detail is None else {"error": reason, "detail": detail}
     return JSONResponse(doc, status_code=status)
 
 
 def _order(body: bytes) -> PendingInvestment:
-    """The checkout request in ``body``; raises ``Refused`` (422) with pydantic's detail."""
+    """The checkout request in ``body``; raises ``RequestRefused`` (422) with pydantic's detail."""
     try:
         # Duplicate keys, NaN, endless integers and deep nesting are refused first, with
         # the webhook's reasons: pydantic would keep the last of duplicate keys.
@@ -209,19 +200,19 @@ def _order(body: bytes) -> PendingInvestment:
         detail: object = [{"type": exc.reason, "msg": str(exc)}]
     except ValidationError as exc:
         detail = exc.errors(include_url=False, include_context=False, include_input=False)
-    raise Refused(422, "invalid_request", detail)
+    raise RequestRefused(422, "invalid_request", detail)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body; raises ``Refused`` (413) past ``limit`` bytes, declared or streamed."""
+    """The body; raises ``RequestRefused`` (413) past ``limit`` bytes, declared or streamed."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise Refused(413, "too_large")
+        raise RequestRefused(413, "too_large")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise Refused(413, "too_large")
+            raise RequestRefused(413, "too_large")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -17,6 +17,8 @@ from collections import Counter
 from itertools import accumulate
 from typing import Any
 
+from tokendist.core.errors import Unreadable as Unreadable  # noqa: PLC0414 -- still importable from here
+
 # Longer than any amount, id or timestamp a provider sends (a BIGINT has 19 digits).
 MAX_INT_DIGITS = 32
 # Deeper than any document a provider or the platform sends (Paystack's: about 5).
@@ -27,14 +29,6 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = [0] * 256
 _STEP[ord("[")] = _STEP[ord("{")] = 1
 _STEP[ord("]")] = _STEP[ord("}")] = -1
-
-
-class Unreadable(ValueError):
-    """Not one well-defined JSON document; ``reason`` says why, for the answer and logs."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from tokendist.core.errors import MalformedPayload
 from tokendist.webhook import jsonbody
 from tokendist.webhook.providers.base import (
     CURRENCY,
@@ -36,7 +37,6 @@ from tokendist.webhook.providers.base import (
     AdjustmentKind,
     Charge,
     Ignored,
-    MalformedPayload,
     Notice,
 )
 

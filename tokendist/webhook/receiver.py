@@ -90,7 +90,7 @@ def assess(
 
 class Receiver:
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+        self._db = db.Database(pool)
 
     async def handle(self, provider: PaymentProvider, notice: Notice, body: bytes) -> Outcome:
         """Apply ``notice`` from ``provider``; raises ``DatabaseUnavailable`` /
@@ -108,8 +108,8 @@ class Receiver:
     async def _charge(self, provider: PaymentProvider, charge: Charge, digest: str) -> Outcome:
         # Outside the transaction: no row lock is held across the provider's latency.
         verification = await provider.confirm(charge.reference)
-        outcome, flag = await db.guarded(
-            lambda: self._record_charge(provider.name, provider.mode, charge, digest, verification)
+        outcome, flag = await self._record_charge(
+            provider.name, provider.mode, charge, digest, verification
         )
         if flag is not None:
             log.warning(
@@ -139,7 +139,7 @@ class Receiver:
         digest: str,
         verification: Verification | None,
     ) -> tuple[Outcome, FlagReason | None]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.transaction() as conn:
             row = await conn.fetchrow(queries.INVESTMENT_FOR_PAYMENT, provider, charge.reference)
             expected = (
                 None
@@ -170,23 +170,20 @@ class Receiver:
             return Outcome.CONFIRMED, None
 
     async def _adjustment(self, provider: str, adj: Adjustment, digest: str) -> Outcome:
-        async def record() -> tuple[int | None, str | None]:
-            async with self._pool.acquire() as conn, conn.transaction():
-                payment = await conn.fetchrow(queries.PAYMENT_BY_REFERENCE, provider, adj.reference)
-                inserted = await conn.fetchval(
-                    queries.INSERT_ADJUSTMENT,
-                    provider,
-                    adj.reference,
-                    None if payment is None else payment["id"],
-                    adj.kind.value,
-                    adj.event,
-                    adj.amount_minor,
-                    adj.kept,
-                    digest,
-                )
-                return inserted, None if payment is None else payment["investment_status"]
-
-        inserted, investment_status = await db.guarded(record)
+        async with self._db.transaction() as conn:
+            payment = await conn.fetchrow(queries.PAYMENT_BY_REFERENCE, provider, adj.reference)
+            inserted = await conn.fetchval(
+                queries.INSERT_ADJUSTMENT,
+                provider,
+                adj.reference,
+                None if payment is None else payment["id"],
+                adj.kind.value,
+                adj.event,
+                adj.amount_minor,
+                adj.kept,
+                digest,
+            )
+        investment_status = None if payment is None else payment["investment_status"]
         if inserted is None:
             return Outcome.DUPLICATE
         log.warning(

@@ -114,7 +114,7 @@ def _protocol(limits: Limits) -> type[H11Protocol]:
 class _Server(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
-        # Signals are handled in one place (tokendist.signals); the stop event ends serving.
+        # Signals are handled in one place (tokendist.core.signals); the stop event ends serving.
         yield
 
 

@@ -29,14 +29,6 @@ EVENT = re.compile(r"[\x21-\x7e]{1,64}")
 MAX_AMOUNT_MINOR = 2**63 - 1  # what the BIGINT columns hold
 
 
-class MalformedPayload(ValueError):
-    """The body is signed but cannot be read as the event it claims to be (answer 400)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
 class AdjustmentKind(StrEnum):
     REFUND = "refund"
     DISPUTE = "dispute"

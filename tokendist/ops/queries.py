@@ -1,0 +1,178 @@
+"""Every SQL statement of the operator tools, by name (the consumer's own are in
+``consumer.queries``: the tools read the same tables, never through its statements)."""
+
+from tokendist.consumer import queries as consumer
+
+# Approving a user takes the consumer's own KYC lock: the two must be one lock.
+LOCK_USER_KYC = consumer.LOCK_USER_KYC
+
+# --- chain deploy, chain rotate-operator ------------------------------------------------
+
+DISTRIBUTOR_OF = "SELECT distributor_address FROM tokenizations WHERE id = $1"
+
+RECORD_TOKENIZATION = """
+INSERT INTO tokenizations (id, property_id, chain_id, token_address, decimals, distributor_address)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+# --- verify: read-only invariant queries -------------------------------------------------
+
+V_COUNTS = "SELECT state, count(*) AS n FROM distributions GROUP BY state"
+
+V_UNDISTRIBUTED = """
+SELECT c.event_id, c.investment_id, c.confirmed_at FROM payment_confirmations c
+LEFT JOIN distributions d ON d.investment_id = c.investment_id
+WHERE d.event_id IS NULL AND c.confirmed_at < now() - make_interval(secs => $1)
+"""
+
+V_DISTRIBUTION_WITHOUT_CONFIRMATION = """
+SELECT d.event_id, d.investment_id FROM distributions d
+LEFT JOIN payment_confirmations c ON c.investment_id = d.investment_id
+WHERE c.event_id IS NULL
+"""
+
+V_ONCHAIN_DISTRIBUTIONS = """
+SELECT d.event_id, d.payment_id, d.recipient, d.tokens, d.state, d.tokenization_id
+FROM distributions d WHERE d.state IN ('signed', 'submitted', 'confirmed', 'credited')
+"""
+
+V_HOLDINGS_MISMATCH = """
+WITH credited AS (
+    SELECT user_id, tokenization_id, sum(tokens) AS total FROM distributions
+    WHERE state = 'credited' GROUP BY user_id, tokenization_id
+), ledger AS (
+    SELECT substr(account, 10) AS user_id, tokenization_id, sum(amount) AS total
+    FROM ledger_entries WHERE account LIKE 'investor:%' GROUP BY 1, 2
+)
+SELECT coalesce(h.user_id, c.user_id, l.user_id) AS user_id,
+       coalesce(h.tokenization_id, c.tokenization_id, l.tokenization_id) AS tokenization_id,
+       coalesce(h.balance, 0) AS holding, coalesce(c.total, 0) AS credited,
+       coalesce(l.total, 0) AS ledger
+FROM token_holdings h
+FULL JOIN credited c USING (user_id, tokenization_id)
+FULL JOIN ledger l USING (user_id, tokenization_id)
+WHERE coalesce(h.balance, 0) <> coalesce(c.total, 0) OR coalesce(c.total, 0) <> coalesce(l.total, 0)
+"""
+
+V_LEDGER_UNBALANCED = """
+SELECT event_id, sum(amount) AS total FROM ledger_entries GROUP BY event_id HAVING sum(amount) <> 0
+"""
+
+V_LEDGER_TOTAL = "SELECT coalesce(sum(amount), 0) FROM ledger_entries"
+
+V_RECIPIENT_TOTALS = """
+SELECT d.tokenization_id, d.recipient,
+       coalesce(sum(d.tokens) FILTER (WHERE d.state IN ('confirmed', 'credited')), 0) AS settled,
+       coalesce(sum(d.tokens) FILTER (WHERE d.state IN ('signed', 'submitted')), 0) AS inflight
+FROM distributions d
+WHERE d.state IN ('signed', 'submitted', 'confirmed', 'credited') GROUP BY 1, 2
+"""
+
+V_STALE_OUTBOX = """
+SELECT count(*) AS n, min(created_at) AS oldest FROM outbox
+WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+"""
+
+V_STUCK_DISTRIBUTIONS = """
+SELECT event_id, state, updated_at FROM distributions
+WHERE state IN ('received', 'signed', 'submitted', 'confirmed')
+  AND updated_at < now() - make_interval(secs => $1)
+"""
+
+V_TOKENIZATIONS = "SELECT id, token_address, distributor_address FROM tokenizations"
+
+# --- status ------------------------------------------------------------------------------
+
+S_OUTBOX = """
+SELECT count(*) FILTER (WHERE published_at IS NULL) AS backlog,
+       count(*) FILTER (WHERE published_at IS NOT NULL) AS published,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE published_at IS NULL))::float8
+           AS oldest_s
+FROM outbox
+"""
+
+S_PARKED_USERS = "SELECT count(DISTINCT user_id) FROM distributions WHERE state = 'awaiting_kyc'"
+
+S_LAST_FAILURES = """
+SELECT event_id, failure_reason, updated_at FROM distributions
+WHERE state = 'failed' ORDER BY updated_at DESC LIMIT 5
+"""
+
+S_RETRYING = """
+SELECT kafka_partition, kafka_offset, attempts, error,
+       extract(epoch FROM now() - since)::float8 AS for_s,
+       extract(epoch FROM now() - updated_at)::float8 AS reported_s
+FROM retrying_partitions WHERE consumer_group = $1 AND topic = $2
+ORDER BY kafka_partition
+"""
+
+S_DEAD_LETTERS = """
+SELECT count(*) AS messages, coalesce(sum(times_parked), 0)::bigint AS parkings,
+       count(*) FILTER (WHERE stored) AS stored
+FROM dead_letters WHERE topic = $1
+"""
+
+S_LAST_DEAD_LETTERS = """
+SELECT kafka_partition, kafka_offset, reason, last_parked_at FROM dead_letters
+WHERE topic = $1 ORDER BY last_parked_at DESC LIMIT 3
+"""
+
+# --- reconcile ---------------------------------------------------------------------------
+
+# Read as the consumer reads a distribution (``Distribution.from_row``).
+R_STALE_ON_CHAIN = f"""
+SELECT {consumer.DISTRIBUTION_COLUMNS} FROM distributions
+WHERE state IN ('signed', 'submitted', 'confirmed')
+  AND updated_at < now() - make_interval(secs => $1)
+ORDER BY nonce
+"""  # noqa: S608 -- interpolates only the consumer's constant column list, never input
+
+R_UNDISTRIBUTED = """
+SELECT c.event_id, c.investment_id, c.payload::text AS payload FROM payment_confirmations c
+LEFT JOIN distributions d ON d.investment_id = c.investment_id
+WHERE d.event_id IS NULL AND c.confirmed_at < now() - make_interval(secs => $1)
+"""
+
+# --- redrive -----------------------------------------------------------------------------
+
+# Only failures marked retryable: nothing can have been paid (see migration 0003).
+REDRIVABLE = """
+SELECT event_id, payload::text AS payload FROM distributions
+WHERE state = 'failed' AND retryable AND ($1::uuid[] IS NULL OR event_id = ANY($1))
+FOR UPDATE
+"""
+
+RESET_TO_RECEIVED = """
+UPDATE distributions
+SET state = 'received', failure_reason = NULL, retryable = false, recipient = NULL,
+    sender = NULL, nonce = NULL, tx_hash = NULL, block_number = NULL, updated_at = now()
+WHERE event_id = ANY($1::uuid[])
+"""
+
+# --- kyc approve -------------------------------------------------------------------------
+
+# Addresses are recorded EIP-55 cased; compare without case.
+K_TOKENIZATION_OF_ADDRESS = """
+SELECT id FROM tokenizations
+WHERE lower(token_address) = lower($1) OR lower(distributor_address) = lower($1)
+LIMIT 1
+"""
+
+APPROVE_USER = """
+INSERT INTO users (id, kyc_status, wallet_address) VALUES ($1, 'approved', $2)
+ON CONFLICT (id) DO UPDATE
+SET kyc_status = 'approved', wallet_address = COALESCE($2, users.wallet_address), updated_at = now()
+RETURNING wallet_address
+"""
+
+PARKED_OF_USER = """
+SELECT event_id, payload::text AS payload FROM distributions
+WHERE user_id = $1 AND state = 'awaiting_kyc'
+"""
+
+# --- dlq redrive -------------------------------------------------------------------------
+
+STORED_DEAD_LETTER = """
+SELECT stored_key, stored_value, stored_headers::text AS stored_headers FROM dead_letters
+WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND stored
+"""
