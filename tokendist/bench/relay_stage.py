@@ -32,7 +32,7 @@ async def run(
     await sandbox.warmed_topic(settings)
     started_at = await pool.fetchval("SELECT clock_timestamp()")
     stop = asyncio.Event()
-    relay = Relay(settings, stop)
+    relay = Relay(settings.relay(), stop)
     start = time.perf_counter()
     task = asyncio.create_task(relay.run(), name="relay")
     try:

@@ -46,7 +46,7 @@ async def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
 
     stop = asyncio.Event()
     with stop_on_signals(stop):
-        await Relay(settings, stop).run()
+        await Relay(settings.relay(), stop).run()
     return 0
 
 
@@ -58,7 +58,7 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"consumer_instance_id": args.instance_id})
     stop = asyncio.Event()
     with stop_on_signals(stop):
-        await Runner(settings, stop).run()
+        await Runner(settings.consumer(), stop).run()
     return 0
 
 
@@ -72,7 +72,7 @@ async def cmd_webhook(args: argparse.Namespace, settings: Settings) -> int:
         )
     stop = asyncio.Event()
     with _listening(settings.webhook_host, settings.webhook_port) as sock, stop_on_signals(stop):
-        await WebhookServer(settings, stop, sock=sock).run()
+        await WebhookServer(settings.webhook(), stop, sock=sock).run()
     return 0
 
 

@@ -28,7 +28,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from tokendist.core import kafka
-from tokendist.core.settings import Settings
+from tokendist.core.settings import ConsumerSettings
 
 log = structlog.get_logger("tokendist.consumer")
 
@@ -36,7 +36,7 @@ HEARTBEAT_INTERVAL_MS = 2_000
 LEAVE_TIMEOUT_MS = 5_000  # a leave that cannot be sent is only a session timeout's wait
 
 
-def group_options(settings: Settings) -> dict[str, Any]:
+def group_options(settings: ConsumerSettings) -> dict[str, Any]:
     """The consumer's group arguments (``AIOKafkaConsumer``'s names)."""
     return {
         "group_id": settings.consumer_group,
@@ -47,7 +47,7 @@ def group_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def close(consumer: AIOKafkaConsumer, settings: Settings) -> None:
+async def close(consumer: AIOKafkaConsumer, settings: ConsumerSettings) -> None:
     """Close the consumer; a static member then leaves the group explicitly."""
     # aiokafka forgets the member id on close and offers no public getter for it.
     member_id: str = consumer._coordinator.member_id if consumer._coordinator else ""
@@ -57,7 +57,7 @@ async def close(consumer: AIOKafkaConsumer, settings: Settings) -> None:
         await leave(settings, member_id, instance)
 
 
-async def leave(settings: Settings, member_id: str, instance: str) -> None:
+async def leave(settings: ConsumerSettings, member_id: str, instance: str) -> None:
     """Best effort: a member that could not leave is dropped at the session timeout."""
     client = AIOKafkaClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=LEAVE_TIMEOUT_MS

@@ -25,7 +25,7 @@ from tokendist.consumer.states import State
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, ChainUnavailable, InvalidEvent
 from tokendist.core.failpoints import Failpoints
-from tokendist.core.settings import Settings
+from tokendist.core.settings import ConsumerSettings
 from tokendist.schemas import PaymentConfirmedV1, parse_event
 
 log = structlog.get_logger("tokendist.processor")
@@ -45,7 +45,7 @@ class Outcome(enum.StrEnum):
 class Processor:
     def __init__(
         self,
-        settings: Settings,
+        settings: ConsumerSettings,
         repo: DistributionStore,
         chain: OperatorChain,
         dead_letters: DeadLetterSink,

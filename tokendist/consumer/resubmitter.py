@@ -14,13 +14,15 @@ import structlog
 from tokendist.consumer.ports import DistributionStore, OperatorChain
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, TransientError
-from tokendist.core.settings import Settings
+from tokendist.core.settings import ConsumerSettings
 
 log = structlog.get_logger("tokendist.resubmitter")
 
 
 class Resubmitter:
-    def __init__(self, settings: Settings, repo: DistributionStore, chain: OperatorChain) -> None:
+    def __init__(
+        self, settings: ConsumerSettings, repo: DistributionStore, chain: OperatorChain
+    ) -> None:
         self.settings = settings
         self.repo = repo
         self.chain = chain

@@ -33,7 +33,7 @@ from tokendist.core import kafka, metrics
 from tokendist.core.errors import TransientError
 from tokendist.core.failpoints import Failpoints
 from tokendist.core.retry import StoppedWhileWaiting, until_available
-from tokendist.core.settings import Settings
+from tokendist.core.settings import ConsumerSettings
 
 log = structlog.get_logger("tokendist.consumer")
 
@@ -61,7 +61,7 @@ class RunnerState(enum.Enum):
 
 
 class Runner:
-    def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
+    def __init__(self, settings: ConsumerSettings, stop: asyncio.Event) -> None:
         self.settings = settings
         self.stop = stop
         self.state = RunnerState.NEW

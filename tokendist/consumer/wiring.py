@@ -21,7 +21,7 @@ from tokendist.consumer.repository import Repository
 from tokendist.consumer.resubmitter import Resubmitter
 from tokendist.core import db, kafka
 from tokendist.core.retry import until_available
-from tokendist.core.settings import Settings
+from tokendist.core.settings import ConsumerSettings
 
 log = structlog.get_logger("tokendist.consumer")
 
@@ -38,7 +38,9 @@ class Consumer:
     resubmitter: Resubmitter
 
 
-async def build(settings: Settings, stop: asyncio.Event, resources: AsyncExitStack) -> Consumer:
+async def build(
+    settings: ConsumerSettings, stop: asyncio.Event, resources: AsyncExitStack
+) -> Consumer:
     rpc_url, key = settings.require_chain()
     s = settings
     pool = await until_available(

@@ -24,7 +24,7 @@ from aiokafka.errors import (
 )
 
 from tokendist.core.errors import BrokerUnavailable, RecordRejected
-from tokendist.core.settings import Settings
+from tokendist.core.settings import KafkaSettings
 
 log = structlog.get_logger("tokendist.kafka")
 
@@ -137,7 +137,7 @@ async def close(client: Client) -> None:
         log.warning("kafka_close_failed", client=type(client).__name__, error=repr(exc))
 
 
-def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer: acks from all in-sync replicas, no reordering on retry."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
@@ -151,7 +151,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-async def ensure_topics(settings: Settings) -> None:
+async def ensure_topics(settings: KafkaSettings) -> None:
     """Create the event topic and its dead-letter topic when missing."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
@@ -196,7 +196,9 @@ class Reader:
     start, and to read (or, for a stopped group, move) ``group``'s committed offsets.
     Started on entering ``async with``, stopped on leaving it."""
 
-    def __init__(self, settings: Settings, *, group: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, settings: KafkaSettings, *, group: str | None = None, **options: Any
+    ) -> None:
         self.client = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=group,

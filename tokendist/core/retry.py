@@ -16,7 +16,7 @@ import structlog
 
 from tokendist.core.errors import StoppedWhileWaiting as StoppedWhileWaiting  # noqa: PLC0414 -- still importable from here
 from tokendist.core.errors import TransientError
-from tokendist.core.settings import Settings
+from tokendist.core.settings import ServiceSettings
 from tokendist.core.signals import pause
 
 log = structlog.get_logger("tokendist.retry")
@@ -31,7 +31,7 @@ def backoff(attempt: int, base_s: float, cap_s: float) -> float:
 
 
 async def until_available(
-    what: str, op: Callable[[], Awaitable[T]], settings: Settings, stop: asyncio.Event
+    what: str, op: Callable[[], Awaitable[T]], settings: ServiceSettings, stop: asyncio.Event
 ) -> T:
     """``op()`` retried on ``TransientError`` until it succeeds or ``stop`` is set (then
     ``StoppedWhileWaiting``: SIGTERM during an outage is a clean exit, not an error)."""

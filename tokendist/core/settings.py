@@ -1,15 +1,26 @@
-"""The one settings object, read from ``TOKENDIST_*`` environment variables.
+"""The one settings object, read from ``TOKENDIST_*`` environment variables, in sections.
 
-Built once in the CLI and passed down; nothing else reads the environment.
+Built once in the CLI; nothing else reads the environment. Each long-running component is
+handed only its section: the consumer never holds a payment provider's secret, the
+webhook receiver never holds the operator key. The variables stay flat (one name each,
+as the README and the compose file list them); the sections group them in code.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal, TypeAlias
+from typing import Literal, Self, TypeAlias, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Defined with the rest of the tree; importable from here, beside the settings it is about.
@@ -41,40 +52,49 @@ def instance_id(value: str) -> str:
     return value
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True
-    )
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
+    def _require(self, *names: str) -> None:
+        missing = [f"{ENV_PREFIX}{n.upper()}" for n in names if getattr(self, n) is None]
+        if missing:
+            raise SettingsError(f"set {' and '.join(missing)} ({LOCAL_HINT})")
+
+
+class DatabaseSettings(_Section):
     database_url: str = Field(description="PostgreSQL DSN")
-    kafka_bootstrap: str = Field(description="comma-separated Kafka bootstrap servers")
-    rpc_url: str | None = Field(default=None, description="Ethereum JSON-RPC URL")
-    operator_key: SecretStr | None = Field(
-        default=None, description="hex private key of the distributor's operator"
-    )
-    deployer_key: SecretStr | None = Field(
-        default=None, description="hex private key that deploys contracts and owns them"
-    )
 
+
+class KafkaSettings(_Section):
+    kafka_bootstrap: str = Field(description="comma-separated Kafka bootstrap servers")
     topic: str = "payments.confirmed"
     topic_partitions: int = Field(default=16, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1, le=5)
-    consumer_group: str = "tokendist-distributor"
-    # Static membership (KIP-345): a member restarted with the same id takes its partitions
-    # back without a rebalance. Unique per live member (two with one id fence each other):
-    # a StatefulSet pod name, say. Unset: a dynamic member, new to the group at each start.
-    consumer_instance_id: str | None = None
-    # How long a silent member keeps its partitions: the pause after a consumer crash.
-    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
-    # The fetch loop polls every 200 ms whatever the workers do, so this only bounds a
-    # wedged event loop; it never has to cover a slow chain call.
-    max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
 
-    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
-    relay_poll_interval_s: float = Field(default=1.0, gt=0)
-    relay_retention_s: int = Field(default=7 * 24 * 3600, ge=0)
-    relay_standby_retry_s: float = Field(default=1.0, gt=0)
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
 
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+
+class ServiceSettings(_Section):
+    """What every long-running process shares: how it waits for a dependency, where it
+    serves its metrics, how long it drains on SIGTERM."""
+
+    retry_base_s: float = Field(default=0.2, gt=0)
+    retry_cap_s: float = Field(default=10.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # How long SIGTERM (or a rebalance) waits for the work in hand.
+    shutdown_grace_s: float = Field(default=15.0, gt=0)
+
+
+class ChainSettings(_Section):
+    """The node, and how transactions are sent to it and confirmed."""
+
+    rpc_url: str | None = Field(default=None, description="Ethereum JSON-RPC URL")
     confirmations: int = Field(default=1, ge=1, le=64)
     priority_fee_wei: int = Field(default=1_000_000_000, ge=0)
     max_fee_wei: int = Field(default=500_000_000_000, gt=0)
@@ -85,20 +105,58 @@ class Settings(BaseSettings):
     max_inflight_per_sender: int = Field(default=16, ge=1, le=64)
     resubmit_interval_s: float = Field(default=5.0, gt=0)
 
+
+class ConsumerSettings(DatabaseSettings, KafkaSettings, ServiceSettings, ChainSettings):
+    """``tokendist consume``: all a group member is given (no payment-provider secret)."""
+
+    operator_key: SecretStr | None = Field(
+        default=None, description="hex private key of the distributor's operator"
+    )
+    consumer_group: str = "tokendist-distributor"
+    # Static membership (KIP-345): a member restarted with the same id takes its partitions
+    # back without a rebalance. Unique per live member (two with one id fence each other):
+    # a StatefulSet pod name, say. Unset: a dynamic member, new to the group at each start.
+    consumer_instance_id: str | None = None
+    # How long a silent member keeps its partitions: the pause after a consumer crash.
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    # The fetch loop polls every 200 ms whatever the workers do, so this only bounds a
+    # wedged event loop; it never has to cover a slow chain call.
+    max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
     max_partition_buffer: int = Field(default=200, ge=1)
     # Records of one partition in progress at once; one user's records never overlap.
     partition_window: int = Field(default=16, ge=1, le=1024)
-    retry_base_s: float = Field(default=0.2, gt=0)
-    retry_cap_s: float = Field(default=10.0, gt=0)
     # Unexpected errors (never outages) a record may cause before it is parked as
     # processing_error: with the backoff above, about a minute of trying.
     park_after_errors: int = Field(default=10, ge=1, le=1000)
-    shutdown_grace_s: float = Field(default=15.0, gt=0)
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    failpoints: str = Field(default="", description="test only: see tokendist/failpoints.py")
+    failpoints: str = Field(default="", description="test only: see tokendist/core/failpoints.py")
 
-    # The webhook receiver (tokendist webhook). Paystack signs with the merchant's secret
-    # key; the key's mode is the only mode whose payments are accepted.
+    @field_validator("consumer_instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        return None if value is None else instance_id(value)
+
+    def require_chain(self) -> tuple[str, SecretStr]:
+        """The RPC URL and operator key, or an error that says which variable to set."""
+        self._require("rpc_url", "operator_key")
+        assert self.rpc_url is not None
+        assert self.operator_key is not None
+        return self.rpc_url, self.operator_key
+
+
+class RelaySettings(DatabaseSettings, KafkaSettings, ServiceSettings):
+    """``tokendist relay``."""
+
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_poll_interval_s: float = Field(default=1.0, gt=0)
+    relay_retention_s: int = Field(default=7 * 24 * 3600, ge=0)
+    relay_standby_retry_s: float = Field(default=1.0, gt=0)
+
+
+class WebhookSettings(DatabaseSettings, ServiceSettings):
+    """``tokendist webhook``: the payment providers' secrets live here only. Paystack signs
+    with the merchant's secret key; the key's mode is the only mode whose payments are
+    accepted."""
+
     paystack_secret_key: SecretStr | None = Field(
         default=None, description="sk_live_... or sk_test_...: verifies webhook signatures"
     )
@@ -117,17 +175,12 @@ class Settings(BaseSettings):
     checkout_api_key: SecretStr | None = Field(
         default=None, description="enables POST /investments for callers presenting it"
     )
-    # Connection limits (tokendist/webhook/server.py): a client sending slowly, or not at all, is
-    # cut off instead of holding a connection; connections past the cap get 503 at once.
+    # Connection limits (tokendist/webhook/server.py): a client sending slowly, or not at
+    # all, is cut off instead of holding a connection; past the cap it gets 503 at once.
     webhook_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     webhook_body_timeout_s: float = Field(default=10.0, gt=0, le=300)
     webhook_keepalive_s: int = Field(default=5, ge=1, le=300)
     webhook_max_connections: int = Field(default=256, ge=1, le=100_000)
-
-    @field_validator("consumer_instance_id")
-    @classmethod
-    def _instance_id(cls, value: str | None) -> str | None:
-        return None if value is None else instance_id(value)
 
     @field_validator("webhook_allowed_ips", "webhook_trusted_proxies")
     @classmethod
@@ -136,7 +189,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _key_matches_mode(self) -> Settings:
+    def _key_matches_mode(self) -> Self:
         secret = self.paystack_secret_key
         key = "" if secret is None else secret.get_secret_value()
         if key.startswith(("sk_live_", "sk_test_")) and not key.startswith(
@@ -148,6 +201,40 @@ class Settings(BaseSettings):
             )
         return self
 
+    def require_webhook(self) -> SecretStr:
+        self._require("paystack_secret_key")
+        assert self.paystack_secret_key is not None
+        return self.paystack_secret_key
+
+
+S = TypeVar("S", bound=_Section)
+
+
+class Settings(BaseSettings, ConsumerSettings, RelaySettings, WebhookSettings):
+    """Every variable, read once by the CLI; each long-running component is handed only
+    its own section (``consumer()``, ``relay()``, ``webhook()``). One-shot operator tools
+    and the demo kit take the whole object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True
+    )
+
+    deployer_key: SecretStr | None = Field(
+        default=None, description="hex private key that deploys contracts and owns them"
+    )
+
+    def consumer(self) -> ConsumerSettings:
+        return self._section(ConsumerSettings)
+
+    def relay(self) -> RelaySettings:
+        return self._section(RelaySettings)
+
+    def webhook(self) -> WebhookSettings:
+        return self._section(WebhookSettings)
+
+    def _section(self, section: type[S]) -> S:
+        return section.model_validate({name: getattr(self, name) for name in section.model_fields})
+
     def as_env(self) -> dict[str, str]:
         """These settings as the environment of a child ``tokendist`` process."""
         env = {}
@@ -157,36 +244,11 @@ class Settings(BaseSettings):
                 env[f"{ENV_PREFIX}{name.upper()}"] = str(plain)
         return env
 
-    @property
-    def dlq_topic(self) -> str:
-        return f"{self.topic}.dlq"
-
-    @property
-    def bootstrap_servers(self) -> list[str]:
-        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
-
-    def require_chain(self) -> tuple[str, SecretStr]:
-        """The RPC URL and operator key, or an error that says which variable to set."""
-        self._require("rpc_url", "operator_key")
-        assert self.rpc_url is not None
-        assert self.operator_key is not None
-        return self.rpc_url, self.operator_key
-
     def require_deployer(self) -> tuple[str, SecretStr]:
         self._require("rpc_url", "deployer_key")
         assert self.rpc_url is not None
         assert self.deployer_key is not None
         return self.rpc_url, self.deployer_key
-
-    def require_webhook(self) -> SecretStr:
-        self._require("paystack_secret_key")
-        assert self.paystack_secret_key is not None
-        return self.paystack_secret_key
-
-    def _require(self, *names: str) -> None:
-        missing = [f"{ENV_PREFIX}{n.upper()}" for n in names if getattr(self, n) is None]
-        if missing:
-            raise SettingsError(f"set {' and '.join(missing)} ({LOCAL_HINT})")
 
 
 def load_settings(**overrides: object) -> Settings:

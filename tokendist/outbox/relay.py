@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from tokendist.core import db, kafka, metrics
 from tokendist.core.errors import BrokerUnavailable, TransientError
 from tokendist.core.retry import backoff
-from tokendist.core.settings import Settings
+from tokendist.core.settings import RelaySettings
 from tokendist.core.signals import pause
 from tokendist.outbox import queries
 
@@ -51,7 +51,7 @@ class RelayState(enum.Enum):
 
 
 class Relay:
-    def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
+    def __init__(self, settings: RelaySettings, stop: asyncio.Event) -> None:
         self.settings = settings
         self.stop = stop
         self.state = RelayState.NEW

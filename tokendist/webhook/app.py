@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from tokendist.core import db, metrics
 from tokendist.core.errors import CheckoutRefused, MalformedPayload, RequestRefused, TransientError
-from tokendist.core.settings import Settings, ip_networks
+from tokendist.core.settings import WebhookSettings, ip_networks
 from tokendist.webhook import jsonbody, senders
 from tokendist.webhook.checkout import PendingInvestment, create_pending_investment
 from tokendist.webhook.providers import registry
@@ -41,7 +41,7 @@ POOL_SIZE = 10
 class _Endpoints:
     """The endpoints, holding what they share: settings, providers, the pool, the receiver."""
 
-    def __init__(self, settings: Settings, providers: Sequence[PaymentProvider]) -> None:
+    def __init__(self, settings: WebhookSettings, providers: Sequence[PaymentProvider]) -> None:
         self.settings = settings
         self.providers = _by_name(providers)
         self.allowlist = ip_networks(settings.webhook_allowed_ips)
@@ -159,7 +159,7 @@ async def healthz(request: Request) -> Response:
 
 
 def create_app(
-    settings: Settings, *, providers: Sequence[PaymentProvider] | None = None
+    settings: WebhookSettings, *, providers: Sequence[PaymentProvider] | None = None
 ) -> Starlette:
     """The receiver for ``settings``, with the providers they enable unless ``providers``
     are given (tests plug in their own).

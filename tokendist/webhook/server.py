@@ -29,7 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tokendist.core import metrics
-from tokendist.core.settings import Settings
+from tokendist.core.settings import WebhookSettings
 from tokendist.webhook.app import create_app
 from tokendist.webhook.providers.base import PaymentProvider
 
@@ -123,7 +123,7 @@ class WebhookServer:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WebhookSettings,
         stop: asyncio.Event,
         *,
         sock: socket.socket | None = None,

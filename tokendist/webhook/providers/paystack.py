@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from pydantic import SecretStr
 
-from tokendist.core.settings import Settings
+from tokendist.core.settings import WebhookSettings
 from tokendist.webhook import paystack
 from tokendist.webhook.providers.base import Domain, Notice, Verification
 from tokendist.webhook.verifier import PaystackVerifier
@@ -26,7 +26,7 @@ class Paystack:
         self._verifier = verifier
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Paystack:
+    def from_settings(cls, settings: WebhookSettings) -> Paystack:
         secret = settings.require_webhook()
         verifier = (
             PaystackVerifier(settings.paystack_api_url, secret)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tokendist.core.settings import Settings
+from tokendist.core.settings import WebhookSettings
 from tokendist.webhook.providers.base import PaymentProvider
 from tokendist.webhook.providers.paystack import Paystack
 
 
-def enabled(settings: Settings) -> list[PaymentProvider]:
+def enabled(settings: WebhookSettings) -> list[PaymentProvider]:
     """Every provider whose secret is set (Paystack: ``TOKENDIST_PAYSTACK_SECRET_KEY``).
 
     Raises ``SettingsError`` naming what to set when none is: a receiver answering every
