@@ -83,10 +83,8 @@ class DeadLetters:
             await self._keep_in_database(record, at, headers, "neither key nor value")
         else:
             try:
-                await kafka.guarded(
-                    lambda: self.producer.send_and_wait(
-                        self.topic, value=record.value, key=record.key, headers=headers
-                    )
+                await kafka.send(
+                    self.producer, self.topic, kafka.Message(record.key, record.value, headers)
                 )
             except RecordRejected as exc:
                 await self._keep_in_database(record, at, headers, str(exc))
@@ -100,10 +98,8 @@ class DeadLetters:
         pointer = [(k, v) for k, v in headers if k.startswith("dlq.")]
         pointer.append((STORED_HEADER, STORED_IN.encode()))
         where = {"stored_in": "postgresql", "table": "dead_letters", **asdict(at)}
-        await kafka.guarded(
-            lambda: self.producer.send_and_wait(
-                self.topic, value=json.dumps(where).encode(), key=None, headers=pointer
-            )
+        await kafka.send(
+            self.producer, self.topic, kafka.Message(None, json.dumps(where).encode(), pointer)
         )
         metrics.DEAD_LETTERS_STORED.inc()
         log.error(

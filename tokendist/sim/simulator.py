@@ -190,7 +190,5 @@ class Simulator:
                 self.tally.duplicates += 1
         if plan.invalid_every and i % plan.invalid_every == plan.invalid_every - 1:
             garbage = GARBAGE[rng.randrange(len(GARBAGE))]
-            await kafka.guarded(
-                lambda: producer.send_and_wait(self.settings.topic, garbage, key=b"broken")
-            )
+            await kafka.send(producer, self.settings.topic, kafka.Message(b"broken", garbage, []))
             self.tally.invalid += 1

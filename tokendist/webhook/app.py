@@ -121,7 +121,7 @@ class _Endpoints:
             return refusal(exc.status, exc.reason, exc.detail)
         try:
             async with asyncio.timeout(self.settings.webhook_deadline_s):
-                created = await db.guarded(lambda: self._create(order))
+                created = await self._create(order)
         except CheckoutRefused as exc:
             code = 409 if exc.reason == "conflict" else 422
             return refusal(code, exc.reason, exc.detail)
@@ -150,7 +150,7 @@ class _Endpoints:
 
     async def _create(self, order: PendingInvestment) -> bool:
         assert self._pool is not None
-        async with self._pool.acquire() as conn:
+        async with db.Database(self._pool).connection() as conn:
             return await create_pending_investment(conn, order)
 
 
