@@ -42,7 +42,10 @@ class State(enum.StrEnum):
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.RECEIVED: frozenset({State.AWAITING_KYC, State.SIGNED, State.FAILED}),
     State.AWAITING_KYC: frozenset({State.SIGNED, State.FAILED}),
-    State.SIGNED: frozenset({State.SUBMITTED, State.CONFIRMED, State.FAILED}),
+    # Never to failed: the nonce is spent in our books, and failing a transaction that was
+    # never broadcast would leave a gap that blocks every later one. Only a submitted one
+    # fails (a revert, or its nonce consumed by another transaction).
+    State.SIGNED: frozenset({State.SUBMITTED, State.CONFIRMED}),
     State.SUBMITTED: frozenset({State.CONFIRMED, State.FAILED}),
     State.CONFIRMED: frozenset({State.CREDITED}),
     State.CREDITED: frozenset(),
