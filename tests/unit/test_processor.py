@@ -43,6 +43,7 @@ from tokendist.consumer.states import TRANSITIONS, State
 from tokendist.core.errors import ChainUnavailable, DatabaseUnavailable, TransientError
 from tokendist.ops.reconcile import Reconciler, Reconciliation
 from tokendist.ops.repository import ToolRepository
+from tokendist.schemas import PaymentConfirmedV1
 
 R, KYC, SIGNED, SUBMITTED, CONFIRMED, CREDITED, FAILED = (
     State.RECEIVED,
@@ -78,6 +79,16 @@ def _no_receipt_gathering(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(head, "GATHER_S", 0)
 
 
+def approved_payment() -> tuple[
+    FakeRepository, FakeChain, FakeDeadLetters, PaymentConfirmedV1, FakeRecord
+]:
+    """The usual start: an approved investor and one confirmed payment of theirs."""
+    repo, chain, dlq = world()
+    repo.approve("user-1")
+    event, record = confirmed_payment(repo)
+    return repo, chain, dlq, event, record
+
+
 def processor(
     repo: FakeRepository, chain: FakeChain, dlq: FakeDeadLetters, **changes: Any
 ) -> Processor:
@@ -97,9 +108,7 @@ def test_the_paths_walk_every_transition_of_the_table() -> None:
 
 
 async def test_a_confirmed_payment_is_signed_once_sent_confirmed_and_credited() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
 
     assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
 
@@ -160,9 +169,7 @@ async def test_a_receipt_is_confirmed_only_once_enough_blocks_are_on_top(
 async def test_a_restart_resumes_from_the_stored_state_without_signing_again(
     crashed_after: State,
 ) -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     repo.crash_after = crashed_after
     with pytest.raises(Crashed):
         await processor(repo, chain, dlq).handle(record)
@@ -264,9 +271,7 @@ async def test_an_approval_with_another_wallet_fails_the_parked_event() -> None:
 
 
 async def test_a_call_the_chain_would_revert_fails_before_signing_and_spends_no_nonce() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     chain.estimate_refusal = "reverted: AlreadyPaid"
 
     assert await processor(repo, chain, dlq).handle(record) is Outcome.FAILED
@@ -279,9 +284,7 @@ async def test_a_call_the_chain_would_revert_fails_before_signing_and_spends_no_
 
 
 async def test_a_refused_broadcast_is_retried_as_an_outage_never_signed_again() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     chain.send_refusal = "insufficient funds for gas"
 
     with pytest.raises(ChainUnavailable, match="insufficient funds"):
@@ -295,9 +298,7 @@ async def test_a_refused_broadcast_is_retried_as_an_outage_never_signed_again() 
 
 
 async def test_a_reverted_transaction_fails_retryably() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     chain.reverting = True
 
     assert await processor(repo, chain, dlq).handle(record) is Outcome.FAILED
@@ -313,9 +314,7 @@ async def test_a_reverted_transaction_fails_retryably() -> None:
 
 
 async def test_a_nonce_consumed_by_a_transaction_we_did_not_sign_fails_for_a_human() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     chain.mined_nonce = 1  # someone else used the key: nonce 0 is mined, not by us
     chain.mine_on_send = False
 
@@ -333,9 +332,7 @@ async def test_a_nonce_consumed_by_a_transaction_we_did_not_sign_fails_for_a_hum
 async def test_an_outage_propagates_for_the_worker_to_retry_and_moves_nothing(
     outage: str,
 ) -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     if outage == "node down after signing":
         repo.crash_after = SIGNED
         with pytest.raises(Crashed):
@@ -360,9 +357,7 @@ async def test_an_outage_propagates_for_the_worker_to_retry_and_moves_nothing(
 
 
 async def test_a_stale_state_is_reloaded_and_driven_from_what_is_stored() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     repo.crash_after = SIGNED
     with pytest.raises(Crashed):
         await processor(repo, chain, dlq).handle(record)
@@ -380,9 +375,7 @@ async def test_a_stale_state_is_reloaded_and_driven_from_what_is_stored() -> Non
 
 
 async def test_two_workers_racing_on_one_event_sign_and_credit_it_once() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     first, second = processor(repo, chain, dlq), processor(repo, chain, dlq)
 
     with capture_logs() as logs:
@@ -475,9 +468,7 @@ async def test_a_second_event_for_a_paid_investment_is_dead_lettered() -> None:
 
 
 async def test_an_event_id_seen_before_with_other_content_is_dead_lettered() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
     other = event.model_copy(update={"data": event.data.model_copy(update={"tokens": 1})})
     repo.confirmations[event.event_id] = confirmation_of(other)
@@ -490,9 +481,7 @@ async def test_an_event_id_seen_before_with_other_content_is_dead_lettered() -> 
 async def test_a_transaction_mined_while_the_event_stayed_signed_is_settled_by_reconcile() -> None:
     """A crash between storing and broadcasting: the resubmitter sends the stored bytes, and
     ``tokendist reconcile`` (or the event's redelivery) finds them mined."""
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
+    repo, chain, dlq, event, record = approved_payment()
     repo.crash_after = SIGNED
     with pytest.raises(Crashed):
         await processor(repo, chain, dlq).handle(record)
