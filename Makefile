@@ -7,7 +7,7 @@ STACK   := bash stack/stack.sh
 ENV     := eval "$$($(STACK) env)"
 PYTEST_WORKERS ?= 2
 
-.PHONY: deps stack-up stack-down lint test test-unit demo faults bench bench-webhook clean
+.PHONY: deps producer-deps stack-up stack-down lint test test-unit demo faults bench bench-webhook clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 deps: $(STAMP)
+
+# The TypeScript producer's packages (pg, typescript), exactly as package-lock.json pins
+# them; from npm's cache when offline.
+producer-deps:
+	cd tests/producers/typescript && npm ci --silent --no-audit --no-fund --prefer-offline
 
 stack-up: deps
 	$(STACK) up
@@ -32,7 +37,7 @@ lint: deps
 
 # The tests: unit, then integration in parallel, then the tests that restart shared
 # services (broker, database, node) and the seeded fault campaign, which must run alone.
-test: deps stack-up lint
+test: deps producer-deps stack-up lint
 	$(ENV) && $(BIN)/pytest tests/unit -q
 	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -n $(PYTEST_WORKERS) -m "not disruptive"
 	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -m disruptive
