@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tests.integration import harness
+from tokendist.core import db
 from tokendist.outbox import enqueue
 from tokendist.schemas import PaymentConfirmedV1, parse_event
 
@@ -169,14 +170,14 @@ def schema_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc[:2]) if loc[0] == "data" else str(loc[0])
 
 
-async def read_back(conn: asyncpg.Connection, event_id: uuid.UUID) -> Accepted:
+async def read_back(conn: db.Connection, event_id: uuid.UUID) -> Accepted:
     row = await conn.fetchrow(READ_BACK, event_id)
     assert row is not None
     assert row["confirmed"] == row["published"]  # the authority check compares these
     return Accepted(parse_event(row["published"].encode()), row["published"], row["headers"])
 
 
-async def through_python(conn: asyncpg.Connection, case: Case) -> Accepted | Refused:
+async def through_python(conn: db.Connection, case: Case) -> Accepted | Refused:
     fields = asdict(case)
     doc = {"event_id": fields.pop("event_id"), "occurred_at": fields.pop("occurred_at")}
     try:
@@ -192,7 +193,7 @@ async def through_python(conn: asyncpg.Connection, case: Case) -> Accepted | Ref
         await tx.rollback()
 
 
-async def through_sql(conn: asyncpg.Connection, case: Case) -> Accepted | Refused:
+async def through_sql(conn: db.Connection, case: Case) -> Accepted | Refused:
     tx = conn.transaction()
     await tx.start()
     try:
@@ -202,7 +203,7 @@ async def through_sql(conn: asyncpg.Connection, case: Case) -> Accepted | Refuse
         return await read_back(conn, case.event_id)
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == "TD001":
-            return Refused(frozenset({exc.column_name}))
+            return Refused(frozenset({exc.column_name or ""}))
         # A text value cannot carry NUL: the server refuses it before the function runs.
         if exc.sqlstate == "22021" and any("\x00" in str(v) for v in asdict(case).values()):
             return Refused(frozenset())
@@ -211,7 +212,7 @@ async def through_sql(conn: asyncpg.Connection, case: Case) -> Accepted | Refuse
         await tx.rollback()
 
 
-async def compare(conn: asyncpg.Connection, case: Case) -> str:
+async def compare(conn: db.Connection, case: Case) -> str:
     python, sql = await through_python(conn, case), await through_sql(conn, case)
     if isinstance(python, Refused):
         assert isinstance(sql, Refused), f"SQL accepted what Python refuses: {python}"

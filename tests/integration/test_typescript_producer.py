@@ -51,6 +51,7 @@ def run_typescript_producer(settings: Settings, fixture: dict[str, str]) -> None
     assert done.returncode == 0, (
         f"node --test failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     )
+    assert "# pass 4" in done.stdout, done.stdout[-3000:]  # every test ran, none was skipped
 
 
 async def test_typescript_producer_pays_exactly_what_it_committed(
