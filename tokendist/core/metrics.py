@@ -66,6 +66,14 @@ OUTBOX_OLDEST = Gauge(
 )
 
 
+def forget_partition(partition: int) -> None:
+    """Stop reporting a partition this process no longer owns: its last lag and retrying
+    age would otherwise stay exported, unchanging, and alert forever."""
+    for gauge in (LAG, RETRYING):
+        with contextlib.suppress(KeyError):
+            gauge.remove(str(partition))
+
+
 async def serve(port: int, ready: Callable[[], bool]) -> None:
     """Serve until cancelled. ``ready`` says whether this process can take work now."""
 
