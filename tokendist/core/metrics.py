@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable
 
 import structlog
@@ -55,6 +56,7 @@ INFLIGHT_CAP = Gauge(
 OPERATOR_GAS = Gauge(
     "tokendist_operator_gas_wei", "The operator's ETH balance in wei, as of the last sweep"
 )
+OPERATOR_GAS.set(math.nan)  # unknown until the first sweep: no "gas low" alert from a 0
 NONCE_GAP = Gauge(
     "tokendist_nonce_gap", "Nonces reserved in PostgreSQL but not yet seen by the node"
 )
