@@ -7,7 +7,7 @@ STACK   := bash stack/stack.sh
 ENV     := eval "$$($(STACK) env)"
 PYTEST_WORKERS ?= 2
 
-.PHONY: deps producer-deps stack-up stack-down lint test test-unit demo faults bench bench-webhook clean
+.PHONY: deps producer-deps stack-up stack-down lint alerts-check test test-unit demo faults bench bench-webhook clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,12 +28,18 @@ stack-up: deps
 stack-down:
 	$(STACK) down
 
-lint: deps
+lint: deps alerts-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	$(BIN)/lint-imports
 	cd contracts && npm ci --silent --no-audit --no-fund && node compile.mjs --check
+
+# The alert rules parse, and each fires (and holds back) as monitoring/alerts_test.yml says.
+alerts-check:
+	@command -v promtool >/dev/null || { echo "promtool missing: apt-get install prometheus (Debian)"; exit 1; }
+	promtool check rules monitoring/alerts.yml
+	promtool test rules monitoring/alerts_test.yml
 
 # The tests: unit, then integration in parallel, then the tests that restart shared
 # services (broker, database, node) and the seeded fault campaign, which must run alone.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,12 @@ from tokendist.schemas import PaymentConfirmedV1
 from tokendist.sim import payments
 
 WALLETS = [Account.create() for _ in range(64)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wallet(i: int) -> str:

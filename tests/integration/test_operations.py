@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -173,18 +172,12 @@ async def test_dlq_list_and_redrive_after_the_fix(
     assert len(await dlq_admin.read_all(settings)) == 2, "nothing new was parked"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_status_metrics_and_health_report_what_happened(
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
     n = 12
     await harness.confirm_payments(pool, tokenization, n, users=3)
-    port = free_port()
+    port = harness.free_port()
     async with harness.relay(settings):
         member = harness.Process(
             settings, "consume", extra_env={"TOKENDIST_METRICS_PORT": str(port)}

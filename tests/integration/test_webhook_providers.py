@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.integration import webhook_harness as wh
 from tests.services import Services
@@ -255,3 +256,33 @@ async def test_an_unknown_provider_is_404_with_a_reason_and_writes_nothing(
         {"error": "unknown_provider"},
     )
     assert await wh.counts(both.db) == wh.NOTHING
+
+
+async def test_answers_are_counted_by_outcome_and_timed(both: Both) -> None:
+    """What the webhook alerts read: each answer counted under its outcome or refusal
+    reason, and timed."""
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"endpoint": "webhook", **labels}) or 0.0
+
+    before = {
+        outcome: sample("tokendist_webhook_requests_total", outcome=outcome)
+        for outcome in ("confirmed", "duplicate", "bad_signature")
+    }
+    timed = sample("tokendist_webhook_request_seconds_count")
+    await pending_at(both.db, 1, "fakepay", "FP-1")
+    both.fake.answers["FP-1"] = Verification("success", 500_000, "NGN")
+    body = notice("payment.settled", "FP-1")
+    assert [(await both.fakepay(body))[0] for _ in range(2)] == [200, 200]
+    status, _ = await both.client.post("/webhooks/fakepay", body, {FAKE_HEADER: "forged"})
+    assert status == 401
+
+    after = {
+        outcome: sample("tokendist_webhook_requests_total", outcome=outcome) for outcome in before
+    }
+    assert {k: after[k] - before[k] for k in before} == {
+        "confirmed": 1,
+        "duplicate": 1,
+        "bad_signature": 1,
+    }
+    assert sample("tokendist_webhook_request_seconds_count") - timed == 3

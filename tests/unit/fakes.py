@@ -384,6 +384,7 @@ class FakeChain:
         self.id = chain_id
         self.gas = gas
         self.base = base_fee
+        self.gas_wei = 10**18  # the sender's ETH
         self.block = 1
         self.mined_nonce = 0  # the sender's count as of the latest block
         self.pool: dict[str, Signed] = {}  # broadcast, not mined
@@ -429,6 +430,10 @@ class FakeChain:
 
     async def base_fee(self) -> int:
         return (await self.latest()).base_fee
+
+    async def gas_balance(self) -> int:
+        await self._io()
+        return self.gas_wei
 
     def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
         return HexStr(f"0x{payment_id.hex()}{to.lower()[2:]}{amount:064x}")

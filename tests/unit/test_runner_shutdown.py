@@ -8,9 +8,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 
 from tests.unit.test_partition_worker import worker_for
 from tokendist.consumer.runner import Runner
+from tokendist.core import metrics
 from tokendist.core.settings import Settings
 
 SETTINGS = Settings(
@@ -63,3 +65,19 @@ async def test_shutdown_cancels_side_tasks_then_drains_workers_then_commits() ->
         "commit [(0, 42)]",
     ]
     assert runner.workers == {}
+
+
+async def test_a_released_partition_is_no_longer_reported() -> None:
+    """A partition given away keeps no lag or retrying age in this process's metrics: a
+    stale age would hold the stuck-partition alert on forever."""
+    runner = Runner(SETTINGS, asyncio.Event())
+    runner.consumer = RecordingConsumer([])
+    tp = TopicPartition("payments", 7)
+    runner.workers[tp] = worker_for(lambda record: asyncio.sleep(0))
+    metrics.LAG.labels(partition="7").set(12)
+    metrics.RETRYING.labels(partition="7").set(400)
+
+    await runner.release([tp])
+
+    for name in ("tokendist_consumer_lag", "tokendist_partition_retrying_seconds"):
+        assert REGISTRY.get_sample_value(name, {"partition": "7"}) is None

@@ -148,6 +148,10 @@ class ChainClient(Protocol):
 
     async def base_fee(self) -> int: ...
 
+    async def gas_balance(self) -> int:
+        """The sender's ETH, in wei."""
+        ...
+
     def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
         """The Distributor call paying ``amount`` to ``to`` once for ``payment_id``."""
         ...

@@ -42,7 +42,9 @@ class Resubmitter:
         reserved = await self.repo.next_nonce(chain_id, self.chain.sender)
         node_pending = await self.chain.nonce(pending=True)
         metrics.INFLIGHT.set(len(pending))
+        metrics.INFLIGHT_CAP.set(self.settings.max_inflight_per_sender)
         metrics.NONCE_GAP.set(max(0, reserved - node_pending))
+        metrics.OPERATOR_GAS.set(await self.chain.gas_balance())
         if not pending:
             return 0
         mined = await self.chain.nonce(pending=False)

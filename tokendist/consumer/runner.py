@@ -260,6 +260,7 @@ class Runner:
         for tp in owned:  # a concurrent release (SIGTERM during a revocation) may be first
             self.workers.pop(tp, None)
             self.committed.pop(tp, None)
+            metrics.forget_partition(tp.partition)
 
     async def _shutdown(self, side_tasks: list[asyncio.Task[None]]) -> None:
         self.state = RunnerState.DRAINING

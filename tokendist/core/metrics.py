@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable
 
 import structlog
@@ -48,11 +49,31 @@ RETRYING = Gauge(
 RETRIES = Counter("tokendist_retries_total", "Event processing attempts retried", ["error"])
 LAG = Gauge("tokendist_consumer_lag", "Records behind the partition's end", ["partition"])
 INFLIGHT = Gauge("tokendist_inflight_transactions", "Signed or submitted, not yet confirmed")
+# Exported so an alert compares against the configured cap instead of a copy of it.
+INFLIGHT_CAP = Gauge(
+    "tokendist_inflight_cap", "Most transactions one operator may have unconfirmed (the setting)"
+)
+OPERATOR_GAS = Gauge(
+    "tokendist_operator_gas_wei", "The operator's ETH balance in wei, as of the last sweep"
+)
+OPERATOR_GAS.set(math.nan)  # unknown until the first sweep: no "gas low" alert from a 0
 NONCE_GAP = Gauge(
     "tokendist_nonce_gap", "Nonces reserved in PostgreSQL but not yet seen by the node"
 )
 RELAY_PUBLISHED = Counter("tokendist_relay_published_total", "Outbox rows published")
 RELAY_LEADER = Gauge("tokendist_relay_leader", "1 while this relay holds the leader lock")
+OUTBOX_OLDEST = Gauge(
+    "tokendist_outbox_oldest_unpublished_seconds",
+    "Age of the oldest unpublished outbox row as of the leading relay's last poll (0: none)",
+)
+
+
+def forget_partition(partition: int) -> None:
+    """Stop reporting a partition this process no longer owns: its last lag and retrying
+    age would otherwise stay exported, unchanging, and alert forever."""
+    for gauge in (LAG, RETRYING):
+        with contextlib.suppress(KeyError):
+            gauge.remove(str(partition))
 
 
 async def serve(port: int, ready: Callable[[], bool]) -> None:
@@ -90,4 +111,17 @@ WEBHOOK_DROPPED = Counter(
     "tokendist_webhook_dropped_total",
     "Webhook server connections or requests ended before a request was read whole",
     ["reason"],
+)
+# Outcome: the answer's outcome (``confirmed``, ``duplicate``, ``flagged``, …) or its refusal
+# reason (``bad_signature``, ``sender_not_allowed``, …): both come from fixed sets in code.
+WEBHOOK_REQUESTS = Counter(
+    "tokendist_webhook_requests_total",
+    "Webhook server requests answered by an endpoint",
+    ["endpoint", "outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "tokendist_webhook_request_seconds",
+    "Time from routing a request to its answer",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30),
 )

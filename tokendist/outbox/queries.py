@@ -34,4 +34,12 @@ PRUNE_PUBLISHED = """
 DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)
 """
 
+OLDEST_UNPUBLISHED_AGE = """
+SELECT EXTRACT(EPOCH FROM now() - created_at)::float8
+FROM outbox
+WHERE published_at IS NULL
+ORDER BY seq
+LIMIT 1
+"""
+
 TRY_LEADER_LOCK = "SELECT pg_try_advisory_lock($1)"

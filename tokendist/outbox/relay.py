@@ -122,6 +122,10 @@ class Relay:
         pruned_at = 0.0
         while not self.stop.is_set():
             self._wake.clear()
+            # Measured before the claim: during a broker outage every attempt re-measures a
+            # growing age, which is what the backlog alert watches.
+            oldest = await session.fetchval(queries.OLDEST_UNPUBLISHED_AGE)
+            metrics.OUTBOX_OLDEST.set(oldest or 0.0)
             count = await self._publish_batch(session, producer)
             if time.monotonic() - pruned_at > PRUNE_EVERY_S:
                 await session.execute(queries.PRUNE_PUBLISHED, self.settings.relay_retention_s)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -65,7 +66,7 @@ class _Endpoints:
                 await provider.close()
             await pool.close()
 
-    async def webhook(self, request: Request) -> Response:
+    async def webhook(self, request: Request) -> Answer:
         provider = self.providers.get(request.path_params["provider"])
         if provider is None:
             # Not logged: the segment is the sender's text, and a 404 is no alert.
@@ -95,7 +96,7 @@ class _Endpoints:
             return refusal(400, exc.reason)
         return await self._apply(provider, notice, body)
 
-    async def _apply(self, provider: PaymentProvider, notice: Notice, body: bytes) -> Response:
+    async def _apply(self, provider: PaymentProvider, notice: Notice, body: bytes) -> Answer:
         assert self._receiver is not None
         context = {"provider": provider.name, "webhook_event": notice.event}
         try:
@@ -109,9 +110,9 @@ class _Endpoints:
             # structured line with its event (uvicorn's bare traceback would carry neither).
             log.exception("webhook_failed", **context, alert=True)
             return refusal(500, "internal_error")
-        return JSONResponse({"outcome": outcome.value})
+        return Answer({"outcome": outcome.value}, outcome=outcome.value)
 
-    async def investments(self, request: Request) -> Response:
+    async def investments(self, request: Request) -> Answer:
         key = self.settings.checkout_api_key
         if key is None or not _bearer_ok(request, key.get_secret_value()):
             return refusal(401, "unauthorized")
@@ -128,9 +129,10 @@ class _Endpoints:
         except (TransientError, TimeoutError):
             return refusal(503, "unavailable")
         log.info("investment_pending", investment_id=order.investment_id, created=created)
-        return JSONResponse(
+        return Answer(
             {"investment_id": order.investment_id, "status": "pending", "created": created},
             status_code=201 if created else 200,
+            outcome="created" if created else "existing",
         )
 
     async def _read_body(self, request: Request) -> bytes:
@@ -169,11 +171,12 @@ def create_app(
     chosen = registry.enabled(settings) if providers is None else providers
     endpoints = _Endpoints(settings, chosen)
     routes = [
-        Route("/webhooks/{provider}", endpoints.webhook, methods=["POST"]),
+        Route("/webhooks/{provider}", measured("webhook", endpoints.webhook), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     if settings.checkout_api_key is not None:
-        routes.append(Route("/investments", endpoints.investments, methods=["POST"]))
+        investments = measured("investments", endpoints.investments)
+        routes.append(Route("/investments", investments, methods=["POST"]))
     return Starlette(routes=routes, lifespan=endpoints.lifespan)
 
 
@@ -184,9 +187,32 @@ def _by_name(providers: Sequence[PaymentProvider]) -> dict[str, PaymentProvider]
     return by_name
 
 
-def refusal(status: int, reason: str, detail: object = None) -> Response:
+class Answer(JSONResponse):
+    """A JSON answer naming its outcome (or refusal reason) for the request counter."""
+
+    def __init__(self, content: object, status_code: int = 200, *, outcome: str) -> None:
+        super().__init__(content, status_code=status_code)
+        self.outcome = outcome
+
+
+def measured(
+    name: str, endpoint: Callable[[Request], Awaitable[Answer]]
+) -> Callable[[Request], Awaitable[Answer]]:
+    """``endpoint``, counting each answer by outcome and timing it."""
+
+    async def answer(request: Request) -> Answer:
+        started = time.monotonic()
+        response = await endpoint(request)
+        metrics.WEBHOOK_REQUESTS.labels(name, response.outcome).inc()
+        metrics.WEBHOOK_LATENCY.labels(name).observe(time.monotonic() - started)
+        return response
+
+    return answer
+
+
+def refusal(status: int, reason: str, detail: object = None) -> Answer:
     doc = {"error": reason} if detail is None else {"error": reason, "detail": detail}
-    return JSONResponse(doc, status_code=status)
+    return Answer(doc, status_code=status, outcome=reason)
 
 
 def _order(body: bytes) -> PendingInvestment:
