@@ -16,6 +16,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pytest
+from eth_account import Account
+from pydantic import SecretStr
+
+from tokendist.core.settings import Settings
 
 HOW_TO_START = (
     "integration tests need PostgreSQL, Apache Kafka and anvil. Start the local stack and "
@@ -74,3 +78,30 @@ def services() -> Iterator[Services]:
         return
     missing = ", ".join(n for n, v in zip(names, values, strict=True) if not v)
     pytest.fail(f"{missing} not set and no Docker engine. {HOW_TO_START}", pytrace=False)
+
+
+def settings_for_tests(
+    database_url: str, kafka_bootstrap: str, rpc_url: str, *, name: str, **overrides: object
+) -> Settings:
+    """Settings for one test or run: fresh operator and deployer keys, a topic and group of
+    its own (``name``), four partitions, and timings short enough for tests: a crashed
+    member's partitions move after 6 s, waits back off from 0.1 s up to 2 s."""
+    operator, deployer = Account.create(), Account.create()
+    options: dict[str, object] = {
+        "database_url": database_url,
+        "kafka_bootstrap": kafka_bootstrap,
+        "rpc_url": rpc_url,
+        "operator_key": SecretStr("0x" + bytes(operator.key).hex()),
+        "deployer_key": SecretStr("0x" + bytes(deployer.key).hex()),
+        "topic": f"payments.{name}",
+        "consumer_group": f"distributor.{name}",
+        "topic_partitions": 4,
+        "session_timeout_ms": 6_000,
+        "relay_poll_interval_s": 0.2,
+        "retry_base_s": 0.1,
+        "retry_cap_s": 2.0,
+        "resubmit_interval_s": 1.0,
+        "shutdown_grace_s": 5.0,
+        **overrides,
+    }
+    return Settings.model_validate(options)

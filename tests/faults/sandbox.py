@@ -15,10 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from eth_account import Account
-from pydantic import SecretStr
 
 from tests.faults.stack import Stack
 from tests.integration import harness
+from tests.services import settings_for_tests
 from tokendist.core import db
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
@@ -80,26 +80,17 @@ class World:
 def run_settings(stack: Stack, database_url: str, tag: str) -> Settings:
     """The brief's short timings: a crashed member's partitions move after 6 s, a stuck
     transaction is re-sent after 2 s and fee-bumped after 5 s."""
-    operator, deployer = Account.create(), Account.create()
-    return Settings(
-        database_url=database_url,
-        kafka_bootstrap=stack.kafka_bootstrap,
-        rpc_url=stack.rpc_url,
-        operator_key=SecretStr("0x" + bytes(operator.key).hex()),
-        deployer_key=SecretStr("0x" + bytes(deployer.key).hex()),
+    return settings_for_tests(
+        database_url,
+        stack.kafka_bootstrap,
+        stack.rpc_url,
+        name=f"faults.{tag}",
         topic=f"faults.{tag}",
         consumer_group=f"faults.{tag}",
-        topic_partitions=4,
         # With 3 brokers every partition has a copy on each, so one broker may die.
         topic_replication=stack.brokers,
-        session_timeout_ms=6_000,
-        relay_poll_interval_s=0.2,
-        retry_base_s=0.1,
-        retry_cap_s=2.0,
-        resubmit_interval_s=1.0,
         rebroadcast_after_s=2.0,
         fee_bump_after_s=5.0,
-        shutdown_grace_s=5.0,
     )
 
 

@@ -13,10 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from eth_account import Account
-from pydantic import SecretStr
 
 from tests.integration import harness
-from tests.services import Services, services
+from tests.services import Services, services, settings_for_tests
 from tokendist.core import db
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
@@ -83,28 +82,22 @@ async def _admin(stack: Services, sql: str) -> None:
 
 @pytest.fixture
 async def settings(stack: Services, database_url: str) -> Settings:
-    operator, deployer = Account.create(), Account.create()
-    await harness.fund(stack.rpc_url, operator.address, deployer.address)
-    suffix = uuid.uuid4().hex[:12]
-    return Settings(
-        database_url=database_url,
-        kafka_bootstrap=stack.kafka_bootstrap,
-        rpc_url=stack.rpc_url,
-        operator_key=SecretStr("0x" + bytes(operator.key).hex()),
-        deployer_key=SecretStr("0x" + bytes(deployer.key).hex()),
-        topic=f"payments.{suffix}",
-        consumer_group=f"distributor.{suffix}",
-        topic_partitions=4,
-        session_timeout_ms=6_000,
-        relay_poll_interval_s=0.2,
+    settings = settings_for_tests(
+        database_url,
+        stack.kafka_bootstrap,
+        stack.rpc_url,
+        name=uuid.uuid4().hex[:12],
         receipt_poll_s=0.1,
-        resubmit_interval_s=1.0,
         rebroadcast_after_s=3.0,
         fee_bump_after_s=20.0,
-        retry_base_s=0.1,
-        retry_cap_s=2.0,
-        shutdown_grace_s=5.0,
     )
+    _, operator_key = settings.require_chain()
+    _, deployer_key = settings.require_deployer()
+    await harness.fund(
+        stack.rpc_url,
+        *(Account.from_key(k.get_secret_value()).address for k in (operator_key, deployer_key)),
+    )
+    return settings
 
 
 @pytest.fixture

@@ -559,7 +559,9 @@ def payment(
     return PaymentConfirmedV1.new(occurred_at=datetime.now(UTC), **(values | data))
 
 
-def confirmation_of(event: PaymentConfirmedV1) -> Confirmation:
+def confirmation_of(event: PaymentConfirmedV1, *, keep_payload: bool = True) -> Confirmation:
+    """The row ``outbox.enqueue`` writes for ``event`` (rows older than migration 0002
+    have no payload: ``keep_payload=False``)."""
     d = event.data
     return Confirmation(
         d.investment_id,
@@ -568,7 +570,7 @@ def confirmation_of(event: PaymentConfirmedV1) -> Confirmation:
         d.tokens,
         d.provider,
         d.provider_reference,
-        event.model_dump_json(),
+        event.model_dump_json() if keep_payload else None,
     )
 
 

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.fakes import confirmation_of
 from tests.unit.test_schemas import with_data
 from tokendist.consumer import authority
-from tokendist.consumer.repository import Confirmation
 from tokendist.core.errors import InvalidEvent
-from tokendist.schemas import PaymentConfirmedV1, parse_event
+from tokendist.schemas import parse_event
 
 EVENT = parse_event(with_data())
-
-
-def confirmation_of(event: PaymentConfirmedV1, *, keep_payload: bool = True) -> Confirmation:
-    d = event.data
-    return Confirmation(
-        investment_id=d.investment_id,
-        user_id=d.user_id,
-        tokenization_id=d.tokenization_id,
-        tokens=d.tokens,
-        provider=d.provider,
-        provider_reference=d.provider_reference,
-        payload=event.model_dump_json() if keep_payload else None,
-    )
 
 
 def test_the_confirmed_payment_itself_passes() -> None:
