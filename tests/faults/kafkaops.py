@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from tokendist.core import kafka
+from tokendist.core.errors import BrokerUnavailable
 from tokendist.core.settings import Settings
 
 READ_LIMIT = 500
@@ -76,23 +76,15 @@ async def rewind_group(settings: Settings, timeout: float = 30.0) -> None:
         try:
             await _commit_earliest(settings)
             return
-        except KafkaError:
+        except BrokerUnavailable:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(1.0)
 
 
 async def _commit_earliest(settings: Settings) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.consumer_group,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
+    async with kafka.Reader(settings, group=settings.consumer_group) as reader:
         tps = [TopicPartition(settings.topic, p) for p in range(settings.topic_partitions)]
-        beginnings = await consumer.beginning_offsets(tps)
-        consumer.assign(tps)
-        await consumer.commit(beginnings)
-    finally:
-        await consumer.stop()
+        beginnings = await reader.beginning_offsets(tps)
+        reader.assign(tps)
+        await reader.commit(beginnings)

@@ -121,21 +121,13 @@ async def distributed_logs(settings: Settings, distributor: str) -> list[dict[st
 
 async def committed_offsets(settings: Settings) -> dict[int, int]:
     """The group's committed offset per partition (missing: nothing committed)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.consumer_group,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
+    async with kafka.Reader(settings, group=settings.consumer_group) as reader:
         result = {}
-        for tp in await kafka.partitions(consumer, settings.topic):
-            offset = await consumer.committed(tp)
+        for tp in await reader.partitions(settings.topic):
+            offset = await reader.committed(tp)
             if offset is not None:
                 result[tp.partition] = offset
         return result
-    finally:
-        await consumer.stop()
 
 
 async def end_offsets(settings: Settings, topic: str | None = None) -> dict[int, int]:
