@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from tests.faults import kafkaops
 from tests.faults.context import Ctx
+from tests.faults.members import Member
 from tests.faults.retry import retrying
 from tests.integration import harness
 from tokendist.ops.redrive import redrive_failed
@@ -38,14 +39,22 @@ CHEAP_CAP = 10 * GWEI  # below the pinned base fee: the node refuses such a tran
 
 
 async def kill_consumer(ctx: Ctx, rng: random.Random) -> None:
-    if not ctx.fleet.consumers:
-        ctx.fleet.start_consumer()
-    victim = rng.choice(ctx.fleet.consumers)
-    down = rng.uniform(0, 3)
+    await _kill_and_replace(ctx, rng, ctx.fleet.consumers, ctx.fleet.start_consumer, 3)
+
+
+async def _kill_and_replace(
+    ctx: Ctx, rng: random.Random, members: list[Member], start: Callable[[], Member], down_s: float
+) -> None:
+    """SIGKILL one of ``members`` (starting one first if there is none), and start its
+    replacement up to ``down_s`` later."""
+    if not members:
+        start()
+    victim = rng.choice(members)
+    down = rng.uniform(0, down_s)
     await ctx.fleet.kill(victim)
     ctx.note(f"SIGKILL {victim.name}; a replacement starts in {down:.1f}s")
     await asyncio.sleep(down)
-    ctx.fleet.start_consumer()
+    start()
 
 
 async def crash_at_failpoint(ctx: Ctx, rng: random.Random) -> None:
@@ -64,14 +73,7 @@ async def crash_at_failpoint(ctx: Ctx, rng: random.Random) -> None:
 
 
 async def kill_relay(ctx: Ctx, rng: random.Random) -> None:
-    if not ctx.fleet.relays:
-        ctx.fleet.start_relay()
-    victim = rng.choice(ctx.fleet.relays)
-    down = rng.uniform(0, 2)
-    await ctx.fleet.kill(victim)
-    ctx.note(f"SIGKILL {victim.name}; a replacement starts in {down:.1f}s")
-    await asyncio.sleep(down)
-    ctx.fleet.start_relay()
+    await _kill_and_replace(ctx, rng, ctx.fleet.relays, ctx.fleet.start_relay, 2)
 
 
 async def rebalance_storm(ctx: Ctx, rng: random.Random) -> None:
