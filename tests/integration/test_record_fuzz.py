@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from tests.integration import harness
 from tokendist.consumer.chain import Chain
-from tokendist.consumer.dlq import DeadLetters
+from tokendist.consumer.dlq import DeadLetters, headers_from_json
 from tokendist.consumer.processor import Outcome, Processor
 from tokendist.consumer.repository import Repository
 from tokendist.core import kafka
@@ -148,3 +148,27 @@ async def test_any_record_is_parked_with_a_reason_and_nothing_is_signed(
     assert parked["stored"] == (too_large or (record.key is None and record.value is None))
     assert await pool.fetchval("SELECT count(*) FROM distributions") == 0
     assert await pool.fetchval("SELECT count(*) FROM chain_transactions") == 0
+
+
+async def test_a_kept_record_may_carry_any_header_name(
+    processor: Processor, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """Found by the fuzzer: neither key nor value (kept in PostgreSQL) and a header named
+    NUL, which a jsonb column refuses. Both header and record come back as they were."""
+    headers = [("\x00", None), ("trace", b"\x00\xff")]
+    record = SimpleNamespace(
+        topic=settings.topic,
+        partition=0,
+        offset=next(OFFSETS),
+        timestamp=1_764_583_200_000,
+        key=None,
+        value=None,
+        headers=headers,
+    )
+    assert await processor.handle(record) is Outcome.DEAD_LETTERED
+    kept = await pool.fetchval(
+        "SELECT stored_headers FROM dead_letters WHERE topic = $1 AND kafka_offset = $2",
+        record.topic,
+        record.offset,
+    )
+    assert headers_from_json(kept) == [("\x00", b""), ("trace", b"\x00\xff")]

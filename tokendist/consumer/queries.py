@@ -160,7 +160,7 @@ DO UPDATE SET times_parked = dead_letters.times_parked + 1, last_parked_at = now
 
 KEEP_DEAD_LETTER = """
 UPDATE dead_letters
-SET stored = true, stored_key = $4, stored_value = $5, stored_headers = $6::jsonb
+SET stored = true, stored_key = $4, stored_value = $5, stored_headers = $6
 WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3
 """
 
