@@ -91,14 +91,23 @@ PGBIN=$(pg_bin || true)
 as_pg() {
   if ((EUID == 0)); then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
-ensure_pg_installed() {
-  [[ -n $PGBIN ]] && return 0
-  ((EUID == 0)) || die "PostgreSQL server binaries missing: run 'sudo apt-get install -y postgresql'"
-  log "installing PostgreSQL with apt-get"
+apt_install() { # debian-package what-it-is
+  ((EUID == 0)) || die "$2 missing: run 'sudo apt-get install -y $1'"
+  log "installing $2 with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >"$LOGS/apt.log" 2>&1 || fail "apt-get update failed" "$LOGS/apt.log"
-  apt-get install -y -qq postgresql >>"$LOGS/apt.log" 2>&1 || fail "apt-get install failed" "$LOGS/apt.log"
+  apt-get install -y -qq "$1" >>"$LOGS/apt.log" 2>&1 || fail "apt-get install failed" "$LOGS/apt.log"
+}
+ensure_pg_installed() {
+  [[ -n $PGBIN ]] && return 0
+  apt_install postgresql "PostgreSQL server binaries"
   PGBIN=$(pg_bin) || die "apt-get installed postgresql but no initdb found"
+}
+# Not a service of the stack: the alert rules' checks (promtool) and the alert test
+# (prometheus) run them; Debian's package has both.
+ensure_prometheus_installed() {
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+  apt_install prometheus "Prometheus (prometheus, promtool)"
 }
 ensure_pg_cluster() {
   mkdir -p "$ST/pg" "$ST/pgsock"
@@ -339,6 +348,7 @@ cmd_up() {
   fi
   echo "$brokers" >"$ST/kafka.mode"
   ensure_pg_installed
+  ensure_prometheus_installed
   # The two downloads are independent; overlap them on a cold machine.
   ensure_kafka_libs & p1=$!
   ensure_anvil & p2=$!
