@@ -38,7 +38,7 @@ class Status:
             f"parked users  {self.parked_users} (awaiting KYC)",
             f"dead letters  {self.dead_letters.get('messages', 0)} messages "
             f"({self.dlq_depth} DLQ records: a replay or a crash copies a message again; "
-            f"{self.dead_letters.get('stored', 0)} too large for the DLQ, kept in PostgreSQL)",
+            f"{self.dead_letters.get('stored', 0)} the DLQ could not take, kept in PostgreSQL)",
         ]
         lines += [f"waiting       {r}" for r in self.retrying] or ["waiting       none"]
         for d in self.distributors:
