@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import aiohttp
-from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexStr
@@ -32,7 +31,7 @@ from web3.exceptions import (
 from web3.types import RPCEndpoint
 
 from tokendist.consumer import contracts
-from tokendist.core.errors import ChainRejected, ChainUnavailable
+from tokendist.core.errors import ChainRejected, ChainUnavailable, KeyRejected
 
 T = TypeVar("T")
 
@@ -50,6 +49,9 @@ class SendResult(enum.Enum):
     NONCE_TOO_LOW = "nonce_too_low"  # a transaction with this nonce was mined
     UNDERPRICED_REPLACEMENT = "underpriced_replacement"  # a sibling with this nonce is pooled
 
+
+# Reverts that say the key may not distribute (OpenZeppelin AccessControl's error).
+KEY_ERRORS = frozenset({"AccessControlUnauthorizedAccount"})
 
 SEND_ANSWERS = (
     ("already known", SendResult.ALREADY_KNOWN),
@@ -80,6 +82,7 @@ class Receipt:
     tx_hash: str
     block_number: int
     succeeded: bool
+    logs: tuple[dict[str, Any], ...] = ()
 
 
 async def guarded(op: Callable[[], Awaitable[T]]) -> T:
@@ -99,7 +102,8 @@ def _is_overload(exc: Web3RPCError) -> bool:
 
 
 class Chain:
-    """One RPC endpoint and one signing key (the Distributor's operator)."""
+    """One RPC endpoint and one signing key (an operator of the Distributor); the key
+    pool (``consumer.keypool``) holds one per key."""
 
     def __init__(self, rpc_url: str, operator_key: SecretStr, *, timeout_s: float = 10.0) -> None:
         self.w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
@@ -119,8 +123,13 @@ class Chain:
         return self._chain_id
 
     async def nonce(self, *, pending: bool) -> int:
+        return await self.nonce_of(self.sender, pending=pending)
+
+    async def nonce_of(self, address: str, *, pending: bool) -> int:
+        """``address``'s transaction count as of the pending or the latest block."""
         block: Literal["pending", "latest"] = "pending" if pending else "latest"
-        return await guarded(lambda: self.w3.eth.get_transaction_count(self.sender, block))
+        account = AsyncWeb3.to_checksum_address(address)
+        return await guarded(lambda: self.w3.eth.get_transaction_count(account, block))
 
     async def gas_balance(self) -> int:
         """The operator's ETH, in wei: what pays for every distribution's gas."""
@@ -136,12 +145,6 @@ class Chain:
     async def block_number(self) -> int:
         return await guarded(lambda: self.w3.eth.block_number)
 
-    def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
-        # eth_abi directly: a web3 contract object per call cost more than the signing.
-        selector, types = contracts.function("Distributor", "distribute")
-        args = [payment_id, AsyncWeb3.to_checksum_address(to), amount]
-        return HexStr("0x" + (selector + abi_encode(types, args)).hex())
-
     async def estimate(self, to: str, data: HexStr) -> int:
         """Gas for the call, or ``ChainRejected`` when it would revert: a deterministic
         revert must be found before a nonce is spent on it."""
@@ -149,14 +152,20 @@ class Chain:
         try:
             return await guarded(lambda: self.w3.eth.estimate_gas(tx))
         except ContractCustomError as exc:
-            raise ChainRejected(self._decode_revert(exc)) from exc
+            name = self._decode_revert(exc)
+            if name in KEY_ERRORS:
+                raise KeyRejected(f"reverted: {name}") from exc
+            raise ChainRejected(f"reverted: {name}") from exc
         except ContractLogicError as exc:
             raise ChainRejected(f"reverted: {exc.message or exc}") from exc
+        except Web3RPCError as exc:
+            if "insufficient funds" in str(exc).lower():
+                raise KeyRejected("insufficient funds for gas") from exc
+            raise ChainRejected(f"estimate refused: {exc}") from exc
 
     def _decode_revert(self, exc: ContractCustomError) -> str:
         data = str(exc.data or exc.message or "")
-        name = contracts.error_selectors("Distributor").get(data[:10])
-        return f"reverted: {name or data}"
+        return contracts.error_selectors("Distributor").get(data[:10]) or data
 
     def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
@@ -211,20 +220,27 @@ class Chain:
             if "error" in answer:
                 raise ChainUnavailable(f"receipt of {tx_hash}: {answer['error']}")
             raw = answer.get("result")
-            found[tx_hash] = (
-                None
-                if raw is None
-                else Receipt(tx_hash, int(raw["blockNumber"], 16), int(raw["status"], 16) == 1)
-            )
+            found[tx_hash] = None if raw is None else _receipt(tx_hash, raw)
         return found
 
-    async def distributed_logs(self, distributor: str, from_block: int = 0) -> list[dict[str, Any]]:
-        """Every ``Distributed`` event the distributor emitted."""
+    async def distributed_logs(
+        self, distributor: str, from_block: int = 0, to_block: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The ``Distributed`` events the distributor emitted in these blocks."""
+        return await self._logs(distributor, [contracts.DISTRIBUTED_TOPIC], from_block, to_block)
+
+    async def payment_logs(self, distributor: str, payment_id: str) -> list[dict[str, Any]]:
+        """The ``Distributed`` events that paid ``payment_id`` (0x-hex), ever."""
+        return await self._logs(distributor, [contracts.DISTRIBUTED_TOPIC, payment_id], 0, None)
+
+    async def _logs(
+        self, address: str, topics: list[str], from_block: int, to_block: int | None
+    ) -> list[dict[str, Any]]:
         params: Any = {
-            "address": AsyncWeb3.to_checksum_address(distributor),
+            "address": AsyncWeb3.to_checksum_address(address),
             "fromBlock": from_block,
-            "toBlock": "latest",
-            "topics": [contracts.DISTRIBUTED_TOPIC],
+            "toBlock": "latest" if to_block is None else to_block,
+            "topics": topics,
         }
         return [dict(entry) for entry in await guarded(lambda: self.w3.eth.get_logs(params))]
 
@@ -239,3 +255,13 @@ class Chain:
 
     async def close(self) -> None:
         await self.w3.provider.disconnect()
+
+
+def _receipt(tx_hash: str, raw: dict[str, Any]) -> Receipt:
+    """A receipt as the JSON-RPC answer gives it (hex strings), logs kept as they are."""
+    return Receipt(
+        tx_hash,
+        int(raw["blockNumber"], 16),
+        int(raw["status"], 16) == 1,
+        tuple(raw.get("logs") or ()),
+    )

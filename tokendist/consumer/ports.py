@@ -1,6 +1,6 @@
 """What the distribution state machine (``Processor``, ``Resubmitter``) needs from the
 world, as small Protocols. The composition root (``consumer.wiring``) plugs in the real
-adapters: ``Repository`` (PostgreSQL), ``Chain`` (one node, one key), ``DeadLetters``
+adapters: ``Repository`` (PostgreSQL), ``Chain`` (one node, one key of the pool), ``DeadLetters``
 (the DLQ topic and PostgreSQL). Unit tests plug in in-memory fakes of their own.
 
 Every port raises only errors of our tree (``tokendist.core.errors``), mapped inside its
@@ -11,16 +11,15 @@ lets it propagate, and the partition worker retries the record.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from eth_typing import HexStr
 
 from tokendist.consumer.chain import Block, Receipt, SendResult, Signed
 from tokendist.consumer.repository import (
+    Batch,
     Confirmation,
     Distribution,
-    StoredTx,
     Tokenization,
     User,
 )
@@ -73,50 +72,10 @@ class DistributionStore(Protocol):
         atomically with respect to an approval."""
         ...
 
-    async def inflight(self, sender: str) -> int:
-        """How many of the sender's distributions are signed or submitted."""
-        ...
-
-    async def sign_and_store(
-        self,
-        dist: Distribution,
-        *,
-        chain_id: int,
-        sender: str,
-        recipient: str,
-        sign: Callable[[int], Signed],
-    ) -> Distribution:
-        """Reserve the sender's next nonce, call ``sign`` with it, store the transaction
-        and mark ``dist`` signed, all or nothing. ``StateConflict`` unless ``dist`` is
-        still before signing: an event is signed at most once."""
-        ...
-
-    async def transactions(self, event_id: uuid.UUID) -> list[StoredTx]:
-        """The event's transactions of its current nonce, oldest first."""
-        ...
-
-    async def mark_broadcast(self, tx_hash: str) -> None: ...
-
-    async def confirm(self, dist: Distribution, tx_hash: str, block_number: int) -> Distribution:
-        """``dist`` confirmed by ``tx_hash``; guarded by its being signed or submitted."""
-        ...
-
-    async def credit(self, dist: Distribution, property_id: str) -> Distribution:
+    async def credit(self, event_ids: list[uuid.UUID], batch: Batch | None = None) -> int:
         """Holdings += tokens, the ledger pair, the investment distributed and the state
-        credited, at once; guarded by the ``confirmed`` state."""
-        ...
-
-    async def next_nonce(self, chain_id: int, sender: str) -> int: ...
-
-    async def pending_transactions(self, chain_id: int, sender: str) -> list[dict[str, Any]]:
-        """The newest transaction of every signed or submitted distribution, by nonce."""
-        ...
-
-    async def store_replacement(
-        self, event_id: uuid.UUID, replaces: str, *, chain_id: int, sender: str, signed: Signed
-    ) -> bool:
-        """Store a same-nonce sibling of ``replaces`` if that is still the event's newest
-        transaction and the event is unconfirmed; False (nothing stored) otherwise."""
+        credited for each of ``event_ids`` still ``confirmed`` (and ``batch`` credited),
+        at once; returns how many this call credited."""
         ...
 
 
@@ -144,16 +103,16 @@ class ChainClient(Protocol):
         """The sender's transaction count, as of the pending or the latest block."""
         ...
 
+    async def nonce_of(self, address: str, *, pending: bool) -> int:
+        """Any account's transaction count, as of the pending or the latest block."""
+        ...
+
     async def latest(self) -> Block: ...
 
     async def base_fee(self) -> int: ...
 
     async def gas_balance(self) -> int:
         """The sender's ETH, in wei."""
-        ...
-
-    def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
-        """The Distributor call paying ``amount`` to ``to`` once for ``payment_id``."""
         ...
 
     async def estimate(self, to: str, data: HexStr) -> int:

@@ -2,8 +2,10 @@
 
 ``handle`` is idempotent: called again for the same event at any point (a redelivery, a
 replay, a crash and restart, a second consumer after a rebalance) it resumes from the
-state stored in PostgreSQL. Once a transaction is signed it is only ever re-broadcast
-(the same bytes) or fee-bumped (same nonce): never signed anew.
+state stored in PostgreSQL. A payment ready to be paid goes to the gatherer, which signs
+it into a batch; from then on the batch is what moves (``consumer.batching``): re-
+broadcast (the same bytes) or fee-bumped (same nonce), never signed anew, and the event
+awaits its batch's end.
 """
 
 from __future__ import annotations
@@ -17,21 +19,23 @@ from typing import Any
 import structlog
 
 from tokendist.consumer import authority, contracts
-from tokendist.consumer.chain import Receipt
-from tokendist.consumer.head import Head, Receipts
-from tokendist.consumer.ports import DeadLetterSink, DistributionStore, OperatorChain
-from tokendist.consumer.repository import Distribution, StateConflict, Tokenization
+from tokendist.consumer.batching.gatherer import Gatherer
+from tokendist.consumer.batching.settler import Settler
+from tokendist.consumer.ports import ChainClient, DeadLetterSink, DistributionStore
+from tokendist.consumer.repository import (
+    Distribution,
+    PaymentToSign,
+    StateConflict,
+    Tokenization,
+)
 from tokendist.consumer.states import State
 from tokendist.core import metrics
-from tokendist.core.errors import ChainRejected, ChainUnavailable, InvalidEvent
+from tokendist.core.errors import InvalidEvent
 from tokendist.core.failpoints import Failpoints
 from tokendist.core.settings import ConsumerSettings
 from tokendist.schemas import PaymentConfirmedV1, parse_event
 
 log = structlog.get_logger("tokendist.processor")
-
-GAS_MARGIN_PERCENT = 25
-NONCE_CONSUMED_STRIKES = 20
 
 
 class Outcome(enum.StrEnum):
@@ -47,21 +51,18 @@ class Processor:
         self,
         settings: ConsumerSettings,
         repo: DistributionStore,
-        chain: OperatorChain,
+        chain: ChainClient,
         dead_letters: DeadLetterSink,
+        gatherer: Gatherer,
+        settler: Settler,
     ) -> None:
         self.settings = settings
         self.repo = repo
         self.chain = chain
         self.dead_letters = dead_letters
+        self.gatherer = gatherer
+        self.settler = settler
         self.failpoints = Failpoints(settings.failpoints)
-        self.head = Head(chain, settings.receipt_poll_s)
-        self.receipts = Receipts(chain)
-        # Signing is one at a time per sender anyway (the nonce row lock): taking this
-        # lock first makes the in-flight cap exact within the process, and only its
-        # holder polls the shared count. It guards signing alone: an event already on
-        # the chain must never wait behind events that wait for it to finish.
-        self._signing = asyncio.Lock()
 
     async def handle(self, record: Any) -> Outcome:
         started = time.monotonic()
@@ -140,17 +141,14 @@ class Processor:
                 dist = await self.repo.get(dist.event_id)
                 log.info("state_conflict_reloaded", state=dist.state)
                 continue
-            if dist.state is not before:
-                self.failpoints.hit(f"after:{dist.state}")
-                log.info(
-                    "state_changed",
-                    state=dist.state,
-                    previous=before,
-                    tx_hash=dist.tx_hash,
-                    nonce=dist.nonce,
-                )
             if dist.state is State.AWAITING_KYC:
+                if before is not State.AWAITING_KYC:
+                    self.failpoints.hit("after:awaiting_kyc")
+                    log.info("state_changed", state=dist.state, previous=before)
                 return Outcome.PARKED
+            if dist.state is before:
+                # Not taken (another member holds the row right now): ask again shortly.
+                await asyncio.sleep(self.settings.receipt_poll_s)
         if dist.state is State.FAILED:
             log.error("distribution_failed", reason=dist.failure_reason, alert=True)
             return Outcome.FAILED
@@ -161,16 +159,19 @@ class Processor:
     ) -> Distribution:
         match dist.state:
             case State.RECEIVED | State.AWAITING_KYC:
-                return await self._authorize_and_sign(dist, tokenization, event_wallet)
-            case State.SIGNED:
-                return await self._broadcast(dist)
-            case State.SUBMITTED:
-                return await self._await_confirmation(dist)
-            case State.CONFIRMED:
-                return await self.repo.credit(dist, tokenization.property_id)
-        raise AssertionError(f"no step from {dist.state}")
+                return await self._authorize_and_batch(dist, tokenization, event_wallet)
+            case State.SIGNED | State.SUBMITTED:
+                assert dist.batch_id is not None
+                await self.settler.settle(dist.batch_id)
+            case State.CONFIRMED if dist.batch_id is not None:
+                await self.settler.settle(dist.batch_id)
+            case State.CONFIRMED:  # found paid on-chain by the index scan: no batch
+                await self.repo.credit([dist.event_id])
+            case _:
+                raise AssertionError(f"no step from {dist.state}")
+        return await self.repo.get(dist.event_id)
 
-    async def _authorize_and_sign(
+    async def _authorize_and_batch(
         self, dist: Distribution, tokenization: Tokenization, event_wallet: str | None
     ) -> Distribution:
         user, dist = await self.repo.payable_user_or_park(dist)
@@ -183,90 +184,12 @@ class Processor:
                 f"wallet_mismatch: event {event_wallet}, user record differs",
                 retryable=True,
             )
-        calldata = self.chain.distribute_calldata(
-            bytes.fromhex(dist.payment_id[2:]), user.wallet_address, dist.tokens
-        )
-        try:
-            gas = await self.chain.estimate(tokenization.distributor_address, calldata)
-        except ChainRejected as exc:  # refused before signing: nothing was paid
-            return await self.repo.transition(dist, State.FAILED, exc.reason, retryable=True)
-        gas_limit = gas * (100 + GAS_MARGIN_PERCENT) // 100
-        async with self._signing:
-            await self._wait_for_capacity()
-            max_fee, tip = await self._fees()
-            return await self.repo.sign_and_store(
+        if dist.tokens >= contracts.AMOUNT_LIMIT:
+            return await self.repo.transition(
                 dist,
-                chain_id=await self.chain.chain_id(),
-                sender=self.chain.sender,
-                recipient=user.wallet_address,
-                sign=lambda nonce: self.chain.sign(
-                    to=tokenization.distributor_address,
-                    data=calldata,
-                    gas=gas_limit,
-                    nonce=nonce,
-                    max_fee=max_fee,
-                    priority_fee=tip,
-                ),
+                State.FAILED,
+                f"amount_too_large: a batch carries less than {contracts.AMOUNT_LIMIT}",
             )
-
-    async def _wait_for_capacity(self) -> None:
-        # Exact within a process (its holder signs before letting go of the signing lock);
-        # several processes may overshoot it together by one each. The count lives in
-        # PostgreSQL, shared by processes: polling it is the only way.
-        while await self.repo.inflight(self.chain.sender) >= self.settings.max_inflight_per_sender:  # noqa: ASYNC110
-            await asyncio.sleep(self.settings.receipt_poll_s)
-
-    async def _fees(self) -> tuple[int, int]:
-        tip = self.settings.priority_fee_wei
-        base = (await self.head.latest()).base_fee
-        return min(2 * base + tip, self.settings.max_fee_wei), tip
-
-    async def _broadcast(self, dist: Distribution) -> Distribution:
-        latest = (await self.repo.transactions(dist.event_id))[-1]
-        try:
-            result = await self.chain.send_raw(latest.raw)
-        except ChainRejected as exc:
-            # The nonce is spent in our books; failing here would leave a gap that blocks
-            # every later transaction. Keep retrying and say so loudly.
-            log.error("broadcast_refused", reason=exc.reason, tx_hash=latest.tx_hash, alert=True)
-            raise ChainUnavailable(exc.reason) from exc
-        await self.repo.mark_broadcast(latest.tx_hash)
-        log.info(
-            "transaction_broadcast", tx_hash=latest.tx_hash, nonce=latest.nonce, answer=result.value
-        )
-        return await self.repo.transition(dist, State.SUBMITTED)
-
-    async def _await_confirmation(self, dist: Distribution) -> Distribution:
-        assert dist.nonce is not None
-        strikes = 0
-        seen: int | None = None
-        while True:
-            head = (await self.head.advanced(seen)).number
-            seen = head
-            receipt = await self._receipt(dist)
-            if receipt is not None:
-                if not receipt.succeeded:  # a revert rolls the once-only flag back too
-                    return await self.repo.transition(
-                        dist,
-                        State.FAILED,
-                        f"reverted: tx {receipt.tx_hash} in block {receipt.block_number}",
-                        retryable=True,
-                    )
-                if head - receipt.block_number + 1 >= self.settings.confirmations:
-                    return await self.repo.confirm(dist, receipt.tx_hash, receipt.block_number)
-            # No receipt: if the chain has moved past our nonce, none of our siblings was
-            # mined (someone else used the key). Confirm by the mined nonce too.
-            elif await self.head.mined_nonce() > dist.nonce:
-                strikes += 1
-                if strikes >= NONCE_CONSUMED_STRIKES:
-                    return await self.repo.transition(
-                        dist,
-                        State.FAILED,
-                        f"nonce {dist.nonce} consumed by a transaction we did not sign",
-                    )
-
-    async def _receipt(self, dist: Distribution) -> Receipt | None:
-        """The receipt of whichever of the event's transactions (same nonce) was mined."""
-        hashes = [tx.tx_hash for tx in await self.repo.transactions(dist.event_id)]
-        found = await self.receipts.get(hashes)
-        return next((r for r in found.values() if r is not None), None)
+        payment = PaymentToSign(dist.event_id, dist.payment_id, user.wallet_address, dist.tokens)
+        await self.gatherer.submit(payment, tokenization.distributor_address)
+        return await self.repo.get(dist.event_id)

@@ -3,7 +3,7 @@
 
 DISTRIBUTION_COLUMNS = """
     event_id, investment_id, payment_id, user_id, tokenization_id, tokens, state,
-    failure_reason, recipient, sender, nonce, tx_hash, block_number
+    failure_reason, recipient, sender, nonce, tx_hash, block_number, batch_id, payment_index
 """
 
 TOKENIZATION = """
@@ -177,3 +177,215 @@ CLEAR_RETRYING = """
 DELETE FROM retrying_partitions
 WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3::int[])
 """
+
+
+# --- the key pool -------------------------------------------------------------------
+
+# A key in the settings and not yet known is active; a known key keeps the state an
+# operator gave it (``tokendist keys``).
+REGISTER_KEY = """
+INSERT INTO operator_keys (chain_id, address) VALUES ($1, $2)
+ON CONFLICT (chain_id, address) DO NOTHING
+"""
+
+KEY_STATES = "SELECT address, state FROM operator_keys WHERE chain_id = $1"
+
+# Unconfirmed batches per key: what its in-flight cap counts.
+INFLIGHT_BATCHES = """
+SELECT sender, count(*) AS n FROM batches
+WHERE chain_id = $1 AND state IN ('signed', 'submitted')
+GROUP BY sender
+"""
+
+# --- batches ------------------------------------------------------------------------
+
+BATCH_COLUMNS = """
+    id, chain_id, sender, nonce, distributor_address, first_index, size, calldata,
+    gas_limit, state, tx_hash, block_number, failure_reason
+"""
+
+# The rows a batch may take, locked: only those still before signing. SKIP LOCKED: a row
+# another member is signing right now is theirs.
+LOCK_SIGNABLE = f"""
+SELECT {DISTRIBUTION_COLUMNS} FROM distributions
+WHERE event_id = ANY($1::uuid[]) AND state IN ('received', 'awaiting_kyc')
+FOR UPDATE SKIP LOCKED
+"""
+
+# Payouts the index scan found for any of these payments.
+FOUND_ON_CHAIN = """
+SELECT payment_id, payment_index, tx_hash, block_number FROM onchain_payments
+WHERE distributor_address = $1 AND payment_id = ANY($2::text[])
+"""
+
+CONFIRM_FROM_CHAIN = f"""
+UPDATE distributions
+SET state = 'confirmed', recipient = $2, tx_hash = $3, block_number = $4,
+    payment_index = $5, distributor_address = $6, updated_at = now()
+WHERE event_id = $1 AND state IN ('received', 'awaiting_kyc')
+RETURNING {DISTRIBUTION_COLUMNS}
+"""
+
+# Indices are taken in contiguous ranges: a batch's payments are first_index + position.
+TAKE_INDICES = """
+UPDATE distributor_indices SET next_index = next_index + $2, updated_at = now()
+WHERE distributor_address = $1
+RETURNING next_index - $2
+"""
+
+INSERT_BATCH = """
+INSERT INTO batches
+    (chain_id, sender, nonce, distributor_address, first_index, size, calldata, gas_limit,
+     state)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'signed')
+RETURNING id
+"""
+
+INSERT_BATCH_TX = """
+INSERT INTO chain_transactions
+    (tx_hash, batch_id, chain_id, sender, nonce, raw_tx, gas_limit, max_fee_per_gas,
+     priority_fee)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (tx_hash) DO NOTHING
+"""
+
+# $2..: parallel arrays, one element per payment of the batch.
+MARK_BATCHED = """
+UPDATE distributions d
+SET state = 'signed', batch_id = $1, recipient = p.recipient, payment_index = p.payment_index,
+    distributor_address = $3, sender = $4, nonce = $5, tx_hash = $6, updated_at = now()
+FROM unnest($2::uuid[], $7::text[], $8::bigint[]) AS p(event_id, recipient, payment_index)
+WHERE d.event_id = p.event_id
+"""
+
+BATCH = f"SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1"
+BATCH_FOR_UPDATE = BATCH + " FOR UPDATE"
+
+BATCH_MEMBERS = f"""
+SELECT {DISTRIBUTION_COLUMNS} FROM distributions WHERE batch_id = $1 ORDER BY payment_index
+"""
+
+BATCH_ATTEMPTS = """
+SELECT tx_hash, raw_tx, nonce, max_fee_per_gas, priority_fee, created_at, broadcast_at
+FROM chain_transactions WHERE batch_id = $1
+ORDER BY created_at, max_fee_per_gas
+"""
+
+NEWEST_BATCH_TX = """
+SELECT tx_hash FROM chain_transactions WHERE batch_id = $1
+ORDER BY max_fee_per_gas DESC, created_at DESC LIMIT 1
+"""
+
+SET_BATCH_STATE = f"""
+UPDATE batches
+SET state = $3, tx_hash = coalesce($4, tx_hash), block_number = coalesce($5, block_number),
+    failure_reason = coalesce($6, failure_reason), updated_at = now()
+WHERE id = $1 AND state = ANY($2::text[])
+RETURNING {BATCH_COLUMNS}
+"""
+
+MEMBERS_SUBMITTED = """
+UPDATE distributions SET state = 'submitted', updated_at = now()
+WHERE batch_id = $1 AND state = 'signed'
+"""
+
+# $2: the event ids paid by this batch's transaction; $4..: those found paid by an
+# earlier one (their own tx and block).
+MEMBERS_CONFIRMED = """
+UPDATE distributions SET state = 'confirmed', tx_hash = $3, block_number = $4,
+    updated_at = now()
+WHERE batch_id = $1 AND event_id = ANY($2::uuid[]) AND state IN ('signed', 'submitted')
+"""
+
+MEMBER_CONFIRMED_EARLIER = """
+UPDATE distributions SET state = 'confirmed', tx_hash = $3, block_number = $4,
+    updated_at = now()
+WHERE batch_id = $1 AND event_id = $2 AND state IN ('signed', 'submitted')
+"""
+
+MEMBERS_FAILED = """
+UPDATE distributions SET state = 'failed', failure_reason = $3, retryable = $4,
+    updated_at = now()
+WHERE batch_id = $1 AND event_id = ANY($2::uuid[]) AND state IN ('signed', 'submitted')
+"""
+
+# The batch's bytes can never be mined (its nonce went to another transaction): its
+# payments go back to be batched again, under fresh indices.
+MEMBERS_RELEASED = """
+UPDATE distributions
+SET state = 'received', batch_id = NULL, payment_index = NULL, sender = NULL, nonce = NULL,
+    tx_hash = NULL, updated_at = now()
+WHERE batch_id = $1 AND state IN ('signed', 'submitted')
+"""
+
+# Holdings +=, the ledger pair, the investment distributed and the state credited for
+# every confirmed one of these payments, in one statement; a second run finds none
+# confirmed and changes nothing. Summed per holder: one INSERT may not touch a row twice.
+CREDIT = """
+WITH credited AS (
+    UPDATE distributions
+    SET state = 'credited', credited_at = now(), updated_at = now()
+    WHERE event_id = ANY($1::uuid[]) AND state = 'confirmed'
+    RETURNING event_id, investment_id, user_id, tokenization_id, tokens
+), holdings AS (
+    INSERT INTO token_holdings (user_id, tokenization_id, property_id, balance)
+    SELECT c.user_id, c.tokenization_id, t.property_id, sum(c.tokens)
+    FROM credited c JOIN tokenizations t ON t.id = c.tokenization_id
+    GROUP BY c.user_id, c.tokenization_id, t.property_id
+    ON CONFLICT (user_id, tokenization_id)
+    DO UPDATE SET balance = token_holdings.balance + EXCLUDED.balance, updated_at = now()
+), ledger AS (
+    INSERT INTO ledger_entries (event_id, tokenization_id, account, amount)
+    SELECT c.event_id, c.tokenization_id, e.account, e.amount
+    FROM credited c
+    CROSS JOIN LATERAL (VALUES ('distributor:' || c.tokenization_id, -c.tokens),
+                               ('investor:' || c.user_id, c.tokens)) AS e(account, amount)
+), investments_done AS (
+    UPDATE investments SET status = 'tokens_distributed', updated_at = now()
+    WHERE id IN (SELECT investment_id FROM credited) AND status <> 'tokens_distributed'
+)
+SELECT count(*) FROM credited
+"""
+
+# The resubmitter's view: the newest attempt of every unconfirmed batch of a key.
+PENDING_BATCHES = """
+SELECT DISTINCT ON (b.id)
+       b.id AS batch_id, b.distributor_address, b.calldata, b.gas_limit, t.tx_hash,
+       t.raw_tx, t.nonce, t.max_fee_per_gas, t.priority_fee, t.created_at, t.broadcast_at
+FROM batches b JOIN chain_transactions t ON t.batch_id = b.id
+WHERE b.chain_id = $1 AND b.sender = $2 AND b.state IN ('signed', 'submitted')
+ORDER BY b.id, t.max_fee_per_gas DESC, t.created_at DESC
+"""
+
+OPEN_BATCHES = """
+SELECT id FROM batches WHERE chain_id = $1 AND state IN ('signed', 'submitted', 'confirmed')
+ORDER BY id
+"""
+
+# --- the index floor ----------------------------------------------------------------
+
+ENSURE_INDICES = """
+INSERT INTO distributor_indices (distributor_address) VALUES ($1)
+ON CONFLICT (distributor_address) DO NOTHING
+"""
+
+INDICES = """
+SELECT next_index, scanned_block FROM distributor_indices WHERE distributor_address = $1
+"""
+
+RAISE_INDICES = """
+UPDATE distributor_indices
+SET next_index = GREATEST(next_index, $2), scanned_block = GREATEST(scanned_block, $3),
+    updated_at = now()
+WHERE distributor_address = $1
+"""
+
+RECORD_ONCHAIN = """
+INSERT INTO onchain_payments (distributor_address, payment_id, payment_index, tx_hash, block_number)
+SELECT $1, p.payment_id, p.payment_index, p.tx_hash, p.block_number
+FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bigint[])
+     AS p(payment_id, payment_index, tx_hash, block_number)
+ON CONFLICT (distributor_address, payment_id) DO NOTHING
+"""
+
+DISTRIBUTORS_ON_CHAIN = "SELECT DISTINCT distributor_address FROM tokenizations WHERE chain_id = $1"

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from tokendist.consumer import queries
+from tokendist.consumer.batching.states import BatchState, sources
 from tokendist.consumer.chain import Signed
 from tokendist.consumer.states import State, check_transition
 from tokendist.core import db
@@ -33,6 +34,8 @@ class Distribution:
     nonce: int | None
     tx_hash: str | None
     block_number: int | None
+    batch_id: int | None
+    payment_index: int | None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Distribution:
@@ -84,6 +87,81 @@ class StoredTx:
             created_at=row["created_at"],
             broadcast_at=row["broadcast_at"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: int
+    chain_id: int
+    sender: str
+    nonce: int
+    distributor_address: str
+    first_index: int
+    size: int
+    calldata: bytes
+    gas_limit: int
+    state: BatchState
+    tx_hash: str | None
+    block_number: int | None
+    failure_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Batch:
+        values = dict(row)
+        values["calldata"] = bytes(values["calldata"])
+        values["state"] = BatchState(values["state"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentToSign:
+    """A distribution ready to be paid: KYC passed, its recipient known."""
+
+    event_id: uuid.UUID
+    payment_id: str
+    recipient: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    chain_id: int
+    sender: str
+    distributor: str
+    payments: list[PaymentToSign]
+
+
+# (nonce, first index, the payments kept) -> (the signed attempt, the calldata it carries)
+SignBatch = Callable[[int, int, list[PaymentToSign]], tuple[Signed, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedBatch:
+    """What ``sign_batch`` did: the batch stored (None: nothing left to sign), the
+    members it took, and those found already paid on-chain (confirmed instead)."""
+
+    batch_id: int | None
+    members: list[uuid.UUID]
+    recovered: list[uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """Each member's outcome, read from the batch's receipt."""
+
+    paid: list[uuid.UUID]
+    paid_earlier: dict[uuid.UUID, tuple[str, int]]  # by an earlier transaction (hash, block)
+    failed: dict[uuid.UUID, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedPayout:
+    """A ``Distributed`` log found by the index scan."""
+
+    payment_id: str
+    index: int
+    tx_hash: str
+    block_number: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,106 +350,235 @@ class Repository:
         value = await self._db.fetchval(queries.NEXT_NONCE, chain_id, sender)
         return int(value or 0)
 
-    async def inflight(self, sender: str) -> int:
-        count: int = await self._db.fetchval(queries.INFLIGHT, sender)
-        return count
+    # --- the key pool ---------------------------------------------------------------
 
-    async def sign_and_store(
-        self,
-        dist: Distribution,
-        *,
-        chain_id: int,
-        sender: str,
-        recipient: str,
-        sign: Callable[[int], Signed],
-    ) -> Distribution:
-        """Reserve the sender's next nonce, sign, store the transaction and mark the event
-        signed, all in one transaction: a nonce is consumed only together with a stored
-        transaction that uses it, so a crash can never leave a reserved-but-unsigned gap."""
+    async def register_keys(self, chain_id: int, addresses: list[str]) -> None:
         async with self._db.transaction() as conn:
-            current = await conn.fetchrow(queries.BY_EVENT_FOR_UPDATE, dist.event_id)
-            if current is None or not State(current["state"]).before_signing:
-                raise StateConflict(str(dist.event_id))
-            nonce = await conn.fetchval(queries.LOCK_NONCE, chain_id, sender)
+            for address in addresses:
+                await conn.execute(queries.REGISTER_KEY, chain_id, address)
+
+    async def key_states(self, chain_id: int) -> dict[str, str]:
+        rows = await self._db.fetch(queries.KEY_STATES, chain_id)
+        return {r["address"]: r["state"] for r in rows}
+
+    async def inflight_batches(self, chain_id: int) -> dict[str, int]:
+        """Unconfirmed batches per key."""
+        rows = await self._db.fetch(queries.INFLIGHT_BATCHES, chain_id)
+        return {r["sender"]: int(r["n"]) for r in rows}
+
+    # --- batches --------------------------------------------------------------------
+
+    async def sign_batch(self, request: BatchRequest, sign: SignBatch) -> SignedBatch:
+        """Of ``request``'s payments, take those still before signing; confirm at once
+        those the index scan found paid on-chain; give the rest a contiguous range of
+        indices, reserve the key's next nonce, ``sign`` and store the batch, its first
+        attempt and its members, all in one transaction. A nonce or an index is consumed
+        only together with the stored transaction that uses it."""
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(queries.LOCK_SIGNABLE, [p.event_id for p in request.payments])
+            signable = {r["event_id"] for r in rows}
+            payments = [p for p in request.payments if p.event_id in signable]
+            found = {
+                r["payment_id"]: r
+                for r in await conn.fetch(
+                    queries.FOUND_ON_CHAIN,
+                    request.distributor,
+                    [p.payment_id for p in payments],
+                )
+            }
+            recovered = []
+            for p in [p for p in payments if p.payment_id in found]:
+                paid = found[p.payment_id]
+                await conn.execute(
+                    queries.CONFIRM_FROM_CHAIN,
+                    p.event_id,
+                    p.recipient,
+                    paid["tx_hash"],
+                    paid["block_number"],
+                    paid["payment_index"],
+                    request.distributor,
+                )
+                recovered.append(p.event_id)
+            payments = [p for p in payments if p.payment_id not in found]
+            if not payments:
+                return SignedBatch(None, [], recovered)
+            nonce = await conn.fetchval(queries.LOCK_NONCE, request.chain_id, request.sender)
             if nonce is None:
-                raise RuntimeError(f"nonce of {sender} not synchronised with the chain")
-            signed = sign(nonce)
-            await _insert_tx(conn, dist.event_id, chain_id, sender, signed)
-            await conn.execute(queries.ADVANCE_NONCE, chain_id, sender, nonce)
-            row = await conn.fetchrow(
-                queries.MARK_SIGNED, dist.event_id, recipient, sender, nonce, signed.tx_hash
+                raise RuntimeError(f"nonce of {request.sender} not synchronised with the chain")
+            first = await conn.fetchval(queries.TAKE_INDICES, request.distributor, len(payments))
+            if first is None:
+                raise RuntimeError(f"indices of {request.distributor} not rebuilt from the chain")
+            signed, calldata = sign(nonce, int(first), payments)
+            batch_id = await conn.fetchval(
+                queries.INSERT_BATCH,
+                request.chain_id,
+                request.sender,
+                nonce,
+                request.distributor,
+                first,
+                len(payments),
+                calldata,
+                signed.gas,
             )
-            assert row is not None  # locked above, so still there
-        return Distribution.from_row(row)
+            await _insert_attempt(conn, batch_id, request.chain_id, request.sender, signed)
+            await conn.execute(queries.ADVANCE_NONCE, request.chain_id, request.sender, nonce)
+            await conn.execute(
+                queries.MARK_BATCHED,
+                batch_id,
+                [p.event_id for p in payments],
+                request.distributor,
+                request.sender,
+                nonce,
+                signed.tx_hash,
+                [p.recipient for p in payments],
+                [first + i for i in range(len(payments))],
+            )
+        return SignedBatch(batch_id, [p.event_id for p in payments], recovered)
 
-    async def store_replacement(
-        self, event_id: uuid.UUID, replaces: str, *, chain_id: int, sender: str, signed: Signed
-    ) -> bool:
-        """Store a fee-bumped sibling (same nonce) of ``replaces``, only while the event is
-        unconfirmed and ``replaces`` is still its newest transaction: of several members
-        bumping at once, one stores a replacement and the others find it and stand down."""
-        async with self._db.transaction() as conn:
-            current = await conn.fetchrow(queries.BY_EVENT_FOR_UPDATE, event_id)
-            if current is None or not State(current["state"]).on_chain:
-                return False
-            if await conn.fetchval(queries.NEWEST_TX, event_id) != replaces:
-                return False
-            await _insert_tx(conn, event_id, chain_id, sender, signed)
-        return True
+    async def batch(self, batch_id: int) -> Batch:
+        row = await self._db.fetchrow(queries.BATCH, batch_id)
+        assert row is not None
+        return Batch.from_row(row)
 
-    async def transactions(self, event_id: uuid.UUID) -> list[StoredTx]:
-        rows = await self._db.fetch(queries.TRANSACTIONS_OF, event_id)
+    async def batch_members(self, batch_id: int) -> list[Distribution]:
+        return [
+            Distribution.from_row(r) for r in await self._db.fetch(queries.BATCH_MEMBERS, batch_id)
+        ]
+
+    async def attempts(self, batch_id: int) -> list[StoredTx]:
+        """The batch's signed attempts (one nonce), oldest first."""
+        rows = await self._db.fetch(queries.BATCH_ATTEMPTS, batch_id)
         return [StoredTx.from_row(r) for r in rows]
 
     async def mark_broadcast(self, tx_hash: str) -> None:
         await self._db.execute(queries.MARK_BROADCAST, tx_hash)
 
-    async def confirm(self, dist: Distribution, tx_hash: str, block_number: int) -> Distribution:
-        row = await self._db.fetchrow(queries.MARK_CONFIRMED, dist.event_id, tx_hash, block_number)
-        if row is None:
-            raise StateConflict(str(dist.event_id))
-        return Distribution.from_row(row)
-
-    async def credit(self, dist: Distribution, property_id: str) -> Distribution:
-        """Holdings += tokens, the ledger pair, the investment's status and the state, in
-        one transaction guarded by the 'confirmed' state: a second credit finds nothing."""
+    async def batch_submitted(self, batch: Batch) -> Batch:
         async with self._db.transaction() as conn:
-            row = await conn.fetchrow(queries.MARK_CREDITED, dist.event_id)
-            if row is None:
-                raise StateConflict(str(dist.event_id))
-            await conn.execute(
-                queries.CREDIT_HOLDING,
-                dist.user_id,
-                dist.tokenization_id,
-                property_id,
-                dist.tokens,
-            )
-            await conn.execute(
-                queries.LEDGER_PAIR,
-                dist.event_id,
-                dist.tokenization_id,
-                dist.tokens,
-                dist.user_id,
-            )
-            await conn.execute(queries.MARK_INVESTMENT_DISTRIBUTED, dist.investment_id)
-        return Distribution.from_row(row)
+            moved = await _move(conn, batch, BatchState.SUBMITTED)
+            await conn.execute(queries.MEMBERS_SUBMITTED, batch.id)
+        return moved
 
-    async def pending_transactions(self, chain_id: int, sender: str) -> list[dict[str, Any]]:
-        rows = await self._db.fetch(queries.PENDING_TRANSACTIONS, chain_id, sender)
+    async def batch_confirmed(
+        self, batch: Batch, tx_hash: str, block_number: int, outcome: BatchOutcome
+    ) -> Batch:
+        """Each member's outcome and the batch confirmed, at once: paid by this
+        transaction, found paid by an earlier one, or failed (never retryable: its index
+        was used by another payment, a human looks)."""
+        async with self._db.transaction() as conn:
+            moved = await _move(conn, batch, BatchState.CONFIRMED, tx_hash, block_number)
+            await conn.execute(
+                queries.MEMBERS_CONFIRMED, batch.id, outcome.paid, tx_hash, block_number
+            )
+            for event_id, (earlier_tx, earlier_block) in outcome.paid_earlier.items():
+                await conn.execute(
+                    queries.MEMBER_CONFIRMED_EARLIER, batch.id, event_id, earlier_tx, earlier_block
+                )
+            for event_id, reason in outcome.failed.items():
+                await conn.execute(queries.MEMBERS_FAILED, batch.id, [event_id], reason, False)
+        return moved
+
+    async def batch_reverted(self, batch: Batch, tx_hash: str, block_number: int) -> Batch:
+        """Mined and reverted: nothing was paid, so every member fails retryable."""
+        reason = f"reverted: batch {batch.id} tx {tx_hash} in block {block_number}"
+        async with self._db.transaction() as conn:
+            moved = await _move(conn, batch, BatchState.REVERTED, tx_hash, block_number, reason)
+            members = [r["event_id"] for r in await conn.fetch(queries.BATCH_MEMBERS, batch.id)]
+            await conn.execute(queries.MEMBERS_FAILED, batch.id, members, reason, True)
+        return moved
+
+    async def batch_abandoned(self, batch: Batch, reason: str) -> Batch:
+        """The batch's nonce went to another transaction: its members go back to be
+        batched again."""
+        async with self._db.transaction() as conn:
+            moved = await _move(conn, batch, BatchState.ABANDONED, None, None, reason)
+            await conn.execute(queries.MEMBERS_RELEASED, batch.id)
+        return moved
+
+    async def credit(self, event_ids: list[uuid.UUID], batch: Batch | None = None) -> int:
+        """Credit every confirmed one of ``event_ids`` (and mark ``batch`` credited) in one
+        transaction; returns how many were credited by this call."""
+        async with self._db.transaction() as conn:
+            if batch is not None:
+                await _move(conn, batch, BatchState.CREDITED)
+            count: int = await conn.fetchval(queries.CREDIT, event_ids)
+        return count
+
+    async def pending_batches(self, chain_id: int, sender: str) -> list[dict[str, Any]]:
+        """The newest attempt of every unconfirmed batch of ``sender``, by nonce."""
+        rows = await self._db.fetch(queries.PENDING_BATCHES, chain_id, sender)
         return sorted((dict(r) for r in rows), key=lambda r: int(r["nonce"]))
 
+    async def store_attempt(self, batch_id: int, replaces: str, signed: Signed) -> bool:
+        """Store a same-nonce sibling of ``replaces`` while the batch is unconfirmed and
+        ``replaces`` is still its newest attempt: of several members bumping at once, one
+        stores a replacement and the others find it and stand down."""
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(queries.BATCH_FOR_UPDATE, batch_id)
+            if row is None or not BatchState(row["state"]).in_flight:
+                return False
+            if await conn.fetchval(queries.NEWEST_BATCH_TX, batch_id) != replaces:
+                return False
+            await _insert_attempt(conn, batch_id, row["chain_id"], row["sender"], signed)
+        return True
 
-async def _insert_tx(
+    async def open_batches(self, chain_id: int) -> list[int]:
+        return [r["id"] for r in await self._db.fetch(queries.OPEN_BATCHES, chain_id)]
+
+    # --- the index floor ------------------------------------------------------------
+
+    async def distributors(self, chain_id: int) -> list[str]:
+        rows = await self._db.fetch(queries.DISTRIBUTORS_ON_CHAIN, chain_id)
+        return [r["distributor_address"] for r in rows]
+
+    async def index_scan(self, distributor: str) -> tuple[int, int]:
+        """(next index, last block scanned) of ``distributor``; created at (0, -1)."""
+        async with self._db.transaction() as conn:
+            await conn.execute(queries.ENSURE_INDICES, distributor)
+            row = await conn.fetchrow(queries.INDICES, distributor)
+        assert row is not None
+        return int(row["next_index"]), int(row["scanned_block"])
+
+    async def record_scan(
+        self, distributor: str, payouts: list[ScannedPayout], floor: int, scanned_block: int
+    ) -> None:
+        """Remember the payouts found and raise the floor past every index they used."""
+        async with self._db.transaction() as conn:
+            if payouts:
+                await conn.execute(
+                    queries.RECORD_ONCHAIN,
+                    distributor,
+                    [p.payment_id for p in payouts],
+                    [p.index for p in payouts],
+                    [p.tx_hash for p in payouts],
+                    [p.block_number for p in payouts],
+                )
+            await conn.execute(queries.RAISE_INDICES, distributor, floor, scanned_block)
+
+
+async def _move(
     conn: db.Connection,
-    event_id: uuid.UUID,
-    chain_id: int,
-    sender: str,
-    signed: Signed,
+    batch: Batch,
+    new: BatchState,
+    tx_hash: str | None = None,
+    block_number: int | None = None,
+    reason: str | None = None,
+) -> Batch:
+    row = await conn.fetchrow(
+        queries.SET_BATCH_STATE, batch.id, sources(new), new, tx_hash, block_number, reason
+    )
+    if row is None:
+        raise StateConflict(f"batch {batch.id}")
+    return Batch.from_row(row)
+
+
+async def _insert_attempt(
+    conn: db.Connection, batch_id: int, chain_id: int, sender: str, signed: Signed
 ) -> None:
     await conn.execute(
-        queries.INSERT_TX,
+        queries.INSERT_BATCH_TX,
         signed.tx_hash,
-        event_id,
+        batch_id,
         chain_id,
         sender,
         signed.nonce,

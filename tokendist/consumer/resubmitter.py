@@ -1,7 +1,9 @@
-"""Keeps the operator's transactions moving: at start-up and every few seconds it
-re-broadcasts stored, unconfirmed transactions in nonce order (so a gap left by a crash
-between store and broadcast never blocks later nonces) and replaces stuck ones with a
-fee-bumped sibling of the same nonce (so at most one of them can ever be mined)."""
+"""Keeps every key's batches moving: at start-up and every few seconds it re-broadcasts
+each key's stored, unconfirmed batches in nonce order (so a gap left by a crash between
+store and broadcast never blocks later nonces) and replaces stuck ones with a fee-bumped
+sibling of the same nonce and calldata (so at most one of them can ever be mined). Keys
+are swept one after another: a key whose node answers fail is skipped this round, and
+the others are swept."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from eth_typing import HexStr
 
-from tokendist.consumer.ports import DistributionStore, OperatorChain
+from tokendist.consumer.chain import Chain
+from tokendist.consumer.keypool import KeyPool
+from tokendist.consumer.repository import Repository
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, TransientError
 from tokendist.core.settings import ConsumerSettings
@@ -20,50 +25,54 @@ log = structlog.get_logger("tokendist.resubmitter")
 
 
 class Resubmitter:
-    def __init__(
-        self, settings: ConsumerSettings, repo: DistributionStore, chain: OperatorChain
-    ) -> None:
+    def __init__(self, settings: ConsumerSettings, repo: Repository, keys: KeyPool) -> None:
         self.settings = settings
         self.repo = repo
-        self.chain = chain
+        self.keys = keys
 
     async def run(self) -> None:
         while True:
-            try:
-                await self.sweep()
-            except TransientError as exc:
-                log.warning("resubmit_sweep_failed", error=str(exc))
+            await self.sweep()
             await asyncio.sleep(self.settings.resubmit_interval_s)
 
     async def sweep(self) -> int:
-        """One pass; returns how many transactions were re-sent or replaced."""
-        chain_id = await self.chain.chain_id()
-        pending = await self.repo.pending_transactions(chain_id, self.chain.sender)
-        reserved = await self.repo.next_nonce(chain_id, self.chain.sender)
-        node_pending = await self.chain.nonce(pending=True)
-        metrics.INFLIGHT.set(len(pending))
+        """One pass over every key; returns how many attempts were re-sent or replaced."""
+        acted = 0
+        for key in self.keys.keys.values():
+            try:
+                acted += await self._sweep(key)
+            except TransientError as exc:
+                log.warning("resubmit_sweep_failed", sender=key.sender, error=str(exc))
+        return acted
+
+    async def _sweep(self, key: Chain) -> int:
+        chain_id = await key.chain_id()
+        pending = await self.repo.pending_batches(chain_id, key.sender)
+        reserved = await self.repo.next_nonce(chain_id, key.sender)
+        node_pending = await key.nonce(pending=True)
+        metrics.INFLIGHT.labels(sender=key.sender).set(len(pending))
         metrics.INFLIGHT_CAP.set(self.settings.max_inflight_per_sender)
-        metrics.NONCE_GAP.set(max(0, reserved - node_pending))
-        metrics.OPERATOR_GAS.set(await self.chain.gas_balance())
+        metrics.NONCE_GAP.labels(sender=key.sender).set(max(0, reserved - node_pending))
+        metrics.OPERATOR_GAS.labels(sender=key.sender).set(await key.gas_balance())
         if not pending:
             return 0
-        mined = await self.chain.nonce(pending=False)
+        mined = await key.nonce(pending=False)
         now = datetime.now(UTC)
         acted = 0
         for tx in pending:
             if tx["nonce"] < mined:
-                continue  # a sibling was mined; its owner confirms it
-            age = (now - tx["created_at"]).total_seconds()
+                continue  # an attempt was mined; the batch's settler confirms it
+            age = (now - tx["created_at"]).total_seconds()  # of the newest attempt
             last_sent = tx["broadcast_at"] or tx["created_at"]
             if age >= self.settings.fee_bump_after_s:
-                acted += await self._bump(chain_id, tx)
+                acted += await self._bump(key, tx)
             elif (now - last_sent).total_seconds() >= self.settings.rebroadcast_after_s:
-                acted += await self._send(tx["tx_hash"], bytes(tx["raw_tx"]), tx["nonce"])
+                acted += await self._send(key, tx["tx_hash"], bytes(tx["raw_tx"]), tx["nonce"])
         return acted
 
-    async def _send(self, tx_hash: str, raw: bytes, nonce: int) -> int:
+    async def _send(self, key: Chain, tx_hash: str, raw: bytes, nonce: int) -> int:
         try:
-            answer = await self.chain.send_raw(raw)
+            answer = await key.send_raw(raw)
         except ChainRejected as exc:
             log.error(
                 "rebroadcast_refused", tx_hash=tx_hash, nonce=nonce, reason=exc.reason, alert=True
@@ -73,10 +82,10 @@ class Resubmitter:
         log.info("transaction_rebroadcast", tx_hash=tx_hash, nonce=nonce, answer=answer.value)
         return 1
 
-    async def _bump(self, chain_id: int, tx: dict[str, Any]) -> int:
+    async def _bump(self, key: Chain, tx: dict[str, Any]) -> int:
         factor = 100 + self.settings.fee_bump_percent
         tip = int(tx["priority_fee"]) * factor // 100 + 1
-        base = await self.chain.base_fee()
+        base = await key.base_fee()
         max_fee = max(int(tx["max_fee_per_gas"]) * factor // 100 + 1, 2 * base + tip)
         if max_fee > self.settings.max_fee_wei:
             log.error(
@@ -87,33 +96,24 @@ class Resubmitter:
                 cap=self.settings.max_fee_wei,
                 alert=True,
             )
-            return await self._send(tx["tx_hash"], bytes(tx["raw_tx"]), tx["nonce"])
-        calldata = self.chain.distribute_calldata(
-            bytes.fromhex(tx["payment_id"][2:]), tx["recipient"], int(tx["tokens"])
-        )
-        signed = self.chain.sign(
+            return await self._send(key, tx["tx_hash"], bytes(tx["raw_tx"]), tx["nonce"])
+        signed = key.sign(
             to=tx["distributor_address"],
-            data=calldata,
+            data=HexStr("0x" + bytes(tx["calldata"]).hex()),
             gas=tx["gas_limit"],
             nonce=tx["nonce"],
             max_fee=max_fee,
             priority_fee=tip,
         )
-        stored = await self.repo.store_replacement(
-            tx["event_id"],
-            tx["tx_hash"],
-            chain_id=chain_id,
-            sender=self.chain.sender,
-            signed=signed,
-        )
-        if not stored:
+        if not await self.repo.store_attempt(tx["batch_id"], tx["tx_hash"], signed):
             return 0
         log.warning(
             "transaction_fee_bumped",
+            batch_id=tx["batch_id"],
             replaced=tx["tx_hash"],
             tx_hash=signed.tx_hash,
             nonce=tx["nonce"],
             max_fee=max_fee,
             priority_fee=tip,
         )
-        return await self._send(signed.tx_hash, signed.raw, signed.nonce)
+        return await self._send(key, signed.tx_hash, signed.raw, signed.nonce)

@@ -7,9 +7,10 @@ partition, only up to the last record whose processing finished.
 
 Shutdown order (``_shutdown``), for SIGTERM and for any crashed side task alike:
 stop intake (leave the fetch loop) → cancel side tasks → let workers finish the record in
-hand up to the grace period, cancel the rest → commit finished offsets → leave the group
-(``membership.close``: a static member too) and close the producer, chain client and pool,
-in reverse order of opening.
+hand up to the grace period (the gatherer still batching them), cancel the rest → commit
+finished offsets → stop the gatherer → leave the group (``membership.close``: a static
+member too) and close the producer, the settler's batches, the keys' chain clients and
+the pool, in reverse order of opening.
 """
 
 from __future__ import annotations
@@ -102,10 +103,14 @@ class Runner:
                 asyncio.create_task(self._commit_loop(), name="committer"),
                 asyncio.create_task(member.resubmitter.run(), name="resubmitter"),
             ]
+            # Outlives the workers' drain: the payments in hand still get batched.
+            gatherer = asyncio.create_task(member.gatherer.run(), name="gatherer")
             try:
-                await self._fetch_loop(side_tasks)
+                await self._fetch_loop([*side_tasks, gatherer])
             finally:
                 await self._shutdown(side_tasks)
+                gatherer.cancel()
+                await asyncio.gather(gatherer, return_exceptions=True)
 
     def _metrics_server(self) -> list[asyncio.Task[None]]:
         if self.settings.metrics_port is None:

@@ -1,14 +1,15 @@
 """The distribution lifecycle, one row per payment event.
 
 received ──► awaiting_kyc ──► (approval re-drives the event) ─┐
-    │                                                        │
-    └──────────────► signed ◄────────────────────────────────┘
-                       │  raw transaction, hash and nonce stored before broadcast
-                       ▼
-                   submitted ──► confirmed ──► credited
-                       │             (holdings += tokens, ledger pair, investment
-                       ▼              distributed: one DB transaction)
-                     failed (with a reason: reverted, refused before signing, ...)
+    │  ▲                                                     │
+    └──┼───────────► signed ◄────────────────────────────────┘
+       │               │  in a batch (``consumer.batching``): its index, the batch's
+       │               │  raw transaction, hash and nonce stored before broadcast
+       │               ▼
+       └──────── submitted ──► confirmed ──► credited
+    (its batch abandoned:  │             (holdings += tokens, ledger pair, investment
+     the nonce went to     ▼              distributed: one DB transaction per batch)
+     another transaction) failed (with a reason: reverted, refused before signing, ...)
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ class State(enum.StrEnum):
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.RECEIVED: frozenset({State.AWAITING_KYC, State.SIGNED, State.FAILED}),
-    State.AWAITING_KYC: frozenset({State.SIGNED, State.FAILED}),
-    # Never to failed: the nonce is spent in our books, and failing a transaction that was
-    # never broadcast would leave a gap that blocks every later one. Only a submitted one
-    # fails (a revert, or its nonce consumed by another transaction).
-    State.SIGNED: frozenset({State.SUBMITTED, State.CONFIRMED}),
-    State.SUBMITTED: frozenset({State.CONFIRMED, State.FAILED}),
+    # To confirmed directly: found paid on-chain by the index scan (a restored database).
+    State.RECEIVED: frozenset({State.AWAITING_KYC, State.SIGNED, State.CONFIRMED, State.FAILED}),
+    State.AWAITING_KYC: frozenset({State.SIGNED, State.CONFIRMED, State.FAILED}),
+    # To failed only with its batch's receipt (a revert): failing a transaction that was
+    # never mined would leave a nonce gap that blocks every later one. Back to received
+    # only once the batch's nonce is provably taken by another transaction, so that its
+    # bytes can never be mined: then a fresh index cannot pay the payment twice.
+    State.SIGNED: frozenset({State.SUBMITTED, State.CONFIRMED, State.FAILED, State.RECEIVED}),
+    State.SUBMITTED: frozenset({State.CONFIRMED, State.FAILED, State.RECEIVED}),
     State.CONFIRMED: frozenset({State.CREDITED}),
     State.CREDITED: frozenset(),
     State.FAILED: frozenset({State.RECEIVED}),  # an operator's re-drive, only if never signed

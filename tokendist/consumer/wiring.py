@@ -14,12 +14,17 @@ from dataclasses import dataclass
 
 import structlog
 
+from tokendist.consumer.batching import indices
+from tokendist.consumer.batching.gatherer import Gatherer
+from tokendist.consumer.batching.settler import Settler
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.dlq import DeadLetters
+from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.processor import Processor
 from tokendist.consumer.repository import Repository
 from tokendist.consumer.resubmitter import Resubmitter
 from tokendist.core import db, kafka
+from tokendist.core.failpoints import Failpoints
 from tokendist.core.retry import until_available
 from tokendist.core.settings import ConsumerSettings
 
@@ -35,38 +40,41 @@ class Consumer:
     repo: Repository
     dead_letters: DeadLetters
     processor: Processor
+    gatherer: Gatherer
+    settler: Settler
     resubmitter: Resubmitter
 
 
 async def build(
     settings: ConsumerSettings, stop: asyncio.Event, resources: AsyncExitStack
 ) -> Consumer:
-    rpc_url, key = settings.require_chain()
+    rpc_url, secrets = settings.require_keys()
     s = settings
     pool = await until_available(
         "database", lambda: db.create_pool(s.database_url, max_size=POOL_SIZE), s, stop
     )
     resources.push_async_callback(pool.close)
-    chain = Chain(rpc_url, key)
-    resources.push_async_callback(chain.close)
+    chains = [Chain(rpc_url, secret) for secret in secrets]
+    for chain in chains:
+        resources.push_async_callback(chain.close)
     repo = Repository(pool)
-    await until_available("nonce", lambda: sync_nonce(repo, chain), s, stop)
+    keys = KeyPool(chains, repo, cap=s.max_inflight_per_sender, poll_s=s.receipt_poll_s)
+    await until_available("keys", keys.register, s, stop)
+    # Before any index is assigned: see consumer.batching.indices.
+    await until_available("indices", lambda: indices.rebuild(s, repo, keys), s, stop)
     await until_available("topics", lambda: kafka.ensure_topics(s), s, stop)
     producer = await until_available("producer", lambda: kafka.start(kafka.producer(s)), s, stop)
     resources.push_async_callback(kafka.close, producer)
     dead_letters = DeadLetters(producer, settings.dlq_topic, repo)
+    failpoints = Failpoints(settings.failpoints)
+    settler = Settler(settings, repo, keys, failpoints)
+    resources.push_async_callback(settler.close)
+    gatherer = Gatherer(settings, repo, keys, settler, failpoints)
     return Consumer(
         repo=repo,
         dead_letters=dead_letters,
-        processor=Processor(settings, repo, chain, dead_letters),
-        resubmitter=Resubmitter(settings, repo, chain),
-    )
-
-
-async def sync_nonce(repo: Repository, chain: Chain) -> None:
-    chain_id = await chain.chain_id()
-    pending = await chain.nonce(pending=True)
-    next_nonce = await repo.sync_nonce(chain_id, chain.sender, pending)
-    log.info(
-        "nonce_synchronised", sender=chain.sender, chain_pending=pending, next_nonce=next_nonce
+        processor=Processor(settings, repo, keys.node, dead_letters, gatherer, settler),
+        gatherer=gatherer,
+        settler=settler,
+        resubmitter=Resubmitter(settings, repo, keys),
     )

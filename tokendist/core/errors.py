@@ -132,6 +132,11 @@ class ChainRejected(TokendistError):
         self.reason = reason
 
 
+class KeyRejected(ChainRejected):
+    """Refused because of the signing key itself (no gas money, no operator role): the
+    same payments may go through under another key."""
+
+
 class NotInTransaction(TokendistError):
     pass
 

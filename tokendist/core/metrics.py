@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable
 
 import structlog
@@ -48,18 +47,33 @@ RETRYING = Gauge(
 )
 RETRIES = Counter("tokendist_retries_total", "Event processing attempts retried", ["error"])
 LAG = Gauge("tokendist_consumer_lag", "Records behind the partition's end", ["partition"])
-INFLIGHT = Gauge("tokendist_inflight_transactions", "Signed or submitted, not yet confirmed")
+INFLIGHT = Gauge(
+    "tokendist_inflight_transactions", "Signed or submitted batches, not yet confirmed", ["sender"]
+)
 # Exported so an alert compares against the configured cap instead of a copy of it.
 INFLIGHT_CAP = Gauge(
     "tokendist_inflight_cap", "Most transactions one operator may have unconfirmed (the setting)"
 )
+# Per key of the pool; a key appears with its first sweep (no "gas low" alert from a 0).
 OPERATOR_GAS = Gauge(
-    "tokendist_operator_gas_wei", "The operator's ETH balance in wei, as of the last sweep"
+    "tokendist_operator_gas_wei",
+    "An operator key's ETH balance in wei, as of the last sweep",
+    ["sender"],
 )
-OPERATOR_GAS.set(math.nan)  # unknown until the first sweep: no "gas low" alert from a 0
 NONCE_GAP = Gauge(
-    "tokendist_nonce_gap", "Nonces reserved in PostgreSQL but not yet seen by the node"
+    "tokendist_nonce_gap",
+    "Nonces reserved in PostgreSQL but not yet seen by the node",
+    ["sender"],
 )
+BATCH_SIZE = Histogram(
+    "tokendist_batch_size", "Payments per signed batch", buckets=(1, 5, 10, 25, 50, 100, 200, 500)
+)
+KEY_RESTING = Counter(
+    "tokendist_operator_key_rested_total",
+    "Times a key was left out because the node refused it (gas money, role)",
+    ["sender"],
+)
+BATCHES = Counter("tokendist_batches_total", "Batches settled, by how they ended", ["outcome"])
 RELAY_PUBLISHED = Counter("tokendist_relay_published_total", "Outbox rows published")
 RELAY_LEADER = Gauge("tokendist_relay_leader", "1 while this relay holds the leader lock")
 OUTBOX_OLDEST = Gauge(

@@ -102,15 +102,33 @@ class ChainSettings(_Section):
     rebroadcast_after_s: float = Field(default=10.0, gt=0)
     fee_bump_after_s: float = Field(default=30.0, gt=0)
     fee_bump_percent: int = Field(default=20, ge=10, le=500)
+    # Unconfirmed batches per operator key (geth keeps 16 executable per account).
     max_inflight_per_sender: int = Field(default=16, ge=1, le=64)
     resubmit_interval_s: float = Field(default=5.0, gt=0)
 
 
-class ConsumerSettings(DatabaseSettings, KafkaSettings, ServiceSettings, ChainSettings):
+class BatchSettings(_Section):
+    """How payments ready to sign are gathered into one ``distributeBatch`` transaction:
+    up to ``batch_max_size`` of them, or whatever arrived within ``batch_max_wait_s`` of
+    the oldest (about a block interval: a batch signed sooner only waits in the pool)."""
+
+    batch_max_size: int = Field(default=200, ge=1, le=1000)
+    batch_max_wait_s: float = Field(default=0.5, gt=0, le=60)
+    # A restored database may not know transactions its keys still have in the node's
+    # pool; indices are rebuilt from the chain once they are mined, waiting up to this.
+    index_rebuild_wait_s: float = Field(default=120.0, gt=0)
+
+
+class ConsumerSettings(
+    DatabaseSettings, KafkaSettings, ServiceSettings, ChainSettings, BatchSettings
+):
     """``tokendist consume``: all a group member is given (no payment-provider secret)."""
 
     operator_key: SecretStr | None = Field(
         default=None, description="hex private key of the distributor's operator"
+    )
+    operator_keys: SecretStr | None = Field(
+        default=None, description="more operator keys, comma-separated: the key pool"
     )
     consumer_group: str = "tokendist-distributor"
     # Static membership (KIP-345): a member restarted with the same id takes its partitions
@@ -136,11 +154,20 @@ class ConsumerSettings(DatabaseSettings, KafkaSettings, ServiceSettings, ChainSe
         return None if value is None else instance_id(value)
 
     def require_chain(self) -> tuple[str, SecretStr]:
-        """The RPC URL and operator key, or an error that says which variable to set."""
+        """The RPC URL and the first operator key, or an error that says what to set."""
+        rpc_url, keys = self.require_keys()
+        return rpc_url, keys[0]
+
+    def require_keys(self) -> tuple[str, list[SecretStr]]:
+        """The RPC URL and the key pool: ``operator_key`` first, then ``operator_keys``
+        (each once)."""
         self._require("rpc_url", "operator_key")
         assert self.rpc_url is not None
         assert self.operator_key is not None
-        return self.rpc_url, self.operator_key
+        keys = [self.operator_key.get_secret_value().strip()]
+        more = "" if self.operator_keys is None else self.operator_keys.get_secret_value()
+        keys += [k.strip() for k in more.split(",") if k.strip() and k.strip() not in keys]
+        return self.rpc_url, [SecretStr(k) for k in keys]
 
 
 class RelaySettings(DatabaseSettings, KafkaSettings, ServiceSettings):

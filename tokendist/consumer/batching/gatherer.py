@@ -1,0 +1,229 @@
+"""Gathers the payments ready to sign, from every partition this process owns, into
+batches: up to ``batch_max_size`` payments of one Distributor, or what arrived within
+``batch_max_wait_s`` of the oldest. One task signs them one batch at a time (a key from
+the pool, the key's next nonce, a contiguous range of indices) and hands each stored
+batch to the settler at once.
+
+A payment's processor awaits ``submit``: it learns the batch its payment went into (and
+then awaits that batch's end), or None when the payment was not taken (another member
+holds it, or it was found paid on-chain): it reloads its row and goes on from there.
+One user's payments keep their order because a processor submits a user's next payment
+only once the previous one finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from eth_typing import HexStr
+
+from tokendist.consumer import contracts
+from tokendist.consumer.batching.settler import Settler
+from tokendist.consumer.chain import Chain, Signed
+from tokendist.consumer.keypool import KeyPool
+from tokendist.consumer.repository import BatchRequest, PaymentToSign, Repository
+from tokendist.consumer.states import State
+from tokendist.core import metrics
+from tokendist.core.errors import ChainRejected, KeyRejected, StateConflict, TransientError
+from tokendist.core.failpoints import Failpoints
+from tokendist.core.retry import backoff
+from tokendist.core.settings import ConsumerSettings
+
+log = structlog.get_logger("tokendist.gatherer")
+
+GAS_MARGIN_PERCENT = 25
+# A batch may open a bitmap word or two that its estimate found already written.
+GAS_MARGIN_FIXED = 50_000
+
+
+@dataclass(slots=True)
+class _Waiting:
+    payment: PaymentToSign
+    distributor: str
+    since: float
+    future: asyncio.Future[int | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Gatherer:
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        repo: Repository,
+        keys: KeyPool,
+        settler: Settler,
+        failpoints: Failpoints,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.keys = keys
+        self.settler = settler
+        self.failpoints = failpoints
+        self._queue: collections.deque[_Waiting] = collections.deque()
+        self._arrived = asyncio.Event()
+
+    async def submit(self, payment: PaymentToSign, distributor: str) -> int | None:
+        """The id of the batch ``payment`` was signed into; None if it was not taken."""
+        waiting = _Waiting(payment, distributor, time.monotonic())
+        self._queue.append(waiting)
+        self._arrived.set()
+        try:
+            return await asyncio.shield(waiting.future)
+        except asyncio.CancelledError:
+            # Its worker is stopping: leave it out of the next batch (if it is signed
+            # already, its row says so and whoever processes the event next resumes).
+            if waiting in self._queue:
+                self._queue.remove(waiting)
+            raise
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._sign(batch)
+                failures = 0
+            except TransientError as exc:
+                failures += 1
+                log.warning("batch_signing_retrying", error=str(exc), payments=len(batch))
+                self._queue.extendleft(reversed(batch))
+                await asyncio.sleep(
+                    backoff(failures, self.settings.retry_base_s, self.settings.retry_cap_s)
+                )
+            except Exception as exc:  # the processors retry, and park what keeps failing
+                log.exception("batch_signing_failed", error=repr(exc), alert=True)
+                for waiting in batch:
+                    if not waiting.future.done():
+                        waiting.future.set_exception(exc)
+
+    async def _next_batch(self) -> list[_Waiting]:
+        """Wait until the oldest payment's batch is full or has waited long enough."""
+        s = self.settings
+        while True:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            oldest = self._queue[0]
+            same = [w for w in self._queue if w.distributor == oldest.distributor]
+            left = oldest.since + s.batch_max_wait_s - time.monotonic()
+            if len(same) >= s.batch_max_size or left <= 0:
+                batch = same[: s.batch_max_size]
+                for waiting in batch:
+                    self._queue.remove(waiting)
+                return batch
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                pass
+
+    async def _sign(self, batch: list[_Waiting]) -> None:
+        distributor = batch[0].distributor
+        key = await self.keys.acquire()
+        try:
+            gas, payable = await self._estimate(key, distributor, batch)
+        except KeyRejected as exc:
+            self.keys.rest(key.sender, exc.reason)
+            raise _Retry(exc.reason) from exc
+        if not payable:
+            return
+        gas_limit = gas * (100 + GAS_MARGIN_PERCENT) // 100 + GAS_MARGIN_FIXED
+        max_fee, tip = await self._fees()
+
+        def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
+            data = contracts.batch_calldata(first, [_entry(p) for p in kept])
+            signed = key.sign(
+                to=distributor,
+                data=data,
+                gas=gas_limit,
+                nonce=nonce,
+                max_fee=max_fee,
+                priority_fee=tip,
+            )
+            return signed, bytes.fromhex(data[2:])
+
+        request = BatchRequest(
+            await key.chain_id(), key.sender, distributor, [w.payment for w in payable]
+        )
+        stored = await self.repo.sign_batch(request, sign)
+        if stored.batch_id is not None:
+            self.failpoints.hit("after:signed")
+            metrics.BATCH_SIZE.observe(len(stored.members))
+            log.info(
+                "batch_signed",
+                batch_id=stored.batch_id,
+                sender=key.sender,
+                payments=len(stored.members),
+                recovered=len(stored.recovered),
+            )
+            self.settler.start(stored.batch_id)
+        members = set(stored.members)
+        for waiting in payable:
+            if not waiting.future.done():
+                taken = waiting.payment.event_id in members
+                waiting.future.set_result(stored.batch_id if taken else None)
+
+    async def _calldata(self, distributor: str, batch: list[_Waiting]) -> HexStr:
+        """The batch's calldata at the indices it would get now (for its estimate)."""
+        next_index, _ = await self.repo.index_scan(distributor)
+        return contracts.batch_calldata(next_index, [_entry(w.payment) for w in batch])
+
+    async def _estimate(
+        self, key: Chain, distributor: str, batch: list[_Waiting]
+    ) -> tuple[int, list[_Waiting]]:
+        """Gas for the payments the Distributor would pay now, and those payments; a
+        refused payment fails (retryable: nothing was paid) before anything is signed."""
+        try:
+            return await key.estimate(distributor, await self._calldata(distributor, batch)), batch
+        except KeyRejected:
+            raise
+        except ChainRejected:
+            payable = await self._payable(key, distributor, batch)
+        if not payable:
+            return 0, []
+        return await key.estimate(distributor, await self._calldata(distributor, payable)), payable
+
+    async def _payable(self, key: Chain, distributor: str, batch: list[_Waiting]) -> list[_Waiting]:
+        """Halves a refused batch until each refusal is pinned to one payment."""
+        try:
+            await key.estimate(distributor, await self._calldata(distributor, batch))
+            return batch
+        except KeyRejected:
+            raise
+        except ChainRejected as exc:
+            if len(batch) == 1:
+                await self._refuse(batch[0], exc.reason)
+                return []
+        middle = len(batch) // 2
+        left = await self._payable(key, distributor, batch[:middle])
+        return left + await self._payable(key, distributor, batch[middle:])
+
+    async def _refuse(self, waiting: _Waiting, reason: str) -> None:
+        dist = await self.repo.get(waiting.payment.event_id)
+        if dist.state.before_signing:
+            try:
+                await self.repo.transition(dist, State.FAILED, reason, retryable=True)
+            except StateConflict:
+                pass  # another member moved it: the processor reloads and sees
+        log.warning("payment_refused_before_signing", event_id=str(dist.event_id), reason=reason)
+        if not waiting.future.done():
+            waiting.future.set_result(None)
+
+    async def _fees(self) -> tuple[int, int]:
+        tip = self.settings.priority_fee_wei
+        base = await self.keys.node.base_fee()
+        return min(2 * base + tip, self.settings.max_fee_wei), tip
+
+
+class _Retry(TransientError):
+    """The batch goes back to the queue: another key takes it."""
+
+
+def _entry(payment: PaymentToSign) -> tuple[bytes, str, int]:
+    return bytes.fromhex(payment.payment_id[2:]), payment.recipient, payment.tokens

@@ -1,0 +1,182 @@
+"""Takes a stored batch to its end: broadcast its newest attempt, wait for a receipt of
+any of its attempts (they share one nonce, so at most one is ever mined), read each
+payment's outcome from the receipt's logs, and credit the whole batch in one DB
+transaction.
+
+Idempotent and safe beside other members: every step is guarded by the batch's stored
+state, so a member resuming a batch after a crash or a rebalance, or two members
+settling it at once, move it once. Within a process one task settles a batch; every
+processor whose payment is in it awaits that task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from tokendist.consumer import contracts
+from tokendist.consumer.batching.states import BatchState
+from tokendist.consumer.chain import Receipt
+from tokendist.consumer.head import Head, Receipts
+from tokendist.consumer.keypool import KeyPool
+from tokendist.consumer.repository import Batch, BatchOutcome, Repository
+from tokendist.core import metrics
+from tokendist.core.errors import ChainRejected, ChainUnavailable, StateConflict
+from tokendist.core.failpoints import Failpoints
+from tokendist.core.settings import ConsumerSettings
+
+log = structlog.get_logger("tokendist.settler")
+
+# Head advances with our nonce mined by something else and none of our attempts mined,
+# before the batch counts as abandoned (a receipt may lag its block on a busy node).
+NONCE_CONSUMED_STRIKES = 20
+
+
+class Settler:
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        repo: Repository,
+        keys: KeyPool,
+        failpoints: Failpoints,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.keys = keys
+        self.failpoints = failpoints
+        self.head = Head(keys.node, settings.receipt_poll_s)
+        self.receipts = Receipts(keys.node)
+        self._settling: dict[int, asyncio.Task[Batch]] = {}
+
+    def start(self, batch_id: int) -> asyncio.Task[Batch]:
+        task = self._settling.get(batch_id)
+        if task is None:
+            task = asyncio.create_task(self._settle(batch_id), name=f"batch-{batch_id}")
+            self._settling[batch_id] = task
+            task.add_done_callback(lambda t: self._done(batch_id, t))
+        return task
+
+    async def settle(self, batch_id: int) -> Batch:
+        """The batch once it ended; a failure (an outage) reaches every waiter, and the
+        next call starts again from the stored state."""
+        return await asyncio.shield(self.start(batch_id))
+
+    async def close(self) -> None:
+        tasks = list(self._settling.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _done(self, batch_id: int, task: asyncio.Task[Batch]) -> None:
+        if self._settling.get(batch_id) is task:
+            del self._settling[batch_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("batch_settle_interrupted", batch_id=batch_id, error=str(task.exception()))
+
+    async def _settle(self, batch_id: int) -> Batch:
+        batch = await self.repo.batch(batch_id)
+        with structlog.contextvars.bound_contextvars(batch_id=batch_id, sender=batch.sender):
+            while not batch.state.settled:
+                before = batch.state
+                try:
+                    batch = await self._step(batch)
+                except StateConflict:
+                    batch = await self.repo.batch(batch_id)
+                    continue
+                if batch.state is not before:
+                    self.failpoints.hit(f"after:{batch.state}")
+                    log.info(
+                        "batch_state_changed",
+                        state=batch.state,
+                        previous=before,
+                        tx_hash=batch.tx_hash,
+                        nonce=batch.nonce,
+                    )
+            metrics.BATCHES.labels(outcome=batch.state.value).inc()
+        return batch
+
+    async def _step(self, batch: Batch) -> Batch:
+        match batch.state:
+            case BatchState.SIGNED:
+                return await self._broadcast(batch)
+            case BatchState.SUBMITTED:
+                return await self._await_receipt(batch)
+            case BatchState.CONFIRMED:
+                members = await self.repo.batch_members(batch.id)
+                await self.repo.credit([m.event_id for m in members], batch)
+                return await self.repo.batch(batch.id)
+        raise AssertionError(f"no step from batch state {batch.state}")
+
+    async def _broadcast(self, batch: Batch) -> Batch:
+        newest = (await self.repo.attempts(batch.id))[-1]
+        try:
+            answer = await self.keys.node.send_raw(newest.raw)
+        except ChainRejected as exc:
+            # The nonce is spent in our books: giving up here would leave a gap that
+            # blocks every later batch of the key. Keep trying, loudly.
+            log.error("broadcast_refused", reason=exc.reason, tx_hash=newest.tx_hash, alert=True)
+            raise ChainUnavailable(exc.reason) from exc
+        await self.repo.mark_broadcast(newest.tx_hash)
+        log.info("batch_broadcast", tx_hash=newest.tx_hash, nonce=newest.nonce, answer=answer.value)
+        return await self.repo.batch_submitted(batch)
+
+    async def _await_receipt(self, batch: Batch) -> Batch:
+        strikes = 0
+        seen: int | None = None
+        while True:
+            head = (await self.head.advanced(seen)).number
+            seen = head
+            hashes = [tx.tx_hash for tx in await self.repo.attempts(batch.id)]
+            found = await self.receipts.get(hashes)
+            receipt = next((r for r in found.values() if r is not None), None)
+            if receipt is not None:
+                strikes = 0
+                if not receipt.succeeded:  # a revert rolls every payment's bit back too
+                    return await self.repo.batch_reverted(
+                        batch, receipt.tx_hash, receipt.block_number
+                    )
+                if head - receipt.block_number + 1 >= self.settings.confirmations:
+                    outcome = await self._outcome(batch, receipt)
+                    return await self.repo.batch_confirmed(
+                        batch, receipt.tx_hash, receipt.block_number, outcome
+                    )
+            elif await self.keys.node.nonce_of(batch.sender, pending=False) > batch.nonce:
+                strikes += 1
+                if strikes >= NONCE_CONSUMED_STRIKES:
+                    log.error("batch_nonce_taken", nonce=batch.nonce, alert=True)
+                    return await self.repo.batch_abandoned(
+                        batch, f"nonce {batch.nonce} taken by a transaction we did not sign"
+                    )
+
+    async def _outcome(self, batch: Batch, receipt: Receipt) -> BatchOutcome:
+        """Each member paid by this transaction, paid earlier under its own index (an
+        ``AlreadyPaid`` log: its bit was set), or failed for a human (its index was used
+        by another payment: only a database restored past the index floor does that)."""
+        members = {m.payment_id: m for m in await self.repo.batch_members(batch.id)}
+        paid, earlier, failed = [], {}, {}
+        outcomes = {o.payment_id: o for o in contracts.batch_outcomes(list(receipt.logs))}
+        for payment_id, member in members.items():
+            outcome = outcomes.get(payment_id)
+            if outcome is not None and outcome.paid:
+                paid.append(member.event_id)
+                continue
+            previous = [
+                entry
+                for entry in await self.keys.node.payment_logs(
+                    batch.distributor_address, payment_id
+                )
+                if contracts.log_index_of(entry) == member.payment_index
+            ]
+            if previous:
+                earlier[member.event_id] = (
+                    "0x" + bytes(previous[0]["transactionHash"]).hex(),
+                    int(previous[0]["blockNumber"]),
+                )
+                log.warning("payment_paid_earlier", event_id=str(member.event_id))
+            else:
+                failed[member.event_id] = (
+                    f"index_collision: index {member.payment_index} was used by another payment"
+                )
+                log.error("payment_index_collision", event_id=str(member.event_id), alert=True)
+        return BatchOutcome(paid, earlier, failed)
