@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Offline, reproducible compile of contracts/src/*.sol with the solc-js
 // version pinned in contracts/package.json (the compiler is bundled in the
-// npm package: nothing is downloaded at run time).
+// npm package: nothing is downloaded at run time). Imports such as
+// "@openzeppelin/contracts/..." resolve from contracts/node_modules only, where
+// `npm ci` puts the exact version package-lock.json pins.
 //
 //   node contracts/compile.mjs          write tokendist/consumer/abi/<Name>.json (package data)
 //   node contracts/compile.mjs --check  compile in memory; exit 1 if the
@@ -24,7 +26,28 @@ const CONTRACTS = {
   Distributor: 'Distributor.sol',
 };
 
-const EVM_VERSION = 'paris';
+// cancun: PUSH0 and transient storage (ReentrancyGuardTransient); anvil's default
+// hardfork (latest) runs it, and so do the L2s the project targets.
+const EVM_VERSION = 'cancun';
+// The Distributor's batch loop runs thousands of times per deployment: favour run
+// cost over code size.
+const OPTIMIZER_RUNS = 10000;
+const NODE_MODULES = join(ROOT, 'node_modules');
+
+function openzeppelinVersion() {
+  const pkg = join(NODE_MODULES, '@openzeppelin', 'contracts', 'package.json');
+  return JSON.parse(readFileSync(pkg, 'utf8')).version;
+}
+
+// Only package imports, only from node_modules: a missing package fails the build
+// instead of being looked up anywhere else.
+function findImports(path) {
+  const file = join(NODE_MODULES, path);
+  if (!path.startsWith('@') || !file.startsWith(NODE_MODULES + '/') || !existsSync(file)) {
+    return { error: `import ${path} not found in contracts/node_modules (run npm ci)` };
+  }
+  return { contents: readFileSync(file, 'utf8') };
+}
 
 function buildInput() {
   const sources = {};
@@ -35,7 +58,7 @@ function buildInput() {
     language: 'Solidity',
     sources,
     settings: {
-      optimizer: { enabled: true, runs: 200 },
+      optimizer: { enabled: true, runs: OPTIMIZER_RUNS },
       evmVersion: EVM_VERSION,
       outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } },
     },
@@ -43,9 +66,13 @@ function buildInput() {
 }
 
 function compile() {
-  const output = JSON.parse(solc.compile(JSON.stringify(buildInput())));
+  const output = JSON.parse(solc.compile(JSON.stringify(buildInput()), { import: findImports }));
   const problems = output.errors || [];
   for (const p of problems) {
+    // The pinned OpenZeppelin sources' warnings (transient storage in its
+    // ReentrancyGuardTransient) are known and not ours to fix: show only our own.
+    const file = p.sourceLocation?.file ?? '';
+    if (p.severity !== 'error' && file.startsWith('@openzeppelin/')) continue;
     process.stderr.write((p.formattedMessage || p.message) + '\n');
   }
   if (problems.some((p) => p.severity === 'error')) {
@@ -53,6 +80,7 @@ function compile() {
   }
 
   const solcVersion = solc.version();
+  const ozVersion = openzeppelinVersion();
   const artifacts = {};
   for (const [name, file] of Object.entries(CONTRACTS)) {
     const c = output.contracts?.[file]?.[name];
@@ -65,6 +93,9 @@ function compile() {
       abi: c.abi,
       bytecode: '0x' + bytecode,
       solcVersion,
+      openzeppelinVersion: ozVersion,
+      evmVersion: EVM_VERSION,
+      optimizerRuns: OPTIMIZER_RUNS,
     };
     artifacts[name] = JSON.stringify(artifact, null, 2) + '\n';
   }
@@ -104,7 +135,9 @@ function main(argv) {
     writeFileSync(path, text);
     process.stdout.write(`wrote ${path}\n`);
   }
-  process.stdout.write(`solc ${solcVersion}, optimizer 200 runs, evm ${EVM_VERSION}\n`);
+  process.stdout.write(
+    `solc ${solcVersion}, OpenZeppelin ${openzeppelinVersion()}, optimizer ${OPTIMIZER_RUNS} runs, evm ${EVM_VERSION}\n`,
+  );
   return 0;
 }
 

@@ -1,12 +1,13 @@
 """``tokendist chain deploy``: the property token and its Distributor, funded, recorded.
 
-The deployer key owns the Distributor (it alone may rotate the operator); the operator
-key only distributes. Keeping them apart means the operator's nonces are managed by the
-consumers alone.
+The deployer key is the Distributor's admin (it alone grants and revokes operators); the
+operator keys only distribute. Keeping them apart means the operators' nonces are managed
+by the consumers alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -15,6 +16,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.contract import AsyncContract
+from web3.exceptions import ContractLogicError
 
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import guarded
@@ -75,14 +78,31 @@ class Deployer:
         return str(receipt["contractAddress"])
 
     async def deploy(
-        self, *, operator: str, name: str, symbol: str, decimals: int, supply: int, fund: int
+        self,
+        *,
+        operator: str | Sequence[str],
+        name: str,
+        symbol: str,
+        decimals: int,
+        supply: int,
+        fund: int,
     ) -> tuple[str, str]:
-        """Deploy token and Distributor; ``fund`` of the ``supply`` (minted to the deployer,
-        the treasury) moves into the Distributor, the rest stays for later top-ups."""
+        """Deploy token and Distributor (admin: the deployer; ``operator``, one key or
+        several, granted the operator role); ``fund`` of the ``supply`` (minted to the
+        deployer, the treasury) moves into the Distributor, the rest stays for later
+        top-ups."""
         token = await self._deploy(
             "PropertyToken", name, symbol, decimals, supply, self.account.address
         )
-        distributor = await self._deploy("Distributor", token, operator)
+        distributor = await self._deploy(
+            "Distributor",
+            token,
+            self.account.address,
+            [
+                AsyncWeb3.to_checksum_address(o)
+                for o in ([operator] if isinstance(operator, str) else operator)
+            ],
+        )
         await self.fund(token, distributor, fund)
         return token, distributor
 
@@ -95,15 +115,49 @@ class Deployer:
         ).build_transaction({"from": self.account.address})
         await self._transact(dict(tx))
 
-    async def set_operator(self, distributor: str, operator: str) -> None:
-        """Rotate the Distributor's operator key (only the owner, the deployer, may)."""
-        contract = self.w3.eth.contract(
+    def _distributor(self, distributor: str) -> AsyncContract:
+        return self.w3.eth.contract(
             address=AsyncWeb3.to_checksum_address(distributor), abi=contracts.abi("Distributor")
         )
-        tx = await contract.functions.setOperator(
-            AsyncWeb3.to_checksum_address(operator)
-        ).build_transaction({"from": self.account.address})
+
+    async def operators(self, distributor: str) -> list[str]:
+        """The keys holding the operator role now (checksummed)."""
+        contract = self._distributor(distributor)
+        members: list[str] = await guarded(
+            lambda: contract.functions.getRoleMembers(contracts.OPERATOR_ROLE).call()
+        )
+        return [AsyncWeb3.to_checksum_address(m) for m in members]
+
+    async def _role(self, function: str, distributor: str, address: str) -> None:
+        contract = self._distributor(distributor)
+        call = contract.functions[function](
+            contracts.OPERATOR_ROLE, AsyncWeb3.to_checksum_address(address)
+        )
+        try:
+            tx = await guarded(lambda: call.build_transaction({"from": self.account.address}))
+        except ContractLogicError as exc:  # estimating it reverted: not the admin, say
+            data = str(exc.data or exc.message or "")
+            reason = contracts.error_selectors("Distributor").get(data[:10], data)
+            raise ChainRejected(f"{function} of {address} on {distributor}: {reason}") from exc
         await self._transact(dict(tx))
+
+    async def grant_operator(self, distributor: str, address: str) -> None:
+        """Let ``address`` distribute (admin only; granting a holder again is a no-op)."""
+        await self._role("grantRole", distributor, address)
+
+    async def revoke_operator(self, distributor: str, address: str) -> None:
+        """Stop ``address`` distributing (admin only; revoking a non-holder is a no-op):
+        its batches still unmined revert with ``AccessControlUnauthorizedAccount``."""
+        await self._role("revokeRole", distributor, address)
+
+    async def set_operator(self, distributor: str, operator: str) -> None:
+        """Rotation onto one key: grant ``operator`` first (never a moment without an
+        operator), then revoke every other operator."""
+        await self.grant_operator(distributor, operator)
+        keep = AsyncWeb3.to_checksum_address(operator)
+        for other in await self.operators(distributor):
+            if other != keep:
+                await self.revoke_operator(distributor, other)
 
     async def close(self) -> None:
         await self.w3.provider.disconnect()
@@ -125,15 +179,16 @@ async def deploy_tokenization(
     *,
     tokenization_id: str,
     property_id: str,
-    operator: str,
+    operator: str | Sequence[str],
     name: str,
     symbol: str,
     decimals: int,
     supply: int,
     fund: int | None = None,
 ) -> Deployment:
-    """Deploy, fund and record one tokenization. Everything that can be refused is checked
-    before the first transaction: amounts, and an id that is already recorded."""
+    """Deploy, fund and record one tokenization; ``operator``: the key (or keys) granted
+    the operator role. Everything that can be refused is checked before the first
+    transaction: amounts, and an id that is already recorded."""
     if (problem := amounts_problem(supply, fund)) is not None:
         raise InvalidInput(problem)
     ops = ToolRepository(conn)

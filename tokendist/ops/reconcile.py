@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from tokendist.consumer.chain import Chain
-from tokendist.consumer.repository import Distribution, Repository
+from tokendist.consumer.repository import Distribution, Repository, Tokenization
 from tokendist.consumer.states import State
 from tokendist.core.errors import StateConflict
+from tokendist.ops.payouts import read_payouts
 from tokendist.ops.repository import ToolRepository
 from tokendist.ops.verify import Report, check_all
 
@@ -73,7 +74,7 @@ class Reconciler:
         assert tokenization is not None  # a foreign key
         try:
             if dist.state is not State.CONFIRMED:
-                found = await self._mined(dist)
+                found = await self._mined(dist, tokenization)
                 if found is None:
                     return  # in flight: the owner and the resubmitter take care of it
                 if not dry_run:
@@ -88,17 +89,27 @@ class Reconciler:
         except StateConflict:
             pass  # a consumer moved it first: exactly what we wanted
 
-    async def _mined(self, dist: Distribution) -> tuple[str, int] | None:
-        """(tx hash, block) of the event's successful, confirmed transaction, if any."""
+    async def _mined(
+        self, dist: Distribution, tokenization: Tokenization
+    ) -> tuple[str, int] | None:
+        """(tx hash, block) of the confirmed transaction that paid the event, if any.
+
+        Read from the chain's logs, not from the event's own transactions: in a batch a
+        mined, successful transaction may have skipped the payment as already paid, and
+        then the payout is in whichever transaction paid it (its ``Distributed`` log,
+        found by the payment id's topic)."""
+        paid = await read_payouts(
+            self.chain.w3,
+            distributor=tokenization.distributor_address,
+            token=tokenization.token_address,
+            payment_id=bytes.fromhex(dist.payment_id.removeprefix("0x")),
+        )
+        if len(paid) != 1:
+            return None  # not yet paid (in flight), or twice: verify reports it, a human acts
         head = await self.chain.block_number()
-        for tx in await self.repo.transactions(dist.event_id):
-            receipt = await self.chain.receipt(tx.tx_hash)
-            if receipt is None:
-                continue
-            if receipt.succeeded and head - receipt.block_number + 1 >= self.confirmations:
-                return tx.tx_hash, receipt.block_number
-            return None  # reverted or too fresh: the consumer decides
-        return None
+        if head - paid[0].block_number + 1 < self.confirmations:
+            return None  # too fresh: the consumer decides
+        return paid[0].tx_hash, paid[0].block_number
 
     async def _redrive(
         self, event_id: object, payload: str | None, result: Reconciliation, dry_run: bool

@@ -10,7 +10,8 @@ submitted) are allowed to be mined or not.
    distribution (those younger than the grace period may still be in flight), and every
    distribution has a confirmation;
 2. distributions ↔ chain: every confirmed or credited distribution has exactly one
-   ``Distributed`` log with its payment id, recipient and amount; no log lacks one;
+   payout on-chain (a ``Distributed`` log with its payment id, paired with the token's
+   ``Transfer`` of its recipient and amount: ``contracts.payouts``); no payout lacks one;
 3. holdings ↔ ledger: per (user, tokenization) holdings = credited total = ledger
    balance; every event's ledger entries sum to zero, and so does the whole ledger;
 4. balances: each recipient's on-chain ``balanceOf`` equals what this system paid it
@@ -27,6 +28,7 @@ from typing import Any
 
 from tokendist.consumer.chain import Chain
 from tokendist.core import db
+from tokendist.ops.payouts import read_payouts
 from tokendist.ops.repository import ToolRepository
 
 
@@ -92,49 +94,48 @@ async def _confirmations(ops: ToolRepository, grace_s: float) -> Check:
     return check
 
 
-async def _all_logs(ops: ToolRepository, chain: Chain) -> list[dict[str, Any]]:
-    logs = []
+async def _all_payouts(ops: ToolRepository, chain: Chain) -> list[dict[str, Any]]:
+    found = []
     for tk in await ops.tokenizations():
-        for entry in await chain.distributed_logs(tk["distributor_address"]):
-            logs.append(
+        for payout in await read_payouts(
+            chain.w3, distributor=tk["distributor_address"], token=tk["token_address"]
+        ):
+            found.append(
                 {
                     "tokenization_id": tk["id"],
-                    "payment_id": "0x" + bytes(entry["topics"][1]).hex(),
-                    "recipient": "0x" + bytes(entry["topics"][2])[-20:].hex(),
-                    "amount": int.from_bytes(bytes(entry["data"]), "big"),
+                    "payment_id": "0x" + payout.payment_id.hex(),
+                    "recipient": payout.to,
+                    "amount": payout.amount,
                 }
             )
-    return logs
+    return found
 
 
 async def _chain_logs(ops: ToolRepository, chain: Chain) -> Check:
-    check = Check("every on-chain distribution has exactly one matching Distributed log")
-    logs = await _all_logs(ops, chain)
+    check = Check("every on-chain distribution has exactly one matching payout on-chain")
     by_payment: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for entry in logs:
+    for entry in await _all_payouts(ops, chain):
         by_payment[entry["payment_id"]].append(entry)
     known = set()
     for d in await ops.onchain_distributions():
         known.add(d["payment_id"])
         found = by_payment.get(d["payment_id"], [])
-        # A signed or submitted transfer may or may not be mined yet: 0 or 1 log is fine.
+        # A signed or submitted transfer may or may not be mined yet: 0 or 1 payout is fine.
         allowed = {1} if d["state"] in ("confirmed", "credited") else {0, 1}
         if len(found) not in allowed:
-            check.problems.append(
-                f"event {d['event_id']} ({d['state']}): {len(found)} Distributed logs"
-            )
+            check.problems.append(f"event {d['event_id']} ({d['state']}): {len(found)} payouts")
             continue
         if not found:
             continue
         entry = found[0]
         if entry["recipient"] != d["recipient"].lower() or entry["amount"] != int(d["tokens"]):
             check.problems.append(
-                f"event {d['event_id']}: log pays {entry['amount']} to {entry['recipient']}, "
+                f"event {d['event_id']}: chain pays {entry['amount']} to {entry['recipient']}, "
                 f"expected {d['tokens']} to {d['recipient']}"
             )
     for payment in by_payment:
         if payment not in known:
-            check.problems.append(f"Distributed log {payment} has no signed distribution")
+            check.problems.append(f"payout of payment {payment} has no signed distribution")
     return check
 
 
