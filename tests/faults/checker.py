@@ -18,6 +18,7 @@ from tests.faults.retry import retrying
 from tests.integration import harness
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
+from tokendist.ops.payouts import read_payouts
 
 STATES = "SELECT state, count(*) AS n FROM distributions GROUP BY state"
 NOT_CREDITED = """
@@ -100,15 +101,6 @@ class Tally:
     problems: list[str] = field(default_factory=list)
 
 
-def _decode(entry: dict[str, Any]) -> tuple[str, str, int]:
-    topics = entry["topics"]
-    return (
-        "0x" + bytes(topics[1]).hex(),
-        "0x" + bytes(topics[2])[-20:].hex(),
-        int.from_bytes(bytes(entry["data"]), "big"),
-    )
-
-
 async def _transfers_out(ctx: Ctx) -> list[Any]:
     tk = ctx.world.deployment
     sender = "0x" + "0" * 24 + tk.distributor_address.lower()[2:]
@@ -137,7 +129,12 @@ async def tally(ctx: Ctx) -> Tally:
     _, key = ctx.world.settings.require_chain()
     chain = Chain(ctx.stack.rpc_url, key)
     try:
-        logs = [_decode(e) for e in await chain.distributed_logs(tk.distributor_address)]
+        logs = [
+            ("0x" + p.payment_id.hex(), p.to, p.amount)
+            for p in await read_payouts(
+                chain.w3, distributor=tk.distributor_address, token=tk.token_address
+            )
+        ]
         balances = {
             u.id: await chain.token_balance(tk.token_address, u.wallet)
             for u in ctx.workload.investors

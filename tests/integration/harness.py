@@ -19,11 +19,13 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 from eth_account import Account
 
+from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.runner import Runner
 from tokendist.core import kafka
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployer, Deployment
+from tokendist.ops.payouts import read_payouts
 from tokendist.ops.verify import Report, verify
 from tokendist.outbox import enqueue
 from tokendist.outbox.relay import Relay
@@ -110,11 +112,14 @@ async def run_verify(settings: Settings, pool: asyncpg.Pool, grace_s: float = 0.
         await chain.close()
 
 
-async def distributed_logs(settings: Settings, distributor: str) -> list[dict[str, Any]]:
+async def payouts(settings: Settings, tk: Deployment) -> list[contracts.Payout]:
+    """Every payout of the tokenization's Distributor, read from the chain's logs."""
     rpc_url, key = settings.require_chain()
     chain = Chain(rpc_url, key)
     try:
-        return await chain.distributed_logs(distributor)
+        return await read_payouts(
+            chain.w3, distributor=tk.distributor_address, token=tk.token_address
+        )
     finally:
         await chain.close()
 
@@ -275,12 +280,8 @@ async def confirm_event(pool: asyncpg.Pool, event: PaymentConfirmedV1) -> None:
 
 
 async def paid_to(settings: Settings, tk: Deployment) -> list[tuple[str, int]]:
-    """(recipient, amount) of every Distributed log of the tokenization's distributor."""
-    logs = await distributed_logs(settings, tk.distributor_address)
-    return [
-        ("0x" + bytes(e["topics"][2])[-20:].hex(), int.from_bytes(bytes(e["data"]), "big"))
-        for e in logs
-    ]
+    """(recipient, amount) of every payout of the tokenization's distributor."""
+    return [(p.to, p.amount) for p in await payouts(settings, tk)]
 
 
 async def holding(pool: asyncpg.Pool, user: int) -> int:

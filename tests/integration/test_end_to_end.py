@@ -22,12 +22,12 @@ async def test_payments_flow_to_exactly_one_transfer_each(
         await harness.wait_until(
             lambda: _credited_is(pool, n), timeout=240, what=f"{n} credited distributions"
         )
-    logs = await harness.distributed_logs(settings, tokenization.distributor_address)
-    assert len(logs) == n
+    payouts = await harness.payouts(settings, tokenization)
+    assert len(payouts) == n
+    assert len({p.payment_id for p in payouts}) == n  # each payment paid once
     paid: dict[str, int] = {}
-    for entry in logs:
-        to = "0x" + bytes(entry["topics"][2])[-20:].hex()
-        paid[to] = paid.get(to, 0) + int.from_bytes(bytes(entry["data"]), "big")
+    for p in payouts:
+        paid[p.to] = paid.get(p.to, 0) + p.amount
     assert paid == {w.lower(): t for w, t in expected.items()}
     transfers = await harness.rpc(
         settings.rpc_url or "",

@@ -199,6 +199,30 @@ def batch_outcomes(logs: Iterable[Mapping[str, Any]]) -> list[Outcome]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Paid:
+    """A ``Distributed`` log alone: which payment, at which index, by which transaction."""
+
+    payment_id: bytes
+    index: int
+    tx_hash: str
+    block_number: int
+
+
+def paid(logs: Iterable[Mapping[str, Any]]) -> list[Paid]:
+    """The ``Distributed`` logs among ``logs`` (others are ignored), in their order."""
+    return [
+        Paid(
+            _bytes(entry["topics"][1]),
+            _index_of(entry),
+            "0x" + _bytes(entry["transactionHash"]).hex(),
+            _int(entry["blockNumber"]),
+        )
+        for entry in logs
+        if _topic0(entry) == DISTRIBUTED_TOPIC
+    ]
+
+
 def payouts(logs: Iterable[Mapping[str, Any]]) -> list[Payout]:
     """Every payout among ``logs``: the Distributor's ``Distributed`` logs and the token's
     ``Transfer`` logs of the same transactions (others are ignored), ordered by block and

@@ -36,7 +36,7 @@ class KeyPool:
     def __init__(self, keys: list[Chain], repo: Repository, *, cap: int, poll_s: float) -> None:
         if not keys:
             raise ValueError("a key pool needs at least one key")
-        self.keys = {k.sender: k for k in keys}
+        self.keys: dict[str, Chain] = {k.sender: k for k in keys}
         self.node = keys[0]  # reads that do not depend on a key
         self._repo = repo
         self._cap = cap

@@ -52,6 +52,7 @@ class Processor:
         settings: ConsumerSettings,
         repo: DistributionStore,
         chain: ChainClient,
+        *,
         dead_letters: DeadLetterSink,
         gatherer: Gatherer,
         settler: Settler,

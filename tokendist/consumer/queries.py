@@ -297,6 +297,14 @@ UPDATE distributions SET state = 'confirmed', tx_hash = $3, block_number = $4,
 WHERE batch_id = $1 AND event_id = ANY($2::uuid[]) AND state IN ('signed', 'submitted')
 """
 
+# reconcile: a payment found paid (and final) on-chain while its row still waits.
+CONFIRM_PAID = f"""
+UPDATE distributions SET state = 'confirmed', tx_hash = $2, block_number = $3,
+    updated_at = now()
+WHERE event_id = $1 AND state IN ('signed', 'submitted')
+RETURNING {DISTRIBUTION_COLUMNS}
+"""
+
 MEMBER_CONFIRMED_EARLIER = """
 UPDATE distributions SET state = 'confirmed', tx_hash = $3, block_number = $4,
     updated_at = now()

@@ -466,7 +466,9 @@ class Repository:
         transaction, found paid by an earlier one, or failed (never retryable: its index
         was used by another payment, a human looks)."""
         async with self._db.transaction() as conn:
-            moved = await _move(conn, batch, BatchState.CONFIRMED, tx_hash, block_number)
+            moved = await _move(
+                conn, batch, BatchState.CONFIRMED, tx_hash=tx_hash, block=block_number
+            )
             await conn.execute(
                 queries.MEMBERS_CONFIRMED, batch.id, outcome.paid, tx_hash, block_number
             )
@@ -478,11 +480,23 @@ class Repository:
                 await conn.execute(queries.MEMBERS_FAILED, batch.id, [event_id], reason, False)
         return moved
 
+    async def confirm_paid(
+        self, dist: Distribution, tx_hash: str, block_number: int
+    ) -> Distribution:
+        """``dist`` confirmed by the transaction found paying it; guarded by its being
+        signed or submitted."""
+        row = await self._db.fetchrow(queries.CONFIRM_PAID, dist.event_id, tx_hash, block_number)
+        if row is None:
+            raise StateConflict(str(dist.event_id))
+        return Distribution.from_row(row)
+
     async def batch_reverted(self, batch: Batch, tx_hash: str, block_number: int) -> Batch:
         """Mined and reverted: nothing was paid, so every member fails retryable."""
         reason = f"reverted: batch {batch.id} tx {tx_hash} in block {block_number}"
         async with self._db.transaction() as conn:
-            moved = await _move(conn, batch, BatchState.REVERTED, tx_hash, block_number, reason)
+            moved = await _move(
+                conn, batch, BatchState.REVERTED, tx_hash=tx_hash, block=block_number, reason=reason
+            )
             members = [r["event_id"] for r in await conn.fetch(queries.BATCH_MEMBERS, batch.id)]
             await conn.execute(queries.MEMBERS_FAILED, batch.id, members, reason, True)
         return moved
@@ -491,7 +505,7 @@ class Repository:
         """The batch's nonce went to another transaction: its members go back to be
         batched again."""
         async with self._db.transaction() as conn:
-            moved = await _move(conn, batch, BatchState.ABANDONED, None, None, reason)
+            moved = await _move(conn, batch, BatchState.ABANDONED, reason=reason)
             await conn.execute(queries.MEMBERS_RELEASED, batch.id)
         return moved
 
@@ -560,12 +574,13 @@ async def _move(
     conn: db.Connection,
     batch: Batch,
     new: BatchState,
+    *,
     tx_hash: str | None = None,
-    block_number: int | None = None,
+    block: int | None = None,
     reason: str | None = None,
 ) -> Batch:
     row = await conn.fetchrow(
-        queries.SET_BATCH_STATE, batch.id, sources(new), new, tx_hash, block_number, reason
+        queries.SET_BATCH_STATE, batch.id, sources(new), new, tx_hash, block, reason
     )
     if row is None:
         raise StateConflict(f"batch {batch.id}")

@@ -73,7 +73,14 @@ async def build(
     return Consumer(
         repo=repo,
         dead_letters=dead_letters,
-        processor=Processor(settings, repo, keys.node, dead_letters, gatherer, settler),
+        processor=Processor(
+            settings,
+            repo,
+            keys.node,
+            dead_letters=dead_letters,
+            gatherer=gatherer,
+            settler=settler,
+        ),
         gatherer=gatherer,
         settler=settler,
         resubmitter=Resubmitter(settings, repo, keys),

@@ -78,12 +78,12 @@ class Reconciler:
                 if found is None:
                     return  # in flight: the owner and the resubmitter take care of it
                 if not dry_run:
-                    dist = await self.repo.confirm(dist, *found)
+                    dist = await self.repo.confirm_paid(dist, *found)
             if dry_run:
                 result.credited.append(str(dist.event_id))
                 log.info("reconcile_would_credit", event_id=str(dist.event_id))
                 return
-            await self.repo.credit(dist, tokenization.property_id)
+            await self.repo.credit([dist.event_id])
             result.credited.append(str(dist.event_id))
             log.info("reconcile_credited", event_id=str(dist.event_id))
         except StateConflict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -118,10 +119,8 @@ class Gatherer:
                     self._queue.remove(waiting)
                 return batch
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
-                pass
 
     async def _sign(self, batch: list[_Waiting]) -> None:
         distributor = batch[0].distributor
@@ -207,10 +206,9 @@ class Gatherer:
     async def _refuse(self, waiting: _Waiting, reason: str) -> None:
         dist = await self.repo.get(waiting.payment.event_id)
         if dist.state.before_signing:
-            try:
+            # StateConflict: another member moved it; the processor reloads and sees.
+            with contextlib.suppress(StateConflict):
                 await self.repo.transition(dist, State.FAILED, reason, retryable=True)
-            except StateConflict:
-                pass  # another member moved it: the processor reloads and sees
         log.warning("payment_refused_before_signing", event_id=str(dist.event_id), reason=reason)
         if not waiting.future.done():
             waiting.future.set_result(None)

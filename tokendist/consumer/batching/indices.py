@@ -52,13 +52,8 @@ async def rebuild(settings: ConsumerSettings, repo: Repository, keys: KeyPool) -
         for start in range(scanned + 1, head + 1, SCAN_CHUNK):
             end = min(start + SCAN_CHUNK - 1, head)
             payouts = [
-                ScannedPayout(
-                    payment_id=contracts.log_payment_id(entry),
-                    index=contracts.log_index_of(entry),
-                    tx_hash="0x" + bytes(entry["transactionHash"]).hex(),
-                    block_number=int(entry["blockNumber"]),
-                )
-                for entry in await node.distributed_logs(distributor, start, end)
+                ScannedPayout("0x" + p.payment_id.hex(), p.index, p.tx_hash, p.block_number)
+                for p in contracts.paid(await node.distributed_logs(distributor, start, end))
             ]
             floor = max([floor, *(p.index + 1 for p in payouts)])
             await repo.record_scan(distributor, payouts, floor, end)

@@ -155,24 +155,16 @@ class Settler:
         by another payment: only a database restored past the index floor does that)."""
         members = {m.payment_id: m for m in await self.repo.batch_members(batch.id)}
         paid, earlier, failed = [], {}, {}
-        outcomes = {o.payment_id: o for o in contracts.batch_outcomes(list(receipt.logs))}
+        outcomes = {"0x" + o.payment_id.hex(): o for o in contracts.batch_outcomes(receipt.logs)}
         for payment_id, member in members.items():
             outcome = outcomes.get(payment_id)
-            if outcome is not None and outcome.paid:
+            if outcome is not None and outcome.result is contracts.Result.PAID:
                 paid.append(member.event_id)
                 continue
-            previous = [
-                entry
-                for entry in await self.keys.node.payment_logs(
-                    batch.distributor_address, payment_id
-                )
-                if contracts.log_index_of(entry) == member.payment_index
-            ]
+            logs = await self.keys.node.payment_logs(batch.distributor_address, payment_id)
+            previous = [p for p in contracts.paid(logs) if p.index == member.payment_index]
             if previous:
-                earlier[member.event_id] = (
-                    "0x" + bytes(previous[0]["transactionHash"]).hex(),
-                    int(previous[0]["blockNumber"]),
-                )
+                earlier[member.event_id] = (previous[0].tx_hash, previous[0].block_number)
                 log.warning("payment_paid_earlier", event_id=str(member.event_id))
             else:
                 failed[member.event_id] = (
