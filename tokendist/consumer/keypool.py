@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Sequence
 
 import structlog
 
-from tokendist.consumer.chain import Chain
-from tokendist.consumer.repository import Repository
+from tokendist.consumer.ports import KeyBook, OperatorChain
 from tokendist.core import metrics
 
 log = structlog.get_logger("tokendist.keypool")
@@ -33,10 +33,12 @@ class KeyState(enum.StrEnum):
 
 
 class KeyPool:
-    def __init__(self, keys: list[Chain], repo: Repository, *, cap: int, poll_s: float) -> None:
+    def __init__(
+        self, keys: Sequence[OperatorChain], repo: KeyBook, *, cap: int, poll_s: float
+    ) -> None:
         if not keys:
             raise ValueError("a key pool needs at least one key")
-        self.keys: dict[str, Chain] = {k.sender: k for k in keys}
+        self.keys: dict[str, OperatorChain] = {k.sender: k for k in keys}
         self.node = keys[0]  # reads that do not depend on a key
         self._repo = repo
         self._cap = cap
@@ -44,7 +46,7 @@ class KeyPool:
         self._last_used: dict[str, float] = dict.fromkeys(self.keys, 0.0)
         self._resting: dict[str, float] = {}
 
-    def key(self, sender: str) -> Chain | None:
+    def key(self, sender: str) -> OperatorChain | None:
         """This process's key for ``sender``, if it holds it."""
         return self.keys.get(sender)
 
@@ -53,7 +55,7 @@ class KeyPool:
         chain_id = await self.node.chain_id()
         await self._repo.register_keys(chain_id, list(self.keys))
 
-    async def acquire(self) -> Chain:
+    async def acquire(self) -> OperatorChain:
         """The key the next batch goes to; waits while every key is at its cap, resting
         or not active."""
         chain_id = await self.node.chain_id()

@@ -18,8 +18,14 @@ from eth_typing import HexStr
 from tokendist.consumer.chain import Block, Receipt, SendResult, Signed
 from tokendist.consumer.repository import (
     Batch,
+    BatchOutcome,
+    BatchRequest,
     Confirmation,
     Distribution,
+    ScannedPayout,
+    SignBatch,
+    SignedBatch,
+    StoredTx,
     Tokenization,
     User,
 )
@@ -125,12 +131,90 @@ class ChainClient(Protocol):
         ...
 
     async def receipts(self, tx_hashes: list[str]) -> dict[str, Receipt | None]:
-        """Each transaction's receipt, None while not mined."""
+        """Each transaction's receipt (with its logs), None while not mined."""
+        ...
+
+    async def block_number(self) -> int: ...
+
+    async def distributed_logs(
+        self, distributor: str, from_block: int = 0, to_block: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The Distributor's ``Distributed`` logs in these blocks (None: up to the head)."""
+        ...
+
+    async def payment_logs(self, distributor: str, payment_id: str) -> list[dict[str, Any]]:
+        """The ``Distributed`` logs that paid ``payment_id`` (0x-hex), ever."""
         ...
 
 
 class OperatorChain(ChainClient, Signer, Protocol):
-    """A node and the Distributor operator's key, as ``consumer.chain.Chain`` is."""
+    """A node and one operator key of the pool, as ``consumer.chain.Chain`` is."""
+
+
+class KeyBook(Protocol):
+    """Which keys may sign, and how many batches each has unconfirmed (PostgreSQL, shared
+    by every member)."""
+
+    async def register_keys(self, chain_id: int, addresses: list[str]) -> None: ...
+
+    async def key_states(self, chain_id: int) -> dict[str, str]: ...
+
+    async def inflight_batches(self, chain_id: int) -> dict[str, int]: ...
+
+
+class BatchStore(DistributionStore, KeyBook, Protocol):
+    """The batches, their attempts, the keys' nonces and the index floor, durably. Same
+    promises as ``DistributionStore``: each method atomic, each batch state change
+    guarded (``StateConflict``) and within ``batching.states.BATCH_TRANSITIONS``."""
+
+    async def sign_batch(self, request: BatchRequest, sign: SignBatch) -> SignedBatch:
+        """Take those of the request's payments still before signing, confirm those the
+        index scan found paid, give the rest a contiguous range of indices and the key's
+        next nonce, ``sign``, and store batch, attempt and members: all or nothing."""
+        ...
+
+    async def batch(self, batch_id: int) -> Batch: ...
+
+    async def batch_members(self, batch_id: int) -> list[Distribution]: ...
+
+    async def attempts(self, batch_id: int) -> list[StoredTx]:
+        """The batch's signed attempts (one nonce), oldest first."""
+        ...
+
+    async def mark_broadcast(self, tx_hash: str) -> None: ...
+
+    async def batch_submitted(self, batch: Batch) -> Batch: ...
+
+    async def batch_confirmed(
+        self, batch: Batch, tx_hash: str, block_number: int, outcome: BatchOutcome
+    ) -> Batch: ...
+
+    async def batch_reverted(self, batch: Batch, tx_hash: str, block_number: int) -> Batch: ...
+
+    async def batch_abandoned(self, batch: Batch, reason: str) -> Batch: ...
+
+    async def pending_batches(self, chain_id: int, sender: str) -> list[dict[str, Any]]:
+        """The newest attempt of every unconfirmed batch of ``sender``, by nonce."""
+        ...
+
+    async def store_attempt(self, batch_id: int, replaces: str, signed: Signed) -> bool:
+        """A fee-bumped sibling of ``replaces`` stored, unless the batch is no longer in
+        flight or ``replaces`` is no longer its newest attempt (False: nothing stored)."""
+        ...
+
+    async def sync_nonce(self, chain_id: int, sender: str, chain_pending: int) -> int: ...
+
+    async def next_nonce(self, chain_id: int, sender: str) -> int: ...
+
+    async def distributors(self, chain_id: int) -> list[str]: ...
+
+    async def index_scan(self, distributor: str) -> tuple[int, int]:
+        """(next index, last block scanned) of ``distributor``."""
+        ...
+
+    async def record_scan(
+        self, distributor: str, payouts: list[ScannedPayout], floor: int, scanned_block: int
+    ) -> None: ...
 
 
 class DeadLetterSink(Protocol):

@@ -14,9 +14,8 @@ from typing import Any
 import structlog
 from eth_typing import HexStr
 
-from tokendist.consumer.chain import Chain
 from tokendist.consumer.keypool import KeyPool
-from tokendist.consumer.repository import Repository
+from tokendist.consumer.ports import BatchStore, OperatorChain
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, TransientError
 from tokendist.core.settings import ConsumerSettings
@@ -25,7 +24,7 @@ log = structlog.get_logger("tokendist.resubmitter")
 
 
 class Resubmitter:
-    def __init__(self, settings: ConsumerSettings, repo: Repository, keys: KeyPool) -> None:
+    def __init__(self, settings: ConsumerSettings, repo: BatchStore, keys: KeyPool) -> None:
         self.settings = settings
         self.repo = repo
         self.keys = keys
@@ -45,7 +44,7 @@ class Resubmitter:
                 log.warning("resubmit_sweep_failed", sender=key.sender, error=str(exc))
         return acted
 
-    async def _sweep(self, key: Chain) -> int:
+    async def _sweep(self, key: OperatorChain) -> int:
         chain_id = await key.chain_id()
         pending = await self.repo.pending_batches(chain_id, key.sender)
         reserved = await self.repo.next_nonce(chain_id, key.sender)
@@ -70,7 +69,7 @@ class Resubmitter:
                 acted += await self._send(key, tx["tx_hash"], bytes(tx["raw_tx"]), tx["nonce"])
         return acted
 
-    async def _send(self, key: Chain, tx_hash: str, raw: bytes, nonce: int) -> int:
+    async def _send(self, key: OperatorChain, tx_hash: str, raw: bytes, nonce: int) -> int:
         try:
             answer = await key.send_raw(raw)
         except ChainRejected as exc:
@@ -82,7 +81,7 @@ class Resubmitter:
         log.info("transaction_rebroadcast", tx_hash=tx_hash, nonce=nonce, answer=answer.value)
         return 1
 
-    async def _bump(self, key: Chain, tx: dict[str, Any]) -> int:
+    async def _bump(self, key: OperatorChain, tx: dict[str, Any]) -> int:
         factor = 100 + self.settings.fee_bump_percent
         tip = int(tx["priority_fee"]) * factor // 100 + 1
         base = await key.base_fee()

@@ -24,9 +24,10 @@ from eth_typing import HexStr
 
 from tokendist.consumer import contracts
 from tokendist.consumer.batching.settler import Settler
-from tokendist.consumer.chain import Chain, Signed
+from tokendist.consumer.chain import Signed
 from tokendist.consumer.keypool import KeyPool
-from tokendist.consumer.repository import BatchRequest, PaymentToSign, Repository
+from tokendist.consumer.ports import BatchStore, OperatorChain
+from tokendist.consumer.repository import BatchRequest, PaymentToSign
 from tokendist.consumer.states import State
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, KeyRejected, StateConflict, TransientError
@@ -55,7 +56,7 @@ class Gatherer:
     def __init__(
         self,
         settings: ConsumerSettings,
-        repo: Repository,
+        repo: BatchStore,
         keys: KeyPool,
         settler: Settler,
         failpoints: Failpoints,
@@ -174,7 +175,7 @@ class Gatherer:
         return contracts.batch_calldata(next_index, [_entry(w.payment) for w in batch])
 
     async def _estimate(
-        self, key: Chain, distributor: str, batch: list[_Waiting]
+        self, key: OperatorChain, distributor: str, batch: list[_Waiting]
     ) -> tuple[int, list[_Waiting]]:
         """Gas for the payments the Distributor would pay now, and those payments; a
         refused payment fails (retryable: nothing was paid) before anything is signed."""
@@ -188,7 +189,9 @@ class Gatherer:
             return 0, []
         return await key.estimate(distributor, await self._calldata(distributor, payable)), payable
 
-    async def _payable(self, key: Chain, distributor: str, batch: list[_Waiting]) -> list[_Waiting]:
+    async def _payable(
+        self, key: OperatorChain, distributor: str, batch: list[_Waiting]
+    ) -> list[_Waiting]:
         """Halves a refused batch until each refusal is pinned to one payment."""
         try:
             await key.estimate(distributor, await self._calldata(distributor, batch))

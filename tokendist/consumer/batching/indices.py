@@ -25,7 +25,8 @@ import structlog
 
 from tokendist.consumer import contracts
 from tokendist.consumer.keypool import KeyPool
-from tokendist.consumer.repository import Repository, ScannedPayout
+from tokendist.consumer.ports import BatchStore
+from tokendist.consumer.repository import ScannedPayout
 from tokendist.core.errors import SettingsError
 from tokendist.core.settings import ConsumerSettings
 
@@ -35,7 +36,7 @@ log = structlog.get_logger("tokendist.indices")
 SCAN_CHUNK = 5_000
 
 
-async def rebuild(settings: ConsumerSettings, repo: Repository, keys: KeyPool) -> None:
+async def rebuild(settings: ConsumerSettings, repo: BatchStore, keys: KeyPool) -> None:
     """Wait for unknown pending transactions, synchronise each key's nonce with the chain,
     then raise every Distributor's index floor from its logs."""
     node = keys.node
@@ -62,7 +63,7 @@ async def rebuild(settings: ConsumerSettings, repo: Repository, keys: KeyPool) -
 
 
 async def _await_unknown(
-    settings: ConsumerSettings, repo: Repository, keys: KeyPool, chain_id: int, sender: str
+    settings: ConsumerSettings, repo: BatchStore, keys: KeyPool, chain_id: int, sender: str
 ) -> None:
     node = keys.node
     pending = await node.nonce_of(sender, pending=True)

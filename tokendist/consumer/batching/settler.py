@@ -20,7 +20,8 @@ from tokendist.consumer.batching.states import BatchState
 from tokendist.consumer.chain import Receipt
 from tokendist.consumer.head import Head, Receipts
 from tokendist.consumer.keypool import KeyPool
-from tokendist.consumer.repository import Batch, BatchOutcome, Repository
+from tokendist.consumer.ports import BatchStore
+from tokendist.consumer.repository import Batch, BatchOutcome
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, ChainUnavailable, StateConflict
 from tokendist.core.failpoints import Failpoints
@@ -37,7 +38,7 @@ class Settler:
     def __init__(
         self,
         settings: ConsumerSettings,
-        repo: Repository,
+        repo: BatchStore,
         keys: KeyPool,
         failpoints: Failpoints,
     ) -> None:
