@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from web3 import AsyncWeb3
 
 from tokendist.consumer import contracts
 
@@ -146,3 +147,17 @@ def test_a_distributed_log_without_its_transfer_is_not_guessed_at() -> None:
     stranger = dict(logs[1], topics=[contracts.TRANSFER_TOPIC, _topic(TOKEN), _topic(TOKEN)])
     with pytest.raises(ValueError, match="not sent by the Distributor"):
         contracts.payouts([logs[0], stranger])
+
+
+@settings(max_examples=50)
+@given(first=first_indices, batch=payments)
+def test_calldata_matches_web3s_encoding(first: int, batch: list[tuple[bytes, str, int]]) -> None:
+    """The hand-packed words and eth_abi give byte for byte what web3's contract object
+    gives for the same call (the ABI is the compiled artifact's)."""
+    words = [int(to, 16) << 96 | amount for _, to, amount in batch]
+    web3_encoded: Any = (
+        AsyncWeb3()
+        .eth.contract(abi=contracts.abi("Distributor"))
+        .encode_abi("distributeBatch", args=[first, [pid for pid, _, _ in batch], words])
+    )
+    assert contracts.batch_calldata(first, batch) == web3_encoded
