@@ -124,7 +124,7 @@ async def tokenization(settings: Settings, pool: asyncpg.Pool) -> Deployment:
                 symbol="LKT",
                 decimals=18,
                 supply=10**31,
-                fund=10**30,
+                fund=10**28,
             )
     finally:
         await deployer.close()

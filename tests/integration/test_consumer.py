@@ -168,15 +168,15 @@ async def test_sigterm_drains_commits_and_exits_cleanly(
 async def test_distributor_out_of_tokens_fails_clearly_then_top_up_and_redrive_finish(
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
-    """The Distributor holds 10**30; a payment for more fails at simulation, before any
+    """The Distributor holds 10**28; a payment for more fails at simulation, before any
     nonce is spent, with the reason. After a top-up, a re-drive pays it exactly once."""
-    too_much = 10**30 + 1
+    too_much = 10**28 + 1
     p = harness.payment(tokenization, 1, user=0, tokens=too_much)
     async with harness.relay(settings), harness.consumer(settings):
         await harness.pay(pool, p)
         await harness.wait_until(lambda: _state_is(pool, "inv-1", "failed"), what="failure")
         reason = await pool.fetchval("SELECT failure_reason FROM distributions")
-        assert reason == "reverted: TokenTransferFailed"
+        assert reason == "reverted: ERC20InsufficientBalance"
         assert await harness.count(pool, "SELECT count(*) FROM chain_transactions") == 0
         await harness.wait_until(lambda: _committed_to_end(settings), what="offset moved on")
         await harness.top_up(settings, tokenization, amount=10**18)

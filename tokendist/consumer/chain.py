@@ -165,7 +165,12 @@ class Chain:
 
     def _decode_revert(self, exc: ContractCustomError) -> str:
         data = str(exc.data or exc.message or "")
-        return contracts.error_selectors("Distributor").get(data[:10]) or data
+        selector = data[:10]
+        # The token's own errors bubble up through the Distributor's call to it.
+        known = contracts.error_selectors("Distributor") | contracts.error_selectors(
+            "PropertyToken"
+        )
+        return known.get(selector) or data
 
     def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int

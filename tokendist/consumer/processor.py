@@ -164,10 +164,12 @@ class Processor:
             case State.SIGNED | State.SUBMITTED:
                 assert dist.batch_id is not None
                 await self.settler.settle(dist.batch_id)
-            case State.CONFIRMED if dist.batch_id is not None:
-                await self.settler.settle(dist.batch_id)
-            case State.CONFIRMED:  # found paid on-chain by the index scan: no batch
-                await self.repo.credit([dist.event_id])
+            case State.CONFIRMED:
+                if dist.batch_id is not None:  # None: found paid on-chain by the index scan
+                    await self.settler.settle(dist.batch_id)
+                # Still confirmed once its batch is settled: its own credit failed there.
+                if (await self.repo.get(dist.event_id)).state is State.CONFIRMED:
+                    await self.repo.credit([dist.event_id])
             case _:
                 raise AssertionError(f"no step from {dist.state}")
         return await self.repo.get(dist.event_id)

@@ -23,7 +23,7 @@ from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.ports import BatchStore
 from tokendist.consumer.repository import Batch, BatchOutcome
 from tokendist.core import metrics
-from tokendist.core.errors import ChainRejected, ChainUnavailable, StateConflict
+from tokendist.core.errors import ChainRejected, ChainUnavailable, StateConflict, TransientError
 from tokendist.core.failpoints import Failpoints
 from tokendist.core.settings import ConsumerSettings
 
@@ -104,10 +104,32 @@ class Settler:
             case BatchState.SUBMITTED:
                 return await self._await_receipt(batch)
             case BatchState.CONFIRMED:
-                members = await self.repo.batch_members(batch.id)
-                await self.repo.credit([m.event_id for m in members], batch)
-                return await self.repo.batch(batch.id)
+                return await self._credit(batch)
         raise AssertionError(f"no step from batch state {batch.state}")
+
+    async def _credit(self, batch: Batch) -> Batch:
+        """The whole batch in one transaction; if that fails for a reason other than an
+        outage (one member's row refuses the write), one by one, so that only the
+        refusing member waits (its own record retries it, and is parked if it keeps
+        failing) while its batch-mates are credited."""
+        members = [m.event_id for m in await self.repo.batch_members(batch.id)]
+        try:
+            await self.repo.credit(members, batch)
+        except TransientError:
+            raise
+        except Exception as exc:
+            log.error("batch_credit_failed", error=repr(exc)[:300], alert=True)
+            for event_id in members:
+                try:
+                    await self.repo.credit([event_id])
+                except TransientError:
+                    raise
+                except Exception as one:
+                    log.error(
+                        "credit_failed", event_id=str(event_id), error=repr(one)[:300], alert=True
+                    )
+            await self.repo.credit([], batch)
+        return await self.repo.batch(batch.id)
 
     async def _broadcast(self, batch: Batch) -> Batch:
         newest = (await self.repo.attempts(batch.id))[-1]
