@@ -150,6 +150,15 @@ def _add_operations(sub: Any) -> None:
     redrive.add_argument("event_ids", nargs="*", type=uuid.UUID, help="default: all of them")
     redrive.set_defaults(handler=_tool(cmd.cmd_redrive))
 
+    sweep = sub.add_parser(
+        "cdc-sweep",
+        help="under Debezium CDC: mark published the outbox rows the connector's slot "
+        "confirmed, and prune as the relay does",
+    )
+    sweep.add_argument("--slot", type=valid.slot_name, default="tokendist_outbox")
+    sweep.add_argument("--timeout", type=valid.seconds, default=60.0, help="seconds")
+    sweep.set_defaults(handler=_tool(cmd.cmd_cdc_sweep))
+
     sub.add_parser("status", help="one screen: backlog, lag, states, DLQ, balances").set_defaults(
         handler=_tool(cmd.cmd_status)
     )

@@ -50,6 +50,21 @@ async def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_cdc_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.core import db
+    from tokendist.outbox import cdc
+
+    async with db.connect(settings.database_url) as conn:
+        result = await cdc.sweep(
+            db.Database(conn),
+            args.slot,
+            timeout_s=args.timeout,
+            retention_s=settings.relay().relay_retention_s,
+        )
+    print(f"marked published: {result.marked}, pruned: {result.pruned}")
+    return 0
+
+
 async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.consumer.runner import Runner
     from tokendist.core.signals import stop_on_signals

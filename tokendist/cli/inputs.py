@@ -25,6 +25,8 @@ from tokendist.schemas.events import Identifier, TokenUnits
 ZERO_ADDRESS = "0x" + "00" * 20
 PRIVATE_KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
 PAYSTACK_KEY = re.compile(r"sk_(live|test)_[A-Za-z0-9]+")
+# PostgreSQL's rule for replication slot names.
+SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _identifier: TypeAdapter[str] = TypeAdapter(Identifier)
@@ -67,6 +69,14 @@ def integer(low: int, high: int | None = None) -> Any:
         return number
 
     return parse
+
+
+def slot_name(value: str) -> str:
+    if SLOT_NAME.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a replication slot name: 1-63 characters of a-z 0-9 _"
+        )
+    return value
 
 
 def seconds(value: str) -> float:
