@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 from aiokafka.partitioner import DefaultPartitioner
 
 from tests.integration import harness
@@ -28,6 +29,7 @@ from tokendist.outbox import cdc
 from tokendist.sim import payments
 
 pytestmark = [pytest.mark.integration, pytest.mark.cdc]
+log = structlog.get_logger("tests.cdc")
 
 SWEEP_TIMEOUT_S = 60.0
 
@@ -122,7 +124,8 @@ async def test_payments_through_debezium_exactly_once_across_a_worker_kill(
             for i in range(n):
                 p = harness.payment(tokenization, i, i % users)
                 await payments.confirm(conn, p)
-                expected[p.wallet_address] = expected.get(p.wallet_address, 0) + p.tokens
+                wallet = harness.wallet(i % users)
+                expected[wallet] = expected.get(wallet, 0) + p.tokens
                 await asyncio.sleep(0.01)  # a stream, so the kill lands mid-way
 
     async with harness.consumer(settings):
@@ -141,7 +144,7 @@ async def test_payments_through_debezium_exactly_once_across_a_worker_kill(
     records = await harness.read_topic(settings, settings.topic, expected=n, timeout=60)
     copies = Counter(json.loads(r.value)["event_id"] for r in records)
     assert len(copies) == n, "every committed payment reached the topic"
-    print(f"records on the topic: {len(records)}, re-sent after the kill: {len(records) - n}")
+    log.info("cdc_kill_resent", records=len(records), resent=len(records) - n)
     paid: dict[str, int] = {}
     for to, amount in await harness.paid_to(settings, tokenization):
         paid[to] = paid.get(to, 0) + amount
@@ -152,9 +155,9 @@ async def test_payments_through_debezium_exactly_once_across_a_worker_kill(
         for r in await pool.fetch("SELECT user_id, balance FROM token_holdings")
     }
     assert holdings == {f"user-{u}": expected[harness.wallet(u)] for u in range(users)}
-    async with db.connect(settings.database_url) as conn:
+    async with db.connect(settings.database_url) as session:
         swept = await cdc.sweep(
-            db.Database(conn), worker.name, timeout_s=SWEEP_TIMEOUT_S, retention_s=3600
+            db.Database(session), worker.name, timeout_s=SWEEP_TIMEOUT_S, retention_s=3600
         )
     assert swept.marked == n
     report = await harness.run_verify(settings, pool)

@@ -154,7 +154,7 @@ async def _fill(pool: asyncpg.Pool, tag: str, n: int, wallets: list[str]) -> Non
 async def _drain_rate(settings: Settings, pool: asyncpg.Pool, n: int, skip: int = 0) -> float:
     """Rows/s over the appends of the ``n`` records after the first ``skip``."""
     records = (await _read(settings, skip + n))[skip:] if skip else await _read(settings, n)
-    times = sorted(r.timestamp for r in records)
+    times: list[int] = sorted(r.timestamp for r in records)
     return round((len(times) - 1) / max((times[-1] - times[0]) / 1000, 1e-3), 1)
 
 
@@ -187,7 +187,7 @@ async def _latency(
             "latency_max_ms": round(delays[-1], 1)}  # fmt: skip
 
 
-async def _read(settings: Settings, n: int, timeout: float = 300.0) -> list[Any]:
+async def _read(settings: Settings, n: int, within_s: float = 300.0) -> list[Any]:
     """The topic's first ``n`` records in append order (one consumer over all partitions)."""
     consumer = AIOKafkaConsumer(
         settings.topic,
@@ -197,7 +197,7 @@ async def _read(settings: Settings, n: int, timeout: float = 300.0) -> list[Any]
     )
     await consumer.start()
     records: list[Any] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     try:
         while len(records) < n:
             if time.monotonic() > deadline:

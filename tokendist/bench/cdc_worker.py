@@ -94,4 +94,3 @@ class ConnectWorker:
         out, _ = await proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"stack.sh {' '.join(args)} failed:\n{out.decode()[-3000:]}")
-

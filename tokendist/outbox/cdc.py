@@ -39,9 +39,7 @@ class Sweep:
     pruned: int  # published rows older than the retention, deleted
 
 
-async def sweep(
-    session: db.Database, slot: str, *, timeout_s: float, retention_s: float
-) -> Sweep:
+async def sweep(session: db.Database, slot: str, *, timeout_s: float, retention_s: float) -> Sweep:
     """Mark published every row unpublished now, once ``slot`` has confirmed them.
 
     ``InvalidInput`` when this database has no logical slot ``slot``; ``BrokerUnavailable``
