@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="local PostgreSQL, Kafka and anvil without Docker")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.add_argument("--brokers", type=int, choices=[1, 3], default=1)
+    stack.add_argument("--cdc", action="store_true", help="up: also Debezium in Kafka Connect")
     stack.set_defaults(handler=cmd.cmd_stack)
 
     dbp = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)

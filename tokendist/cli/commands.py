@@ -20,6 +20,8 @@ STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
 
 def cmd_stack(args: argparse.Namespace) -> int:
     extra = ["--brokers", str(args.brokers)] if args.action == "up" else []
+    if args.action == "up" and args.cdc:
+        extra.append("--cdc")
     return subprocess.call(["bash", str(STACK_SCRIPT), args.action, *extra])  # noqa: S603,S607
 
 
