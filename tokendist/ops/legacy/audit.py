@@ -48,6 +48,11 @@ def units(text: str | None, scale: int, what: str) -> int:
 
 
 async def audit(old: OldDatabase, chain: TransferReader, request: Request) -> Audit:
+    """The old database first (a wrong one is refused before the chain is asked), then
+    every transfer up to ``to_block``, then the rule."""
+    ids = sorted(request.tokens)
+    investments, holdings = await old.investments(ids), await old.holdings(ids)
+    investors = _investors(await old.profiles(), await old.event_wallets())
     head = await chain.head()
     to_block = head if request.to_block is None else request.to_block
     if not request.from_block <= to_block <= head:
@@ -61,16 +66,18 @@ async def audit(old: OldDatabase, chain: TransferReader, request: Request) -> Au
         transfers += await chain.transfers(
             tokenization_id, address, request.old_wallets, request.from_block, to_block
         )
-    ids = sorted(tokens)
+    # Moves between the old wallets themselves (a treasury topping one up) pay no one.
+    ours = {w.lower() for w in request.old_wallets}
+    transfers = [t for t in transfers if t.recipient not in ours]
     scale = {t: 10**decimals for t, (_, decimals) in tokens.items()}
     rows = classify(
-        _investments(await old.investments(ids), scale),
-        _investors(await old.profiles(), await old.event_wallets()),
+        _investments(investments, scale),
+        investors,
         {
             (r["user_id"], r["tokenization_id"]): units(
                 r["balance"], scale[r["tokenization_id"]], f"holding of {r['user_id']}"
             )
-            for r in await old.holdings(ids)
+            for r in holdings
         },
         transfers,
     )

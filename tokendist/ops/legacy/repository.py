@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from tokendist.core import db
-from tokendist.core.errors import InvalidInput
+from tokendist.core.errors import DatabaseUnavailable, InvalidInput
 from tokendist.ops.legacy import queries
 from tokendist.outbox import enqueue
 from tokendist.schemas import PaymentConfirmedV1
@@ -34,6 +34,8 @@ class OldDatabase:
             conn = await db.guarded(
                 lambda: asyncpg.connect(dsn, timeout=10, server_settings=READ_ONLY)
             )
+        except DatabaseUnavailable as exc:
+            raise DatabaseUnavailable(f"legacy database unreachable: {exc}") from None
         except (asyncpg.PostgresError, asyncpg.ClientConfigurationError, ValueError) as exc:
             # The server answered (unknown database, refused credentials) or the string is
             # no DSN: asking again will not help. Never echo the DSN: it holds a password.
