@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tokendist.core.errors import InvalidInput
 from tokendist.ops.legacy import report
-from tokendist.ops.legacy.findings import Finding, Investment, Investor, Transfer, classify
+from tokendist.ops.legacy.findings import Finding, Investment, Investor, Row, Transfer, classify
 
 FUZZ_CASES = 400
 WALLETS = [f"0x{i:040x}" for i in range(1, 9)]
@@ -31,7 +31,7 @@ def pay(n: int, wallet: str, amount: int) -> Transfer:
     return Transfer("tk", f"0x{n:064x}", 0, n, WALLETS[0], wallet, amount)
 
 
-def findings(rows: list[report.Row]) -> dict[str, Finding]:
+def findings(rows: list[Row]) -> dict[str, Finding]:
     return {r.user_id or f"?{r.wallet}": r.finding for r in rows}
 
 
@@ -121,7 +121,7 @@ def test_every_transfer_lands_in_exactly_one_row(
         assert r.topup >= 0
 
 
-def _audit(rows: list[report.Row]) -> report.Audit:
+def _audit(rows: list[Row]) -> report.Audit:
     return report.Audit.create(
         chain_id=31337,
         from_block=0,
