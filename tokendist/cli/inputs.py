@@ -125,6 +125,14 @@ def address(value: str) -> str:
     return str(to_checksum_address(value))
 
 
+def tokenization_token(value: str) -> tuple[str, str]:
+    """``TOKENIZATION=0xADDRESS``: a tokenization id and its token's address."""
+    tokenization_id, sep, token = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{value!r} is not TOKENIZATION=0xADDRESS")
+    return identifier(tokenization_id), address(token)
+
+
 def offsets(value: str) -> dict[int, int]:
     """``partition:offset,...``: at least one pair, each partition once."""
     found: dict[int, int] = {}
