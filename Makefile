@@ -7,7 +7,7 @@ STACK   := bash stack/stack.sh
 ENV     := eval "$$($(STACK) env)"
 PYTEST_WORKERS ?= 2
 
-.PHONY: deps producer-deps stack-up stack-down lint alerts-check test test-unit demo faults bench bench-webhook clean
+.PHONY: deps producer-deps stack-up stack-down lint alerts-check test test-cdc test-unit demo faults bench bench-webhook bench-cdc clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,8 +45,14 @@ alerts-check:
 # services (broker, database, node) and the seeded fault campaign, which must run alone.
 test: deps producer-deps stack-up lint
 	$(ENV) && $(BIN)/pytest tests/unit -q
-	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -n $(PYTEST_WORKERS) -m "not disruptive"
-	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -m disruptive
+	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -n $(PYTEST_WORKERS) -m "not disruptive and not cdc"
+	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -m "disruptive and not cdc"
+
+# Payments end to end through Debezium (Kafka Connect workers of the tests' own) instead of
+# the relay, a worker SIGKILLed mid-stream: needs the Connect jars that `up --cdc` installs.
+test-cdc: deps
+	$(STACK) up --cdc
+	$(ENV) && $(BIN)/pytest tests/integration/test_cdc.py -q -m cdc
 
 test-unit: deps
 	$(BIN)/pytest tests/unit -q
@@ -67,6 +73,11 @@ bench: deps stack-up
 
 bench-webhook: deps stack-up
 	$(ENV) && $(BIN)/python -m tokendist.bench.webhook
+
+# Relay vs Debezium CDC, side by side (one JSON line): `python -m tokendist.bench.cdc --help`.
+bench-cdc: deps
+	$(STACK) up --cdc
+	$(ENV) && $(BIN)/python -m tokendist.bench.cdc
 
 clean: stack-down
 	rm -rf .stack $(VENV)

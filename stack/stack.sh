@@ -3,11 +3,14 @@
 # There is no Docker engine on our machines, so every service is a plain process whose
 # whole state (data, logs, pid files, download caches) lives in <repo>/.stack.
 #
-#   stack/stack.sh up [--brokers 1|3]   install what is missing, start, wait until ready
+#   stack/stack.sh up [--brokers 1|3] [--cdc]   install what is missing, start, wait until ready
+#                                       (--cdc or TOKENDIST_CDC=1: also Debezium in Kafka Connect)
 #   stack/stack.sh down | status | env
-#   stack/stack.sh start-service|stop-service|restart-service pg|kafka|anvil
+#   stack/stack.sh start-service|stop-service|restart-service pg|kafka|anvil|cdc
 #   stack/stack.sh kill-broker N        SIGKILL one broker (crash simulation)
 #   stack/stack.sh start-broker N       start it again and wait until it is back
+#   stack/stack.sh kill-cdc             SIGKILL the Connect worker (crash simulation)
+#   stack/stack.sh cdc-libs             only install Kafka Connect and the Debezium plugin
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,6 +29,15 @@ PG_PORT="${TOKENDIST_PG_PORT:-25432}"
 ANVIL_PORT="${TOKENDIST_ANVIL_PORT:-28545}"
 KAFKA_PORT0="${TOKENDIST_KAFKA_PORT:-29092}" # node N: KAFKA_PORT0 + 100*(N-1), controller +1
 TIMEOUT="${TOKENDIST_STACK_TIMEOUT:-120}"
+CDC_LIBS="$ST/cdc-libs"
+# One Connect worker per CDC_HOME: the stack's own under .stack/cdc; a test or a benchmark
+# points these at its own database, topic and directory and runs a worker beside it.
+CDC_HOME="${TOKENDIST_CDC_HOME:-$ST/cdc}"
+CDC_NAME="${TOKENDIST_CDC_NAME:-tokendist_outbox}" # connector, slot, publication, topic prefix
+CDC_DATABASE="${TOKENDIST_CDC_DATABASE:-tokendist}"
+CDC_TOPIC="${TOKENDIST_CDC_TOPIC:-payments.confirmed}"
+CDC_REST_PORT="${TOKENDIST_CDC_REST_PORT:-$((KAFKA_PORT0 + 991))}" # 29092 -> 30083
+DEBEZIUM_VERSION=3.6.1.Final
 OPERATOR_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 # anvil dev account #0
 DEPLOYER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d # anvil dev account #1
 # 3 JVMs must fit on a 2-core machine beside the tests, hence the small heap.
@@ -124,7 +136,8 @@ ensure_pg_cluster() {
   as_pg "$PGBIN/initdb" -D "$ST/pg" -U tokendist --auth=trust -E UTF8 --locale=C \
     >"$LOGS/initdb.log" 2>&1 || fail "initdb failed" "$LOGS/initdb.log"
   # Path-dependent settings (socket dir) go on the pg_ctl command line instead, so the
-  # cluster survives the checkout being moved.
+  # cluster survives the checkout being moved; so does wal_level=logical (Debezium's
+  # replication slots), which then also reaches clusters made before it was added.
   cat >>"$ST/pg/postgresql.conf" <<EOF
 # tokendist stack
 listen_addresses = '$HOST'
@@ -141,7 +154,7 @@ start_pg() {
   else
     port_open $PG_PORT && die "port $PG_PORT is in use by a process this stack did not start"
     as_pg "$PGBIN/pg_ctl" start -w -t "$TIMEOUT" -D "$ST/pg" -l "$LOGS/postgres.log" \
-      -o "-p $PG_PORT -k '$ST/pgsock' -c listen_addresses=$HOST" >/dev/null ||
+      -o "-p $PG_PORT -k '$ST/pgsock' -c listen_addresses=$HOST -c wal_level=logical" >/dev/null ||
       fail "postgres did not start" "$LOGS/postgres.log"
   fi
   local psql=("$PGBIN/psql" -h $HOST -p $PG_PORT -U tokendist -d postgres -qtAX)
@@ -320,6 +333,75 @@ start_anvil() {
 }
 wait_anvil() { wait_for anvil "$RUN/anvil.pid" anvil "$LOGS/anvil.log" anvil_ready; }
 
+# ---------------------------------------------------------------- Debezium CDC (Kafka Connect)
+# Kafka's own connect-runtime (the broker's version) from Maven Central; Debezium's
+# PostgreSQL plugin archive (connector, JDBC driver, EventRouter) unpacked into plugin.path
+# beside our one transform, compiled here with the JDK's javac.
+ensure_cdc_libs() {
+  local want mvn
+  want=$(cat "$HERE/cdc/pom.xml" "$HERE/cdc/smt/src/tokendist/cdc/"*.java | sha256sum | cut -d' ' -f1)
+  [[ -f $CDC_LIBS/.sha256 && $(<"$CDC_LIBS/.sha256") == "$want" ]] && return 0
+  log "resolving Kafka Connect and Debezium $DEBEZIUM_VERSION with Maven (cache: $ST/cache/m2)"
+  mvn=(mvn -q -B -f "$HERE/cdc/pom.xml" "-Dmaven.repo.local=$ST/cache/m2")
+  rm -rf "$CDC_LIBS" "$CDC_LIBS.tmp"
+  mkdir -p "$CDC_LIBS.tmp/plugins/tokendist-outbox-headers" "$CDC_LIBS.tmp/smt"
+  "${mvn[@]}" dependency:copy-dependencies -DincludeScope=runtime "-DoutputDirectory=$CDC_LIBS.tmp/worker" \
+    >"$LOGS/mvn-cdc.log" 2>&1 || fail "maven could not resolve Kafka Connect" "$LOGS/mvn-cdc.log"
+  # Not with its transitive dependencies: one of them (debezium-storage-chronicle-queue)
+  # is not on Central. The plugin archive holds everything the connector needs.
+  "${mvn[@]}" dependency:copy "-Dartifact=io.debezium:debezium-connector-postgres:$DEBEZIUM_VERSION:tar.gz:plugin" \
+    "-DoutputDirectory=$CDC_LIBS.tmp" >>"$LOGS/mvn-cdc.log" 2>&1 ||
+    fail "maven could not fetch the Debezium plugin archive" "$LOGS/mvn-cdc.log"
+  tar -xzf "$CDC_LIBS.tmp"/debezium-connector-postgres-*-plugin.tar.gz -C "$CDC_LIBS.tmp/plugins"
+  rm "$CDC_LIBS.tmp"/debezium-connector-postgres-*-plugin.tar.gz
+  javac -nowarn -d "$CDC_LIBS.tmp/smt" -cp "$CDC_LIBS.tmp/worker/*" "$HERE/cdc/smt/src/tokendist/cdc/"*.java \
+    >"$LOGS/javac-cdc.log" 2>&1 || fail "compiling the outbox headers transform failed" "$LOGS/javac-cdc.log"
+  cp -r "$HERE/cdc/smt/META-INF" "$CDC_LIBS.tmp/smt/"
+  jar cf "$CDC_LIBS.tmp/plugins/tokendist-outbox-headers/tokendist-outbox-headers.jar" -C "$CDC_LIBS.tmp/smt" .
+  rm -rf "$CDC_LIBS.tmp/smt"
+  echo "$want" >"$CDC_LIBS.tmp/.sha256"
+  mv "$CDC_LIBS.tmp" "$CDC_LIBS"
+}
+cdc_render() { # template -> stdout, with this worker's values
+  sed -e "s|@BOOTSTRAP@|$(bootstrap)|g" -e "s|@HOME@|$CDC_HOME|g" \
+    -e "s|@OFFSET_FLUSH_MS@|${TOKENDIST_CDC_OFFSET_FLUSH_MS:-1000}|g" \
+    -e "s|@PLUGIN_PATH@|$CDC_LIBS/plugins|g" -e "s|@REST_PORT@|$CDC_REST_PORT|g" \
+    -e "s|@NAME@|$CDC_NAME|g" -e "s|@PG_HOST@|$HOST|g" -e "s|@PG_PORT@|$PG_PORT|g" \
+    -e "s|@PG_USER@|tokendist|g" -e "s|@PG_DATABASE@|$CDC_DATABASE|g" \
+    -e "s|@TOPIC@|$CDC_TOPIC|g" -e "s|@PARTITIONS@|${TOKENDIST_TOPIC_PARTITIONS:-16}|g" \
+    -e "s|@HEARTBEAT_MS@|${TOKENDIST_CDC_HEARTBEAT_MS:-10000}|g" "$1"
+}
+cdc_ready() { # the connector and its task both RUNNING; a FAILED task is fatal
+  local s
+  s=$(curl -sf -m 2 "http://$HOST:$CDC_REST_PORT/connectors/$CDC_NAME/status" 2>/dev/null) || return 1
+  [[ $s == *'"state":"FAILED"'* ]] && { log "connector status: $s"; fail "the CDC connector failed" "$CDC_HOME/connect.log"; }
+  [[ $s =~ \"connector\":\{\"state\":\"RUNNING\" && $s =~ \"tasks\":\[\{[^]]*\"state\":\"RUNNING\" ]]
+}
+# The connector's publication names the outbox table: the database must be migrated first
+# (idempotent; the stack's own database only, a test's or benchmark's comes migrated).
+migrate_for_cdc() {
+  local py="${TOKENDIST_PYTHON:-$ROOT/.venv/bin/python}"
+  [[ -x $py ]] || die "--cdc migrates the database with the project's venv: run 'make deps' first"
+  (eval "$(cmd_env)" && TOKENDIST_DATABASE_URL="postgresql://tokendist@$HOST:$PG_PORT/$CDC_DATABASE" \
+    "$py" -m tokendist.cli db migrate) >"$LOGS/migrate-cdc.log" 2>&1 ||
+    fail "tokendist db migrate failed" "$LOGS/migrate-cdc.log"
+}
+start_cdc() {
+  ensure_cdc_libs
+  mkdir -p "$CDC_HOME"
+  if pid_alive "$CDC_HOME/connect.pid" ConnectStandalone; then log "CDC worker already running"; return 0; fi
+  if [[ -z ${TOKENDIST_CDC_HOME:-} ]]; then migrate_for_cdc; fi
+  port_open "$CDC_REST_PORT" && die "port $CDC_REST_PORT is in use by a process this stack did not start"
+  cdc_render "$HERE/cdc/worker.properties" >"$CDC_HOME/worker.properties"
+  cdc_render "$HERE/cdc/outbox-connector.properties" >"$CDC_HOME/outbox-connector.properties"
+  spawn "$CDC_HOME/connect.pid" "$CDC_HOME/connect.log" java -Xms128m -Xmx384m -XX:+UseG1GC \
+    -Djava.awt.headless=true "-Dlog4j2.configurationFile=$HERE/cdc/log4j2.properties" \
+    -cp "$CDC_LIBS/worker/*" org.apache.kafka.connect.cli.ConnectStandalone \
+    "$CDC_HOME/worker.properties" "$CDC_HOME/outbox-connector.properties"
+}
+wait_cdc() { wait_for "CDC worker" "$CDC_HOME/connect.pid" ConnectStandalone "$CDC_HOME/connect.log" cdc_ready; }
+stop_cdc() { stop_pid "$CDC_HOME/connect.pid" ConnectStandalone "${1:-TERM}"; }
+
 # ---------------------------------------------------------------- commands
 # Plain ';' on purpose: set -e is suspended inside functions called from && lists.
 start_service() {
@@ -327,7 +409,8 @@ start_service() {
   pg) ensure_pg_installed; start_pg ;;
   kafka) start_kafka; wait_kafka ;;
   anvil) start_anvil; wait_anvil ;;
-  *) die "unknown service '${1:-}' (pg|kafka|anvil)" ;;
+  cdc) start_cdc; wait_cdc ;;
+  *) die "unknown service '${1:-}' (pg|kafka|anvil|cdc)" ;;
   esac
 }
 stop_service() {
@@ -335,13 +418,22 @@ stop_service() {
   pg) stop_pg ;;
   kafka) stop_kafka ;;
   anvil) stop_anvil ;;
-  *) die "unknown service '${1:-}' (pg|kafka|anvil)" ;;
+  cdc) stop_cdc ;;
+  *) die "unknown service '${1:-}' (pg|kafka|anvil|cdc)" ;;
   esac
 }
 cmd_up() {
-  local brokers=1 t0 p1 p2
+  local brokers=1 cdc=${TOKENDIST_CDC:-0} t0 p1 p2 p3=
   t0=$(now)
-  case "${1:-}" in --brokers) brokers=${2:-} ;; --brokers=*) brokers=${1#*=} ;; "") ;; *) die "usage: up [--brokers 1|3]" ;; esac
+  while (($#)); do
+    case $1 in
+    --brokers) brokers=${2:-}; shift ;;
+    --brokers=*) brokers=${1#*=} ;;
+    --cdc) cdc=1 ;;
+    *) die "usage: up [--brokers 1|3] [--cdc]" ;;
+    esac
+    shift
+  done
   [[ $brokers == 1 || $brokers == 3 ]] || die "--brokers must be 1 or 3"
   if kafka_any_running && [[ $(mode) != "$brokers" ]]; then
     die "Kafka is running with $(mode) broker(s); run 'stack/stack.sh down' first"
@@ -352,19 +444,25 @@ cmd_up() {
   # The two downloads are independent; overlap them on a cold machine.
   ensure_kafka_libs & p1=$!
   ensure_anvil & p2=$!
-  wait $p1; wait $p2
+  if [[ $cdc == 1 ]]; then ensure_cdc_libs & p3=$!; fi
+  wait $p1; wait $p2; if [[ -n $p3 ]]; then wait $p3; fi
   start_kafka # JVM boot is the slow part: overlap it with Postgres and anvil
   start_anvil
   start_pg
   wait_anvil
   wait_kafka
+  if [[ $cdc == 1 ]]; then start_cdc; wait_cdc; fi
   echo "postgres  postgresql://tokendist@$HOST:$PG_PORT/tokendist"
   echo "kafka     $(bootstrap)  ($brokers broker(s), Kafka $(kafka_version))"
   echo "anvil     http://$HOST:$ANVIL_PORT  (chain id 31337, block time ${TOKENDIST_ANVIL_BLOCK_TIME:-0.25}s)"
+  if [[ $cdc == 1 ]]; then
+    echo "cdc       Debezium $DEBEZIUM_VERSION in Kafka Connect, $CDC_DATABASE.outbox -> $CDC_TOPIC  (REST http://$HOST:$CDC_REST_PORT)"
+  fi
   awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "stack up in %.1fs\n", b - a }'
 }
 kafka_version() { grep -ho 'Kafka version: [^ ]*' "$(klogdir 1)/server.log" 2>/dev/null | tail -n 1 | cut -d' ' -f3; }
 cmd_down() {
+  stop_service cdc
   stop_service anvil
   stop_service kafka
   stop_service pg
@@ -379,6 +477,9 @@ cmd_status() {
     else echo "kafka-$n  down"; rc=1; fi
   done
   if pid_alive "$RUN/anvil.pid" anvil && anvil_ready; then echo "anvil    up    $HOST:$ANVIL_PORT"; else echo "anvil    down"; rc=1; fi
+  if [[ -e $CDC_HOME/connect.pid ]]; then # only reported once started: it is optional
+    if pid_alive "$CDC_HOME/connect.pid" ConnectStandalone && cdc_ready; then echo "cdc      up    $HOST:$CDC_REST_PORT"; else echo "cdc      down"; rc=1; fi
+  fi
   return $rc
 }
 cmd_env() {
@@ -407,7 +508,9 @@ main() {
   restart-service) stop_service "${1:-}"; start_service "${1:-}" ;;
   kill-broker) broker_arg "${1:-}"; stop_pid "$(kpid "$1")" kafka.Kafka KILL ;;
   start-broker) broker_arg "${1:-}"; ensure_kafka_libs; start_kafka_node "$1"; wait_kafka_node "$1" ;;
-  *) sed -n '2,10p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+  kill-cdc) stop_cdc KILL ;;
+  cdc-libs) ensure_cdc_libs; echo "$CDC_LIBS" ;;
+  *) sed -n '2,13p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
   esac
 }
 main "$@"

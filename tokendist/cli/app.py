@@ -56,11 +56,13 @@ def _check_keys(settings: Settings) -> None:
 def _secrets() -> list[str]:
     """What the one error line must never show: keys and the database password."""
     found = [v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) and k.endswith("_KEY")]
-    try:
-        password = urlsplit(os.environ.get(f"{ENV_PREFIX}DATABASE_URL", "")).password
-    except ValueError:
-        password = None
-    return [*found, *([password] if password else [])]
+    for name in ("DATABASE_URL", "LEGACY_DATABASE_URL"):
+        try:
+            password = urlsplit(os.environ.get(f"{ENV_PREFIX}{name}", "")).password
+        except ValueError:
+            password = None
+        found += [password] if password else []
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="local PostgreSQL, Kafka and anvil without Docker")
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.add_argument("--brokers", type=int, choices=[1, 3], default=1)
+    stack.add_argument("--cdc", action="store_true", help="up: also Debezium in Kafka Connect")
     stack.set_defaults(handler=cmd.cmd_stack)
 
     dbp = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
@@ -150,6 +153,15 @@ def _add_operations(sub: Any) -> None:
     redrive.add_argument("event_ids", nargs="*", type=uuid.UUID, help="default: all of them")
     redrive.set_defaults(handler=_tool(cmd.cmd_redrive))
 
+    sweep = sub.add_parser(
+        "cdc-sweep",
+        help="under Debezium CDC: mark published the outbox rows the connector's slot "
+        "confirmed, and prune as the relay does",
+    )
+    sweep.add_argument("--slot", type=valid.slot_name, default="tokendist_outbox")
+    sweep.add_argument("--timeout", type=valid.seconds, default=60.0, help="seconds")
+    sweep.set_defaults(handler=_tool(cmd.cmd_cdc_sweep))
+
     sub.add_parser("status", help="one screen: backlog, lag, states, DLQ, balances").set_defaults(
         handler=_tool(cmd.cmd_status)
     )
@@ -173,6 +185,7 @@ def _add_operations(sub: Any) -> None:
     rep.set_defaults(handler=_tool(cmd.cmd_replay))
 
     _add_dlq(sub)
+    _add_legacy(sub)
 
     ver = sub.add_parser("verify", help="check every invariant; exit 0 only if all hold")
     ver.add_argument(
@@ -202,6 +215,38 @@ def _add_dlq(sub: Any) -> None:
     again.add_argument("--all", action="store_true", help="every record")
     again.add_argument("--dry-run", action="store_true")
     again.set_defaults(handler=_tool(cmd.cmd_dlq_redrive), check=cmd.dlq_redrive_names_something)
+
+
+def _add_legacy(sub: Any) -> None:
+    legacy = sub.add_parser(
+        "legacy", help="adopt the investors of the system tokendist replaces"
+    ).add_subparsers(dest="legacy", required=True)
+    aud = legacy.add_parser("audit", help="old investments vs old transfers, per investor")
+    aud.add_argument(
+        "--legacy-dsn",
+        default=os.environ.get(f"{ENV_PREFIX}LEGACY_DATABASE_URL"),
+        help="the old database, read only (default: TOKENDIST_LEGACY_DATABASE_URL)",
+    )
+    aud.add_argument(
+        "--token",
+        action="append",
+        required=True,
+        type=valid.tokenization_token,
+        metavar="TOKENIZATION=0xADDRESS",
+        help="a tokenization and its property token (repeat per tokenization)",
+    )
+    aud.add_argument(
+        "--old-wallet", action="append", required=True, type=valid.address, help="repeatable"
+    )
+    aud.add_argument("--from-block", type=valid.integer(0), default=0)
+    aud.add_argument("--to-block", type=valid.integer(0), default=None, help="default: head")
+    aud.add_argument("--out", default="legacy-audit", help="writes OUT.json and OUT.csv")
+    aud.add_argument("--table", type=valid.integer(0), default=50, help="rows printed")
+    aud.set_defaults(handler=_tool(cmd.cmd_legacy_audit), check=cmd.legacy_audit_problem)
+    settle = legacy.add_parser("settle", help="top up and adopt from a reviewed audit file")
+    settle.add_argument("audit_file", help="the audit's .json file")
+    settle.add_argument("--dry-run", action="store_true", help="say what would be done")
+    settle.set_defaults(handler=_tool(cmd.cmd_legacy_settle))
 
 
 def _add_simulation(sub: Any) -> None:

@@ -20,6 +20,8 @@ STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
 
 def cmd_stack(args: argparse.Namespace) -> int:
     extra = ["--brokers", str(args.brokers)] if args.action == "up" else []
+    if args.action == "up" and args.cdc:
+        extra.append("--cdc")
     return subprocess.call(["bash", str(STACK_SCRIPT), args.action, *extra])  # noqa: S603,S607
 
 
@@ -47,6 +49,21 @@ async def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     stop = asyncio.Event()
     with stop_on_signals(stop):
         await Relay(settings.relay(), stop).run()
+    return 0
+
+
+async def cmd_cdc_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.core import db
+    from tokendist.outbox import cdc
+
+    async with db.connect(settings.database_url) as conn:
+        result = await cdc.sweep(
+            db.Database(conn),
+            args.slot,
+            timeout_s=args.timeout,
+            retention_s=settings.relay().relay_retention_s,
+        )
+    print(f"marked published: {result.marked}, pruned: {result.pruned}")
     return 0
 
 
@@ -316,6 +333,58 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         await chain.close()
     print(report.render())
     return 0 if report.ok else 1
+
+
+def legacy_audit_problem(args: argparse.Namespace) -> str | None:
+    ids = [tokenization_id for tokenization_id, _ in args.token]
+    if not args.legacy_dsn:
+        return "legacy audit: give --legacy-dsn (or set TOKENDIST_LEGACY_DATABASE_URL)"
+    if len(set(ids)) < len(ids):
+        return "legacy audit: a tokenization is given twice in --token"
+    if args.to_block is not None and args.to_block < args.from_block:
+        return f"legacy audit: --to-block {args.to_block} is before --from-block {args.from_block}"
+    if not Path(args.out).parent.is_dir():
+        return f"legacy audit: --out {args.out}: {Path(args.out).parent} is not a directory"
+    return None
+
+
+async def cmd_legacy_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.ops.legacy.audit import Request, audit
+    from tokendist.ops.legacy.chain import TransferReader
+    from tokendist.ops.legacy.repository import OldDatabase
+
+    if settings.rpc_url is None:
+        raise SettingsError(f"{ENV_PREFIX}RPC_URL is not set: the audit reads the chain")
+    request = Request(dict(args.token), args.old_wallet, args.from_block, args.to_block)
+    reader = TransferReader(settings.rpc_url)
+    try:
+        async with OldDatabase.connect(args.legacy_dsn) as old:
+            result = await audit(old, reader, request)
+    finally:
+        await reader.close()
+    try:
+        written = result.write(Path(args.out))
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the audit to {args.out}: {exc.strerror}") from None
+    print(result.render(table_limit=args.table))
+    print(f"wrote {written[0]} and {written[1]}")
+    return 0
+
+
+async def cmd_legacy_settle(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.core import db
+    from tokendist.core.failpoints import Failpoints
+    from tokendist.ops.legacy import report
+    from tokendist.ops.legacy.repository import Adoptions
+    from tokendist.ops.legacy.settle import settle
+
+    audit = report.read(Path(args.audit_file))
+    async with db.connect(settings.database_url) as conn:
+        result = await settle(
+            Adoptions(conn), audit, dry_run=args.dry_run, failpoints=Failpoints(settings.failpoints)
+        )
+    print(result.render())
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ from tokendist.schemas.events import Identifier, TokenUnits
 ZERO_ADDRESS = "0x" + "00" * 20
 PRIVATE_KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
 PAYSTACK_KEY = re.compile(r"sk_(live|test)_[A-Za-z0-9]+")
+# PostgreSQL's rule for replication slot names.
+SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _identifier: TypeAdapter[str] = TypeAdapter(Identifier)
@@ -67,6 +69,14 @@ def integer(low: int, high: int | None = None) -> Any:
         return number
 
     return parse
+
+
+def slot_name(value: str) -> str:
+    if SLOT_NAME.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a replication slot name: 1-63 characters of a-z 0-9 _"
+        )
+    return value
 
 
 def seconds(value: str) -> float:
@@ -113,6 +123,14 @@ def address(value: str) -> str:
     if value.lower() == ZERO_ADDRESS:
         raise argparse.ArgumentTypeError("the zero address burns what is sent to it")
     return str(to_checksum_address(value))
+
+
+def tokenization_token(value: str) -> tuple[str, str]:
+    """``TOKENIZATION=0xADDRESS``: a tokenization id and its token's address."""
+    tokenization_id, sep, token = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{value!r} is not TOKENIZATION=0xADDRESS")
+    return identifier(tokenization_id), address(token)
 
 
 def offsets(value: str) -> dict[int, int]:

@@ -36,13 +36,20 @@ SELECT d.event_id, d.payment_id, d.recipient, d.tokens, d.state, d.tokenization_
 FROM distributions d WHERE d.state IN ('signed', 'submitted', 'confirmed', 'credited')
 """
 
+# Holdings adopted from the old system (migration 0010) count as credited, with their
+# own ledger pairs: ``tokendist legacy settle``.
 V_HOLDINGS_MISMATCH = """
 WITH credited AS (
-    SELECT user_id, tokenization_id, sum(tokens) AS total FROM distributions
-    WHERE state = 'credited' GROUP BY user_id, tokenization_id
+    SELECT user_id, tokenization_id, sum(total) AS total FROM (
+        SELECT user_id, tokenization_id, tokens AS total FROM distributions
+        WHERE state = 'credited'
+        UNION ALL SELECT user_id, tokenization_id, chain_paid FROM legacy_adoptions
+    ) c GROUP BY user_id, tokenization_id
 ), ledger AS (
-    SELECT substr(account, 10) AS user_id, tokenization_id, sum(amount) AS total
-    FROM ledger_entries WHERE account LIKE 'investor:%' GROUP BY 1, 2
+    SELECT substr(account, 10) AS user_id, tokenization_id, sum(amount) AS total FROM (
+        SELECT account, tokenization_id, amount FROM ledger_entries
+        UNION ALL SELECT account, tokenization_id, amount FROM legacy_ledger_entries
+    ) e WHERE account LIKE 'investor:%' GROUP BY 1, 2
 )
 SELECT coalesce(h.user_id, c.user_id, l.user_id) AS user_id,
        coalesce(h.tokenization_id, c.tokenization_id, l.tokenization_id) AS tokenization_id,
@@ -55,17 +62,30 @@ WHERE coalesce(h.balance, 0) <> coalesce(c.total, 0) OR coalesce(c.total, 0) <> 
 """
 
 V_LEDGER_UNBALANCED = """
-SELECT event_id, sum(amount) AS total FROM ledger_entries GROUP BY event_id HAVING sum(amount) <> 0
+SELECT event_id::text, sum(amount) AS total FROM ledger_entries GROUP BY event_id
+HAVING sum(amount) <> 0
+UNION ALL
+SELECT 'legacy ' || user_id || ' / ' || tokenization_id, sum(amount) FROM legacy_ledger_entries
+GROUP BY user_id, tokenization_id HAVING sum(amount) <> 0
 """
 
-V_LEDGER_TOTAL = "SELECT coalesce(sum(amount), 0) FROM ledger_entries"
+V_LEDGER_TOTAL = """
+SELECT coalesce(sum(amount), 0) FROM (
+    SELECT amount FROM ledger_entries UNION ALL SELECT amount FROM legacy_ledger_entries
+) e
+"""
 
 V_RECIPIENT_TOTALS = """
-SELECT d.tokenization_id, d.recipient,
+SELECT d.tokenization_id, lower(d.recipient) AS recipient,
        coalesce(sum(d.tokens) FILTER (WHERE d.state IN ('confirmed', 'credited')), 0) AS settled,
        coalesce(sum(d.tokens) FILTER (WHERE d.state IN ('signed', 'submitted')), 0) AS inflight
-FROM distributions d
-WHERE d.state IN ('signed', 'submitted', 'confirmed', 'credited') GROUP BY 1, 2
+FROM (
+    SELECT tokenization_id, recipient, tokens, state FROM distributions
+    WHERE state IN ('signed', 'submitted', 'confirmed', 'credited')
+    UNION ALL
+    SELECT tokenization_id, wallet_address, chain_paid, 'confirmed' FROM legacy_adoptions
+    WHERE chain_paid > 0
+) d GROUP BY 1, 2
 """
 
 V_STALE_OUTBOX = """

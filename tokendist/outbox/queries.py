@@ -43,3 +43,23 @@ LIMIT 1
 """
 
 TRY_LEADER_LOCK = "SELECT pg_try_advisory_lock($1)"
+
+# --- CDC mode (tokendist.outbox.cdc) -----------------------------------------------------
+
+# One statement, one snapshot: every row it returns committed before the WAL insert
+# position it reads (the position is taken after the snapshot).
+CDC_UNPUBLISHED_AND_POSITION = """
+SELECT coalesce(array_agg(id), '{}') AS ids, pg_current_wal_insert_lsn()::text AS position
+FROM outbox
+WHERE published_at IS NULL
+"""
+
+CDC_SLOT_CONFIRMED = """
+SELECT confirmed_flush_lsn >= $2::text::pg_lsn AS passed
+FROM pg_replication_slots
+WHERE slot_name = $1 AND slot_type = 'logical' AND database = current_database()
+"""
+
+CDC_MARK_PUBLISHED = """
+UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[]) AND published_at IS NULL
+"""
