@@ -21,7 +21,7 @@ from tests.integration import harness
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Repository
-from tokendist.core.errors import ChainRejected, GroupActive
+from tokendist.core.errors import KeyRejected, GroupActive
 from tokendist.core.settings import Settings
 from tokendist.ops import dlq_admin
 from tokendist.ops.deploy import Deployment
@@ -289,8 +289,10 @@ async def test_rotating_the_operator_key_as_the_runbook_says(
     rotated = settings.model_copy(update={"operator_key": SecretStr(new.key.hex())})
     old = Chain(*settings.require_chain())
     try:
-        data = old.distribute_calldata(contracts.payment_id("probe"), harness.wallet(2), 1)
-        with pytest.raises(ChainRejected, match="NotOperator"):
+        data = contracts.batch_calldata(
+            10**9, [(contracts.payment_id("probe"), harness.wallet(2), 1)]
+        )
+        with pytest.raises(KeyRejected, match="AccessControlUnauthorizedAccount"):
             await old.estimate(tokenization.distributor_address, data)
     finally:
         await old.close()

@@ -115,7 +115,7 @@ class Settler:
         members = [m.event_id for m in await self.repo.batch_members(batch.id)]
         try:
             await self.repo.credit(members, batch)
-        except TransientError:
+        except (TransientError, StateConflict):  # an outage; another member credited it
             raise
         except Exception as exc:
             log.error("batch_credit_failed", error=repr(exc)[:300], alert=True)
