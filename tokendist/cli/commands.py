@@ -233,7 +233,7 @@ async def cmd_keys_remove(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await deployer.close()
     if removal.remaining:
-        print(f"tokendist: {removal.line()}", file=sys.stderr)
+        print(f"tokendist: error: {removal.line()}", file=sys.stderr)
         return 1
     print(removal.line())
     return 0
