@@ -25,6 +25,7 @@ from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.core.errors import KeyRejected
 from tokendist.core.settings import Settings
+from tokendist.ops import queries
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 from tokendist.ops.keys import Node
 
@@ -105,6 +106,17 @@ async def open_batch(pool: asyncpg.Pool, tk: Deployment, sender: str) -> int:
     return batch_id
 
 
+async def polling_inflight(pool: asyncpg.Pool) -> bool:
+    """Whether a ``keys remove`` has looked at the key's batches in flight (so it is in
+    its wait): its connection's last statement is that count."""
+    found: bool = await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query = $1)",
+        queries.K_INFLIGHT,
+    )
+    return found
+
+
 async def test_keys_add_grants_the_role_on_every_distributor_and_activates(
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
@@ -155,6 +167,8 @@ async def test_keys_remove_drains_waits_for_the_open_batch_then_revokes(
     assert await has_role(settings, tokenization.distributor_address, key.address)
 
     waiting = asyncio.create_task(tokendist(settings, "keys", "remove", key.address))
+    await harness.wait_until(lambda: polling_inflight(pool), what="keys remove waiting")
+    assert not waiting.done()
     await pool.execute("UPDATE batches SET state = 'confirmed' WHERE id = $1", batch_id)
     removed = await waiting
 
@@ -181,6 +195,11 @@ async def test_keys_remove_drains_waits_for_the_open_batch_then_revokes(
     assert again.returncode == 0, again.stderr
     assert "revoked on 0 of its 1" in again.stdout
     assert await deployer_nonce(settings) == sent
+
+    back = await tokendist(settings, "keys", "add", key.address)
+    assert back.returncode == 0, back.stderr
+    assert await has_role(settings, tokenization.distributor_address, key.address)
+    assert await key_state(pool, key.address) == "active"
 
 
 async def test_removing_a_key_that_holds_the_role_but_was_never_registered(
@@ -223,7 +242,8 @@ async def test_bad_input_is_one_line_exit_2_and_nothing_written_or_sent(
         # argparse's refusal: its usage line, then the one line that says why.
         *usage, why = run.stderr.strip().splitlines()
         assert all(line.startswith("usage:") for line in usage), (command, run.stderr)
-        assert why.startswith("tokendist") and "error: " in why, (command, run.stderr)
+        assert why.startswith("tokendist"), (command, run.stderr)
+        assert "error: " in why, (command, run.stderr)
     assert await pool.fetchval("SELECT count(*) FROM operator_keys") == 0
     assert await deployer_nonce(settings) == sent
 
