@@ -25,6 +25,7 @@ from tokendist.core.errors import KeyRejected, GroupActive
 from tokendist.core.settings import Settings
 from tokendist.ops import dlq_admin
 from tokendist.ops.deploy import Deployment
+from tokendist.ops.keys import Node
 from tokendist.ops.reconcile import Reconciler
 from tokendist.ops.replay import plan_and_apply
 from tokendist.ops.repository import ToolRepository
@@ -196,13 +197,20 @@ async def test_status_metrics_and_health_report_what_happened(
     assert f'tokendist_events_total{{outcome="credited"}} {float(n)}' in body
     assert "tokendist_end_to_end_seconds_count" in body
     assert "tokendist_inflight_transactions" in body
-    async with pool.acquire() as conn, KafkaOffsets(settings) as offsets:
-        status = await gather(conn, offsets, Chain(*settings.require_chain()))
+    node = Node.connect(settings.require_chain()[0])
+    try:
+        async with pool.acquire() as conn, KafkaOffsets(settings) as offsets:
+            status = await gather(conn, offsets, node)
+    finally:
+        await node.close()
     assert status.states == {"credited": n}
     assert sum(status.lag.values()) == 0
     assert status.outbox_backlog == 0
     assert status.distributors[0]["tokens"] == 10**28 - sum(10**18 + i for i in range(n))
     assert "distributions {'credited': 12}" in status.render()
+    operator = Account.from_key(settings.require_chain()[1].get_secret_value()).address
+    assert [(k.address, k.state, k.inflight) for k in status.keys] == [(operator, "active", 0)]
+    assert f"operator key  {operator} active: 0 batches in flight, gas " in status.render()
 
 
 def test_the_demo_runs_to_a_green_verify(stack: object) -> None:

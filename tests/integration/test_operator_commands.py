@@ -67,6 +67,9 @@ DATABASE_COMMANDS = [
     ["chain", "deploy", "--tokenization-id", "tok-9", "--property-id", "p"],
     # A fixed address: parameters must be the same in every xdist worker.
     ["chain", "rotate-operator", "--tokenization-id", "tok-9", "--new-operator", FIXED_ADDRESS],
+    ["keys", "list"],
+    ["keys", "add", FIXED_ADDRESS],
+    ["keys", "remove", FIXED_ADDRESS],
 ]
 KAFKA_COMMANDS = [
     ["dlq", "list"],

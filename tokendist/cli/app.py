@@ -139,6 +139,8 @@ def _add_operations(sub: Any) -> None:
     rotate.add_argument("--new-operator", required=True, type=valid.address)
     rotate.set_defaults(handler=_tool(cmd.cmd_rotate_operator))
 
+    _add_keys(sub)
+
     kyc = sub.add_parser("kyc", help="investor verification").add_subparsers(
         dest="k", required=True
     )
@@ -198,6 +200,26 @@ def _add_operations(sub: Any) -> None:
     )
     ver.set_defaults(handler=_tool(cmd.cmd_verify))
     _add_simulation(sub)
+
+
+def _add_keys(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="the operator keys the consumers sign with").add_subparsers(
+        dest="action", required=True
+    )
+    keys.add_parser("list", help="each key: state, batches in flight, nonces, gas").set_defaults(
+        handler=_tool(cmd.cmd_keys_list)
+    )
+    add = keys.add_parser("add", help="make a key an operator of every Distributor, active")
+    add.add_argument("address", type=valid.address)
+    add.set_defaults(handler=_tool(cmd.cmd_keys_add))
+    remove = keys.add_parser(
+        "remove", help="drain a key, then revoke it on every Distributor (run again if told)"
+    )
+    remove.add_argument("address", type=valid.address)
+    remove.add_argument(
+        "--wait", type=valid.seconds, default=120.0, help="seconds to wait for its batches"
+    )
+    remove.set_defaults(handler=_tool(cmd.cmd_keys_remove))
 
 
 def _add_dlq(sub: Any) -> None:

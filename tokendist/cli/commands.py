@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from tokendist.cli import inputs as valid
@@ -186,17 +187,72 @@ async def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer.chain import Chain
     from tokendist.core import db
+    from tokendist.ops.keys import Node
     from tokendist.ops.status import KafkaOffsets, gather
 
-    chain = Chain(*settings.require_chain()) if settings.rpc_url and settings.operator_key else None
+    node = Node.connect(settings.rpc_url) if settings.rpc_url else None
     try:
         async with db.connect(settings.database_url) as conn, KafkaOffsets(settings) as offsets:
-            print((await gather(conn, offsets, chain)).render())
+            print((await gather(conn, offsets, node)).render())
     finally:
-        if chain is not None:
-            await chain.close()
+        if node is not None:
+            await node.close()
+    return 0
+
+
+async def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.core import db
+    from tokendist.ops.keys import Node, list_keys
+    from tokendist.ops.repository import ToolRepository
+
+    if not settings.rpc_url:
+        raise SettingsError(f"{ENV_PREFIX}RPC_URL is not set: the keys are read from the node")
+    node = Node.connect(settings.rpc_url)
+    try:
+        async with db.connect(settings.database_url) as conn:
+            keys = await list_keys(ToolRepository(conn), node)
+    finally:
+        await node.close()
+    for key in keys:
+        print(key.line())
+    print(f"{len(keys)} operator keys")
+    return 0
+
+
+async def cmd_keys_add(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.core import db
+    from tokendist.ops.deploy import Deployer
+    from tokendist.ops.keys import add_key
+    from tokendist.ops.repository import ToolRepository
+
+    deployer = Deployer(*settings.require_deployer())
+    try:
+        async with db.connect(settings.database_url) as conn:
+            print(await add_key(deployer, ToolRepository(conn), args.address))
+    finally:
+        await deployer.close()
+    return 0
+
+
+async def cmd_keys_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.core import db
+    from tokendist.ops.deploy import Deployer
+    from tokendist.ops.keys import remove_key
+    from tokendist.ops.repository import ToolRepository
+
+    deployer = Deployer(*settings.require_deployer())
+    try:
+        async with db.connect(settings.database_url) as conn:
+            removal = await remove_key(
+                deployer, ToolRepository(conn), args.address, wait_s=args.wait
+            )
+    finally:
+        await deployer.close()
+    if removal.remaining:
+        print(f"tokendist: error: {removal.line()}", file=sys.stderr)
+        return 1
+    print(removal.line())
     return 0
 
 

@@ -15,6 +15,51 @@ INSERT INTO tokenizations (id, property_id, chain_id, token_address, decimals, d
 VALUES ($1, $2, $3, $4, $5, $6)
 """
 
+# --- keys list, keys add, keys remove ----------------------------------------------
+
+K_CHAIN_DISTRIBUTORS = """
+SELECT id, distributor_address FROM tokenizations WHERE chain_id = $1 ORDER BY id
+"""
+
+# In flight: what the pool's cap counts (``consumer.queries.INFLIGHT_BATCHES``); the next
+# nonce is NULL until a member has synchronised the key with the chain.
+K_KEYS = """
+SELECT k.address, k.state, n.next_nonce,
+       (SELECT count(*) FROM batches b
+        WHERE b.chain_id = k.chain_id AND b.sender = k.address
+          AND b.state IN ('signed', 'submitted')) AS inflight
+FROM operator_keys k
+LEFT JOIN sender_nonces n ON n.chain_id = k.chain_id AND n.sender = k.address
+WHERE k.chain_id = $1
+ORDER BY k.added_at, k.address
+"""
+
+K_KEY_STATE = "SELECT state FROM operator_keys WHERE chain_id = $1 AND address = $2"
+
+K_ACTIVATE = """
+INSERT INTO operator_keys (chain_id, address, state) VALUES ($1, $2, 'active')
+ON CONFLICT (chain_id, address) DO UPDATE SET state = 'active', updated_at = now()
+WHERE operator_keys.state <> 'active'
+"""
+
+# A removed key stays removed: running ``keys remove`` again only checks its roles.
+K_DRAIN = """
+INSERT INTO operator_keys (chain_id, address, state) VALUES ($1, $2, 'draining')
+ON CONFLICT (chain_id, address) DO UPDATE SET state = 'draining', updated_at = now()
+WHERE operator_keys.state = 'active'
+"""
+
+K_INFLIGHT = """
+SELECT count(*) FROM batches
+WHERE chain_id = $1 AND sender = $2 AND state IN ('signed', 'submitted')
+"""
+
+# Only a draining key: an operator who added it back meanwhile has the last word.
+K_MARK_REMOVED = """
+UPDATE operator_keys SET state = 'removed', updated_at = now()
+WHERE chain_id = $1 AND address = $2 AND state = 'draining'
+"""
+
 # --- verify: read-only invariant queries -------------------------------------------------
 
 V_COUNTS = "SELECT state, count(*) AS n FROM distributions GROUP BY state"

@@ -56,6 +56,33 @@ class ToolRepository:
             return False
         return True
 
+    # --- keys ----------------------------------------------------------------------
+
+    async def chain_distributors(self, chain_id: int) -> list[asyncpg.Record]:
+        """The tokenizations (id, distributor_address) recorded on ``chain_id``."""
+        return await self._db.fetch(queries.K_CHAIN_DISTRIBUTORS, chain_id)
+
+    async def keys(self, chain_id: int) -> list[asyncpg.Record]:
+        """The operator keys of ``chain_id``: address, state, next_nonce, inflight."""
+        return await self._db.fetch(queries.K_KEYS, chain_id)
+
+    async def key_state(self, chain_id: int, address: str) -> str | None:
+        state: str | None = await self._db.fetchval(queries.K_KEY_STATE, chain_id, address)
+        return state
+
+    async def activate_key(self, chain_id: int, address: str) -> None:
+        await self._db.execute(queries.K_ACTIVATE, chain_id, address)
+
+    async def drain_key(self, chain_id: int, address: str) -> None:
+        await self._db.execute(queries.K_DRAIN, chain_id, address)
+
+    async def key_inflight(self, chain_id: int, address: str) -> int:
+        count: int = await self._db.fetchval(queries.K_INFLIGHT, chain_id, address)
+        return count
+
+    async def mark_key_removed(self, chain_id: int, address: str) -> None:
+        await self._db.execute(queries.K_MARK_REMOVED, chain_id, address)
+
     # --- verify ----------------------------------------------------------------------
 
     async def counts(self) -> dict[str, int]:

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from tokendist.consumer.chain import Chain
 from tokendist.core import db, kafka
 from tokendist.core.settings import Settings
+from tokendist.ops.keys import KeyInfo, Node, eth, list_keys
 from tokendist.ops.repository import ToolRepository
 
 
@@ -25,6 +25,7 @@ class Status:
     dead_letters: dict[str, int] = field(default_factory=dict)
     retrying: list[str] = field(default_factory=list)
     distributors: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[KeyInfo] = field(default_factory=list)
     last_failures: list[str] = field(default_factory=list)
 
     def render(self) -> str:
@@ -42,10 +43,12 @@ class Status:
         ]
         lines += [f"waiting       {r}" for r in self.retrying] or ["waiting       none"]
         for d in self.distributors:
-            lines.append(
-                f"distributor   {d['tokenization_id']}: {d['tokens']} token units left; "
-                f"operator gas {d['gas_wei'] / 10**18:.4f} ETH"
-            )
+            lines.append(f"distributor   {d['tokenization_id']}: {d['tokens']} token units left")
+        lines += [
+            f"operator key  {k.address} {k.state}: {k.inflight} batches in flight, "
+            f"gas {eth(k.gas_wei)}"
+            for k in self.keys
+        ]
         lines += [f"last failure  {f}" for f in self.last_failures] or ["last failure  none"]
         return "\n".join(lines)
 
@@ -73,7 +76,7 @@ class KafkaOffsets(kafka.Reader):
         return result
 
 
-async def gather(conn: db.Connection, offsets: KafkaOffsets, chain: Chain | None) -> Status:
+async def gather(conn: db.Connection, offsets: KafkaOffsets, node: Node | None) -> Status:
     ops = ToolRepository(conn)
     status = Status()
     row = await ops.outbox_summary()
@@ -101,11 +104,9 @@ async def gather(conn: db.Connection, offsets: KafkaOffsets, chain: Chain | None
         f"@{r['kafka_offset']} parked: {r['reason']}"
         for r in await ops.last_dead_letters(topic)
     ]
-    if chain is not None:
-        gas = await chain.gas_balance()
+    if node is not None:
         for tk in await ops.tokenizations():
-            tokens = await chain.token_balance(tk["token_address"], tk["distributor_address"])
-            status.distributors.append(
-                {"tokenization_id": tk["id"], "tokens": tokens, "gas_wei": gas}
-            )
+            tokens = await node.token_balance(tk["token_address"], tk["distributor_address"])
+            status.distributors.append({"tokenization_id": tk["id"], "tokens": tokens})
+        status.keys = await list_keys(ops, node)
     return status

@@ -29,6 +29,7 @@ from tokendist.core import db
 from tokendist.core.settings import Settings
 from tokendist.core.signals import pause
 from tokendist.ops.deploy import Deployer, deploy_tokenization
+from tokendist.ops.keys import Node
 from tokendist.ops.kyc import approve
 from tokendist.ops.status import KafkaOffsets, Status, gather
 from tokendist.ops.verify import Report, verify
@@ -99,7 +100,7 @@ class Demo:
             finally:
                 progress.cancel()
             async with pool.acquire() as conn:
-                status = await gather(conn, offsets, chain)
+                status = await gather(conn, offsets, Node(chain.w3))
                 report = await verify(conn, chain, grace_s=0 if not stop.is_set() else 300)
         self._summary(tally, status, report, stopped=stop.is_set())
         return 0 if report.ok else 1
