@@ -21,7 +21,7 @@ from tests.integration import harness
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Repository
-from tokendist.core.errors import KeyRejected, GroupActive
+from tokendist.core.errors import GroupActive, KeyRejected
 from tokendist.core.settings import Settings
 from tokendist.ops import dlq_admin
 from tokendist.ops.deploy import Deployment

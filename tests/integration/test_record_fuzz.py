@@ -8,10 +8,12 @@ position, and nothing is claimed or signed."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,10 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration import harness
-from tokendist.consumer.chain import Chain
-from tokendist.consumer.dlq import DeadLetters, headers_from_json
+from tokendist.consumer import wiring
+from tokendist.consumer.dlq import headers_from_json
 from tokendist.consumer.processor import Outcome, Processor
-from tokendist.consumer.repository import Repository
 from tokendist.core import kafka
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployment
@@ -100,15 +101,16 @@ async def processor(
     await kafka.ensure_topics(settings)
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO users VALUES ('user-0', 'approved', $1)", harness.wallet(0))
-    rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
-    producer = await kafka.start(kafka.producer(settings))
-    repo = Repository(pool)
-    try:
-        yield Processor(settings, repo, chain, DeadLetters(producer, settings.dlq_topic, repo))
-    finally:
-        await kafka.close(producer)
-        await chain.close()
+    # The consumer's own composition root, its gatherer running: a record that reached
+    # signing would be signed for real, and the assertions would see it.
+    async with AsyncExitStack() as resources:
+        member = await wiring.build(settings.consumer(), asyncio.Event(), resources)
+        gatherer = asyncio.create_task(member.gatherer.run())
+        try:
+            yield member.processor
+        finally:
+            gatherer.cancel()
+            await asyncio.gather(gatherer, return_exceptions=True)
 
 
 @given(data=st.data())

@@ -190,6 +190,12 @@ ON CONFLICT (chain_id, address) DO NOTHING
 
 KEY_STATES = "SELECT address, state FROM operator_keys WHERE chain_id = $1"
 
+# Signing takes the key's row FOR SHARE; ``tokendist keys remove`` updates it to
+# 'draining' before it counts in-flight batches: no batch is signed past a drain.
+KEY_STATE_FOR_SHARE = """
+SELECT state FROM operator_keys WHERE chain_id = $1 AND address = $2 FOR SHARE
+"""
+
 # Unconfirmed batches per key: what its in-flight cap counts.
 INFLIGHT_BATCHES = """
 SELECT sender, count(*) AS n FROM batches

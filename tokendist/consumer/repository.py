@@ -16,6 +16,7 @@ from tokendist.consumer.batching.states import BatchState, sources
 from tokendist.consumer.chain import Signed
 from tokendist.consumer.states import State, check_transition
 from tokendist.core import db
+from tokendist.core.errors import KeyRejected
 from tokendist.core.errors import StateConflict as StateConflict  # noqa: PLC0414 -- still importable from here
 
 
@@ -375,6 +376,11 @@ class Repository:
         attempt and its members, all in one transaction. A nonce or an index is consumed
         only together with the stored transaction that uses it."""
         async with self._db.transaction() as conn:
+            state = await conn.fetchval(
+                queries.KEY_STATE_FOR_SHARE, request.chain_id, request.sender
+            )
+            if state != "active":
+                raise KeyRejected(f"key {request.sender} is {state or 'not registered'}")
             rows = await conn.fetch(queries.LOCK_SIGNABLE, [p.event_id for p in request.payments])
             signable = {r["event_id"] for r in rows}
             payments = [p for p in request.payments if p.event_id in signable]

@@ -31,13 +31,19 @@ class Resubmitter:
 
     async def run(self) -> None:
         while True:
-            await self.sweep()
+            try:
+                await self.sweep()
+            except TransientError as exc:
+                log.warning("resubmit_sweep_failed", error=str(exc))
             await asyncio.sleep(self.settings.resubmit_interval_s)
 
     async def sweep(self) -> int:
         """One pass over every key; returns how many attempts were re-sent or replaced."""
         acted = 0
+        states = await self.repo.key_states(await self.keys.node.chain_id())
         for key in self.keys.keys.values():
+            if states.get(key.sender) == "removed":
+                continue  # no batch left, and its gas is nobody's concern any more
             try:
                 acted += await self._sweep(key)
             except TransientError as exc:

@@ -22,6 +22,8 @@ inside the adapter.
     ├── StateConflict         a distribution was not in the state expected: another worker
     │                         moved it; reload and decide again
     ├── ChainRejected         the node or contract refused a transaction deterministically
+    │   └── KeyRejected           ... because of the signing key (gas money, role, draining):
+    │                             another key of the pool may send the same payments
     ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
     ├── MigrationError        a migration file changed after it was applied
     └── StoppedWhileWaiting   stop was requested while a start-up step waited for its

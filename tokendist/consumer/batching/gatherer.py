@@ -151,7 +151,10 @@ class Gatherer:
         request = BatchRequest(
             await key.chain_id(), key.sender, distributor, [w.payment for w in payable]
         )
-        stored = await self.repo.sign_batch(request, sign)
+        try:
+            stored = await self.repo.sign_batch(request, sign)
+        except KeyRejected as exc:  # drained meanwhile: the next acquire skips it
+            raise _Retry(exc.reason) from exc
         if stored.batch_id is not None:
             self.failpoints.hit("after:signed")
             metrics.BATCH_SIZE.observe(len(stored.members))
