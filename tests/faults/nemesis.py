@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tests.faults import kafkaops
 from tests.faults.context import Ctx
 from tests.faults.members import Member
 from tests.faults.retry import retrying
 from tests.integration import harness
+from tokendist.consumer import contracts
+from tokendist.consumer.chain import Chain
 from tokendist.ops.redrive import redrive_failed
 
 Fault = Callable[[Ctx, random.Random], Awaitable[None]]
@@ -170,19 +175,21 @@ async def kill_broker(ctx: Ctx, rng: random.Random) -> None:
         ctx.note(f"broker {node} back")
 
 
+# Every attempt of every batch in flight, lowest nonce of each key first.
 DROPPABLE = """
-SELECT t.tx_hash FROM chain_transactions t JOIN distributions d USING (event_id)
-WHERE d.state IN ('signed', 'submitted')
+SELECT t.tx_hash, t.sender, t.nonce FROM chain_transactions t JOIN batches b ON b.id = t.batch_id
+WHERE b.state IN ('signed', 'submitted')
+ORDER BY t.sender, t.nonce
 """
 
 
-async def drop_tx(ctx: Ctx, rng: random.Random) -> None:
-    """Evict our pending transactions from the node's pool, as a node restart or a full
-    pool does: only a re-broadcast of the stored bytes gets them mined."""
+async def drop_batch(ctx: Ctx, rng: random.Random) -> None:
+    """Evict our pending batches from the node's pool, as a node restart or a full pool
+    does: only a re-broadcast of the stored bytes gets them mined."""
     deadline = time.monotonic() + rng.uniform(1.5, 4.0)
     dropped: set[str] = set()
     while time.monotonic() < deadline:
-        rows = await retrying(lambda: ctx.world.pool.fetch(DROPPABLE), what="pending txs")
+        rows = await retrying(lambda: ctx.world.pool.fetch(DROPPABLE), what="pending batches")
         for row in rows:
             if row["tx_hash"] not in dropped and await ctx.stack.rpc(
                 "anvil_dropTransaction", row["tx_hash"]
@@ -190,7 +197,98 @@ async def drop_tx(ctx: Ctx, rng: random.Random) -> None:
                 dropped.add(row["tx_hash"])
         await asyncio.sleep(0.05)
     ctx.metrics["txs_dropped"] += len(dropped)
-    ctx.note(f"{len(dropped)} pending transactions dropped from the pool")
+    ctx.note(f"{len(dropped)} pending batch transactions dropped from the pool")
+
+
+async def stuck_key(ctx: Ctx, rng: random.Random) -> None:
+    """One key's lowest pending batch dropped from the pool, its later ones left there: a
+    nonce gap that holds every later batch of that key (and only that key) until the
+    resubmitter re-broadcasts the stored bytes."""
+    key = rng.choice(ctx.world.operators)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = await retrying(lambda: ctx.world.pool.fetch(DROPPABLE), what="pending batches")
+        mine = [r for r in rows if r["sender"] == key]
+        if mine and await ctx.stack.rpc("anvil_dropTransaction", mine[0]["tx_hash"]):
+            ctx.metrics["txs_dropped"] += 1
+            ctx.note(f"key {key}: nonce {mine[0]['nonce']} dropped, later batches held behind")
+            return
+        await asyncio.sleep(0.05)
+    ctx.note(f"key {key}: no pending batch to drop")
+
+
+# A payment signed into a batch that is not mined yet, with what its batch pays it.
+PENDING_PAYMENT = """
+SELECT d.payment_id, d.payment_index, d.recipient, d.tokens, b.distributor_address
+FROM distributions d JOIN batches b ON b.id = d.batch_id
+WHERE d.state IN ('signed', 'submitted') AND b.state IN ('signed', 'submitted')
+ORDER BY random() LIMIT 1
+"""
+
+
+async def already_paid(ctx: Ctx, rng: random.Random) -> None:
+    """Another operator of the Distributor pays a payment the consumers have signed into a
+    batch, under the same index, before that batch is mined: the batch meets a payment an
+    earlier transaction already paid. It must skip it (``AlreadyPaid``), and the payment
+    must be confirmed by the earlier payout and credited once."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        row = await retrying(lambda: ctx.world.pool.fetchrow(PENDING_PAYMENT), what="a payment")
+        if row is not None:
+            tx_hash = await _pay_behind_the_back(ctx, row)
+            ctx.metrics["paid_behind_the_back"] += 1
+            ctx.note(f"payment {row['payment_id'][:12]}… paid first by the nemesis ({tx_hash})")
+            return
+        await asyncio.sleep(0.05)
+    ctx.note("no payment in a pending batch to pay first")
+
+
+async def _pay_behind_the_back(ctx: Ctx, row: Any) -> str:
+    chain = Chain(ctx.stack.rpc_url, ctx.world.nemesis_key)
+    try:
+        await chain.chain_id()
+        data = contracts.batch_calldata(
+            int(row["payment_index"]),
+            [(bytes.fromhex(row["payment_id"][2:]), row["recipient"], int(row["tokens"]))],
+        )
+        signed = chain.sign(
+            to=row["distributor_address"],
+            data=data,
+            gas=300_000,
+            nonce=await chain.nonce(pending=True),
+            max_fee=1_000 * GWEI,
+            priority_fee=100 * GWEI,  # ahead of the consumers' batch in the next block
+        )
+        await chain.send_raw(signed.raw)
+        return signed.tx_hash
+    finally:
+        await chain.close()
+
+
+async def remove_key(ctx: Ctx, rng: random.Random) -> None:
+    """An operator removes one key of the pool mid-run (``tokendist keys remove``: drain,
+    then revoke its role), then adds it back: the other key goes on paying, the removed
+    key's batches are finished first, nothing is lost or paid twice."""
+    key = rng.choice(ctx.world.operators)
+    removed = await _keys(ctx, "remove", key, "--wait", "60")
+    ctx.note(f"keys remove {key}: exit {removed}")
+    await asyncio.sleep(rng.uniform(1.0, 4.0))
+    added = await _keys(ctx, "add", key)
+    ctx.note(f"keys add {key}: exit {added}")
+
+
+async def _keys(ctx: Ctx, *args: str) -> int:
+    env = {**os.environ, **ctx.world.settings.as_env()}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tokendist.cli", "keys", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    return done.returncode
 
 
 async def stuck_underpriced(ctx: Ctx, rng: random.Random) -> None:
@@ -229,11 +327,11 @@ async def redrive_now(ctx: Ctx) -> int:
     return count
 
 
-# Refused by simulation (TokenTransferFailed) or reverted on chain after a sibling
-# transfer drained the Distributor first.
+# Refused by simulation (the token's ERC20InsufficientBalance) or reverted on chain
+# after another batch drained the Distributor first.
 OUT_OF_TOKENS = """
 SELECT count(*) FROM distributions WHERE state = 'failed'
-  AND (failure_reason LIKE '%TokenTransferFailed%' OR failure_reason LIKE 'reverted: tx%')
+  AND (failure_reason LIKE '%ERC20InsufficientBalance%' OR failure_reason LIKE 'reverted: batch%')
 """
 
 
@@ -265,8 +363,11 @@ FAULTS: dict[str, Fault] = {
     "restart_kafka": restart_kafka,
     "kill_broker": kill_broker,
     "restart_anvil": restart_anvil,
-    "drop_tx": drop_tx,
+    "drop_batch": drop_batch,
+    "stuck_key": stuck_key,
     "stuck_underpriced": stuck_underpriced,
+    "already_paid": already_paid,
+    "remove_key": remove_key,
     "out_of_tokens": out_of_tokens,
 }
 THREE_BROKERS_ONLY = frozenset({"kill_broker"})

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from eth_account import Account
+from pydantic import SecretStr
 
 from tests.faults.stack import Stack
 from tests.integration import harness
@@ -70,16 +71,27 @@ class World:
     deployment: Deployment
     pool: asyncpg.Pool
     log_dir: Path
+    # An operator of the Distributor no consumer holds: the nemesis pays with it behind
+    # the consumers' backs (a payment an earlier transaction already paid).
+    nemesis_key: SecretStr
 
     @property
     def operator(self) -> str:
         _, key = self.settings.require_chain()
         return str(Account.from_key(key.get_secret_value()).address)
 
+    @property
+    def operators(self) -> list[str]:
+        """The consumers' key pool, by address."""
+        _, keys = self.settings.require_keys()
+        return [str(Account.from_key(k.get_secret_value()).address) for k in keys]
+
 
 def run_settings(stack: Stack, database_url: str, tag: str) -> Settings:
     """The brief's short timings: a crashed member's partitions move after 6 s, a stuck
-    transaction is re-sent after 2 s and fee-bumped after 5 s."""
+    transaction is re-sent after 2 s and fee-bumped after 5 s. Two operator keys, batches
+    of at most 4 payments and 2 unconfirmed batches per key: a run of a few dozen
+    payments fills batches and caps on both keys."""
     return settings_for_tests(
         database_url,
         stack.kafka_bootstrap,
@@ -91,6 +103,10 @@ def run_settings(stack: Stack, database_url: str, tag: str) -> Settings:
         topic_replication=stack.brokers,
         rebroadcast_after_s=2.0,
         fee_bump_after_s=5.0,
+        operator_keys=SecretStr("0x" + bytes(Account.create().key).hex()),
+        batch_max_size=4,
+        batch_max_wait_s=0.3,
+        max_inflight_per_sender=2,
     )
 
 
@@ -110,9 +126,11 @@ async def create_world(
     database_url = _with_db(stack.database_url, db_name)
     settings = run_settings(stack, database_url, tag)
     rpc_url, deployer_key = settings.require_deployer()
-    _, operator_key = settings.require_chain()
-    operator = Account.from_key(operator_key.get_secret_value()).address
-    await harness.fund(rpc_url, operator, Account.from_key(deployer_key.get_secret_value()).address)
+    _, operator_keys = settings.require_keys()
+    nemesis = Account.create()
+    operators = [Account.from_key(k.get_secret_value()).address for k in operator_keys]
+    deployer_address = Account.from_key(deployer_key.get_secret_value()).address
+    await harness.fund(rpc_url, *operators, nemesis.address, deployer_address)
     # min_size=0: a pool with a floor logs a traceback per attempt while pg is down.
     pool = await db.create_pool(database_url, min_size=0, max_size=8)
     deployer = Deployer(rpc_url, deployer_key)
@@ -123,7 +141,7 @@ async def create_world(
                 conn,
                 tokenization_id=tokenization[0],
                 property_id=tokenization[1],
-                operator=operator,
+                operator=[*operators, nemesis.address],
                 name="Fault Towers",
                 symbol="FLT",
                 decimals=18,
@@ -134,7 +152,8 @@ async def create_world(
         await deployer.close()
     log_dir = log_root / tag
     log_dir.mkdir(parents=True, exist_ok=True)
-    return World(tag, stack, db_name, settings, deployment, pool, log_dir)
+    nemesis_key = SecretStr("0x" + bytes(nemesis.key).hex())
+    return World(tag, stack, db_name, settings, deployment, pool, log_dir, nemesis_key)
 
 
 async def destroy_world(world: World, *, keep: bool, keep_logs: bool = False) -> None:

@@ -28,6 +28,7 @@ from tests.integration import harness
 from tests.services import Services
 from tests.unit.test_partition_worker import worker_for
 from tokendist.consumer.chain import Chain
+from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.repository import Repository
 from tokendist.consumer.resubmitter import Resubmitter
 from tokendist.consumer.runner import Runner
@@ -90,14 +91,19 @@ async def _base_fee_pinned(rpc_url: str, wei: int) -> AsyncIterator[None]:
 
 
 async def _slow_inserts(pool: asyncpg.Pool, seconds: float, investment: str | None) -> None:
-    """Hold every (or one investment's) chain_transactions INSERT for a while: a stand-in
-    for a slow disk or a GC pause, in this test's own database only."""
+    """Hold every (or one investment's batch's) chain_transactions INSERT for a while: a
+    stand-in for a slow disk or a GC pause, in this test's own database only. A batch's
+    members are marked after its attempt is stored: the payment is found in its calldata."""
     only = "true" if investment is None else f"d.investment_id = '{investment}'"
     await pool.execute(
         f"""
         CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF EXISTS (SELECT 1 FROM distributions d WHERE d.event_id = NEW.event_id AND {only})
+            IF EXISTS (
+                SELECT 1 FROM batches b, distributions d
+                WHERE b.id = NEW.batch_id AND {only}
+                  AND position(decode(substr(d.payment_id, 3), 'hex') IN b.calldata) > 0
+            )
             THEN PERFORM pg_sleep({seconds}); END IF;
             RETURN NEW;
         END $$;
@@ -114,7 +120,7 @@ async def test_two_members_fee_bumping_the_same_stuck_transaction_both_survive(
 ) -> None:
     """Every member's resubmitter sweeps the operator's stuck transactions. With the same
     stored transaction and the same base fee, two members sign byte-identical
-    replacements; the second ``store_replacement`` hits ``chain_transactions_pkey`` and
+    replacements; the second ``store_attempt`` hits ``chain_transactions_pkey`` and
     the UniqueViolationError, not a TransientError, kills ``Resubmitter.run`` and with it
     the consumer process."""
     rpc_url, key = settings.require_chain()
@@ -129,7 +135,10 @@ async def test_two_members_fee_bumping_the_same_stuck_transaction_both_survive(
         await _slow_inserts(pool, 1.0, None)
         chains = [Chain(rpc_url, key), Chain(rpc_url, key)]
         try:
-            members = [Resubmitter(eager, Repository(pool), c) for c in chains]
+            repo = Repository(pool)
+            members = [
+                Resubmitter(eager, repo, KeyPool([c], repo, cap=16, poll_s=0.1)) for c in chains
+            ]
             results = await asyncio.gather(*(m.sweep() for m in members), return_exceptions=True)
         finally:
             await asyncio.gather(*(c.close() for c in chains))
@@ -154,14 +163,14 @@ def _users_on_two_partitions(partitions: int) -> tuple[int, int]:
 async def test_a_transfer_reverted_for_lack_of_tokens_is_paid_after_a_top_up(
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
-    """The Distributor holds 10**30 and two investors (two partitions) each buy 6*10**29.
-    Both simulations pass before either transfer is mined; the second transfer reverts
-    (TokenTransferFailed) and its distribution fails *after signing*. A revert rolls
-    back ``distributed[paymentId]``, so paying it later is safe, yet ``redrive`` refuses
-    anything with a sender: after the top-up the investor is never paid."""
+    """The Distributor holds 10**28 and two investors (two partitions) each buy 6*10**27.
+    Both simulations pass before either batch is mined; the second batch reverts
+    (ERC20InsufficientBalance) and its payment fails *after signing*. A revert rolls back
+    the payment's bit, so paying it later is safe, yet ``redrive`` refused anything with
+    a sender: after the top-up the investor was never paid."""
     a, b = _users_on_two_partitions(settings.topic_partitions)
-    first = harness.payment(tokenization, 1, user=a, tokens=6 * 10**29)
-    second = harness.payment(tokenization, 2, user=b, tokens=6 * 10**29)
+    first = harness.payment(tokenization, 1, user=a, tokens=6 * 10**27)
+    second = harness.payment(tokenization, 2, user=b, tokens=6 * 10**27)
     async with pool.acquire() as conn:
         for p in (first, second):
             await payments.register_user(conn, p.user_id, p.wallet_address)
@@ -177,8 +186,8 @@ async def test_a_transfer_reverted_for_lack_of_tokens_is_paid_after_a_top_up(
         reason = await pool.fetchval(
             "SELECT failure_reason FROM distributions WHERE state = 'failed'"
         )
-        assert reason.startswith("reverted: tx"), reason  # failed after signing: the premise
-        await harness.top_up(settings, tokenization, amount=10**30)
+        assert reason.startswith("reverted: batch"), reason  # failed after signing: the premise
+        await harness.top_up(settings, tokenization, amount=10**28)
         async with pool.acquire() as conn:
             await redrive_failed(conn, None)
         await harness.wait_until(

@@ -210,7 +210,8 @@ FOR UPDATE
 RESET_TO_RECEIVED = """
 UPDATE distributions
 SET state = 'received', failure_reason = NULL, retryable = false, recipient = NULL,
-    sender = NULL, nonce = NULL, tx_hash = NULL, block_number = NULL, updated_at = now()
+    sender = NULL, nonce = NULL, tx_hash = NULL, block_number = NULL, batch_id = NULL,
+    payment_index = NULL, updated_at = now()
 WHERE event_id = ANY($1::uuid[])
 """
 

@@ -181,7 +181,9 @@ class Gatherer:
         self, key: OperatorChain, distributor: str, batch: list[_Waiting]
     ) -> tuple[int, list[_Waiting]]:
         """Gas for the payments the Distributor would pay now, and those payments; a
-        refused payment fails (retryable: nothing was paid) before anything is signed."""
+        refused payment fails (retryable: nothing was paid) before anything is signed.
+        Payments payable alone but not together (the Distributor's tokens cover each, not
+        all) go one now and the rest back to the queue: after it they are refused alone."""
         try:
             return await key.estimate(distributor, await self._calldata(distributor, batch)), batch
         except KeyRejected:
@@ -190,7 +192,15 @@ class Gatherer:
             payable = await self._payable(key, distributor, batch)
         if not payable:
             return 0, []
-        return await key.estimate(distributor, await self._calldata(distributor, payable)), payable
+        try:
+            gas = await key.estimate(distributor, await self._calldata(distributor, payable))
+        except KeyRejected:
+            raise
+        except ChainRejected:
+            payable, later = payable[:1], payable[1:]
+            self._queue.extendleft(reversed(later))
+            gas = await key.estimate(distributor, await self._calldata(distributor, payable))
+        return gas, payable
 
     async def _payable(
         self, key: OperatorChain, distributor: str, batch: list[_Waiting]
