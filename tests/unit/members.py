@@ -16,12 +16,14 @@ from typing import Any
 from tests.unit.fake_chain import CHAIN_ID, DISTRIBUTOR, SENDER, FakeChain, FakeNode
 from tests.unit.fakes import FakeDeadLetters, FakeRecord, FakeRepository
 from tokendist.consumer.batching import indices
+from tokendist.consumer.batching.states import BatchState
 from tokendist.consumer.batching.gatherer import Gatherer
 from tokendist.consumer.batching.settler import Settler
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.processor import Processor
 from tokendist.consumer.repository import Confirmation, Tokenization
 from tokendist.consumer.resubmitter import Resubmitter
+from tokendist.consumer.states import State
 from tokendist.core.failpoints import Failpoints
 from tokendist.core.settings import ConsumerSettings
 from tokendist.schemas import PaymentConfirmedV1
@@ -164,3 +166,50 @@ async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
         while not condition():  # noqa: ASYNC110 -- the fakes have no event to wait on
             await asyncio.sleep(0.001)
+
+
+R, KYC, SIGNED, SUBMITTED, CONFIRMED, CREDITED, FAILED = (
+    State.RECEIVED,
+    State.AWAITING_KYC,
+    State.SIGNED,
+    State.SUBMITTED,
+    State.CONFIRMED,
+    State.CREDITED,
+    State.FAILED,
+)
+
+# The paths an event takes, each asserted by a test (``FakeRepository.path``).
+PAID = [R, SIGNED, SUBMITTED, CONFIRMED, CREDITED]
+PARKED_THEN_PAID = [R, KYC, SIGNED, SUBMITTED, CONFIRMED, CREDITED]
+REFUSED_BEFORE_SIGNING = [R, FAILED]
+REFUSED_AFTER_PARKING = [R, KYC, FAILED]
+FAILED_ON_CHAIN = [R, SIGNED, SUBMITTED, FAILED]
+REDRIVEN_THEN_PAID = [R, FAILED, R, SIGNED, SUBMITTED, CONFIRMED, CREDITED]
+ABANDONED_THEN_PAID = [R, SIGNED, SUBMITTED, R, SIGNED, SUBMITTED, CONFIRMED, CREDITED]
+FOUND_ON_CHAIN = [R, CONFIRMED, CREDITED]
+PARKED_THEN_FOUND_ON_CHAIN = [R, KYC, CONFIRMED, CREDITED]
+PATHS = [
+    PAID,
+    PARKED_THEN_PAID,
+    REFUSED_BEFORE_SIGNING,
+    REFUSED_AFTER_PARKING,
+    FAILED_ON_CHAIN,
+    REDRIVEN_THEN_PAID,
+    ABANDONED_THEN_PAID,
+    FOUND_ON_CHAIN,
+    PARKED_THEN_FOUND_ON_CHAIN,
+]
+
+# The paths a batch takes (``FakeRepository.batch_path``).
+B_SIGNED, B_SUBMITTED, B_CONFIRMED, B_CREDITED, B_REVERTED, B_ABANDONED = (
+    BatchState.SIGNED,
+    BatchState.SUBMITTED,
+    BatchState.CONFIRMED,
+    BatchState.CREDITED,
+    BatchState.REVERTED,
+    BatchState.ABANDONED,
+)
+BATCH_PAID = [B_SIGNED, B_SUBMITTED, B_CONFIRMED, B_CREDITED]
+BATCH_REVERTED = [B_SIGNED, B_SUBMITTED, B_REVERTED]
+BATCH_ABANDONED = [B_SIGNED, B_SUBMITTED, B_ABANDONED]
+BATCH_PATHS = [BATCH_PAID, BATCH_REVERTED, BATCH_ABANDONED]
