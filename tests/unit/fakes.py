@@ -99,6 +99,8 @@ class FakeRepository:
         self.distributed: set[str] = set()  # investment ids
         self.moves: list[tuple[uuid.UUID, State, State]] = []
         self.batch_moves: list[tuple[int, BatchState, BatchState]] = []
+        # (key, its batches in flight) at each batch signed: what the in-flight cap bounds.
+        self.signed_at_inflight: list[tuple[str, int]] = []
         self.down = False
         self.crash_after: str | None = None  # a State or BatchState: once, after its write
         self._batch_ids = itertools.count(1)
@@ -280,6 +282,10 @@ class FakeRepository:
             self._crash_if([State.CONFIRMED] if found else [])
             return SignedBatch(None, [], list(found))
         batch_id = next(self._batch_ids)
+        inflight = [b for b in self.batches.values() if b.state.in_flight]
+        self.signed_at_inflight.append(
+            (request.sender, sum(b.sender == request.sender for b in inflight))
+        )
         self.batches[batch_id] = Batch(
             batch_id,
             request.chain_id,

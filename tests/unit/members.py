@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from eth_utils.address import to_checksum_address
+
 from tests.unit.fake_chain import CHAIN_ID, DISTRIBUTOR, SENDER, FakeChain, FakeNode
 from tests.unit.fakes import FakeDeadLetters, FakeRecord, FakeRepository
 from tokendist.consumer.batching import indices
@@ -40,6 +42,11 @@ TOKENIZATION = Tokenization(
     decimals=18,
     distributor_address=DISTRIBUTOR,
 )
+
+
+def wallet(i: int) -> str:
+    """Investor ``i``'s wallet (the first one's is ``WALLET``)."""
+    return WALLET if i == 1 else to_checksum_address(f"0x{0xA11CE000 + i:040x}")
 
 
 def settings(**changes: Any) -> ConsumerSettings:
@@ -111,10 +118,12 @@ class World:
     node: FakeNode = field(default_factory=FakeNode)
     dlq: FakeDeadLetters = field(default_factory=FakeDeadLetters)
     senders: list[str] = field(default_factory=lambda: [SENDER])
+    operators: list[str] | None = None  # None: every sender holds the role
 
     def __post_init__(self) -> None:
         self.repo.tokenizations[TOKENIZATION.id] = TOKENIZATION
-        self.distributor = self.node.deploy(DISTRIBUTOR, operators=self.senders)
+        operators = self.senders if self.operators is None else self.operators
+        self.distributor = self.node.deploy(DISTRIBUTOR, operators=operators)
 
     def approve(self, user_id: str = "user-1", wallet: str | None = WALLET) -> None:
         self.repo.approve(user_id, wallet)
@@ -129,8 +138,12 @@ class World:
         """``n`` approved investors with one confirmed payment each."""
         found = []
         for i in range(1, n + 1):
-            self.approve(f"user-{i}")
-            found.append(self.confirmed(user_id=f"user-{i}", investment_id=f"inv-{i}"))
+            self.approve(f"user-{i}", wallet(i))
+            found.append(
+                self.confirmed(
+                    user_id=f"user-{i}", investment_id=f"inv-{i}", wallet_address=wallet(i)
+                )
+            )
         return found
 
     @contextlib.asynccontextmanager
