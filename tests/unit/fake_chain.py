@@ -173,8 +173,16 @@ class FakeNode:
         used elsewhere): ours of that nonce can never be mined. Returns its hash."""
         self.block += 1
         nonce = self.mined_nonces.get(sender.lower(), 0)
-        foreign = Tx("0x" + hashlib.sha256(f"foreign {nonce}".encode()).hexdigest(),
-                     sender.lower(), STRANGER.lower(), "0x", nonce, 21_000, self.base_fee, 0)
+        foreign = Tx(
+            "0x" + hashlib.sha256(f"foreign {nonce}".encode()).hexdigest(),
+            sender.lower(),
+            STRANGER.lower(),
+            "0x",
+            nonce,
+            21_000,
+            self.base_fee,
+            0,
+        )
         self._include(foreign)
         return foreign.tx_hash
 
@@ -197,7 +205,9 @@ class FakeNode:
     def _include(self, tx: Tx) -> None:
         self.mined_nonces[tx.sender] = tx.nonce + 1
         self.pool = {
-            h: t for h, t in self.pool.items() if not (t.sender == tx.sender and t.nonce <= tx.nonce)
+            h: t
+            for h, t in self.pool.items()
+            if not (t.sender == tx.sender and t.nonce <= tx.nonce)
         }
         distributor = self.distributors.get(tx.to)
         logs: list[dict[str, Any]] = []

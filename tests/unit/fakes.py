@@ -256,31 +256,18 @@ class FakeRepository:
             if (request.distributor, p.payment_id) in self.onchain
         }
         payments = [p for p in payments if p.event_id not in found]
-        signed: Signed | None = None
-        if payments:
-            nonce = self.nonces.get((request.chain_id, request.sender))
-            if nonce is None:
-                raise RuntimeError(f"nonce of {request.sender} not synchronised with the chain")
-            if request.distributor not in self.indices:
-                raise RuntimeError(f"indices of {request.distributor} not rebuilt from the chain")
-            first = self.indices[request.distributor][0]
-            signed, calldata = sign(nonce, first, payments)  # raises: nothing written
-        for p in request.payments:
-            if p.event_id in found:
-                paid = found[p.event_id]
-                self._move(
-                    p.event_id,
-                    BEFORE_SIGNING,
-                    State.CONFIRMED,
-                    distributor=request.distributor,
-                    recipient=p.recipient,
-                    tx_hash=paid.tx_hash,
-                    block_number=paid.block_number,
-                    payment_index=paid.index,
-                )
-        if signed is None:
+        if not payments:
+            self._confirm_found(request, found)
             self._crash_if([State.CONFIRMED] if found else [])
             return SignedBatch(None, [], list(found))
+        nonce = self.nonces.get((request.chain_id, request.sender))
+        if nonce is None:
+            raise RuntimeError(f"nonce of {request.sender} not synchronised with the chain")
+        if request.distributor not in self.indices:
+            raise RuntimeError(f"indices of {request.distributor} not rebuilt from the chain")
+        first = self.indices[request.distributor][0]
+        signed, calldata = sign(nonce, first, payments)  # raises: nothing written
+        self._confirm_found(request, found)
         batch_id = next(self._batch_ids)
         inflight = [b for b in self.batches.values() if b.state.in_flight]
         self.signed_at_inflight.append(
@@ -368,9 +355,7 @@ class FakeRepository:
                 )
         for event_id, reason in outcome.failed.items():
             if event_id in members:
-                self._move(
-                    event_id, ON_CHAIN, State.FAILED, failure_reason=reason, retryable=False
-                )
+                self._move(event_id, ON_CHAIN, State.FAILED, failure_reason=reason, retryable=False)
         self._crash_if([BatchState.CONFIRMED])
         return moved
 
@@ -520,6 +505,22 @@ class FakeRepository:
         self.batches[batch.id] = moved
         self.batch_moves.append((batch.id, stored.state, new))
         return moved
+
+    def _confirm_found(self, request: BatchRequest, found: dict[uuid.UUID, ScannedPayout]) -> None:
+        """Payments the index scan found paid on-chain: confirmed by that payout."""
+        for p in request.payments:
+            if p.event_id in found:
+                paid = found[p.event_id]
+                self._move(
+                    p.event_id,
+                    BEFORE_SIGNING,
+                    State.CONFIRMED,
+                    distributor=request.distributor,
+                    recipient=p.recipient,
+                    tx_hash=paid.tx_hash,
+                    block_number=paid.block_number,
+                    payment_index=paid.index,
+                )
 
     def _crash_if(self, reached: list[str]) -> None:
         if self.crash_after is not None and self.crash_after in reached:

@@ -18,9 +18,9 @@ from eth_utils.address import to_checksum_address
 from tests.unit.fake_chain import CHAIN_ID, DISTRIBUTOR, SENDER, FakeChain, FakeNode
 from tests.unit.fakes import FakeDeadLetters, FakeRecord, FakeRepository
 from tokendist.consumer.batching import indices
-from tokendist.consumer.batching.states import BatchState
 from tokendist.consumer.batching.gatherer import Gatherer
 from tokendist.consumer.batching.settler import Settler
+from tokendist.consumer.batching.states import BatchState
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.processor import Processor
 from tokendist.consumer.repository import Confirmation, Tokenization
@@ -81,8 +81,9 @@ def payment(
     return PaymentConfirmedV1.new(occurred_at=datetime.now(UTC), **(values | data))
 
 
-def confirmation_of(event: PaymentConfirmedV1) -> Confirmation:
-    """The row ``outbox.enqueue`` writes for ``event``."""
+def confirmation_of(event: PaymentConfirmedV1, *, keep_payload: bool = True) -> Confirmation:
+    """The row ``outbox.enqueue`` writes for ``event`` (rows older than migration 0002
+    have no payload: ``keep_payload=False``)."""
     d = event.data
     return Confirmation(
         d.investment_id,
@@ -91,7 +92,7 @@ def confirmation_of(event: PaymentConfirmedV1) -> Confirmation:
         d.tokens,
         d.provider,
         d.provider_reference,
-        event.model_dump_json(),
+        event.model_dump_json() if keep_payload else None,
     )
 
 
@@ -162,7 +163,9 @@ class World:
         processor = Processor(
             s, self.repo, pool.node, dead_letters=self.dlq, gatherer=gatherer, settler=settler
         )
-        member = Member(s, keys, pool, settler, gatherer, processor, Resubmitter(s, self.repo, pool))
+        member = Member(
+            s, keys, pool, settler, gatherer, processor, Resubmitter(s, self.repo, pool)
+        )
         gathering = asyncio.create_task(gatherer.run(), name="gatherer")
         try:
             yield member

@@ -189,7 +189,11 @@ async def test_a_finished_event_delivered_again_is_already_done_and_untouched(en
         w.distributor.refused[WALLET.lower()] = "ERC20InvalidReceiver"
     async with w.member() as m:
         await m.processor.handle(record)
-    moves, signatures, broadcasts = len(w.repo.moves), len(w.node.signatures), len(w.node.broadcasts)
+    moves, signatures, broadcasts = (
+        len(w.repo.moves),
+        len(w.node.signatures),
+        len(w.node.broadcasts),
+    )
 
     async with w.member() as m:
         assert await m.processor.handle(record) is Outcome.ALREADY_DONE

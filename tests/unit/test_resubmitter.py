@@ -109,9 +109,7 @@ async def test_each_keys_batches_are_resent_in_nonce_order() -> None:
     assert [w.distributor.paid_to(wallet(i)) for i in range(1, 5)] == [TOKENS] * 4
 
 
-async def test_a_stuck_batch_is_replaced_with_the_same_nonce_and_calldata_and_fees_raised() -> (
-    None
-):
+async def test_a_stuck_batch_is_replaced_with_the_same_nonce_and_calldata_and_fees_raised() -> None:
     w = World()
     [(event, record)] = w.approved()
     old = await stuck(w, record)

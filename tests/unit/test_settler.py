@@ -76,7 +76,7 @@ async def test_a_payment_skipped_as_already_paid_is_confirmed_by_the_payout_that
             m.processor.handle(early_record), m.processor.handle(late_record)
         )
 
-    assert outcomes == [Outcome.CREDITED, Outcome.CREDITED]
+    assert list(outcomes) == [Outcome.CREDITED, Outcome.CREDITED]
     [ours] = [s for s in w.node.signatures if s.tx_hash != earlier.tx_hash]
     assert decoded(ours)[0] == 0
     paid_early = await w.repo.get(early.event_id)
@@ -90,7 +90,7 @@ async def test_a_payment_skipped_as_already_paid_is_confirmed_by_the_payout_that
     assert w.repo.batch_path(1) == BATCH_PAID
 
 
-async def test_an_index_used_by_another_payment_fails_for_a_human_and_the_batch_mates_are_paid() -> (
+async def test_an_index_used_by_another_payment_fails_for_a_human_its_batch_mates_are_paid() -> (
     None
 ):
     w = World(senders=[SENDER], operators=[SENDER, SENDER_2])
@@ -104,7 +104,7 @@ async def test_an_index_used_by_another_payment_fails_for_a_human_and_the_batch_
                 m.processor.handle(collided_record), m.processor.handle(mate_record)
             )
 
-    assert outcomes == [Outcome.FAILED, Outcome.CREDITED]
+    assert list(outcomes) == [Outcome.FAILED, Outcome.CREDITED]
     row = w.repo.rows[collided.event_id]
     assert row.dist.failure_reason == "index_collision: index 0 was used by another payment"
     assert not row.retryable
