@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -404,7 +403,3 @@ class FakeChain:
 def decoded(signed: Signed) -> tuple[int, list[tuple[bytes, str, int]]]:
     """What a signed batch pays: (first index, [(payment id, recipient, amount)])."""
     return contracts.decode_batch_calldata(Tx.decode(signed.raw).data)
-
-
-def fields(signed: Signed) -> Mapping[str, Any]:
-    return dict(json.loads(signed.raw))

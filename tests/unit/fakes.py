@@ -291,7 +291,8 @@ class FakeRepository:
         self._insert_attempt(batch_id, request.chain_id, request.sender, signed)
         self.nonces[(request.chain_id, request.sender)] = nonce + 1
         self.indices[request.distributor][0] = first + len(payments)
-        for i, p in enumerate(payments):
+        # One UPDATE over the batch's rows: a payment listed twice is one row, moved once.
+        for i, p in {p.event_id: (i, p) for i, p in reversed(list(enumerate(payments)))}.values():
             self._move(
                 p.event_id,
                 BEFORE_SIGNING,
