@@ -120,11 +120,24 @@ class FakeRepository:
         self.users[user_id] = User(user_id, "approved", wallet)
 
     def redrive(self, event_id: uuid.UUID) -> bool:
-        """``tokendist redrive``'s reset: a retryable failure back to ``received``."""
+        """``tokendist redrive``'s reset (``ops.queries.RESET_TO_RECEIVED``): a retryable
+        failure back to ``received``. Like that statement it leaves ``batch_id`` and
+        ``payment_index`` as they were (the next batch overwrites them)."""
         row = self.rows[event_id]
         if row.dist.state is not State.FAILED or not row.retryable:
             return False
-        self._move(event_id, {State.FAILED}, State.RECEIVED, retryable=False, failure_reason=None)
+        self._move(
+            event_id,
+            {State.FAILED},
+            State.RECEIVED,
+            retryable=False,
+            failure_reason=None,
+            recipient=None,
+            sender=None,
+            nonce=None,
+            tx_hash=None,
+            block_number=None,
+        )
         return True
 
     def backdate(self, tx_hash: str, seconds: float) -> None:

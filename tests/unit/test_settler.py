@@ -207,3 +207,28 @@ async def test_a_batch_is_abandoned_only_after_its_nonce_stayed_taken_for_the_st
     [head] = heads
     assert head - taken_at >= NONCE_CONSUMED_STRIKES
     assert w.repo.state_of(event.event_id) is State.CREDITED
+
+
+async def test_a_crash_right_after_abandoning_resumes_and_pays_once_anew() -> None:
+    w = World()
+    payments = w.approved(2)
+    w.node.auto_mine = False
+    w.repo.crash_after = BatchState.ABANDONED
+
+    async with w.member(batch_max_size=2, batch_max_wait_s=NEVER) as m:
+        handling = [asyncio.create_task(m.processor.handle(r)) for _, r in payments]
+        await until(lambda: submitted(w))
+        w.node.take_nonce(SENDER)
+        results = await asyncio.gather(*handling, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["Crashed", "Crashed"]
+    assert all(w.repo.state_of(e.event_id) is State.RECEIVED for e, _ in payments)
+
+    w.node.auto_mine = True
+    async with w.member(batch_max_size=2, batch_max_wait_s=NEVER) as m:
+        outcomes = await asyncio.gather(*(m.processor.handle(r) for _, r in payments))
+
+    assert outcomes == [Outcome.CREDITED, Outcome.CREDITED]
+    assert [s.nonce for s in w.node.signatures] == [0, 1]
+    for i, (event, _) in enumerate(payments, start=1):
+        assert w.repo.path(event.event_id) == ABANDONED_THEN_PAID
+        assert w.distributor.paid_to(wallet(i)) == TOKENS
