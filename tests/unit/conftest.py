@@ -12,3 +12,12 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("TOKENDIST_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fast_receipts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settler's receipt lookups sent at once: on the fakes there is nothing to gather
+    them with."""
+    from tokendist.consumer import head
+
+    monkeypatch.setattr(head, "GATHER_S", 0)

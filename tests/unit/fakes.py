@@ -1,49 +1,51 @@
 """In-memory fakes of the state machine's ports (``consumer.ports``), for unit tests.
 
-``FakeRepository`` mirrors ``consumer.repository.Repository``: every state change is
+``FakeRepository`` is ``consumer.repository.Repository`` (``BatchStore``: the
+distributions, the batches and their attempts, the keys' nonces and states, the index
+floor) with the same guards as its SQL (``consumer.queries``): every state change is
 guarded by the state the caller read (``StateConflict`` when the stored one differs) and
-checked against ``consumer.states.TRANSITIONS``, so a move the table forbids fails the
-test. A method never yields between its check and its writes, as the real one runs in
-one database transaction; it yields once before, as any query does, so that concurrent
-callers interleave. Every move is journalled, for tests to assert the path an event took.
+checked against ``consumer.states.TRANSITIONS`` and ``batching.states.BATCH_TRANSITIONS``,
+so a move the tables forbid fails the test. A method never yields between its checks
+and its writes, and writes nothing when a check fails, as the real one runs in one
+database transaction; it yields once before, as any query does, so that concurrent
+callers interleave. Every move is journalled, for tests to assert the path an event and
+a batch took. ``crash_after`` makes the next write reaching a state raise ``Crashed``
+once it is committed: the process died right there.
 
-``FakeChain`` is one node and one key. Each ``latest`` is a new block (time passes only
-when someone asks), a broadcast transaction is mined at once unless told otherwise, and
-every signature and broadcast is counted.
+The chain is in ``tests.unit.fake_chain``; ``tests.unit.members`` runs consumers on both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from eth_typing import HexStr
-
-from tokendist.consumer.chain import Block, Receipt, SendResult, Signed
+from tokendist.consumer.batching.states import BATCH_TRANSITIONS, BatchState
+from tokendist.consumer.chain import Signed
 from tokendist.consumer.repository import (
+    Batch,
+    BatchOutcome,
+    BatchRequest,
     Confirmation,
     Distribution,
+    ScannedPayout,
+    SignBatch,
+    SignedBatch,
     StateConflict,
     StoredTx,
     Tokenization,
     User,
 )
 from tokendist.consumer.states import State, check_transition
-from tokendist.core.errors import ChainRejected, ChainUnavailable, DatabaseUnavailable
-from tokendist.core.settings import Settings
-from tokendist.schemas import PaymentConfirmedV1
+from tokendist.core.errors import DatabaseUnavailable
 
-CHAIN_ID = 31_337
-SENDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-WALLET = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-OTHER_WALLET = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
-TOKENS = 5 * 10**18
+BEFORE_SIGNING = frozenset({State.RECEIVED, State.AWAITING_KYC})
+ON_CHAIN = frozenset({State.SIGNED, State.SUBMITTED})
 
 
 class Crashed(Exception):
@@ -55,23 +57,40 @@ class _Row:
     dist: Distribution
     payload: str
     retryable: bool = False
+    distributor: str | None = None
 
 
 @dataclass(slots=True)
-class _Tx:
-    event_id: uuid.UUID
+class _Attempt:
+    batch_id: int
     chain_id: int
     sender: str
     signed: Signed
     created_at: datetime
     broadcast_at: datetime | None = None
 
+    def stored(self) -> StoredTx:
+        s = self.signed
+        return StoredTx(
+            s.tx_hash,
+            s.raw,
+            s.nonce,
+            s.max_fee_per_gas,
+            s.priority_fee,
+            self.created_at,
+            self.broadcast_at,
+        )
+
 
 class FakeRepository:
     def __init__(self) -> None:
         self.rows: dict[uuid.UUID, _Row] = {}
-        self.txs: dict[str, _Tx] = {}  # by hash, in insertion order
+        self.batches: dict[int, Batch] = {}
+        self.attempts_by_hash: dict[str, _Attempt] = {}  # in insertion order
         self.nonces: dict[tuple[int, str], int] = {}
+        self.keys: dict[tuple[int, str], str] = {}  # (chain, address) -> state
+        self.indices: dict[str, list[int]] = {}  # distributor -> [next index, scanned block]
+        self.onchain: dict[tuple[str, str], ScannedPayout] = {}  # (distributor, payment id)
         self.users: dict[str, User] = {}
         self.confirmations: dict[uuid.UUID, Confirmation] = {}
         self.tokenizations: dict[str, Tokenization] = {}
@@ -79,10 +98,14 @@ class FakeRepository:
         self.ledger: list[tuple[uuid.UUID, str, int]] = []  # (event, account, amount)
         self.distributed: set[str] = set()  # investment ids
         self.moves: list[tuple[uuid.UUID, State, State]] = []
+        self.batch_moves: list[tuple[int, BatchState, BatchState]] = []
+        # (key, its batches in flight) at each batch signed: what the in-flight cap bounds.
+        self.signed_at_inflight: list[tuple[str, int]] = []
         self.down = False
-        self.crash_after: State | None = None  # once: the next write reaching this state
+        self.crash_after: str | None = None  # a State or BatchState: once, after its write
+        self._batch_ids = itertools.count(1)
 
-    # --- what tests ask ---------------------------------------------------------------
+    # --- what tests ask and do --------------------------------------------------------
 
     def path(self, event_id: uuid.UUID) -> list[State]:
         """Every state the event was stored in, in order."""
@@ -90,11 +113,16 @@ class FakeRepository:
             return []
         return [State.RECEIVED, *(new for e, _, new in self.moves if e == event_id)]
 
-    def approve(self, user_id: str, wallet: str | None = WALLET) -> None:
+    def batch_path(self, batch_id: int) -> list[BatchState]:
+        return [BatchState.SIGNED, *(new for b, _, new in self.batch_moves if b == batch_id)]
+
+    def approve(self, user_id: str, wallet: str | None) -> None:
         self.users[user_id] = User(user_id, "approved", wallet)
 
     def redrive(self, event_id: uuid.UUID) -> bool:
-        """``tokendist redrive``'s reset: a retryable failure back to ``received``."""
+        """``tokendist redrive``'s reset (``ops.queries.RESET_TO_RECEIVED``): a retryable
+        failure back to ``received``. Like that statement it leaves ``batch_id`` and
+        ``payment_index`` as they were (the next batch overwrites them)."""
         row = self.rows[event_id]
         if row.dist.state is not State.FAILED or not row.retryable:
             return False
@@ -113,13 +141,16 @@ class FakeRepository:
         return True
 
     def backdate(self, tx_hash: str, seconds: float) -> None:
-        """Make a stored transaction ``seconds`` older (created and last sent)."""
-        tx = self.txs[tx_hash]
-        tx.created_at -= timedelta(seconds=seconds)
-        if tx.broadcast_at is not None:
-            tx.broadcast_at -= timedelta(seconds=seconds)
+        """Make a stored attempt ``seconds`` older (created and last sent)."""
+        attempt = self.attempts_by_hash[tx_hash]
+        attempt.created_at -= timedelta(seconds=seconds)
+        if attempt.broadcast_at is not None:
+            attempt.broadcast_at -= timedelta(seconds=seconds)
 
-    # --- the port ---------------------------------------------------------------------
+    def state_of(self, event_id: uuid.UUID) -> State:
+        return self.rows[event_id].dist.state
+
+    # --- DistributionStore --------------------------------------------------------------
 
     async def confirmation(self, event_id: uuid.UUID) -> Confirmation | None:
         await self._io()
@@ -152,15 +183,10 @@ class FakeRepository:
                 tokenization_id,
                 tokens,
                 State.RECEIVED,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
+                *(None,) * 8,
             )
             self.rows[event_id] = _Row(dist, payload)
-            self._crash_if(State.RECEIVED)
+            self._crash_if([State.RECEIVED])
         row = self.rows.get(event_id)
         return None if row is None else row.dist, self._by_investment(investment_id)
 
@@ -173,9 +199,11 @@ class FakeRepository:
     ) -> Distribution:
         await self._io()
         check_transition(dist.state, new)
-        return self._move(
+        moved = self._move(
             dist.event_id, {dist.state}, new, retryable=retryable, failure_reason=reason
         )
+        self._crash_if([new])
+        return moved
 
     async def payable_user_or_park(self, dist: Distribution) -> tuple[User | None, Distribution]:
         await self._io()
@@ -184,145 +212,260 @@ class FakeRepository:
             return user, dist
         if dist.state is not State.RECEIVED:
             return None, dist
-        parked = self._move(
-            dist.event_id, {dist.state}, State.AWAITING_KYC, retryable=False, failure_reason=None
-        )
+        parked = self._move(dist.event_id, {State.RECEIVED}, State.AWAITING_KYC, retryable=False)
+        self._crash_if([State.AWAITING_KYC])
         return None, parked
 
-    async def inflight(self, sender: str) -> int:
+    async def credit(self, event_ids: list[uuid.UUID], batch: Batch | None = None) -> int:
         await self._io()
-        return sum(
-            1
-            for r in self.rows.values()
-            if r.dist.sender == sender and r.dist.state in (State.SIGNED, State.SUBMITTED)
-        )
+        if batch is not None:
+            self._move_batch(batch, BatchState.CREDITED)
+        count = 0
+        for event_id in dict.fromkeys(event_ids):
+            row = self.rows.get(event_id)
+            if row is None or row.dist.state is not State.CONFIRMED:
+                continue
+            dist = self._move(event_id, {State.CONFIRMED}, State.CREDITED)
+            key = (dist.user_id, dist.tokenization_id)
+            self.holdings[key] = self.holdings.get(key, 0) + dist.tokens
+            self.ledger.append((event_id, f"distributor:{dist.tokenization_id}", -dist.tokens))
+            self.ledger.append((event_id, f"investor:{dist.user_id}", dist.tokens))
+            self.distributed.add(dist.investment_id)
+            count += 1
+        self._crash_if([State.CREDITED] if count or batch is not None else [])
+        return count
 
-    async def sign_and_store(
-        self,
-        dist: Distribution,
-        *,
-        chain_id: int,
-        sender: str,
-        recipient: str,
-        sign: Callable[[int], Signed],
-    ) -> Distribution:
-        await self._io()
-        before_signing = {State.RECEIVED, State.AWAITING_KYC}
-        current = self.rows.get(dist.event_id)
-        if current is None or current.dist.state not in before_signing:
-            raise StateConflict(str(dist.event_id))
-        nonce = self.nonces.get((chain_id, sender))
-        if nonce is None:
-            raise RuntimeError(f"nonce of {sender} not synchronised with the chain")
-        signed = sign(nonce)
-        self._insert_tx(dist.event_id, chain_id, sender, signed)
-        self.nonces[(chain_id, sender)] = nonce + 1
-        return self._move(
-            dist.event_id,
-            before_signing,
-            State.SIGNED,
-            recipient=recipient,
-            sender=sender,
-            nonce=nonce,
-            tx_hash=signed.tx_hash,
-        )
+    # --- KeyBook ------------------------------------------------------------------------
 
-    async def transactions(self, event_id: uuid.UUID) -> list[StoredTx]:
+    async def register_keys(self, chain_id: int, addresses: list[str]) -> None:
         await self._io()
-        txs = sorted(
-            self._current_txs(event_id), key=lambda t: (t.created_at, t.signed.max_fee_per_gas)
-        )
-        return [
-            StoredTx(
-                t.signed.tx_hash,
-                t.signed.raw,
-                t.signed.nonce,
-                t.signed.max_fee_per_gas,
-                t.signed.priority_fee,
-                t.created_at,
-                t.broadcast_at,
-            )
-            for t in txs
+        for address in addresses:
+            self.keys.setdefault((chain_id, address), "active")
+
+    async def key_states(self, chain_id: int) -> dict[str, str]:
+        await self._io()
+        return {address: state for (c, address), state in self.keys.items() if c == chain_id}
+
+    async def inflight_batches(self, chain_id: int) -> dict[str, int]:
+        await self._io()
+        counts: dict[str, int] = {}
+        for b in self.batches.values():
+            if b.chain_id == chain_id and b.state.in_flight:
+                counts[b.sender] = counts.get(b.sender, 0) + 1
+        return counts
+
+    # --- BatchStore ---------------------------------------------------------------------
+
+    async def sign_batch(self, request: BatchRequest, sign: SignBatch) -> SignedBatch:
+        await self._io()
+        payments = [
+            p
+            for p in request.payments
+            if p.event_id in self.rows and self.rows[p.event_id].dist.state in BEFORE_SIGNING
         ]
+        found = {
+            p.event_id: self.onchain[(request.distributor, p.payment_id)]
+            for p in payments
+            if (request.distributor, p.payment_id) in self.onchain
+        }
+        payments = [p for p in payments if p.event_id not in found]
+        if not payments:
+            self._confirm_found(request, found)
+            self._crash_if([State.CONFIRMED] if found else [])
+            return SignedBatch(None, [], list(found))
+        nonce = self.nonces.get((request.chain_id, request.sender))
+        if nonce is None:
+            raise RuntimeError(f"nonce of {request.sender} not synchronised with the chain")
+        if request.distributor not in self.indices:
+            raise RuntimeError(f"indices of {request.distributor} not rebuilt from the chain")
+        first = self.indices[request.distributor][0]
+        signed, calldata = sign(nonce, first, payments)  # raises: nothing written
+        self._confirm_found(request, found)
+        batch_id = next(self._batch_ids)
+        inflight = [b for b in self.batches.values() if b.state.in_flight]
+        self.signed_at_inflight.append(
+            (request.sender, sum(b.sender == request.sender for b in inflight))
+        )
+        self.batches[batch_id] = Batch(
+            batch_id,
+            request.chain_id,
+            request.sender,
+            nonce,
+            request.distributor,
+            first,
+            len(payments),
+            calldata,
+            signed.gas,
+            BatchState.SIGNED,
+            None,
+            None,
+            None,
+        )
+        self._insert_attempt(batch_id, request.chain_id, request.sender, signed)
+        self.nonces[(request.chain_id, request.sender)] = nonce + 1
+        self.indices[request.distributor][0] = first + len(payments)
+        # One UPDATE over the batch's rows: a payment listed twice is one row, moved once.
+        for i, p in {p.event_id: (i, p) for i, p in reversed(list(enumerate(payments)))}.values():
+            self._move(
+                p.event_id,
+                BEFORE_SIGNING,
+                State.SIGNED,
+                distributor=request.distributor,
+                batch_id=batch_id,
+                recipient=p.recipient,
+                payment_index=first + i,
+                sender=request.sender,
+                nonce=nonce,
+                tx_hash=signed.tx_hash,
+            )
+        self._crash_if([State.SIGNED])
+        return SignedBatch(batch_id, [p.event_id for p in payments], list(found))
+
+    async def batch(self, batch_id: int) -> Batch:
+        await self._io()
+        return self.batches[batch_id]
+
+    async def batch_members(self, batch_id: int) -> list[Distribution]:
+        await self._io()
+        return self._members(batch_id)
+
+    async def attempts(self, batch_id: int) -> list[StoredTx]:
+        await self._io()
+        attempts = [a for a in self.attempts_by_hash.values() if a.batch_id == batch_id]
+        attempts.sort(key=lambda a: (a.created_at, a.signed.max_fee_per_gas))
+        return [a.stored() for a in attempts]
 
     async def mark_broadcast(self, tx_hash: str) -> None:
         await self._io()
-        if tx_hash in self.txs:
-            self.txs[tx_hash].broadcast_at = datetime.now(UTC)
+        if tx_hash in self.attempts_by_hash:
+            self.attempts_by_hash[tx_hash].broadcast_at = datetime.now(UTC)
 
-    async def confirm(self, dist: Distribution, tx_hash: str, block_number: int) -> Distribution:
+    async def batch_submitted(self, batch: Batch) -> Batch:
         await self._io()
-        on_chain = {State.SIGNED, State.SUBMITTED}
-        return self._move(
-            dist.event_id, on_chain, State.CONFIRMED, tx_hash=tx_hash, block_number=block_number
+        moved = self._move_batch(batch, BatchState.SUBMITTED)
+        for m in self._members(batch.id, {State.SIGNED}):
+            self._move(m.event_id, {State.SIGNED}, State.SUBMITTED)
+        self._crash_if([BatchState.SUBMITTED])
+        return moved
+
+    async def batch_confirmed(
+        self, batch: Batch, tx_hash: str, block_number: int, outcome: BatchOutcome
+    ) -> Batch:
+        await self._io()
+        moved = self._move_batch(batch, BatchState.CONFIRMED, tx_hash=tx_hash, block=block_number)
+        members = {m.event_id for m in self._members(batch.id, ON_CHAIN)}
+        for event_id in members & set(outcome.paid):
+            self._move(
+                event_id, ON_CHAIN, State.CONFIRMED, tx_hash=tx_hash, block_number=block_number
+            )
+        for event_id, (earlier_tx, earlier_block) in outcome.paid_earlier.items():
+            if event_id in members:
+                self._move(
+                    event_id,
+                    ON_CHAIN,
+                    State.CONFIRMED,
+                    tx_hash=earlier_tx,
+                    block_number=earlier_block,
+                )
+        for event_id, reason in outcome.failed.items():
+            if event_id in members:
+                self._move(event_id, ON_CHAIN, State.FAILED, failure_reason=reason, retryable=False)
+        self._crash_if([BatchState.CONFIRMED])
+        return moved
+
+    async def batch_reverted(self, batch: Batch, tx_hash: str, block_number: int) -> Batch:
+        await self._io()
+        reason = f"reverted: batch {batch.id} tx {tx_hash} in block {block_number}"
+        moved = self._move_batch(
+            batch, BatchState.REVERTED, tx_hash=tx_hash, block=block_number, reason=reason
         )
+        for m in self._members(batch.id, ON_CHAIN):
+            self._move(m.event_id, ON_CHAIN, State.FAILED, failure_reason=reason, retryable=True)
+        self._crash_if([BatchState.REVERTED])
+        return moved
 
-    async def credit(self, dist: Distribution, property_id: str) -> Distribution:
+    async def batch_abandoned(self, batch: Batch, reason: str) -> Batch:
         await self._io()
+        moved = self._move_batch(batch, BatchState.ABANDONED, reason=reason)
+        for m in self._members(batch.id, ON_CHAIN):
+            self._move(
+                m.event_id,
+                ON_CHAIN,
+                State.RECEIVED,
+                batch_id=None,
+                payment_index=None,
+                sender=None,
+                nonce=None,
+                tx_hash=None,
+            )
+        self._crash_if([BatchState.ABANDONED])
+        return moved
 
-        def book() -> None:
-            key = (dist.user_id, dist.tokenization_id)
-            self.holdings[key] = self.holdings.get(key, 0) + dist.tokens
-            self.ledger.append((dist.event_id, f"distributor:{dist.tokenization_id}", -dist.tokens))
-            self.ledger.append((dist.event_id, f"investor:{dist.user_id}", dist.tokens))
-            self.distributed.add(dist.investment_id)
+    async def pending_batches(self, chain_id: int, sender: str) -> list[dict[str, Any]]:
+        await self._io()
+        pending = []
+        for b in self.batches.values():
+            if (b.chain_id, b.sender) != (chain_id, sender) or not b.state.in_flight:
+                continue
+            newest = self._newest(b.id)
+            pending.append(
+                {
+                    "batch_id": b.id,
+                    "distributor_address": b.distributor_address,
+                    "calldata": b.calldata,
+                    "gas_limit": b.gas_limit,
+                    "tx_hash": newest.signed.tx_hash,
+                    "raw_tx": newest.signed.raw,
+                    "nonce": newest.signed.nonce,
+                    "max_fee_per_gas": newest.signed.max_fee_per_gas,
+                    "priority_fee": newest.signed.priority_fee,
+                    "created_at": newest.created_at,
+                    "broadcast_at": newest.broadcast_at,
+                }
+            )
+        return sorted(pending, key=lambda r: int(r["nonce"]))
 
-        return self._move(dist.event_id, {State.CONFIRMED}, State.CREDITED, also=book)
+    async def store_attempt(self, batch_id: int, replaces: str, signed: Signed) -> bool:
+        await self._io()
+        batch = self.batches.get(batch_id)
+        if batch is None or not batch.state.in_flight:
+            return False
+        if self._newest(batch_id).signed.tx_hash != replaces:
+            return False
+        self._insert_attempt(batch_id, batch.chain_id, batch.sender, signed)
+        return True
+
+    async def sync_nonce(self, chain_id: int, sender: str, chain_pending: int) -> int:
+        await self._io()
+        key = (chain_id, sender)
+        self.nonces[key] = max(self.nonces.get(key, chain_pending), chain_pending)
+        return self.nonces[key]
 
     async def next_nonce(self, chain_id: int, sender: str) -> int:
         await self._io()
         return self.nonces.get((chain_id, sender), 0)
 
-    async def pending_transactions(self, chain_id: int, sender: str) -> list[dict[str, Any]]:
+    async def distributors(self, chain_id: int) -> list[str]:
         await self._io()
-        pending = []
-        for event_id, row in self.rows.items():
-            if row.dist.state not in (State.SIGNED, State.SUBMITTED):
-                continue
-            txs = [
-                t
-                for t in self._current_txs(event_id)
-                if (t.chain_id, t.sender) == (chain_id, sender)
-            ]
-            if not txs:
-                continue
-            newest = max(txs, key=lambda t: t.signed.max_fee_per_gas)
-            tk = self.tokenizations[row.dist.tokenization_id]
-            pending.append(
-                {
-                    "event_id": event_id,
-                    "tx_hash": newest.signed.tx_hash,
-                    "raw_tx": newest.signed.raw,
-                    "nonce": newest.signed.nonce,
-                    "gas_limit": newest.signed.gas,
-                    "max_fee_per_gas": newest.signed.max_fee_per_gas,
-                    "priority_fee": newest.signed.priority_fee,
-                    "created_at": newest.created_at,
-                    "broadcast_at": newest.broadcast_at,
-                    "payment_id": row.dist.payment_id,
-                    "recipient": row.dist.recipient,
-                    "tokens": row.dist.tokens,
-                    "distributor_address": tk.distributor_address,
-                }
-            )
-        return sorted(pending, key=lambda r: int(r["nonce"]))
-
-    async def store_replacement(
-        self, event_id: uuid.UUID, replaces: str, *, chain_id: int, sender: str, signed: Signed
-    ) -> bool:
-        await self._io()
-        row = self.rows.get(event_id)
-        if row is None or row.dist.state not in (State.SIGNED, State.SUBMITTED):
-            return False
-        newest = max(
-            self._current_txs(event_id), key=lambda t: (t.signed.max_fee_per_gas, t.created_at)
+        return sorted(
+            {t.distributor_address for t in self.tokenizations.values() if t.chain_id == chain_id}
         )
-        if newest.signed.tx_hash != replaces:
-            return False
-        self._insert_tx(event_id, chain_id, sender, signed)
-        return True
 
-    # --- the guarded write ------------------------------------------------------------
+    async def index_scan(self, distributor: str) -> tuple[int, int]:
+        await self._io()
+        next_index, scanned = self.indices.setdefault(distributor, [0, -1])
+        return next_index, scanned
+
+    async def record_scan(
+        self, distributor: str, payouts: list[ScannedPayout], floor: int, scanned_block: int
+    ) -> None:
+        await self._io()
+        for p in payouts:
+            self.onchain.setdefault((distributor, p.payment_id), p)
+        indices = self.indices[distributor]
+        indices[0], indices[1] = max(indices[0], floor), max(indices[1], scanned_block)
+
+    # --- the guarded writes -------------------------------------------------------------
 
     async def _io(self) -> None:
         await asyncio.sleep(0)
@@ -332,167 +475,96 @@ class FakeRepository:
     def _move(
         self,
         event_id: uuid.UUID,
-        expected: set[State],
+        expected: Iterable[State],
         new: State,
         *,
         retryable: bool | None = None,
-        also: Callable[[], None] | None = None,
+        distributor: str | None = None,
         **changes: Any,
     ) -> Distribution:
-        """The one guarded state change: the stored state must be one of ``expected``."""
+        """The one guarded state change of a distribution."""
         row = self.rows.get(event_id)
-        if row is None or row.dist.state not in expected:
+        if row is None or row.dist.state not in set(expected):
             raise StateConflict(str(event_id))
         old = row.dist.state
         check_transition(old, new)
         row.dist = replace(row.dist, state=new, **changes)
         if retryable is not None:
             row.retryable = retryable
-        if also is not None:
-            also()
+        if distributor is not None:
+            row.distributor = distributor
         self.moves.append((event_id, old, new))
-        self._crash_if(new)
         return row.dist
 
-    def _crash_if(self, state: State) -> None:
-        if self.crash_after is state:
-            self.crash_after = None
-            raise Crashed(f"after:{state}")
+    def _move_batch(
+        self,
+        batch: Batch,
+        new: BatchState,
+        *,
+        tx_hash: str | None = None,
+        block: int | None = None,
+        reason: str | None = None,
+    ) -> Batch:
+        """The one guarded state change of a batch: from any state the table allows."""
+        stored = self.batches.get(batch.id)
+        if stored is None or new not in BATCH_TRANSITIONS[stored.state]:
+            raise StateConflict(f"batch {batch.id}")
+        moved = replace(
+            stored,
+            state=new,
+            tx_hash=tx_hash or stored.tx_hash,
+            block_number=block if block is not None else stored.block_number,
+            failure_reason=reason or stored.failure_reason,
+        )
+        self.batches[batch.id] = moved
+        self.batch_moves.append((batch.id, stored.state, new))
+        return moved
 
-    def _insert_tx(self, event_id: uuid.UUID, chain_id: int, sender: str, signed: Signed) -> None:
-        self.txs.setdefault(
-            signed.tx_hash, _Tx(event_id, chain_id, sender, signed, datetime.now(UTC))
+    def _confirm_found(self, request: BatchRequest, found: dict[uuid.UUID, ScannedPayout]) -> None:
+        """Payments the index scan found paid on-chain: confirmed by that payout."""
+        for p in request.payments:
+            if p.event_id in found:
+                paid = found[p.event_id]
+                self._move(
+                    p.event_id,
+                    BEFORE_SIGNING,
+                    State.CONFIRMED,
+                    distributor=request.distributor,
+                    recipient=p.recipient,
+                    tx_hash=paid.tx_hash,
+                    block_number=paid.block_number,
+                    payment_index=paid.index,
+                )
+
+    def _crash_if(self, reached: list[str]) -> None:
+        if self.crash_after is not None and self.crash_after in reached:
+            crashed, self.crash_after = self.crash_after, None
+            raise Crashed(f"after:{crashed}")
+
+    def _insert_attempt(self, batch_id: int, chain_id: int, sender: str, signed: Signed) -> None:
+        self.attempts_by_hash.setdefault(
+            signed.tx_hash, _Attempt(batch_id, chain_id, sender, signed, datetime.now(UTC))
         )
 
-    def _current_txs(self, event_id: uuid.UUID) -> list[_Tx]:
-        dist = self.rows[event_id].dist
-        return [
-            t
-            for t in self.txs.values()
-            if t.event_id == event_id and (t.signed.nonce, t.sender) == (dist.nonce, dist.sender)
+    def _newest(self, batch_id: int) -> _Attempt:
+        return max(
+            (a for a in self.attempts_by_hash.values() if a.batch_id == batch_id),
+            key=lambda a: (a.signed.max_fee_per_gas, a.created_at),
+        )
+
+    def _members(self, batch_id: int, states: Iterable[State] | None = None) -> list[Distribution]:
+        wanted = None if states is None else set(states)
+        members = [
+            r.dist
+            for r in self.rows.values()
+            if r.dist.batch_id == batch_id and (wanted is None or r.dist.state in wanted)
         ]
+        return sorted(members, key=lambda d: d.payment_index or 0)
 
     def _by_investment(self, investment_id: str) -> Distribution | None:
         return next(
             (r.dist for r in self.rows.values() if r.dist.investment_id == investment_id), None
         )
-
-
-class FakeChain:
-    def __init__(self, chain_id: int = CHAIN_ID, *, gas: int = 60_000, base_fee: int = 10**9):
-        self.sender = SENDER
-        self.id = chain_id
-        self.gas = gas
-        self.base = base_fee
-        self.gas_wei = 10**18  # the sender's ETH
-        self.block = 1
-        self.mined_nonce = 0  # the sender's count as of the latest block
-        self.pool: dict[str, Signed] = {}  # broadcast, not mined
-        self.mined: dict[str, Receipt] = {}
-        self.signatures: list[Signed] = []
-        self.broadcasts: list[str] = []  # the hash of every transaction sent to the node
-        self.mine_on_send = True
-        self.reverting = False  # mined transactions revert
-        self.estimate_refusal: str | None = None
-        self.send_refusal: str | None = None
-        self.down = False
-        self._signed: dict[bytes, Signed] = {}
-        self._id_known = False
-
-    # --- what tests do ----------------------------------------------------------------
-
-    def mine(self) -> None:
-        """A new block with every pooled transaction that is next in nonce order."""
-        self.block += 1
-        for tx in sorted(self.pool.values(), key=lambda t: t.nonce):
-            if tx.nonce == self.mined_nonce:
-                self.mined[tx.tx_hash] = Receipt(tx.tx_hash, self.block, not self.reverting)
-                self.mined_nonce += 1
-        self.pool = {h: t for h, t in self.pool.items() if t.nonce >= self.mined_nonce}
-
-    # --- the port ---------------------------------------------------------------------
-
-    async def chain_id(self) -> int:
-        await self._io()
-        self._id_known = True
-        return self.id
-
-    async def nonce(self, *, pending: bool) -> int:
-        await self._io()
-        if pending and self.pool:
-            return max(self.mined_nonce, max(t.nonce for t in self.pool.values()) + 1)
-        return self.mined_nonce
-
-    async def latest(self) -> Block:
-        await self._io()
-        self.block += 1
-        return Block(self.block, self.base)
-
-    async def base_fee(self) -> int:
-        return (await self.latest()).base_fee
-
-    async def gas_balance(self) -> int:
-        await self._io()
-        return self.gas_wei
-
-    def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
-        return HexStr(f"0x{payment_id.hex()}{to.lower()[2:]}{amount:064x}")
-
-    async def estimate(self, to: str, data: HexStr) -> int:
-        await self._io()
-        if self.estimate_refusal is not None:
-            raise ChainRejected(self.estimate_refusal)
-        return self.gas
-
-    def sign(
-        self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
-    ) -> Signed:
-        if not self._id_known:
-            raise RuntimeError("chain_id() must be awaited before signing")
-        fields = [self.id, self.sender, to, data, gas, nonce, max_fee, priority_fee]
-        raw = json.dumps(fields).encode()
-        signed = Signed(
-            "0x" + hashlib.sha256(raw).hexdigest(), raw, nonce, gas, max_fee, priority_fee
-        )
-        self.signatures.append(signed)
-        self._signed[raw] = signed
-        return signed
-
-    async def send_raw(self, raw: bytes) -> SendResult:
-        await self._io()
-        if self.send_refusal is not None:
-            raise ChainRejected(f"node refused transaction: {self.send_refusal}")
-        tx = self._signed[raw]
-        self.broadcasts.append(tx.tx_hash)
-        if tx.nonce < self.mined_nonce:
-            return SendResult.NONCE_TOO_LOW
-        if tx.tx_hash in self.pool:
-            return SendResult.ALREADY_KNOWN
-        sibling = next((t for t in self.pool.values() if t.nonce == tx.nonce), None)
-        if sibling is not None and tx.max_fee_per_gas <= sibling.max_fee_per_gas:
-            return SendResult.UNDERPRICED_REPLACEMENT
-        if sibling is not None:
-            del self.pool[sibling.tx_hash]
-        self.pool[tx.tx_hash] = tx
-        if self.mine_on_send:
-            self.mine()
-        return SendResult.ACCEPTED
-
-    async def receipts(self, tx_hashes: list[str]) -> dict[str, Receipt | None]:
-        await self._io()
-        return {h: self.mined.get(h) for h in tx_hashes}
-
-    # Beyond the port: what ``tokendist reconcile`` asks.
-    async def block_number(self) -> int:
-        return (await self.latest()).number
-
-    async def receipt(self, tx_hash: str) -> Receipt | None:
-        return (await self.receipts([tx_hash]))[tx_hash]
-
-    async def _io(self) -> None:
-        await asyncio.sleep(0)
-        if self.down:
-            raise ChainUnavailable("fake node: connection refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,75 +591,3 @@ class FakeDeadLetters:
     async def park(self, record: Any, reason: str, detail: str) -> None:
         await asyncio.sleep(0)
         self.parked.append((record, reason, detail))
-
-
-def settings(**changes: Any) -> Settings:
-    """Settings for the state machine on fakes: polls in milliseconds."""
-    values: dict[str, Any] = {
-        "database_url": "postgresql://unused",
-        "kafka_bootstrap": "unused:9092",
-        "receipt_poll_s": 0.001,
-    }
-    return Settings(**(values | changes))
-
-
-TOKENIZATION = Tokenization(
-    id="tok-1",
-    property_id="prop-1",
-    chain_id=CHAIN_ID,
-    token_address="0x" + "11" * 20,
-    decimals=18,
-    distributor_address="0x" + "22" * 20,
-)
-
-
-def payment(
-    user_id: str = "user-1", investment_id: str = "inv-1", **data: Any
-) -> PaymentConfirmedV1:
-    values: dict[str, Any] = {
-        "user_id": user_id,
-        "investment_id": investment_id,
-        "tokenization_id": TOKENIZATION.id,
-        "property_id": TOKENIZATION.property_id,
-        "tokens": TOKENS,
-        "amount_minor": 500_000,
-        "currency": "NGN",
-        "wallet_address": WALLET,
-        "provider": "paystack",
-        "provider_reference": f"ref-{investment_id}",
-    }
-    return PaymentConfirmedV1.new(occurred_at=datetime.now(UTC), **(values | data))
-
-
-def confirmation_of(event: PaymentConfirmedV1, *, keep_payload: bool = True) -> Confirmation:
-    """The row ``outbox.enqueue`` writes for ``event`` (rows older than migration 0002
-    have no payload: ``keep_payload=False``)."""
-    d = event.data
-    return Confirmation(
-        d.investment_id,
-        d.user_id,
-        d.tokenization_id,
-        d.tokens,
-        d.provider,
-        d.provider_reference,
-        event.model_dump_json() if keep_payload else None,
-    )
-
-
-def record_of(event: PaymentConfirmedV1, offset: int = 0) -> FakeRecord:
-    return FakeRecord(key=event.data.user_id.encode(), value=event.to_json(), offset=offset)
-
-
-def world() -> tuple[FakeRepository, FakeChain, FakeDeadLetters]:
-    """A tokenization on the fake chain, the sender's nonce in sync, no users yet."""
-    repo, chain = FakeRepository(), FakeChain()
-    repo.tokenizations[TOKENIZATION.id] = TOKENIZATION
-    repo.nonces[(CHAIN_ID, chain.sender)] = 0
-    return repo, chain, FakeDeadLetters()
-
-
-def confirmed_payment(repo: FakeRepository, **data: Any) -> tuple[PaymentConfirmedV1, FakeRecord]:
-    """A payment as the payment service confirms it: its confirmation row, its record."""
-    event = payment(**data)
-    repo.confirmations[event.event_id] = confirmation_of(event)
-    return event, record_of(event)

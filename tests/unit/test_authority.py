@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.fakes import confirmation_of
+from tests.unit.members import confirmation_of
 from tests.unit.test_schemas import with_data
 from tokendist.consumer import authority
 from tokendist.core.errors import InvalidEvent

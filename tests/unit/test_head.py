@@ -7,15 +7,12 @@ import asyncio
 from typing import Any, cast
 
 import pytest
-from pydantic import SecretStr
 from web3 import AsyncWeb3
 
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Block, Chain, Receipt
 from tokendist.consumer.head import Head, Receipts, Shared
 from tokendist.core.errors import ChainUnavailable
-
-ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 
 
 class Node:
@@ -142,13 +139,17 @@ async def test_a_failed_batch_fails_every_lookup_in_it_and_the_next_one_asks_aga
     assert len(node.batches) == 2
 
 
-def test_distribute_calldata_matches_web3s_encoding() -> None:
-    chain = Chain("http://127.0.0.1:1", SecretStr(ANVIL_KEY_0))
-    payment = contracts.payment_id("inv-42")
-    recipient = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"
+def test_batch_calldata_matches_web3s_encoding() -> None:
+    payments = [
+        (contracts.payment_id("inv-42"), "0x70997970c51812dc3a010c7d01b50e0d17dc79c8", 5),
+        (contracts.payment_id("inv-43"), "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc", 2**96 - 1),
+    ]
     web3_encoded: Any = (
         AsyncWeb3()
         .eth.contract(abi=contracts.abi("Distributor"))
-        .encode_abi("distribute", args=[payment, AsyncWeb3.to_checksum_address(recipient), 5])
+        .encode_abi(
+            "distributeBatch",
+            args=[7, [p for p, _, _ in payments], [contracts.pack(t, a) for _, t, a in payments]],
+        )
     )
-    assert chain.distribute_calldata(payment, recipient, 5) == web3_encoded
+    assert contracts.batch_calldata(7, payments) == web3_encoded

@@ -1,10 +1,11 @@
-"""The distribution state machine (``Processor``) on in-memory fakes of its ports: every
-transition of ``consumer.states``, every error class it handles, and a resume from every
-stored state, counting signatures and broadcasts on the fake chain.
+"""The distribution state machine (``Processor``, with the real gatherer, settler and key
+pool) on in-memory fakes of its ports: every transition of ``consumer.states``, every
+error class it handles, and a resume from every stored state, counting signatures and
+broadcasts on the fake node and what the Distributor paid.
 
 Each test asserts the path its event took (the fake repository journals every guarded
-move); ``test_the_paths_walk_every_transition_of_the_table`` checks that those paths
-together walk the whole transition table.
+move); ``test_the_paths_walk_every_transition_of_the_table`` checks that the paths the
+tests assert walk the whole transition table but for the moves only other tools make.
 """
 
 from __future__ import annotations
@@ -12,212 +13,197 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from tests.unit.fakes import (
-    CHAIN_ID,
+from tests.unit.fake_chain import CHAIN_ID, GAS_PER_BATCH, GAS_PER_PAYMENT, SENDER, decoded
+from tests.unit.fakes import Crashed
+from tests.unit.members import (
+    BATCH_PAID,
+    BATCH_PATHS,
+    CONFIRMED,
+    CREDITED,
+    FAILED,
+    KYC,
     OTHER_WALLET,
+    PAID,
+    PARKED_THEN_PAID,
+    PATHS,
+    REDRIVEN_THEN_PAID,
+    REFUSED_AFTER_PARKING,
+    REFUSED_BEFORE_SIGNING,
+    SIGNED,
+    SUBMITTED,
     TOKENIZATION,
     TOKENS,
     WALLET,
-    Crashed,
-    FakeChain,
-    FakeDeadLetters,
-    FakeRecord,
-    FakeRepository,
+    R,
+    World,
     confirmation_of,
-    confirmed_payment,
     record_of,
     settings,
-    world,
+    until,
 )
-from tokendist.consumer import head
-from tokendist.consumer.chain import Chain
-from tokendist.consumer.processor import GAS_MARGIN_PERCENT, Outcome, Processor
-from tokendist.consumer.repository import Distribution, Repository, User
-from tokendist.consumer.resubmitter import Resubmitter
+from tokendist.consumer import contracts
+from tokendist.consumer.batching.gatherer import GAS_MARGIN_FIXED, GAS_MARGIN_PERCENT
+from tokendist.consumer.batching.states import BATCH_TRANSITIONS, BatchState
+from tokendist.consumer.processor import Outcome
+from tokendist.consumer.repository import Batch, BatchOutcome, User
 from tokendist.consumer.states import TRANSITIONS, State
-from tokendist.core.errors import ChainUnavailable, DatabaseUnavailable, TransientError
-from tokendist.ops.reconcile import Reconciler, Reconciliation
-from tokendist.ops.repository import ToolRepository
-from tokendist.schemas import PaymentConfirmedV1
+from tokendist.core.errors import ChainUnavailable, DatabaseUnavailable
 
-R, KYC, SIGNED, SUBMITTED, CONFIRMED, CREDITED, FAILED = (
-    State.RECEIVED,
-    State.AWAITING_KYC,
-    State.SIGNED,
-    State.SUBMITTED,
-    State.CONFIRMED,
-    State.CREDITED,
-    State.FAILED,
-)
-
-PAID = [R, SIGNED, SUBMITTED, CONFIRMED, CREDITED]
-PARKED_THEN_PAID = [R, KYC, SIGNED, SUBMITTED, CONFIRMED, CREDITED]
-REFUSED_BEFORE_SIGNING = [R, FAILED]
-REFUSED_AFTER_PARKING = [R, KYC, FAILED]
-FAILED_ON_CHAIN = [R, SIGNED, SUBMITTED, FAILED]
-REDRIVEN_THEN_PAID = [R, FAILED, R, SIGNED, SUBMITTED, CONFIRMED, CREDITED]
-SETTLED_BY_RECONCILE = [R, SIGNED, CONFIRMED, CREDITED]
-PATHS = [
-    PAID,
-    PARKED_THEN_PAID,
-    REFUSED_BEFORE_SIGNING,
-    REFUSED_AFTER_PARKING,
-    FAILED_ON_CHAIN,
-    REDRIVEN_THEN_PAID,
-    SETTLED_BY_RECONCILE,
-]
+pytestmark = pytest.mark.usefixtures("fast_receipts")
 
 
-@pytest.fixture(autouse=True)
-def _no_receipt_gathering(monkeypatch: pytest.MonkeyPatch) -> None:
-    # One event at a time here: nothing to gather a receipt batch with.
-    monkeypatch.setattr(head, "GATHER_S", 0)
-
-
-def approved_payment() -> tuple[
-    FakeRepository, FakeChain, FakeDeadLetters, PaymentConfirmedV1, FakeRecord
-]:
-    """The usual start: an approved investor and one confirmed payment of theirs."""
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, record = confirmed_payment(repo)
-    return repo, chain, dlq, event, record
-
-
-def processor(
-    repo: FakeRepository, chain: FakeChain, dlq: FakeDeadLetters, **changes: Any
-) -> Processor:
-    """A fresh one is a fresh process: nothing in memory survives from the previous."""
-    return Processor(settings(**changes), repo, chain, dlq)
-
-
-def edges(path: list[State]) -> set[tuple[State, State]]:
-    return set(itertools.pairwise(path))
+def edges(paths: list[list[Any]]) -> set[tuple[Any, Any]]:
+    return set().union(*(set(itertools.pairwise(p)) for p in paths))
 
 
 def test_the_paths_walk_every_transition_of_the_table() -> None:
+    """From signed, an event and its batch meet their outcome only through submitted:
+    the settler stores the broadcast before it reads any receipt. The moves straight
+    from signed belong to ``tokendist reconcile`` (a payment found paid on-chain) and to
+    a batch settled by another member after its broadcast."""
     table = {(old, new) for old, targets in TRANSITIONS.items() for new in targets}
-    walked = set().union(*(edges(p) for p in PATHS))
-    assert walked <= table
-    assert walked == table
+    assert table - edges(PATHS) == {(SIGNED, CONFIRMED), (SIGNED, FAILED), (SIGNED, R)}
+    assert edges(PATHS) <= table
+    batch_table = {(old, new) for old, targets in BATCH_TRANSITIONS.items() for new in targets}
+    assert batch_table - edges(BATCH_PATHS) == {
+        (BatchState.SIGNED, new)
+        for new in (BatchState.CONFIRMED, BatchState.REVERTED, BatchState.ABANDONED)
+    }
+    assert edges(BATCH_PATHS) <= batch_table
 
 
-async def test_a_confirmed_payment_is_signed_once_sent_confirmed_and_credited() -> None:
-    repo, chain, dlq, event, record = approved_payment()
+async def test_a_confirmed_payment_is_batched_signed_once_sent_confirmed_and_credited() -> None:
+    w = World()
+    [(event, record)] = w.approved()
 
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
 
-    assert repo.path(event.event_id) == PAID
-    [signed] = chain.signatures
-    assert chain.broadcasts == [signed.tx_hash]
+    assert w.repo.path(event.event_id) == PAID
+    assert w.repo.batch_path(1) == BATCH_PAID
+    [signed] = w.node.signatures
+    assert w.node.broadcasts == [signed.tx_hash]
+    pid = contracts.payment_id(event.data.investment_id)
+    assert decoded(signed) == (0, [(pid, WALLET.lower(), TOKENS)])
     assert signed.nonce == 0
-    assert repo.nonces[(CHAIN_ID, chain.sender)] == 1
-    assert signed.gas == chain.gas * (100 + GAS_MARGIN_PERCENT) // 100
+    assert w.repo.nonces[(CHAIN_ID, SENDER)] == 1
+    assert w.repo.indices[TOKENIZATION.distributor_address][0] == 1
+    estimate = GAS_PER_BATCH + GAS_PER_PAYMENT
+    assert signed.gas == estimate * (100 + GAS_MARGIN_PERCENT) // 100 + GAS_MARGIN_FIXED
     tip = settings().priority_fee_wei
-    assert (signed.priority_fee, signed.max_fee_per_gas) == (tip, 2 * chain.base + tip)
-    dist = await repo.get(event.event_id)
-    assert (dist.recipient, dist.sender, dist.tx_hash) == (WALLET, chain.sender, signed.tx_hash)
-    assert repo.holdings == {("user-1", TOKENIZATION.id): TOKENS}
-    assert sorted(amount for _, _, amount in repo.ledger) == [-TOKENS, TOKENS]
-    assert repo.distributed == {"inv-1"}
-    assert dlq.parked == []
+    assert (signed.priority_fee, signed.max_fee_per_gas) == (tip, 2 * w.node.base_fee + tip)
+    dist = await w.repo.get(event.event_id)
+    assert (dist.recipient, dist.sender, dist.tx_hash) == (WALLET, SENDER, signed.tx_hash)
+    assert (dist.batch_id, dist.payment_index) == (1, 0)
+    assert w.distributor.paid_to(WALLET) == TOKENS
+    assert w.repo.holdings == {("user-1", TOKENIZATION.id): TOKENS}
+    assert sorted(amount for _, _, amount in w.repo.ledger) == [-TOKENS, TOKENS]
+    assert w.repo.distributed == {"inv-1"}
+    assert w.dlq.parked == []
 
 
 async def test_an_event_without_a_wallet_pays_the_wallet_of_the_user_record() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1", OTHER_WALLET)
-    event, record = confirmed_payment(repo, wallet_address=None)
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
-    assert (await repo.get(event.event_id)).recipient == OTHER_WALLET
+    w = World()
+    w.approve("user-1", OTHER_WALLET)
+    event, record = w.confirmed(wallet_address=None)
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
+    assert (await w.repo.get(event.event_id)).recipient == OTHER_WALLET
+    assert w.distributor.paid_to(OTHER_WALLET) == TOKENS
 
 
 async def test_fees_never_exceed_the_cap() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    _, record = confirmed_payment(repo)
-    cap = chain.base  # below twice the base fee plus the tip
-    assert await processor(repo, chain, dlq, max_fee_wei=cap).handle(record) is Outcome.CREDITED
-    assert chain.signatures[0].max_fee_per_gas == cap
+    w = World()
+    [(_, record)] = w.approved()
+    cap = w.node.base_fee  # below twice the base fee plus the tip
+    async with w.member(max_fee_wei=cap) as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
+    assert w.node.signatures[0].max_fee_per_gas == cap
 
 
-async def test_a_receipt_is_confirmed_only_once_enough_blocks_are_on_top(
+async def test_a_batch_is_confirmed_only_once_enough_blocks_are_on_top(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    _, record = confirmed_payment(repo)
+    w = World()
+    [(_, record)] = w.approved()
     depths: list[int] = []
-    confirm = repo.confirm
+    confirm = w.repo.batch_confirmed
 
-    async def confirm_at_depth(dist: Distribution, tx_hash: str, block: int) -> Distribution:
-        depths.append(chain.block - block + 1)
-        return await confirm(dist, tx_hash, block)
+    async def confirm_at_depth(
+        batch: Batch, tx_hash: str, block: int, outcome: BatchOutcome
+    ) -> Batch:
+        depths.append(w.node.block - block + 1)
+        return await confirm(batch, tx_hash, block, outcome)
 
-    monkeypatch.setattr(repo, "confirm", confirm_at_depth)
-    outcome = await processor(repo, chain, dlq, confirmations=3).handle(record)
-    assert outcome is Outcome.CREDITED
+    monkeypatch.setattr(w.repo, "batch_confirmed", confirm_at_depth)
+    async with w.member(confirmations=3) as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
     [depth] = depths
     assert depth >= 3
 
 
 @pytest.mark.parametrize("crashed_after", [R, SIGNED, SUBMITTED, CONFIRMED])
-async def test_a_restart_resumes_from_the_stored_state_without_signing_again(
+async def test_a_restart_resumes_from_the_stored_state_and_sends_the_same_bytes(
     crashed_after: State,
 ) -> None:
-    repo, chain, dlq, event, record = approved_payment()
-    repo.crash_after = crashed_after
-    with pytest.raises(Crashed):
-        await processor(repo, chain, dlq).handle(record)
-    assert (await repo.get(event.event_id)).state is crashed_after
+    w = World()
+    [(event, record)] = w.approved()
+    w.repo.crash_after = crashed_after
+    async with w.member() as m:
+        with pytest.raises(Crashed):
+            await m.processor.handle(record)
+    assert (await w.repo.get(event.event_id)).state is crashed_after
 
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
 
-    assert repo.path(event.event_id) == PAID
-    [signed] = chain.signatures
-    assert chain.broadcasts == [signed.tx_hash]  # after a crash at signed: the stored bytes
-    assert repo.holdings == {("user-1", TOKENIZATION.id): TOKENS}
+    assert w.repo.path(event.event_id) == PAID
+    [signed] = w.node.signatures
+    assert w.node.broadcasts == [signed.tx_hash]  # crashed before sending: the stored bytes
+    assert w.distributor.paid_to(WALLET) == TOKENS
+    assert w.repo.holdings == {("user-1", TOKENIZATION.id): TOKENS}
 
 
 async def test_a_restart_resumes_a_parked_event_once_the_user_is_approved() -> None:
-    repo, chain, dlq = world()
-    event, record = confirmed_payment(repo)
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.PARKED
-    repo.approve("user-1")
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
-    assert repo.path(event.event_id) == PARKED_THEN_PAID
-    assert len(chain.signatures) == len(chain.broadcasts) == 1
-
-
-async def finished_by(
-    repo: FakeRepository, chain: FakeChain, dlq: FakeDeadLetters, end: State
-) -> FakeRecord:
-    repo.approve("user-1")
-    _, record = confirmed_payment(repo)
-    if end is FAILED:
-        chain.estimate_refusal = "reverted: DistributorPaused"
-    await processor(repo, chain, dlq).handle(record)
-    chain.estimate_refusal = None
-    return record
+    w = World()
+    event, record = w.confirmed()
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.PARKED
+    w.approve("user-1")
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
+    assert w.repo.path(event.event_id) == PARKED_THEN_PAID
+    assert len(w.node.signatures) == len(w.node.broadcasts) == 1
 
 
 @pytest.mark.parametrize("end", [CREDITED, FAILED])
 async def test_a_finished_event_delivered_again_is_already_done_and_untouched(end: State) -> None:
-    repo, chain, dlq = world()
-    record = await finished_by(repo, chain, dlq, end)
-    moves, signatures, broadcasts = len(repo.moves), len(chain.signatures), len(chain.broadcasts)
+    w = World()
+    [(_, record)] = w.approved()
+    if end is FAILED:
+        w.distributor.refused[WALLET.lower()] = "ERC20InvalidReceiver"
+    async with w.member() as m:
+        await m.processor.handle(record)
+    moves, signatures, broadcasts = (
+        len(w.repo.moves),
+        len(w.node.signatures),
+        len(w.node.broadcasts),
+    )
 
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.ALREADY_DONE
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.ALREADY_DONE
 
-    assert (len(repo.moves), len(chain.signatures), len(chain.broadcasts)) == (
+    assert (len(w.repo.moves), len(w.node.signatures), len(w.node.broadcasts)) == (
         moves,
         signatures,
         broadcasts,
     )
+    assert w.distributor.paid_to(WALLET) == (TOKENS if end is CREDITED else 0)
 
 
 @pytest.mark.parametrize(
@@ -228,164 +214,181 @@ async def test_a_finished_event_delivered_again_is_already_done_and_untouched(en
 async def test_a_user_who_cannot_be_paid_parks_the_event_and_nothing_is_signed(
     user: tuple[str, str | None] | None,
 ) -> None:
-    repo, chain, dlq = world()
+    w = World()
     if user is not None:
-        repo.users["user-1"] = User("user-1", *user)
-    event, record = confirmed_payment(repo)
+        w.repo.users["user-1"] = User("user-1", *user)
+    event, record = w.confirmed()
 
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.PARKED
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.PARKED  # still waiting
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.PARKED
+        assert await m.processor.handle(record) is Outcome.PARKED  # still waiting
 
-    assert repo.path(event.event_id) == [R, KYC]
-    assert chain.signatures == []
-    assert dlq.parked == []
+    assert w.repo.path(event.event_id) == [R, KYC]
+    assert w.node.signatures == []
+    assert w.dlq.parked == []
 
 
 async def test_a_wallet_that_differs_from_the_user_record_fails_retryably_then_redrives() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1", OTHER_WALLET)
-    event, record = confirmed_payment(repo)
+    w = World()
+    w.approve("user-1", OTHER_WALLET)
+    event, record = w.confirmed()
 
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.FAILED
-    failed = repo.rows[event.event_id]
-    assert failed.dist.failure_reason is not None
-    assert failed.dist.failure_reason.startswith("wallet_mismatch:")
-    assert failed.retryable
-    assert chain.signatures == []
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.FAILED
+        failed = w.repo.rows[event.event_id]
+        assert failed.dist.failure_reason is not None
+        assert failed.dist.failure_reason.startswith("wallet_mismatch:")
+        assert failed.retryable
+        assert w.node.signatures == []
 
-    repo.approve("user-1", WALLET)  # the record fixed; then ``tokendist redrive``
-    assert repo.redrive(event.event_id)
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
-    assert repo.path(event.event_id) == REDRIVEN_THEN_PAID
-    assert len(chain.signatures) == 1
+        w.approve("user-1", WALLET)  # the record fixed; then ``tokendist redrive``
+        assert w.repo.redrive(event.event_id)
+        assert await m.processor.handle(record) is Outcome.CREDITED
+
+    assert w.repo.path(event.event_id) == REDRIVEN_THEN_PAID
+    assert len(w.node.signatures) == 1
+    assert w.distributor.paid_to(OTHER_WALLET) == 0
 
 
 async def test_an_approval_with_another_wallet_fails_the_parked_event() -> None:
-    repo, chain, dlq = world()
-    event, record = confirmed_payment(repo)
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.PARKED
-    repo.approve("user-1", OTHER_WALLET)
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.FAILED
-    assert repo.path(event.event_id) == REFUSED_AFTER_PARKING
-    assert chain.signatures == []
+    w = World()
+    event, record = w.confirmed()
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.PARKED
+        w.approve("user-1", OTHER_WALLET)
+        assert await m.processor.handle(record) is Outcome.FAILED
+    assert w.repo.path(event.event_id) == REFUSED_AFTER_PARKING
+    assert w.node.signatures == []
 
 
-async def test_a_call_the_chain_would_revert_fails_before_signing_and_spends_no_nonce() -> None:
-    repo, chain, dlq, event, record = approved_payment()
-    chain.estimate_refusal = "reverted: AlreadyPaid"
+async def test_a_payment_the_chain_would_revert_fails_before_signing_and_spends_nothing() -> None:
+    w = World()
+    [(event, record)] = w.approved()
+    w.distributor.refused[WALLET.lower()] = "ERC20InvalidReceiver"
 
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.FAILED
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.FAILED
 
-    row = repo.rows[event.event_id]
-    assert (row.dist.failure_reason, row.retryable) == ("reverted: AlreadyPaid", True)
-    assert repo.path(event.event_id) == REFUSED_BEFORE_SIGNING
-    assert chain.signatures == []
-    assert repo.nonces[(CHAIN_ID, chain.sender)] == 0
+    row = w.repo.rows[event.event_id]
+    assert (row.dist.failure_reason, row.retryable) == ("reverted: ERC20InvalidReceiver", True)
+    assert w.repo.path(event.event_id) == REFUSED_BEFORE_SIGNING
+    assert w.node.signatures == []
+    assert w.repo.nonces[(CHAIN_ID, SENDER)] == 0
+    assert w.repo.indices[TOKENIZATION.distributor_address][0] == 0
+    assert w.repo.batches == {}
+
+
+async def test_an_amount_no_batch_can_carry_fails_before_signing() -> None:
+    w = World()
+    w.approve()
+    event, record = w.confirmed(tokens=contracts.AMOUNT_LIMIT)
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.FAILED
+    row = w.repo.rows[event.event_id]
+    assert row.dist.failure_reason is not None
+    assert row.dist.failure_reason.startswith("amount_too_large:")
+    assert not row.retryable
+    assert w.repo.path(event.event_id) == REFUSED_BEFORE_SIGNING
+    assert w.node.signatures == []
 
 
 async def test_a_refused_broadcast_is_retried_as_an_outage_never_signed_again() -> None:
-    repo, chain, dlq, event, record = approved_payment()
-    chain.send_refusal = "insufficient funds for gas"
+    w = World()
+    [(event, record)] = w.approved()
+    w.node.send_refusal = "insufficient funds for gas"
 
-    with pytest.raises(ChainUnavailable, match="insufficient funds"):
-        await processor(repo, chain, dlq).handle(record)
-    assert (await repo.get(event.event_id)).state is SIGNED
+    async with w.member() as m:
+        with pytest.raises(ChainUnavailable, match="insufficient funds"):
+            await m.processor.handle(record)
+        assert (await w.repo.get(event.event_id)).state is SIGNED
 
-    chain.send_refusal = None
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
-    assert repo.path(event.event_id) == PAID
-    assert len(chain.signatures) == 1
+        w.node.send_refusal = None
+        assert await m.processor.handle(record) is Outcome.CREDITED
 
-
-async def test_a_reverted_transaction_fails_retryably() -> None:
-    repo, chain, dlq, event, record = approved_payment()
-    chain.reverting = True
-
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.FAILED
-
-    row = repo.rows[event.event_id]
-    [receipt] = chain.mined.values()
-    assert row.dist.failure_reason == (
-        f"reverted: tx {receipt.tx_hash} in block {receipt.block_number}"
-    )
-    assert row.retryable
-    assert repo.path(event.event_id) == FAILED_ON_CHAIN
-    assert repo.holdings == {}
+    assert w.repo.path(event.event_id) == PAID
+    assert len(w.node.signatures) == 1
 
 
-async def test_a_nonce_consumed_by_a_transaction_we_did_not_sign_fails_for_a_human() -> None:
-    repo, chain, dlq, event, record = approved_payment()
-    chain.mined_nonce = 1  # someone else used the key: nonce 0 is mined, not by us
-    chain.mine_on_send = False
-
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.FAILED
-
-    row = repo.rows[event.event_id]
-    assert row.dist.failure_reason == "nonce 0 consumed by a transaction we did not sign"
-    assert not row.retryable
-    assert not repo.redrive(event.event_id)
-    assert repo.path(event.event_id) == FAILED_ON_CHAIN
-    assert len(chain.signatures) == 1
-
-
-@pytest.mark.parametrize("outage", ["node down", "database down", "node down after signing"])
+@pytest.mark.parametrize("outage", ["database down", "node down after signing"])
 async def test_an_outage_propagates_for_the_worker_to_retry_and_moves_nothing(
     outage: str,
 ) -> None:
-    repo, chain, dlq, event, record = approved_payment()
+    w = World()
+    [(event, record)] = w.approved()
     if outage == "node down after signing":
-        repo.crash_after = SIGNED
-        with pytest.raises(Crashed):
-            await processor(repo, chain, dlq).handle(record)
-    moves = list(repo.moves)
-    if outage == "database down":
-        repo.down = True
-    else:
-        chain.down = True
+        w.repo.crash_after = SIGNED
+        async with w.member() as m:
+            with pytest.raises(Crashed):
+                await m.processor.handle(record)
+    moves = list(w.repo.moves)
 
-    with pytest.raises(TransientError) as raised:
-        await processor(repo, chain, dlq).handle(record)
-    expected = DatabaseUnavailable if outage == "database down" else ChainUnavailable
-    assert isinstance(raised.value, expected)
-    assert repo.moves == moves
-    assert dlq.parked == []
+    async with w.member() as m:
+        w.repo.down = outage == "database down"
+        w.node.down = not w.repo.down
+        expected = DatabaseUnavailable if w.repo.down else ChainUnavailable
+        with pytest.raises(expected):
+            await m.processor.handle(record)
+        assert w.repo.moves == moves
+        assert w.dlq.parked == []
 
-    repo.down = chain.down = False
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
-    assert repo.path(event.event_id) == PAID
-    assert len(chain.signatures) == 1
+        w.repo.down = w.node.down = False
+        assert await m.processor.handle(record) is Outcome.CREDITED
+
+    assert w.repo.path(event.event_id) == PAID
+    assert len(w.node.signatures) == 1
+
+
+async def test_a_node_down_before_signing_holds_the_payment_in_the_gatherer_until_it_is_back() -> (
+    None
+):
+    w = World()
+    [(event, record)] = w.approved()
+    async with w.member() as m:
+        w.node.down = True
+        with capture_logs() as logs:
+            handling = asyncio.create_task(m.processor.handle(record))
+            await until(lambda: any(e["event"] == "batch_signing_retrying" for e in logs))
+        assert w.node.signatures == []
+        assert w.repo.state_of(event.event_id) is R
+
+        w.node.down = False
+        assert await handling is Outcome.CREDITED
+
+    assert w.repo.path(event.event_id) == PAID
+    assert len(w.node.signatures) == 1
+    assert w.repo.nonces[(CHAIN_ID, SENDER)] == 1
 
 
 async def test_a_stale_state_is_reloaded_and_driven_from_what_is_stored() -> None:
-    repo, chain, dlq, event, record = approved_payment()
-    repo.crash_after = SIGNED
-    with pytest.raises(Crashed):
-        await processor(repo, chain, dlq).handle(record)
-    stale = await repo.get(event.event_id)  # a slow worker's view: signed
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
+    w = World()
+    event, record = w.confirmed()
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.PARKED
+        stale = replace(await w.repo.get(event.event_id), state=R)  # a slow worker's view
 
-    with capture_logs() as logs:
-        outcome = await processor(repo, chain, dlq).drive(stale, TOKENIZATION, WALLET)
+        with capture_logs() as logs:
+            outcome = await m.processor.drive(stale, TOKENIZATION, WALLET)
 
-    assert outcome is Outcome.CREDITED
-    assert [e["state"] for e in logs if e["event"] == "state_conflict_reloaded"] == [CREDITED]
-    assert repo.path(event.event_id) == PAID
-    assert len(chain.signatures) == 1
-    assert repo.holdings == {("user-1", TOKENIZATION.id): TOKENS}
+    assert outcome is Outcome.PARKED
+    assert [e["state"] for e in logs if e["event"] == "state_conflict_reloaded"] == [KYC]
+    assert w.repo.path(event.event_id) == [R, KYC]
 
 
-async def test_two_workers_racing_on_one_event_sign_and_credit_it_once() -> None:
-    repo, chain, dlq, event, record = approved_payment()
-    first, second = processor(repo, chain, dlq), processor(repo, chain, dlq)
+async def test_two_members_racing_on_one_event_sign_and_credit_it_once() -> None:
+    w = World()
+    [(event, record)] = w.approved()
 
-    with capture_logs() as logs:
-        outcomes = await asyncio.gather(first.handle(record), second.handle(record))
+    async with w.member() as first, w.member() as second:
+        outcomes = await asyncio.gather(
+            first.processor.handle(record), second.processor.handle(record)
+        )
 
     assert set(outcomes) <= {Outcome.CREDITED, Outcome.ALREADY_DONE}
-    assert any(e["event"] == "state_conflict_reloaded" for e in logs)
-    assert repo.path(event.event_id) == PAID
-    assert len(chain.signatures) == 1
-    assert repo.holdings == {("user-1", TOKENIZATION.id): TOKENS}
+    assert w.repo.path(event.event_id) == PAID
+    [signed] = w.node.signatures
+    assert set(w.node.broadcasts) == {signed.tx_hash}
+    assert w.distributor.paid_to(WALLET) == TOKENS
+    assert w.repo.holdings == {("user-1", TOKENIZATION.id): TOKENS}
 
 
 @pytest.mark.parametrize(
@@ -400,103 +403,77 @@ async def test_two_workers_racing_on_one_event_sign_and_credit_it_once() -> None
 async def test_an_invalid_record_is_dead_lettered_with_its_reason_before_any_claim(
     reason: str, forge: Any
 ) -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    _, record = confirmed_payment(repo)
-    record = forge(record, repo)
+    w = World()
+    [(_, record)] = w.approved()
+    record = forge(record, w.repo)
 
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.DEAD_LETTERED
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.DEAD_LETTERED
 
-    assert dlq.parked == [(record, reason, dlq.parked[0][2])]
-    assert repo.rows == {}
-    assert chain.signatures == []
+    assert w.dlq.parked == [(record, reason, w.dlq.parked[0][2])]
+    assert w.repo.rows == {}
+    assert w.node.signatures == []
 
 
 async def test_an_event_that_differs_from_its_confirmed_payment_is_refused_and_nothing_signed() -> (
     None
 ):
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    event, _ = confirmed_payment(repo)
+    w = World()
+    [(event, _)] = w.approved()
     forged = event.model_copy(
         update={"data": event.data.model_copy(update={"tokens": 10 * TOKENS})}
     )
 
-    outcome = await processor(repo, chain, dlq).handle(record_of(forged))
+    async with w.member() as m:
+        assert await m.processor.handle(record_of(forged)) is Outcome.DEAD_LETTERED
 
-    assert outcome is Outcome.DEAD_LETTERED
-    assert dlq.reasons == ["payment_mismatch"]
-    assert "tokens" in dlq.parked[0][2]
-    assert repo.rows == {}
-    assert chain.signatures == []
+    assert w.dlq.reasons == ["payment_mismatch"]
+    assert "tokens" in w.dlq.parked[0][2]
+    assert w.repo.rows == {}
+    assert w.node.signatures == []
 
 
 @pytest.mark.parametrize(
     ("reason", "tokenization"),
-    [
-        ("unknown_tokenization", None),
-        ("wrong_chain", replace(TOKENIZATION, chain_id=1)),
-    ],
+    [("unknown_tokenization", None), ("wrong_chain", replace(TOKENIZATION, chain_id=1))],
 )
 async def test_a_tokenization_this_chain_cannot_pay_dead_letters_the_event(
     reason: str, tokenization: Any
 ) -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    repo.tokenizations.clear()
-    if tokenization is not None:
-        repo.tokenizations[tokenization.id] = tokenization
-    _, record = confirmed_payment(repo)
-
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.DEAD_LETTERED
-    assert dlq.reasons == [reason]
-    assert repo.rows == {}
-    assert chain.signatures == []
+    w = World()
+    [(_, record)] = w.approved()
+    async with w.member() as m:
+        w.repo.tokenizations.clear()
+        if tokenization is not None:
+            w.repo.tokenizations[tokenization.id] = tokenization
+        assert await m.processor.handle(record) is Outcome.DEAD_LETTERED
+    assert w.dlq.reasons == [reason]
+    assert w.repo.rows == {}
+    assert w.node.signatures == []
 
 
 async def test_a_second_event_for_a_paid_investment_is_dead_lettered() -> None:
-    repo, chain, dlq = world()
-    repo.approve("user-1")
-    _, first = confirmed_payment(repo)
-    _, second = confirmed_payment(repo)  # same investment, another event id
-    assert await processor(repo, chain, dlq).handle(first) is Outcome.CREDITED
-
-    assert await processor(repo, chain, dlq).handle(second) is Outcome.DEAD_LETTERED
-    assert dlq.reasons == ["duplicate_investment"]
-    assert len(chain.signatures) == 1
-    assert len(repo.rows) == 1
+    w = World()
+    w.approve()
+    _, first = w.confirmed()
+    _, second = w.confirmed()  # same investment, another event id
+    async with w.member() as m:
+        assert await m.processor.handle(first) is Outcome.CREDITED
+        assert await m.processor.handle(second) is Outcome.DEAD_LETTERED
+    assert w.dlq.reasons == ["duplicate_investment"]
+    assert len(w.node.signatures) == 1
+    assert len(w.repo.rows) == 1
+    assert w.distributor.paid_to(WALLET) == TOKENS
 
 
 async def test_an_event_id_seen_before_with_other_content_is_dead_lettered() -> None:
-    repo, chain, dlq, event, record = approved_payment()
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.CREDITED
-    other = event.model_copy(update={"data": event.data.model_copy(update={"tokens": 1})})
-    repo.confirmations[event.event_id] = confirmation_of(other)
-
-    assert await processor(repo, chain, dlq).handle(record_of(other)) is Outcome.DEAD_LETTERED
-    assert dlq.reasons == ["conflicting_event"]
-    assert len(chain.signatures) == 1
-
-
-async def test_a_transaction_mined_while_the_event_stayed_signed_is_settled_by_reconcile() -> None:
-    """A crash between storing and broadcasting: the resubmitter sends the stored bytes, and
-    ``tokendist reconcile`` (or the event's redelivery) finds them mined."""
-    repo, chain, dlq, event, record = approved_payment()
-    repo.crash_after = SIGNED
-    with pytest.raises(Crashed):
-        await processor(repo, chain, dlq).handle(record)
-    s = settings()
-    repo.backdate(chain.signatures[0].tx_hash, s.rebroadcast_after_s)
-    assert await Resubmitter(s, repo, chain).sweep() == 1
-
-    # ``run`` reads its candidates through the tools' repository (PostgreSQL); settling one
-    # is the move, and it needs only the consumer's repository and the chain.
-    reconciler = Reconciler(
-        cast(Repository, repo), cast(ToolRepository, None), cast(Chain, chain), confirmations=1
-    )
-    await reconciler._settle(await repo.get(event.event_id), Reconciliation(), dry_run=False)
-
-    assert repo.path(event.event_id) == SETTLED_BY_RECONCILE
-    assert await processor(repo, chain, dlq).handle(record) is Outcome.ALREADY_DONE
-    assert len(chain.signatures) == 1
-    assert repo.holdings == {("user-1", TOKENIZATION.id): TOKENS}
+    w = World()
+    [(event, record)] = w.approved()
+    async with w.member() as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
+        other = event.model_copy(update={"data": event.data.model_copy(update={"tokens": 1})})
+        w.repo.confirmations[event.event_id] = confirmation_of(other)
+        assert await m.processor.handle(record_of(other)) is Outcome.DEAD_LETTERED
+    assert w.dlq.reasons == ["conflicting_event"]
+    assert len(w.node.signatures) == 1
+    assert w.distributor.paid_to(WALLET) == TOKENS
