@@ -49,12 +49,6 @@ def _drawn() -> set[str]:
     return {root, *re.findall(r"[├└]── (\w+)", tree)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tokendist.bench imports processor.GAS_MARGIN_PERCENT, gone to the gatherer; and "
-    "batching.gatherer defines _Retry(TransientError) outside tokendist.core.errors "
-    "(see the h-fakes report)",
-)
 def test_every_exception_the_project_defines_is_in_the_drawn_tree() -> None:
     found = _project_exceptions()
     assert len(found) > 15, "the walk found the tree's classes"

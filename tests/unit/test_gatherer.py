@@ -116,12 +116,6 @@ async def test_a_payment_the_estimate_refuses_fails_alone_and_its_batch_mates_ar
     assert [w.distributor.paid_to(wallet(i)) for i in range(1, 6)] == [TOKENS] * 3 + [0, TOKENS]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each payment fits the Distributor's tokens but the batch does not: bisection "
-    "finds no single refused payment, the re-estimate is refused, and the ChainRejected "
-    "reaches every processor of the batch as an unexpected error (see the final report)",
-)
 async def test_a_batch_beyond_the_distributors_tokens_pays_what_fits_and_fails_the_rest() -> None:
     w = World()
     payments = w.approved(3)
@@ -184,12 +178,6 @@ async def test_a_key_never_holds_more_unconfirmed_batches_than_its_cap() -> None
     assert all(w.repo.state_of(e.event_id) is State.CREDITED for e, _ in payments)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gatherer queues a payment submitted twice at once twice; sign_batch keeps "
-    "both (its rows are distinct, the list is not): one batch pays it at two indices "
-    "(see the final report; the partition worker never runs one user's records at once)",
-)
 async def test_a_payment_submitted_twice_at_once_is_paid_once() -> None:
     w = World()
     [(_, record)] = w.approved()

@@ -383,7 +383,9 @@ class Repository:
                 raise KeyRejected(f"key {request.sender} is {state or 'not registered'}")
             rows = await conn.fetch(queries.LOCK_SIGNABLE, [p.event_id for p in request.payments])
             signable = {r["event_id"] for r in rows}
-            payments = [p for p in request.payments if p.event_id in signable]
+            # Each payment once, even if the request named it twice.
+            unique = {p.event_id: p for p in request.payments}.values()
+            payments = [p for p in unique if p.event_id in signable]
             found = {
                 r["payment_id"]: r
                 for r in await conn.fetch(

@@ -8,6 +8,8 @@ inside the adapter.
     │   ├── DatabaseUnavailable   (asyncpg connection / server errors)
     │   ├── BrokerUnavailable     (aiokafka errors)
     │   ├── ChainUnavailable      (RPC connection errors, timeouts)
+    │   ├── BatchDeferred         a batch goes back to the queue: its key was refused or
+    │   │                         drained meanwhile; another key takes it
     │   └── ProviderUnavailable   (the payment provider's API: errors, timeouts)
     ├── SettingsError         configuration missing or invalid; names the variable (exit 2)
     ├── InvalidInput          an operator command was asked something it refuses (exit 2)
@@ -56,6 +58,10 @@ class BrokerUnavailable(TransientError):
 
 class ChainUnavailable(TransientError):
     pass
+
+
+class BatchDeferred(TransientError):
+    """The batch goes back to the queue: its key was refused or drained meanwhile."""
 
 
 class ProviderUnavailable(TransientError):

@@ -30,7 +30,13 @@ from tokendist.consumer.ports import BatchStore, OperatorChain
 from tokendist.consumer.repository import BatchRequest, PaymentToSign
 from tokendist.consumer.states import State
 from tokendist.core import metrics
-from tokendist.core.errors import ChainRejected, KeyRejected, StateConflict, TransientError
+from tokendist.core.errors import (
+    BatchDeferred,
+    ChainRejected,
+    KeyRejected,
+    StateConflict,
+    TransientError,
+)
 from tokendist.core.failpoints import Failpoints
 from tokendist.core.retry import backoff
 from tokendist.core.settings import ConsumerSettings
@@ -71,6 +77,9 @@ class Gatherer:
 
     async def submit(self, payment: PaymentToSign, distributor: str) -> int | None:
         """The id of the batch ``payment`` was signed into; None if it was not taken."""
+        queued = next((w for w in self._queue if w.payment.event_id == payment.event_id), None)
+        if queued is not None:  # submitted twice at once: one entry, or one batch pays it twice
+            return await asyncio.shield(queued.future)
         waiting = _Waiting(payment, distributor, time.monotonic())
         self._queue.append(waiting)
         self._arrived.set()
@@ -130,7 +139,7 @@ class Gatherer:
             gas, payable = await self._estimate(key, distributor, batch)
         except KeyRejected as exc:
             self.keys.rest(key.sender, exc.reason)
-            raise _Retry(exc.reason) from exc
+            raise BatchDeferred(exc.reason) from exc
         if not payable:
             return
         gas_limit = gas * (100 + GAS_MARGIN_PERCENT) // 100 + GAS_MARGIN_FIXED
@@ -154,7 +163,7 @@ class Gatherer:
         try:
             stored = await self.repo.sign_batch(request, sign)
         except KeyRejected as exc:  # drained meanwhile: the next acquire skips it
-            raise _Retry(exc.reason) from exc
+            raise BatchDeferred(exc.reason) from exc
         if stored.batch_id is not None:
             self.failpoints.hit("after:signed")
             metrics.BATCH_SIZE.observe(len(stored.members))
@@ -233,10 +242,6 @@ class Gatherer:
         tip = self.settings.priority_fee_wei
         base = await self.keys.node.base_fee()
         return min(2 * base + tip, self.settings.max_fee_wei), tip
-
-
-class _Retry(TransientError):
-    """The batch goes back to the queue: another key takes it."""
 
 
 def _entry(payment: PaymentToSign) -> tuple[bytes, str, int]:
