@@ -145,6 +145,7 @@ class EndToEnd:
     in_flight: Percentiles  # signed → credited: what the in-flight cap counts
     max_inflight: int  # settings.max_inflight_per_sender x keys: batches on the chain at once
     blocks: int  # distinct blocks holding our batches
+    batches: int  # distinct batches that paid the credited payments
     consumer_peak_rss_kib: list[int | None]
     relay_peak_rss_kib: int | None
     lag: LagVerdict
@@ -193,6 +194,7 @@ class Versus:
     mode: str
     block_time_s: float
     consumers: int
+    events: int
     events_per_s: float
     slowest_stage: str
     slowest_per_s: float
