@@ -49,7 +49,7 @@ class Load:
 async def run(settings: Settings, pool: asyncpg.Pool, consumers: int, load: Load) -> EndToEnd:
     """One run on ``settings``' own topic and group (named by the caller, who deletes
     the topics afterwards)."""
-    tag = f"{load.mode}-c{consumers}"
+    tag = f"{load.block_time_s:g}s-{load.mode}-c{consumers}"
     tk = await sandbox.deploy(settings, f"bench-{tag}")
     await kafka.ensure_topics(settings)  # before the services, so none races to create it
     deadline = time.monotonic() + load.timeout_s

@@ -275,7 +275,8 @@ async def _stages(settings: Settings, free: ChainFree) -> Stages:
 async def _chain(args: argparse.Namespace, settings: Settings, block_time: float) -> ChainStages:
     """The chain alone at one block time: the same recipients paid twice, first as new
     holders, then as existing ones (fresh payment ids and indices each time)."""
-    interval = await stages.block_interval(settings, BLOCK_WATCH_S)
+    # Long enough to see a few blocks at any block time.
+    interval = await stages.block_interval(settings, max(BLOCK_WATCH_S, 3.5 * block_time))
     stage = await chain_stage.deploy(settings, args.keys)
     recipients = workload.make_wallets(args.chain_payments)
     new = await chain_stage.sent_and_mined(stage, "new holders", recipients, 0)
