@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tokendist.bench import summary
+from tokendist.bench.chain_stage import batches_of
 from tokendist.bench.churn import stall_seconds
 from tokendist.bench.profile import summarize
 from tokendist.bench.report import render
-from tokendist.bench.chain_stage import batches_of
 from tokendist.bench.results import (
     BlockInterval,
     ChainRate,
@@ -325,3 +327,20 @@ def test_bench_is_a_tokendist_command_with_its_own_flags() -> None:
         ["static"],
         2.0,
     )
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--block-times", "0"],
+        ["--block-times", "2,2"],
+        ["--block-times", "fast"],
+        ["--keys", "0"],
+        ["--keys", "1,2"],
+        ["--consumers", "0,1"],
+    ],
+)
+def test_bad_bench_flags_are_refused_with_exit_2(flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["bench", *flags])
+    assert refused.value.code == 2

@@ -86,6 +86,8 @@ async def sent_and_mined(
     cap = settings.max_inflight_per_sender
     work = batches_of(recipients, settings.batch_max_size, first_index)
     try:
+        for key in keys:
+            await key.chain_id()  # sign() needs it cached
         gas_limit, max_fee, tip = await _prices(settings, keys[0], stage.distributor, work[0])
         nonces = {k.sender: itertools.count(await k.nonce(pending=True)) for k in keys}
         todo = iter(work)
@@ -138,7 +140,6 @@ async def _prices(
 ) -> tuple[int, int, int]:
     """(gas limit, max fee, tip) for every batch, as the gatherer prices one: every batch
     is as large as the first and pays the same kind of holder."""
-    await key.chain_id()  # sign() needs it cached
     gas = await key.estimate(distributor, calldata(*first))
     tip = settings.priority_fee_wei
     max_fee = min(2 * await key.base_fee() + tip, settings.max_fee_wei)
