@@ -1,11 +1,15 @@
-"""The chain alone: signed ``distribute`` transactions sent and mined per second, with no
-database or Kafka, through the consumer's own ``Chain`` adapter.
+"""The chain alone: signed ``distributeBatch`` transactions sent and mined, with no database
+or Kafka, through the consumer's own ``Chain`` adapter and calldata encoder.
 
-A Distributor of its own, operated by a key of its own (the consumers' nonces must see
-only the consumers' transactions). ``window`` workers each take the next nonce, sign,
-send and poll for the receipt every ``receipt_poll_s`` as a consumer does; so at most
-``window`` transactions are unmined at once: with the consumer's in-flight cap as the
-window, this is the rate one operator key can reach on this node under that cap.
+A Distributor of its own, operated by ``keys`` keys of its own (the consumers' nonces
+must see only the consumers' transactions). Each key has ``max_inflight_per_sender``
+workers; a worker takes the next batch of ``batch_max_size`` payments, the key's next
+nonce, signs, sends and polls for the receipt every ``receipt_poll_s`` as a consumer
+does: so at most ``keys x cap`` batches are unmined at once, the consumer's bound.
+
+Gas per payment comes from the receipts (``gasUsed`` ÷ payments in the batch), in two
+runs over the same recipients: first each is a new holder (its token balance slot is
+written from zero, the expensive case), then each already holds tokens.
 """
 
 from __future__ import annotations
@@ -14,84 +18,136 @@ import asyncio
 import itertools
 import os
 import time
+from dataclasses import dataclass
 
 from eth_typing import HexStr
 
+from tokendist.bench import sandbox
 from tokendist.bench.results import ChainRate, Rate
-from tokendist.bench.sandbox import TOKEN_SUPPLY, address_of, funded_key
+from tokendist.consumer import contracts
+from tokendist.consumer.batching.gatherer import GAS_MARGIN_FIXED, GAS_MARGIN_PERCENT
 from tokendist.consumer.chain import Chain
-from tokendist.consumer.processor import GAS_MARGIN_PERCENT
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployer
 
+AMOUNT = 10**18
 
-async def deploy(settings: Settings) -> tuple[Settings, str]:
-    """(settings whose operator key is a fresh one, its funded Distributor's address)."""
-    rpc_url, deployer_key = settings.require_deployer()
-    operator = await funded_key(rpc_url)
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """What the runs share: the settings (their key pool) and the Distributor."""
+
+    settings: Settings
+    distributor: str
+
+
+async def deploy(settings: Settings, keys: int) -> Stage:
+    """A funded Distributor of its own, every one of ``keys`` fresh keys its operator."""
+    own = await sandbox.with_keys(settings, keys)
+    rpc_url, deployer_key = own.require_deployer()
+    _, secrets = own.require_keys()
     deployer = Deployer(rpc_url, deployer_key)
     try:
         _, distributor = await deployer.deploy(
-            operator=address_of(operator),
+            operator=[sandbox.address_of(k) for k in secrets],
             name="Bench Chain Stage",
             symbol="BCHN",
             decimals=18,
-            supply=TOKEN_SUPPLY,
-            fund=TOKEN_SUPPLY,
+            supply=sandbox.TOKEN_SUPPLY,
+            fund=sandbox.TOKEN_SUPPLY,
         )
     finally:
         await deployer.close()
-    return settings.model_copy(update={"operator_key": operator}), distributor
+    return Stage(own, distributor)
 
 
-async def sent_and_mined(
-    settings: Settings, distributor: str, count: int, window: int
-) -> ChainRate:
-    rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
-    try:
-        await chain.chain_id()  # sign() needs it cached
-        recipient = address_of(await funded_key(rpc_url))
-        first_nonce = await chain.nonce(pending=True)
-        gas = await chain.estimate(distributor, _calldata(chain, recipient, 0))
-        gas_limit = gas * (100 + GAS_MARGIN_PERCENT) // 100
-        tip = settings.priority_fee_wei
-        max_fee = min(2 * await chain.base_fee() + tip, settings.max_fee_wei)
-        numbers = itertools.count()
-        took: list[float] = []
+def batches_of(recipients: list[str], size: int, first_index: int) -> list[tuple[int, list[str]]]:
+    """(first index, recipients) of each batch: indices contiguous, as the gatherer takes them."""
+    return [
+        (first_index + start, recipients[start : start + size])
+        for start in range(0, len(recipients), size)
+    ]
 
-        async def worker() -> None:
-            while (i := next(numbers)) < count:
-                began = time.perf_counter()
-                signed = chain.sign(
-                    to=distributor,
-                    data=_calldata(chain, recipient, i),
-                    gas=gas_limit,
-                    nonce=first_nonce + i,
-                    max_fee=max_fee,
-                    priority_fee=tip,
-                )
-                await chain.send_raw(signed.raw)
-                # Over HTTP the node pushes nothing: polling is how the consumer waits too.
-                while (receipt := await chain.receipt(signed.tx_hash)) is None:  # noqa: ASYNC110
-                    await asyncio.sleep(settings.receipt_poll_s)
-                if not receipt.succeeded:
-                    raise RuntimeError(f"chain stage: {signed.tx_hash} reverted")
-                took.append(time.perf_counter() - began)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(window)))
-        seconds = time.perf_counter() - start
-    finally:
-        await chain.close()
-    return ChainRate(
-        rate=Rate.of(f"distribute signed, sent and mined, ≤ {window} unmined", count, seconds),
-        window=window,
-        mean_ms=int(1000 * sum(took) / len(took)) if took else 0,
+def calldata(first_index: int, recipients: list[str]) -> HexStr:
+    """A payment id of its own per payment: the Distributor skips a repeated one."""
+    return contracts.batch_calldata(
+        first_index, [(os.urandom(32), to, AMOUNT + i) for i, to in enumerate(recipients)]
     )
 
 
-def _calldata(chain: Chain, recipient: str, i: int) -> HexStr:
-    """A payment id of its own per transaction: the Distributor refuses a repeated one."""
-    payment_id = os.urandom(24) + i.to_bytes(8, "big")
-    return chain.distribute_calldata(payment_id, recipient, 10**18 + i)
+async def sent_and_mined(
+    stage: Stage, what: str, recipients: list[str], first_index: int
+) -> ChainRate:
+    """``recipients`` paid once each, in batches from ``first_index`` on."""
+    settings = stage.settings
+    rpc_url, secrets = settings.require_keys()
+    keys = [Chain(rpc_url, secret) for secret in secrets]
+    cap = settings.max_inflight_per_sender
+    work = batches_of(recipients, settings.batch_max_size, first_index)
+    try:
+        for key in keys:
+            await key.chain_id()  # sign() needs it cached
+        gas_limit, max_fee, tip = await _prices(settings, keys[0], stage.distributor, work[0])
+        nonces = {k.sender: itertools.count(await k.nonce(pending=True)) for k in keys}
+        todo = iter(work)
+        took: list[float] = []
+        gas_used: list[int] = []
+
+        async def worker(key: Chain) -> None:
+            for first, payees in todo:
+                began = time.perf_counter()
+                signed = key.sign(
+                    to=stage.distributor,
+                    data=calldata(first, payees),
+                    gas=gas_limit,
+                    nonce=next(nonces[key.sender]),
+                    max_fee=max_fee,
+                    priority_fee=tip,
+                )
+                await key.send_raw(signed.raw)
+                # Over HTTP the node pushes nothing: polling is how the consumer waits too.
+                while (receipt := await key.receipt(signed.tx_hash)) is None:  # noqa: ASYNC110
+                    await asyncio.sleep(settings.receipt_poll_s)
+                took.append(time.perf_counter() - began)
+                if not receipt.succeeded:
+                    raise RuntimeError(f"chain stage: {signed.tx_hash} reverted")
+                gas_used.append(await _gas_used(rpc_url, signed.tx_hash))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in keys for _ in range(cap)))
+        seconds = time.perf_counter() - start
+    finally:
+        for key in keys:
+            await key.close()
+    window = len(keys) * cap
+    return ChainRate(
+        rate=Rate.of(
+            f"{what}: distributeBatch of {settings.batch_max_size}, ≤ {window} unmined",
+            len(recipients),
+            seconds,
+        ),
+        window=window,
+        batches=len(work),
+        batch_size=settings.batch_max_size,
+        gas_per_payment=round(sum(gas_used) / len(recipients)),
+        mean_ms=int(1000 * sum(took) / len(took)),
+    )
+
+
+async def _prices(
+    settings: Settings, key: Chain, distributor: str, first: tuple[int, list[str]]
+) -> tuple[int, int, int]:
+    """(gas limit, max fee, tip) for every batch, as the gatherer prices one: every batch
+    is as large as the first and pays the same kind of holder."""
+    gas = await key.estimate(distributor, calldata(*first))
+    tip = settings.priority_fee_wei
+    max_fee = min(2 * await key.base_fee() + tip, settings.max_fee_wei)
+    return gas * (100 + GAS_MARGIN_PERCENT) // 100 + GAS_MARGIN_FIXED, max_fee, tip
+
+
+async def _gas_used(rpc_url: str, tx_hash: str) -> int:
+    """From the receipt as the node gives it (the consumer's ``Receipt`` keeps no gas)."""
+    receipt = await sandbox.rpc(rpc_url, "eth_getTransactionReceipt", [tx_hash])
+    assert isinstance(receipt, dict)
+    return int(receipt["gasUsed"], 16)

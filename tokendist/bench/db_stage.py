@@ -1,50 +1,65 @@
-"""The consumer's PostgreSQL work per event, without Kafka or the chain.
+"""The consumer's PostgreSQL work, without Kafka or a node, in two figures:
 
-The consumer's own ``Processor`` handles each event (so the database work is exactly
-the consumer's: every ``Repository`` call of the happy path, in its order, from claim to
-credit) against a stub chain that answers at once: a fixed gas estimate and fee, a fake
-signature (signing is the chain stage's CPU, not PostgreSQL's), a receipt on the first
-poll. Records are handed over in memory instead of fetched from Kafka.
-
-Concurrency as in one consumer process: the consumer's own ``PartitionWorker`` per
-partition (its window of users at once, each user's events in order), sharing a pool of
-the consumer's size.
+- **the consumer's path**: its own ``Processor.handle`` per event (validate, claim, KYC),
+  its own ``Gatherer`` (batches of ``batch_max_size``, a key from its ``KeyPool``) and
+  ``Settler`` (broadcast, receipt, outcome, one credit per batch), through its own
+  ``PartitionWorker`` per partition, its pool size: every ``Repository`` call of the happy
+  path in its order. The node is ``InstantChain``: it answers at once, a receipt paying
+  every payment of a batch on the first look; signing is real (a local key).
+- **the batch path alone**: rows already claimed, then ``Repository.sign_batch`` (a local
+  signer), ``batch_submitted``, ``batch_confirmed`` and ``credit`` per batch; batches
+  signed one after another (as the gatherer does), settled concurrently (as the settler
+  does). Its gap to the first figure is the per-event intake's cost.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
+import os
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from eth_typing import HexStr
+from pydantic import SecretStr
 
 from tokendist.bench import sandbox, workload
 from tokendist.bench.results import Rate
 from tokendist.consumer import contracts
-from tokendist.consumer.chain import Block, Receipt, SendResult, Signed
+from tokendist.consumer.batching import indices
+from tokendist.consumer.batching.gatherer import Gatherer
+from tokendist.consumer.batching.settler import Settler
+from tokendist.consumer.chain import Block, Chain, Receipt, SendResult, Signed
+from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.partition import PartitionWorker
 from tokendist.consumer.processor import Outcome, Processor
-from tokendist.consumer.repository import Repository
+from tokendist.consumer.repository import (
+    BatchOutcome,
+    BatchRequest,
+    PaymentToSign,
+    Repository,
+)
 from tokendist.consumer.wiring import POOL_SIZE
 from tokendist.core import db
-from tokendist.core.settings import Settings
+from tokendist.core.failpoints import Failpoints
+from tokendist.core.settings import ConsumerSettings, Settings
 from tokendist.ops import queries as tool_queries
 from tokendist.ops.deploy import Deployment
 from tokendist.schemas import parse_event
 
 CHAIN_ID = 31_337  # any id: nothing here talks to a node
-SENDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # any address: nothing is sent
-GAS = 100_000
+NOWHERE = "http://127.0.0.1:9"  # InstantChain's web3 client is never used
+GAS = 6_000_000
 FEE_WEI = 10**9
-BLOCK = 1
-# Above the concurrency here, so the in-flight cap (a chain policy) never waits.
+# Above what can be in flight here, so the in-flight cap (a chain policy) never waits.
 UNCAPPED_INFLIGHT = 64
 # The relay publishes exactly this text (JSONB, re-rendered by PostgreSQL).
 OUTBOX_PAYLOADS = "SELECT payload FROM outbox ORDER BY seq"
+DISTRIBUTOR = "0x" + "22" * 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,35 +73,30 @@ class Record:
     value: bytes
 
 
-class InstantChain:
-    """The chain port (``consumer.ports.OperatorChain``) answering at once, without a node
-    or a key: encoding and signing are the chain stage's CPU, not PostgreSQL's.
+class InstantChain(Chain):
+    """The consumer's ``Chain`` with every node call answered at once and signing kept
+    (a local key): a new block at every look, each sent batch mined in it, paying all
+    its payments. Its own, not the unit tests' fake: the benchmark ships in the package
+    and never imports ``tests``, and it wants the cheapest answers, not failures."""
 
-    Its own, not the unit tests' fake: the benchmark ships in the package and never
-    imports ``tests``, and it wants the cheapest answers, not scriptable failures."""
+    def __init__(self, key: SecretStr) -> None:
+        super().__init__(NOWHERE, key)
+        self._chain_id = CHAIN_ID
+        self._head = 0
+        self._calldata: dict[str, HexStr] = {}
 
-    sender = SENDER
-
-    async def chain_id(self) -> int:
-        return CHAIN_ID
-
-    async def nonce(self, *, pending: bool) -> int:
-        return 0
+    async def nonce_of(self, address: str, *, pending: bool) -> int:
+        return 0  # a fresh key: the database's nonce is the truth
 
     async def latest(self) -> Block:
-        return Block(BLOCK, FEE_WEI)
+        self._head += 1
+        return Block(self._head, FEE_WEI)
 
-    async def base_fee(self) -> int:
-        return FEE_WEI
+    async def block_number(self) -> int:
+        return self._head
 
     async def gas_balance(self) -> int:
         return 10**18
-
-    def distribute_calldata(self, payment_id: bytes, to: str, amount: int) -> HexStr:
-        # The ABI encoding of three static words, as long as the real calldata.
-        selector, _ = contracts.function("Distributor", "distribute")
-        words = payment_id + bytes.fromhex(to[2:]).rjust(32, b"\0") + amount.to_bytes(32)
-        return HexStr("0x" + (selector + words).hex())
 
     async def estimate(self, to: str, data: HexStr) -> int:
         return GAS
@@ -94,16 +104,37 @@ class InstantChain:
     def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
     ) -> Signed:
-        raw = f"{data}:{nonce}".encode()
-        return Signed(
-            "0x" + hashlib.sha256(raw).hexdigest(), raw, nonce, gas, max_fee, priority_fee
+        signed = super().sign(
+            to=to, data=data, gas=gas, nonce=nonce, max_fee=max_fee, priority_fee=priority_fee
         )
+        self._calldata[signed.tx_hash] = data
+        return signed
 
     async def send_raw(self, raw: bytes) -> SendResult:
         return SendResult.ACCEPTED
 
     async def receipts(self, tx_hashes: list[str]) -> dict[str, Receipt | None]:
-        return {h: Receipt(tx_hash=h, block_number=BLOCK, succeeded=True) for h in tx_hashes}
+        return {h: Receipt(h, self._head, True, _paid_logs(self._calldata[h])) for h in tx_hashes}
+
+    async def distributed_logs(
+        self, distributor: str, from_block: int = 0, to_block: int | None = None
+    ) -> list[dict[str, Any]]:
+        return []
+
+    async def payment_logs(self, distributor: str, payment_id: str) -> list[dict[str, Any]]:
+        return []
+
+
+def _paid_logs(data: HexStr) -> tuple[dict[str, Any], ...]:
+    """The ``Distributed`` log of every payment of a batch, as a receipt carries them."""
+    first, payments = contracts.decode_batch_calldata(data)
+    return tuple(
+        {
+            "topics": [contracts.DISTRIBUTED_TOPIC, "0x" + pid.hex()],
+            "data": "0x" + (first + i).to_bytes(32, "big").hex(),
+        }
+        for i, (pid, _, _) in enumerate(payments)
+    )
 
 
 class RefuseToPark:
@@ -113,32 +144,159 @@ class RefuseToPark:
         raise RuntimeError(f"consumer DB stage dead-lettered a record: {reason}: {detail}")
 
 
-async def run(settings: Settings, events: int, users: int, writers: int) -> Rate:
-    """Events/s credited by one consumer's worth of workers, in a database of its own
-    (its distributions have no transactions on-chain: ``verify`` must never see them)."""
+Timed = Callable[[], Awaitable[int]]
+# Set-up (untimed), returning the timed part, which returns how many it credited.
+Prepare = Callable[[ConsumerSettings, asyncpg.Pool, dict[int, list[Record]]], Awaitable[Timed]]
+
+
+async def _measured(
+    settings: Settings, events: int, users: int, writers: int, *, what: str, prepare: Prepare
+) -> Rate:
+    """``prepare``'s timed part over ``events`` confirmed payments, in a database of its own (its
+    distributions have no transactions on-chain: ``verify`` must never see them)."""
     async with sandbox.isolated_database(settings.database_url) as url:
         pool = await db.create_pool(url, max_size=POOL_SIZE)
         try:
             records = await _records(pool, events, users, writers, settings.topic_partitions)
-            repo = Repository(pool)
-            await repo.sync_nonce(CHAIN_ID, SENDER, 0)
-            processor = Processor(
-                settings.model_copy(update={"max_inflight_per_sender": UNCAPPED_INFLIGHT}),
-                repo,
-                InstantChain(),
-                RefuseToPark(),
-            )
+            consumer = settings.model_copy(
+                update={"max_inflight_per_sender": UNCAPPED_INFLIGHT}
+            ).consumer()
+            timed = await prepare(consumer, pool, records)
             start = time.perf_counter()
-            outcomes = await asyncio.gather(
-                *(_partition(processor, part, settings) for part in records.values())
-            )
+            credited = await timed()
             seconds = time.perf_counter() - start
         finally:
             await pool.close()
-    credited = sum(o.count(Outcome.CREDITED) for o in outcomes)
     if credited != events:
-        raise RuntimeError(f"consumer DB stage credited {credited} of {events} events")
-    return Rate.of("Processor.handle, stub chain: claim → credit", credited, seconds)
+        raise RuntimeError(f"consumer DB stage ({what}) credited {credited} of {events} events")
+    return Rate.of(what, credited, seconds)
+
+
+def _local_key() -> SecretStr:
+    """A key that signs only here: nothing it signs is ever sent."""
+    return SecretStr("0x" + os.urandom(32).hex())
+
+
+async def consumer_path(settings: Settings, events: int, users: int, writers: int) -> Rate:
+    """Credited events/s through the consumer's own classes (see the module's docstring)."""
+    return await _measured(
+        settings,
+        events,
+        users,
+        writers,
+        what="Processor.handle → gatherer → settler, stub node",
+        prepare=_through_the_consumer,
+    )
+
+
+async def batch_path(settings: Settings, events: int, users: int, writers: int) -> Rate:
+    """Credited payments/s of the batch path alone (see the module's docstring)."""
+    return await _measured(
+        settings,
+        events,
+        users,
+        writers,
+        what="sign_batch → submitted → confirmed → credit",
+        prepare=_batches_only,
+    )
+
+
+async def _through_the_consumer(
+    settings: ConsumerSettings, pool: asyncpg.Pool, records: dict[int, list[Record]]
+) -> Timed:
+    repo = Repository(pool)
+    key = InstantChain(_local_key())
+    keys = KeyPool([key], repo, cap=settings.max_inflight_per_sender, poll_s=0.001)
+    await keys.register()
+    await indices.rebuild(settings, repo, keys)
+    failpoints = Failpoints("")
+    settler = Settler(settings, repo, keys, failpoints)
+    gatherer = Gatherer(settings, repo, keys, settler, failpoints)
+    processor = Processor(
+        settings, repo, key, dead_letters=RefuseToPark(), gatherer=gatherer, settler=settler
+    )
+
+    async def timed() -> int:
+        signing = asyncio.create_task(gatherer.run(), name="gatherer")
+        try:
+            outcomes = await asyncio.gather(
+                *(_partition(processor, part, settings) for part in records.values())
+            )
+        finally:
+            signing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await signing
+            await settler.close()
+        return sum(o.count(Outcome.CREDITED) for o in outcomes)
+
+    return timed
+
+
+async def _batches_only(
+    settings: ConsumerSettings, pool: asyncpg.Pool, records: dict[int, list[Record]]
+) -> Timed:
+    """Every row claimed first; then (timed) batches signed one after another, each
+    settled in a task of its own."""
+    repo = Repository(pool)
+    key = InstantChain(_local_key())
+    await repo.sync_nonce(CHAIN_ID, key.sender, 0)
+    await repo.index_scan(DISTRIBUTOR)  # creates the index floor at 0
+    payments = await _claimed(repo, [r for part in records.values() for r in part])
+    size = settings.batch_max_size
+
+    def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
+        data = contracts.batch_calldata(first, [_entry(p) for p in kept])
+        signed = key.sign(
+            to=DISTRIBUTOR, data=data, gas=GAS, nonce=nonce, max_fee=FEE_WEI, priority_fee=0
+        )
+        return signed, bytes.fromhex(data[2:])
+
+    async def settle(batch_id: int) -> int:
+        batch = await repo.batch_submitted(await repo.batch(batch_id))
+        members = [m.event_id for m in await repo.batch_members(batch_id)]
+        tx_hash = f"0x{batch_id:064x}"
+        batch = await repo.batch_confirmed(batch, tx_hash, 1, BatchOutcome(members, {}, {}))
+        return await repo.credit(members, batch)
+
+    async def timed() -> int:
+        settling = []
+        for start in range(0, len(payments), size):
+            batch = payments[start : start + size]
+            stored = await repo.sign_batch(
+                BatchRequest(CHAIN_ID, key.sender, DISTRIBUTOR, batch), sign
+            )
+            assert stored.batch_id is not None
+            settling.append(asyncio.create_task(settle(stored.batch_id)))
+        return sum(await asyncio.gather(*settling))
+
+    return timed
+
+
+async def _claimed(repo: Repository, records: list[Record]) -> list[PaymentToSign]:
+    """Each record's row claimed, as the processor claims it (untimed set-up)."""
+    payments = []
+    for record in records:
+        event = parse_event(record.value)
+        data = event.data
+        payment_id = "0x" + contracts.payment_id(data.investment_id).hex()
+        await repo.claim(
+            event_id=event.event_id,
+            investment_id=data.investment_id,
+            payment_id=payment_id,
+            user_id=data.user_id,
+            tokenization_id=data.tokenization_id,
+            tokens=data.tokens,
+            payload=event.model_dump_json(),
+            partition=record.partition,
+            offset=record.offset,
+        )
+        assert data.wallet_address is not None
+        payments.append(PaymentToSign(event.event_id, payment_id, data.wallet_address, data.tokens))
+    return payments
+
+
+def _entry(payment: PaymentToSign) -> tuple[bytes, str, int]:
+    return bytes.fromhex(payment.payment_id[2:]), payment.recipient, payment.tokens
 
 
 async def _records(
@@ -154,7 +312,7 @@ async def _records(
         property_id="prop-bench-db",
         chain_id=CHAIN_ID,
         token_address="0x" + "11" * 20,
-        distributor_address="0x" + "22" * 20,
+        distributor_address=DISTRIBUTOR,
         decimals=18,
         supply=0,
     )
@@ -179,7 +337,7 @@ async def _records(
 
 
 async def _partition(
-    processor: Processor, records: list[Record], settings: Settings
+    processor: Processor, records: list[Record], settings: ConsumerSettings
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
     all_done = asyncio.Event()

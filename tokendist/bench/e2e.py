@@ -34,6 +34,8 @@ PROFILE_WRITE_S = 60.0  # py-spy writes its file once the consumer has exited
 @dataclass(frozen=True, slots=True)
 class Load:
     mode: str  # "burst", "sustained" or "memory": how the report reads the run
+    block_time_s: float  # of the chain the run is on
+    ceiling_per_s: float  # that chain's physical ceiling (``ChainStages.ceiling_per_s``)
     events: int
     wallets: list[str]
     writers: int
@@ -47,7 +49,7 @@ class Load:
 async def run(settings: Settings, pool: asyncpg.Pool, consumers: int, load: Load) -> EndToEnd:
     """One run on ``settings``' own topic and group (named by the caller, who deletes
     the topics afterwards)."""
-    tag = f"{load.mode}-c{consumers}"
+    tag = f"{load.block_time_s:g}s-{load.mode}-c{consumers}"
     tk = await sandbox.deploy(settings, f"bench-{tag}")
     await kafka.ensure_topics(settings)  # before the services, so none races to create it
     deadline = time.monotonic() + load.timeout_s
@@ -129,8 +131,11 @@ async def _result(
         else 0.0
     )
     verified, verify_text = await verify_run(settings, pool)
+    _, keys = settings.require_keys()
     return EndToEnd(
         mode=load.mode,
+        block_time_s=load.block_time_s,
+        ceiling_per_s=load.ceiling_per_s,
         consumers=consumers,
         events=load.events,
         users=len(load.wallets),
@@ -145,8 +150,9 @@ async def _result(
             for name, cols in queries.SEGMENTS.items()
         },
         in_flight=await _percentiles(pool, tokenization_id, *queries.IN_FLIGHT),
-        max_inflight=settings.max_inflight_per_sender,
+        max_inflight=settings.max_inflight_per_sender * len(keys),
         blocks=window["blocks"],
+        batches=window["batches"],
         consumer_peak_rss_kib=[v for k, v in peaks.items() if k.startswith("consumer")],
         relay_peak_rss_kib=peaks["relay"],
         lag=lag,

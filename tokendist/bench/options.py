@@ -14,8 +14,9 @@ MODES = ("burst", "sustained", "memory", "churn")
 MEMBERSHIPS = ("static", "dynamic")
 DESCRIPTION = """Stage baselines (Kafka consume, the consumer's DB work, the chain), then the
 whole pipeline: burst runs, a sustained-load run at a fixed rate, a long memory-growth
-run, member churn (a SIGKILL + restart every few seconds). Prints a report, then one JSON
-line with every figure. Needs the stack's addresses
+run, member churn (a SIGKILL + restart every few seconds), on a chain of its own per
+block time (the stack's anvil binary, started by the benchmark). Prints a report, then
+one JSON line with every figure. Needs the stack's addresses
 (eval "$(tokendist stack env)"); makes its own databases, keys, contracts and topics."""
 PARSER: dict[str, Any] = {
     "description": DESCRIPTION,
@@ -24,7 +25,25 @@ PARSER: dict[str, Any] = {
 
 
 def _counts(text: str) -> list[int]:
-    return [int(n) for n in text.split(",") if n.strip()]
+    counts = [int(n) for n in text.split(",") if n.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("give positive whole numbers, comma-separated")
+    return counts
+
+
+def _positive(text: str) -> int:
+    (count,) = _counts(text)
+    return count
+
+
+def _seconds(text: str) -> list[float]:
+    try:
+        values = [float(n) for n in text.split(",") if n.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not seconds: {text!r}") from exc
+    if not values or min(values) <= 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError("give distinct positive block times, e.g. 0.25,2")
+    return values
 
 
 def _modes(text: str) -> list[str]:
@@ -57,7 +76,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=["burst", "sustained"],
         help="of burst,sustained,memory,churn",
     )
-    add("--events", type=int, default=20_000, help="payments per burst run")
+    add(
+        "--block-times",
+        type=_seconds,
+        default=[0.25, 2.0],
+        help="seconds; a chain of its own for each (memory and churn: the first only)",
+    )
+    add("--keys", type=_positive, default=2, help="operator keys in each run's key pool")
+    add("--anvil", default=None, help="anvil binary (default: the stack's, else PATH's)")
+    add("--events", type=int, default=10_000, help="payments per burst run")
     add("--consumers", type=_counts, default=[1, 3], help="consumer processes per burst run")
     add("--rate", type=float, default=0.0, help="sustained: payments/s (0: half the best burst)")
     add("--sustained-s", type=float, default=60.0, help="sustained: seconds of offered load")
@@ -75,9 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="churn: static (an instance id per member) and/or dynamic",
     )
     add("--relay-rows", type=int, default=10_000, help="outbox rows relayed; Kafka records")
-    add("--db-events", type=int, default=2_000, help="events through the consumer's DB work")
-    add("--chain-txs", type=int, default=320, help="distribute transactions per chain run")
-    add("--chain-wide-window", type=int, default=64, help="unmined transactions, wide run")
+    add("--db-events", type=int, default=4_000, help="events through the consumer's DB work")
+    add("--chain-payments", type=int, default=4_000, help="payments per chain-stage run")
     add("--users", type=int, default=200, help="investors the payments spread over")
     add("--writers", type=int, default=4, help="payment-service connections")
     add("--timeout", type=float, default=0.0, help="hang guard, s per run (0: 600 + events/2)")

@@ -5,8 +5,9 @@ whichever process wrote it. Each is now() of the writing transaction:
 
     payment_confirmations.confirmed_at   the payment service's transaction
     distributions.created_at             a consumer claimed the event (after Kafka)
-    chain_transactions.created_at        the first transaction was signed and stored
-    chain_transactions.broadcast_at      the node accepted it (last broadcast)
+    chain_transactions.created_at        the payment's batch was signed and stored (its
+                                         first attempt)
+    chain_transactions.broadcast_at      the node accepted the batch (last broadcast)
     distributions.credited_at            holdings credited after the receipt
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 # Name → (from, to) over the columns of SPANS_CTE; the names are the report's rows.
 SEGMENTS: dict[str, tuple[str, str]] = {
     "confirmed → claimed (relay, Kafka, consumer queue)": ("confirmed_at", "claimed_at"),
-    "claimed → signed": ("claimed_at", "signed_at"),
+    "claimed → signed (gathered into a batch)": ("claimed_at", "signed_at"),
     "signed → broadcast": ("signed_at", "broadcast_at"),
     "broadcast → credited": ("broadcast_at", "credited_at"),
 }
@@ -25,14 +26,14 @@ IN_FLIGHT = ("signed_at", "credited_at")
 
 SPANS_CTE = """
 WITH first_tx AS (
-    SELECT DISTINCT ON (event_id) event_id, created_at, broadcast_at
-    FROM chain_transactions ORDER BY event_id, created_at
+    SELECT DISTINCT ON (batch_id) batch_id, created_at, broadcast_at
+    FROM chain_transactions WHERE batch_id IS NOT NULL ORDER BY batch_id, created_at
 ), spans AS (
     SELECT c.confirmed_at, d.created_at AS claimed_at, t.created_at AS signed_at,
            t.broadcast_at, d.credited_at
     FROM distributions d
     JOIN payment_confirmations c USING (event_id)
-    LEFT JOIN first_tx t USING (event_id)
+    LEFT JOIN first_tx t USING (batch_id)
     WHERE d.tokenization_id = $1 AND d.state = 'credited'
 )
 """
@@ -65,7 +66,7 @@ FROM distributions WHERE tokenization_id = $1
 # The end-to-end window: first payment confirmed → last holding credited.
 WINDOW = """
 SELECT min(c.confirmed_at) AS first_confirmed, max(d.credited_at) AS last_credited,
-       count(DISTINCT d.block_number) AS blocks
+       count(DISTINCT d.block_number) AS blocks, count(DISTINCT d.batch_id) AS batches
 FROM distributions d JOIN payment_confirmations c USING (event_id)
 WHERE d.tokenization_id = $1 AND d.state = 'credited'
 """

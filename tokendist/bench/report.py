@@ -4,7 +4,15 @@ then each run against the slowest baseline, memory over the runs and the profile
 
 from __future__ import annotations
 
-from tokendist.bench.results import ChainRate, ChurnResult, EndToEnd, Percentiles, Rate, Report
+from tokendist.bench.results import (
+    ChainRate,
+    ChainStages,
+    ChurnResult,
+    EndToEnd,
+    Percentiles,
+    Rate,
+    Report,
+)
 
 LABEL = 52
 
@@ -15,6 +23,7 @@ def render(report: Report) -> str:
             *_header(report),
             "",
             *_stages(report),
+            *(line for chain in report.chains for line in ["", *_chain(chain)]),
             "",
             *_relay(report),
             *(["", *_end_to_end(report.end_to_end)] if report.end_to_end else []),
@@ -36,8 +45,10 @@ def _header(report: Report) -> list[str]:
         "tokendist benchmark",
         f"  machine: {env.cpus} CPUs, load average {env.load_before[0]:.2f} before, "
         f"{env.load_after[0]:.2f} after",
-        f"  settings: {s['topic_partitions']} partitions, relay batch {s['relay_batch_size']}, "
-        f"max_inflight_per_sender {s['max_inflight_per_sender']}, "
+        f"  settings: {s['keys']} operator keys, batches of ≤ {s['batch_max_size']} "
+        f"payments or ≤ {s['batch_max_wait_s']} s wait, "
+        f"≤ {s['max_inflight_per_sender']} unconfirmed batches per key; "
+        f"{s['topic_partitions']} partitions, relay batch {s['relay_batch_size']}, "
         f"confirmations {s['confirmations']}, receipt poll {s['receipt_poll_s']} s, "
         f"service log level {s['log_level']}",
         f"  service logs: {env.log_dir}",
@@ -54,7 +65,6 @@ def _rate_line(area: str, rate: Rate) -> str:
 
 def _stages(report: Report) -> list[str]:
     st = report.stages
-    bi = st.block_interval
     return [
         "Raw stages, each alone (the ceilings)",
         _rate_line("PostgreSQL", st.enqueue),
@@ -63,18 +73,31 @@ def _stages(report: Report) -> list[str]:
         _rate_line("CPU", st.signing),
         _rate_line("RPC", st.rpc_block_number),
         _rate_line("RPC", st.rpc_send_raw),
-        f"  {'chain':<11} block interval observed: {bi.interval_ms} ms "
-        f"({bi.blocks} blocks over {bi.seconds:.2f} s)",
-        "Baselines: the pipeline's three stages, each alone",
+        "Baselines: the pipeline's stages, each alone (the chain's: per block time, below)",
         _rate_line("Kafka", st.kafka_consume),
         _rate_line("PostgreSQL", st.consumer_db),
-        _chain_line(st.chain),
-        _chain_line(st.chain_wide),
+        _rate_line("PostgreSQL", st.db_batches),
+    ]
+
+
+def _chain(c: ChainStages) -> list[str]:
+    bi = c.block_interval
+    return [
+        f"Chain of its own, {c.block_time_s:g} s blocks: interval observed {bi.interval_ms} ms "
+        f"({bi.blocks} blocks over {bi.seconds:.2f} s), block gas limit {c.block_gas_limit:,}",
+        _chain_line(c.new_holders),
+        _chain_line(c.existing_holders),
+        f"  {'ceiling':<11} block gas limit ÷ {c.new_holders.gas_per_payment:,} gas "
+        f"÷ {c.block_time_s:g} s = {c.ceiling_per_s:,.0f} payments/s",
     ]
 
 
 def _chain_line(c: ChainRate) -> str:
-    return _rate_line("chain", c.rate) + f"  (each {c.mean_ms:,} ms sign → mined)"
+    return (
+        _rate_line("chain", c.rate)
+        + f"  {c.gas_per_payment:,} gas/payment, {c.batches} batches each {c.mean_ms:,} ms"
+        " sign → mined"
+    )
 
 
 def _relay(report: Report) -> list[str]:
@@ -110,11 +133,12 @@ def _table(rows: list[tuple[str, list[str]]]) -> list[str]:
 def _end_to_end(runs: list[EndToEnd]) -> list[str]:
     first = runs[0]
     rows: list[tuple[str, list[str]]] = [
-        ("", [r.mode for r in runs]),
+        ("", [f"{r.mode}, {r.block_time_s:g} s blocks" for r in runs]),
         ("", [f"{r.consumers} consumer" + ("s" if r.consumers > 1 else "") for r in runs]),
         ("payments, offered at", [f"{r.events:,}, {_offered(r)}" for r in runs]),
         ("credited / failed", [f"{r.credited:,} / {r.failed}" for r in runs]),
         ("events/s, first confirmed → last credited", [_per_s(r) for r in runs]),
+        ("the chain's ceiling, payments/s; share of it", [_ceiling(r) for r in runs]),
         (
             "payment service confirmed them at",
             [f"{r.confirm.per_second:,.0f}/s ({r.confirm.seconds:.1f} s)" for r in runs],
@@ -126,10 +150,10 @@ def _end_to_end(runs: list[EndToEnd]) -> list[str]:
             for name in first.segments
         ),
         ("in flight (signed → credited), mean ms", [_mean(r.in_flight) for r in runs]),
-        ("in-flight cap ÷ mean time in flight, events/s", [_little(r) for r in runs]),
+        ("batches in flight at most (keys x cap)", [str(r.max_inflight) for r in runs]),
         (
-            "blocks used, distribute calls per block",
-            [f"{r.blocks}, {r.credited / r.blocks:.1f}" if r.blocks else "-" for r in runs],
+            "blocks used; batches; payments per batch",
+            [_blocks(r) for r in runs],
         ),
         (
             "peak RSS per consumer, MiB",
@@ -187,7 +211,19 @@ def _stall(r: ChurnResult) -> str:
 
 
 def _name(r: EndToEnd) -> str:
-    return f"{r.mode} {r.consumers}-consumer"
+    return f"{r.mode} {r.block_time_s:g} s {r.consumers}-consumer"
+
+
+def _ceiling(r: EndToEnd) -> str:
+    if not r.ceiling_per_s:
+        return "-"
+    return f"{r.ceiling_per_s:,.0f}; {r.throughput.per_second / r.ceiling_per_s:.2f}"
+
+
+def _blocks(r: EndToEnd) -> str:
+    if not r.blocks or not r.batches:
+        return "-"
+    return f"{r.blocks}; {r.batches}; {r.credited / r.batches:.1f}"
 
 
 def _offered(r: EndToEnd) -> str:
@@ -210,12 +246,14 @@ def _bounded(r: EndToEnd) -> str:
 
 def _versus(report: Report) -> list[str]:
     lines = [
-        f"Against the slowest baseline ({report.slowest_stage}, {report.slowest_per_s:,.1f} /s)",
+        "Against the slowest baseline and the chain's ceiling",
         *(
-            f"  {v.mode} {v.consumers}c: {v.events_per_s:,.1f} events/s = {v.ratio:.2f} x"
+            f"  {v.mode} {v.block_time_s:g} s {v.consumers}c: {v.events_per_s:,.1f} events/s = "
+            f"{v.ratio:.2f} x {v.slowest_stage} ({v.slowest_per_s:,.1f} /s), "
+            f"{v.ceiling_ratio:.2f} x ceiling ({v.ceiling_per_s:,.0f} /s)"
             for v in report.versus
         ),
-        "Goals (issues 7 and 12)",
+        "Goals (issues 7, 12 and 14)",
     ]
     verdicts = {True: "met", False: "NOT met", None: "not measured"}
     lines += [f"  {goal}: {verdicts[met]}" for goal, met in report.goals.items()]
@@ -260,15 +298,6 @@ def _mean(p: Percentiles) -> str:
     return "-" if p.mean_ms is None else f"{p.mean_ms:,}"
 
 
-def _little(r: EndToEnd) -> str:
-    """Little's law: with at most L transactions in flight, each for W seconds on
-    average, no more than L / W can complete per second."""
-    if not r.in_flight.mean_ms:
-        return "-"
-    seconds = r.in_flight.mean_ms / 1000
-    return f"{r.max_inflight} / {seconds:.2f} s = {r.max_inflight / seconds:,.1f}"
-
-
 def _per_s(r: EndToEnd) -> str:
     return f"{r.throughput.per_second:,.1f} ({r.throughput.seconds:.1f} s)"
 
@@ -279,13 +308,14 @@ def _notes(report: Report) -> list[str]:
         "  - Latency runs from the payment's commit to the holding's credit. When payments",
         "    arrive as a burst (the default), most of it is queueing behind earlier payments;",
         "    --rate N confirms N/s instead, to see latency below saturation.",
-        "  - All consumers share one operator key, so at most max_inflight_per_sender",
-        "    distributions are on the chain at once, whatever the number of consumers;",
-        "    the in-flight row is that ceiling (Little's law) for comparison with events/s.",
+        "  - All consumers share one pool of operator keys: at most keys x",
+        "    max_inflight_per_sender batches are on the chain at once, whatever the number",
+        "    of consumers. The ceiling is the chain's: one block's gas limit over the gas a",
+        "    payment to a new holder costs (from the chain stage's receipts), per block time.",
         "  - 'claimed' is when a consumer's partition worker starts on the event: time",
         "    queued behind the same user's earlier events, or for a free place in the",
         "    partition's window, counts before it; 'claimed → signed' includes waiting for",
-        "    a place under max_inflight_per_sender.",
+        "    the batch to fill (or batch_max_wait_s) and for a key under its in-flight cap.",
         "  - Figures are from one run on a shared machine (the stack and other work use the",
         "    same CPUs): expect noise of tens of percent between runs.",
     ]

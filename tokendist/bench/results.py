@@ -38,10 +38,14 @@ class Percentiles:
 
 @dataclass(frozen=True, slots=True)
 class ChainRate:
-    """Signed ``distribute`` transactions sent and mined, at most ``window`` unmined."""
+    """Payments in signed ``distributeBatch`` transactions sent and mined, at most
+    ``window`` transactions unmined (keys x in-flight cap)."""
 
-    rate: Rate
+    rate: Rate  # payments
     window: int
+    batches: int
+    batch_size: int
+    gas_per_payment: int  # receipts' gasUsed over the payments they paid
     mean_ms: int  # sign → receipt seen, per transaction
 
 
@@ -62,20 +66,35 @@ class Stages:
     signing: Rate
     rpc_block_number: Rate
     rpc_send_raw: Rate
-    block_interval: BlockInterval
-    # The three baselines an end-to-end run is compared with (issue 7).
+    # The baselines an end-to-end run is compared with (issue 7), besides its chain's.
     kafka_consume: Rate
-    consumer_db: Rate
-    chain: ChainRate  # window = max_inflight_per_sender: one operator key, the node's limit
-    chain_wide: ChainRate  # a wider window: what the chain could take beyond our cap
+    consumer_db: Rate  # Processor.handle → gatherer → settler, a stub chain: intake included
+    db_batches: Rate  # the batch path alone: sign_batch → submitted → confirmed → credit
 
     def baselines(self) -> dict[str, float]:
-        """Events/s of each stage the pipeline chains together, by name."""
+        """Events/s of each chain-independent stage the pipeline chains together, by name."""
         return {
             "kafka_consume": self.kafka_consume.per_second,
             "consumer_db": self.consumer_db.per_second,
-            "chain": self.chain.rate.per_second,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStages:
+    """One chain of the benchmark's own (one block time) and its stages alone."""
+
+    block_time_s: float
+    block_interval: BlockInterval
+    block_gas_limit: int
+    new_holders: ChainRate  # recipients holding nothing yet
+    existing_holders: ChainRate  # the same recipients again
+
+    @property
+    def ceiling_per_s(self) -> float:
+        """What the chain can physically take: one block's gas ÷ gas per payment to a new
+        holder ÷ the block time."""
+        gas = self.new_holders.gas_per_payment
+        return self.block_gas_limit / gas / self.block_time_s if gas else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +130,8 @@ class MemoryPoint:
 @dataclass(frozen=True, slots=True)
 class EndToEnd:
     mode: str  # "burst", "sustained" or "memory"
+    block_time_s: float  # of the chain it ran on
+    ceiling_per_s: float  # that chain's ``ChainStages.ceiling_per_s``
     consumers: int
     events: int
     users: int
@@ -122,8 +143,9 @@ class EndToEnd:
     latency: Percentiles  # credited_at - confirmed_at
     segments: dict[str, Percentiles]  # the same latency cut at each recorded step
     in_flight: Percentiles  # signed → credited: what the in-flight cap counts
-    max_inflight: int  # settings.max_inflight_per_sender
-    blocks: int  # distinct blocks holding our distribute calls
+    max_inflight: int  # settings.max_inflight_per_sender x keys: batches on the chain at once
+    blocks: int  # distinct blocks holding our batches
+    batches: int  # distinct batches that paid the credited payments
     consumer_peak_rss_kib: list[int | None]
     relay_peak_rss_kib: int | None
     lag: LagVerdict
@@ -166,12 +188,19 @@ class Environment:
 
 @dataclass(frozen=True, slots=True)
 class Versus:
-    """One end-to-end run against the slowest baseline (goal: ratio ≥ 0.5)."""
+    """One end-to-end run against the slowest baseline of its chain and against that
+    chain's ceiling (goal: at least half the ceiling)."""
 
     mode: str
+    block_time_s: float
     consumers: int
+    events: int
     events_per_s: float
-    ratio: float
+    slowest_stage: str
+    slowest_per_s: float
+    ratio: float  # to the slowest baseline
+    ceiling_per_s: float
+    ceiling_ratio: float
 
 
 @dataclass(slots=True)
@@ -179,9 +208,11 @@ class Report:
     environment: Environment
     stages: Stages
     relay: RelayResult
+    chains: list[ChainStages] = field(default_factory=list)
     end_to_end: list[EndToEnd] = field(default_factory=list)
     churn: list[ChurnResult] = field(default_factory=list)
-    slowest_stage: str = ""
-    slowest_per_s: float = 0.0
     versus: list[Versus] = field(default_factory=list)
     goals: dict[str, bool | None] = field(default_factory=dict)
+    # Issue 14's figures at a glance (``summary.headline``): gas per payment to a new and to
+    # an existing holder, and each burst's events/s beside its ceiling.
+    headline: dict[str, object] = field(default_factory=dict)

@@ -24,6 +24,7 @@ from typing import TypeVar
 import asyncpg
 
 from tokendist.bench import (
+    anvil,
     chain_stage,
     churn,
     db_stage,
@@ -37,6 +38,7 @@ from tokendist.bench import (
     workload,
 )
 from tokendist.bench.results import (
+    ChainStages,
     ChurnResult,
     EndToEnd,
     Environment,
@@ -50,27 +52,47 @@ from tokendist.core.errors import TransientError
 from tokendist.core.settings import Settings, SettingsError, load_settings
 
 # Sizes of the raw-stage samples: each takes a second or two on a small machine.
-SIGN_COUNT = 2000
+SIGN_PAYMENTS = 20_000
 BLOCK_NUMBER_CALLS = 500
 SEND_RAW_CALLS = 200
 BLOCK_WATCH_S = 3.0
+# Modes run on the first chain only: one long run, and a fault drill, are enough.
+FIRST_CHAIN_ONLY = ("memory", "churn")
 
 
-def settings_summary(settings: Settings, log_level: str) -> dict[str, object]:
+def settings_summary(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
     names = (
         "topic_partitions",
         "relay_batch_size",
         "max_inflight_per_sender",
+        "batch_max_size",
+        "batch_max_wait_s",
         "confirmations",
         "receipt_poll_s",
         "max_partition_buffer",
     )
-    return {**{n: getattr(settings, n) for n in names}, "log_level": log_level}
+    return {
+        **{n: getattr(settings, n) for n in names},
+        "keys": args.keys,
+        "log_level": args.service_log_level,
+    }
 
 
-async def bench(args: argparse.Namespace, shared: Settings) -> Report:
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainFree:
+    """The stages that need no node, measured once."""
+
+    enqueued: Rate
+    relayed: RelayResult
+    kafka_produce: Rate
+    kafka_consume: Rate
+    consumer_db: Rate
+    db_batches: Rate
+
+
+async def bench(args: argparse.Namespace, shared: Settings, anvil_binary: str) -> Report:
     run_id = uuid.uuid4().hex[:10]
-    base = await sandbox.bench_settings(shared, run_id)
+    base = sandbox.bench_settings(shared, run_id)
     log_dir = Path(tempfile.mkdtemp(prefix=f"tokendist-bench-{run_id}-"))
     load_before = os.getloadavg()
     topics: list[str] = []
@@ -80,26 +102,88 @@ async def bench(args: argparse.Namespace, shared: Settings) -> Report:
         topics.extend([s.topic, s.dlq_topic])
         return s
 
-    async def run(mode: str, consumers: int, events: int, rate: float) -> EndToEnd:
+    try:
+        free = await _chain_free(args, base, named)
+        result: Report | None = None
+        for block_time in args.block_times:
+            log = log_dir / f"anvil-{block_time:g}s.log"
+            async with anvil.started(anvil_binary, block_time, log) as rpc_url:
+                on_chain = await sandbox.on_chain(base, rpc_url)
+                if result is None:
+                    result = Report(
+                        environment=Environment(
+                            cpus=os.cpu_count() or 0,
+                            load_before=load_before,
+                            load_after=load_before,  # replaced once everything ran
+                            settings=settings_summary(base, args),
+                            log_dir=str(log_dir),
+                        ),
+                        stages=await _stages(on_chain, free),
+                        relay=free.relayed,
+                    )
+                chain = await _chain(args, on_chain, block_time)
+                result.chains.append(chain)
+                first = block_time == args.block_times[0]
+                runner = _Runner(args, on_chain, chain, log_dir, named)
+                await _end_to_end(args, result, runner, first=first)
+                for membership in args.churn_membership if first and "churn" in args.modes else []:
+                    result.churn.append(await runner.churned(membership))
+    finally:
+        await sandbox.delete_topics(base, topics)
+    assert result is not None  # --block-times is never empty
+    summary.compare(result)
+    result.environment = dataclasses.replace(result.environment, load_after=os.getloadavg())
+    return result
+
+
+Named = Callable[[Settings, str], Settings]
+
+
+class _Runner:
+    """Runs on one chain: each with a database and keys of its own."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        settings: Settings,
+        chain: ChainStages,
+        log_dir: Path,
+        named: Named,
+    ) -> None:
+        self.args = args
+        self.settings = settings
+        self.chain = chain
+        self.log_dir = log_dir
+        self.named = named
+
+    def _tag(self, name: str) -> str:
+        return f"{self.chain.block_time_s:g}s-{name}"
+
+    async def run(self, mode: str, consumers: int, events: int, rate: float) -> EndToEnd:
+        args = self.args
         load = e2e.Load(
             mode=mode,
+            block_time_s=self.chain.block_time_s,
+            ceiling_per_s=self.chain.ceiling_per_s,
             events=events,
             wallets=workload.make_wallets(args.users),
             writers=args.writers,
             rate=rate,
             timeout_s=args.timeout or 600 + events / 2,
-            log_dir=log_dir,
+            log_dir=self.log_dir,
             log_level=args.service_log_level,
             profile=args.profile and mode == "burst",
         )
         return await _isolated(
-            named(base, f"{mode}-c{consumers}"),
+            self.named(self.settings, self._tag(f"{mode}-c{consumers}")),
+            args.keys,
             load.wallets,
             load.writers,
             lambda own, pool: e2e.run(own, pool, consumers, load),
         )
 
-    async def churned(membership: str) -> ChurnResult:
+    async def churned(self, membership: str) -> ChurnResult:
+        args = self.args
         load = churn.Load(
             membership=membership,
             consumers=args.churn_consumers,
@@ -109,52 +193,45 @@ async def bench(args: argparse.Namespace, shared: Settings) -> Report:
             wallets=workload.make_wallets(args.users),
             writers=args.writers,
             timeout_s=args.timeout or 300 + args.churn_s + args.churn_events,
-            log_dir=log_dir,
+            log_dir=self.log_dir,
             log_level=args.service_log_level,
         )
         return await _isolated(
-            named(base, f"churn-{membership}"),
+            self.named(self.settings, self._tag(f"churn-{membership}")),
+            args.keys,
             load.wallets,
             load.writers,
             lambda own, pool: churn.run(own, pool, load),
         )
 
-    try:
-        enqueued, relayed = await _relay(args, named(base, "relay"))
-        result = Report(
-            environment=Environment(
-                cpus=os.cpu_count() or 0,
-                load_before=load_before,
-                load_after=load_before,  # replaced once everything ran
-                settings=settings_summary(base, args.service_log_level),
-                log_dir=str(log_dir),
-            ),
-            stages=await _stages(args, base, named(base, "kafka"), enqueued),
-            relay=relayed,
-        )
-        await _end_to_end(args, result, run)
-        for membership in args.churn_membership if "churn" in args.modes else []:
-            result.churn.append(await churned(membership))
-    finally:
-        await sandbox.delete_topics(base, topics)
-    summary.compare(result)
-    result.environment = dataclasses.replace(result.environment, load_after=os.getloadavg())
-    return result
 
-
-async def _relay(args: argparse.Namespace, settings: Settings) -> tuple[Rate, RelayResult]:
-    """(enqueue transactions/s, the relay's figures), in a database of its own."""
-    async with sandbox.isolated_database(settings.database_url) as url:
+async def _chain_free(args: argparse.Namespace, base: Settings, named: Named) -> ChainFree:
+    """The relay in a database of its own, Kafka alone, the consumer's DB work alone."""
+    relay_settings = named(base, "relay")
+    async with sandbox.isolated_database(relay_settings.database_url) as url:
         pool = await db.create_pool(url, max_size=args.writers + 4)
         try:
-            return await relay_stage.run(
-                settings.model_copy(update={"database_url": url}),
+            enqueued, relayed = await relay_stage.run(
+                relay_settings.model_copy(update={"database_url": url}),
                 pool,
                 args.relay_rows,
                 args.writers,
             )
         finally:
             await pool.close()
+    kafka_settings = named(base, "kafka")
+    sample = workload.payment(None, "sample", 0, workload.make_wallets(1)).event()
+    payload = sample.model_dump_json().encode()
+    produced = await stages.kafka_produce(kafka_settings, args.relay_rows, payload)
+    consumed = await stages.kafka_consume(kafka_settings, len(payload))
+    return ChainFree(
+        enqueued=enqueued,
+        relayed=relayed,
+        kafka_produce=produced,
+        kafka_consume=consumed,
+        consumer_db=await db_stage.consumer_path(base, args.db_events, args.users, args.writers),
+        db_batches=await db_stage.batch_path(base, args.db_events, args.users, args.writers),
+    )
 
 
 T = TypeVar("T")
@@ -162,79 +239,81 @@ T = TypeVar("T")
 
 async def _isolated(
     settings: Settings,
+    keys: int,
     wallets: list[str],
     writers: int,
     body: Callable[[Settings, asyncpg.Pool], Awaitable[T]],
 ) -> T:
-    """``body`` with a database and an operator key of its own: a run cut short by its
-    timeout leaves nothing that the next run's ``verify`` would count."""
-    rpc_url, _ = settings.require_chain()
-    operator = await sandbox.funded_key(rpc_url)
+    """``body`` with a database and ``keys`` operator keys of its own: a run cut short by
+    its timeout leaves nothing that the next run's ``verify`` would count."""
+    own = await sandbox.with_keys(settings, keys)
     async with sandbox.isolated_database(settings.database_url) as url:
         pool = await db.create_pool(url, max_size=writers + 4)
         try:
             await workload.register_users(pool, wallets)
-            own = settings.model_copy(update={"database_url": url, "operator_key": operator})
-            return await body(own, pool)
+            return await body(own.model_copy(update={"database_url": url}), pool)
         finally:
             await pool.close()
 
 
-async def _stages(
-    args: argparse.Namespace, base: Settings, kafka_settings: Settings, enqueued: Rate
-) -> Stages:
-    """Every stage alone. The consumer's DB work gets a database of its own (created
-    from ``base``'s server URL): its credits have no transfers on-chain."""
-    sample = workload.payment(None, "sample", 0, workload.make_wallets(1)).event()
-    payload = sample.model_dump_json().encode()
-    produced = await stages.kafka_produce(kafka_settings, args.relay_rows, payload)
-    consumed = await stages.kafka_consume(kafka_settings, len(payload))
-    abi, signing = await stages.chain_cpu(base, SIGN_COUNT)
-    block_number = await stages.rpc_block_number(base, BLOCK_NUMBER_CALLS)
-    send_raw = await stages.rpc_send_raw(base, SEND_RAW_CALLS)
-    interval = await stages.block_interval(base, BLOCK_WATCH_S)
-    chain_settings, distributor = await chain_stage.deploy(base)
-    capped = await chain_stage.sent_and_mined(
-        chain_settings, distributor, args.chain_txs, base.max_inflight_per_sender
-    )
-    wide = await chain_stage.sent_and_mined(
-        chain_settings, distributor, args.chain_txs, args.chain_wide_window
-    )
+async def _stages(settings: Settings, free: ChainFree) -> Stages:
+    """The chain-free stages, and the CPU and round trips of the first chain's node."""
+    abi, signing = await stages.chain_cpu(settings, SIGN_PAYMENTS)
     return Stages(
-        enqueue=enqueued,
-        kafka_produce=produced,
+        enqueue=free.enqueued,
+        kafka_produce=free.kafka_produce,
         abi_encode=abi,
         signing=signing,
-        rpc_block_number=block_number,
-        rpc_send_raw=send_raw,
-        block_interval=interval,
-        kafka_consume=consumed,
-        consumer_db=await db_stage.run(base, args.db_events, args.users, args.writers),
-        chain=capped,
-        chain_wide=wide,
+        rpc_block_number=await stages.rpc_block_number(settings, BLOCK_NUMBER_CALLS),
+        rpc_send_raw=await stages.rpc_send_raw(settings, SEND_RAW_CALLS),
+        kafka_consume=free.kafka_consume,
+        consumer_db=free.consumer_db,
+        db_batches=free.db_batches,
     )
 
 
-Run = Callable[[str, int, int, float], Awaitable[EndToEnd]]
+async def _chain(args: argparse.Namespace, settings: Settings, block_time: float) -> ChainStages:
+    """The chain alone at one block time: the same recipients paid twice, first as new
+    holders, then as existing ones (fresh payment ids and indices each time)."""
+    # Long enough to see a few blocks at any block time.
+    interval = await stages.block_interval(settings, max(BLOCK_WATCH_S, 3.5 * block_time))
+    stage = await chain_stage.deploy(settings, args.keys)
+    recipients = workload.make_wallets(args.chain_payments)
+    new = await chain_stage.sent_and_mined(stage, "new holders", recipients, 0)
+    existing = await chain_stage.sent_and_mined(
+        stage, "existing holders", recipients, len(recipients)
+    )
+    rpc_url, _ = settings.require_chain()
+    return ChainStages(
+        block_time_s=block_time,
+        block_interval=interval,
+        block_gas_limit=await sandbox.block_gas_limit(rpc_url),
+        new_holders=new,
+        existing_holders=existing,
+    )
 
 
-async def _end_to_end(args: argparse.Namespace, result: Report, run: Run) -> None:
-    """Burst runs, then a sustained run at half the best burst's rate (unless --rate
-    says otherwise) with the best burst's consumers, then the long memory run."""
+async def _end_to_end(
+    args: argparse.Namespace, result: Report, runner: _Runner, *, first: bool
+) -> None:
+    """Burst runs, then a sustained run at half the best burst's rate on this chain
+    (unless --rate says otherwise) with that burst's consumers, then (first chain only)
+    the long memory run."""
+    here = runner.chain.block_time_s
     if "burst" in args.modes:
         for consumers in args.consumers:
-            result.end_to_end.append(await run("burst", consumers, args.events, 0.0))
+            result.end_to_end.append(await runner.run("burst", consumers, args.events, 0.0))
     if "sustained" in args.modes:
-        best = summary.best_burst(result.end_to_end)
+        best = summary.best_burst([r for r in result.end_to_end if r.block_time_s == here])
         rate = args.rate or (best.throughput.per_second / 2 if best else 0.0)
         if rate <= 0:
             raise SettingsError("sustained mode: give --rate, or run burst mode too")
         consumers = args.sustained_consumers or (best.consumers if best else 1)
         events = max(1, round(rate * args.sustained_s))
-        result.end_to_end.append(await run("sustained", consumers, events, rate))
-    if "memory" in args.modes:
+        result.end_to_end.append(await runner.run("sustained", consumers, events, rate))
+    if first and "memory" in args.modes:
         result.end_to_end.append(
-            await run("memory", args.memory_consumers, args.memory_events, args.rate)
+            await runner.run("memory", args.memory_consumers, args.memory_events, args.rate)
         )
 
 
@@ -248,7 +327,8 @@ def execute(args: argparse.Namespace) -> int:
     # The in-process relay logs every batch; the report is the output here.
     logs.configure("WARNING")
     try:
-        result = asyncio.run(bench(args, load_settings()))
+        binary = anvil.find_binary(args.anvil, os.environ.get("TOKENDIST_STACK_DIR"))
+        result = asyncio.run(bench(args, load_settings(), binary))
     except SettingsError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

@@ -72,23 +72,46 @@ async def funded_key(rpc_url: str) -> SecretStr:
     return SecretStr("0x" + bytes(account.key).hex())
 
 
+async def block_gas_limit(url: str) -> int:
+    """The newest block's gas limit: what one block can spend, at most."""
+    block = await rpc(url, "eth_getBlockByNumber", ["latest", False])
+    assert isinstance(block, dict)
+    return int(block["gasLimit"], 16)
+
+
 def address_of(key: SecretStr) -> str:
     return str(Account.from_key(key.get_secret_value()).address)
 
 
-async def bench_settings(shared: Settings, run_id: str) -> Settings:
-    """``shared`` (the environment's settings, so TOKENDIST_* tuning still applies)
-    pointed at keys and names of our own; its database URL names the server, where the
-    benchmark creates databases of its own. ``run_id`` makes topic and group names unique."""
-    rpc_url, _ = shared.require_chain()
+def bench_settings(shared: Settings, run_id: str) -> Settings:
+    """``shared`` (the environment's settings, so TOKENDIST_* tuning still applies) with
+    topic and group names of our own; its database URL names the server, where the
+    benchmark creates databases of its own. ``run_id`` makes the names unique. Keys and
+    the node come per chain (``on_chain``)."""
     return shared.model_copy(
+        update={"topic": f"bench.{run_id}", "consumer_group": f"bench.{run_id}"}
+    )
+
+
+async def on_chain(settings: Settings, rpc_url: str) -> Settings:
+    """``settings`` pointed at the node ``rpc_url``, with a fresh operator and deployer
+    funded there."""
+    return settings.model_copy(
         update={
+            "rpc_url": rpc_url,
             "operator_key": await funded_key(rpc_url),
+            "operator_keys": None,
             "deployer_key": await funded_key(rpc_url),
-            "topic": f"bench.{run_id}",
-            "consumer_group": f"bench.{run_id}",
         }
     )
+
+
+async def with_keys(settings: Settings, count: int) -> Settings:
+    """``settings`` whose key pool is ``count`` fresh funded keys: nonces of their own."""
+    rpc_url, _ = settings.require_chain()
+    keys = [(await funded_key(rpc_url)).get_secret_value() for _ in range(count)]
+    more = SecretStr(",".join(keys[1:])) if count > 1 else None
+    return settings.model_copy(update={"operator_key": SecretStr(keys[0]), "operator_keys": more})
 
 
 def renamed(settings: Settings, suffix: str, **update: object) -> Settings:
@@ -103,9 +126,9 @@ def renamed(settings: Settings, suffix: str, **update: object) -> Settings:
 
 
 async def deploy(settings: Settings, tokenization_id: str) -> Deployment:
-    """A token and Distributor of our own, operated by the benchmark's operator key."""
+    """A token and Distributor of our own, operated by every key of the settings' pool."""
     rpc_url, deployer_key = settings.require_deployer()
-    _, operator_key = settings.require_chain()
+    _, keys = settings.require_keys()
     deployer = Deployer(rpc_url, deployer_key)
     try:
         async with db.connect(settings.database_url) as conn:
@@ -114,7 +137,7 @@ async def deploy(settings: Settings, tokenization_id: str) -> Deployment:
                 conn,
                 tokenization_id=tokenization_id,
                 property_id=f"prop-{tokenization_id}",
-                operator=address_of(operator_key),
+                operator=[address_of(k) for k in keys],
                 name="Bench Token",
                 symbol="BNCH",
                 decimals=18,

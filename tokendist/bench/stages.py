@@ -13,8 +13,10 @@ import time
 from aiokafka import AIOKafkaConsumer
 from eth_typing import HexStr
 
+from tokendist.bench import workload
 from tokendist.bench.results import BlockInterval, Rate
 from tokendist.bench.sandbox import address_of, funded_key, warmed_topic
+from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.runner import FETCH_MAX_RECORDS, FETCH_OPTIONS, FETCH_TIMEOUT_MS
 from tokendist.core import kafka
@@ -73,31 +75,38 @@ async def kafka_consume(settings: Settings, payload_bytes: int) -> Rate:
     return Rate.of(f"aiokafka getmany, {payload_bytes} B events, no processing", seen, seconds)
 
 
-async def chain_cpu(settings: Settings, count: int) -> tuple[Rate, Rate]:
-    """ABI-encoding ``distribute`` calldata and signing: the CPU a consumer spends per
-    transaction, with the consumer's own ``Chain`` (eth-account; coincurve underneath)."""
+async def chain_cpu(settings: Settings, payments: int) -> tuple[Rate, Rate]:
+    """ABI-encoding ``distributeBatch`` calldata and signing it: the CPU a consumer spends
+    per batch, with the consumer's own encoder and ``Chain`` (eth-account; coincurve
+    underneath). Both in payments/s, batches of ``batch_max_size``."""
     rpc_url, key = settings.require_chain()
     chain = Chain(rpc_url, key)
+    size = settings.batch_max_size
+    batches = max(1, payments // size)
     try:
         await chain.chain_id()  # sign() needs it cached; the only network call here
-        recipient = chain.sender
+        wallets = workload.make_wallets(size)
+        entries = [(i.to_bytes(32, "big"), w, 10**18 + i) for i, w in enumerate(wallets)]
         start = time.perf_counter()
-        calldata = [
-            chain.distribute_calldata(i.to_bytes(32, "big"), recipient, 10**18 + i)
-            for i in range(count)
-        ]
+        calldata = [contracts.batch_calldata(b * size, entries) for b in range(batches)]
         encode_s = time.perf_counter() - start
         start = time.perf_counter()
-        for i, data in enumerate(calldata):
+        for nonce, data in enumerate(calldata):
             chain.sign(
-                to=recipient, data=data, gas=100_000, nonce=i, max_fee=10**10, priority_fee=10**9
+                to=chain.sender,
+                data=data,
+                gas=10_000_000,
+                nonce=nonce,
+                max_fee=10**10,
+                priority_fee=10**9,
             )
         sign_s = time.perf_counter() - start
     finally:
         await chain.close()
-    return Rate.of("ABI-encode distribute calldata", count, encode_s), Rate.of(
-        "Chain.sign (eth-account + coincurve)", count, sign_s
-    )
+    count = batches * size
+    return Rate.of(
+        f"ABI-encode distributeBatch calldata ({size} a batch)", count, encode_s
+    ), Rate.of("Chain.sign a batch (eth-account + coincurve), per payment", count, sign_s)
 
 
 async def rpc_block_number(settings: Settings, count: int) -> Rate:
