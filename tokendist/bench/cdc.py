@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def bench(shared: Settings, stack_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
-    settings = await sandbox.bench_settings(shared, run)
+    settings = sandbox.bench_settings(shared, run)
     wallets = workload.make_wallets(USERS)
     async with sandbox.isolated_database(settings.database_url) as url:
         settings = settings.model_copy(update={"database_url": url})
