@@ -216,16 +216,17 @@ async def _act(ctx: Ctx, plan: Plan, opts: Options, result: RunResult) -> None:
     result.outstanding = await checker.wait_quiescent(ctx, opts.quiesce_timeout_s)
     ctx.note("quiet" if not result.outstanding else f"NOT quiet: {result.outstanding}")
     await ctx.fleet.shutdown()  # nothing moves while the books are read
-    # A bump is a second transaction of one (event, nonce); a re-sign after a revert and
-    # re-drive is a second nonce of one event.
+    # A bump is a second attempt of one batch; a batch that reverted or was abandoned
+    # puts its payments into later batches.
     txs = await ctx.world.pool.fetchrow(
-        "SELECT count(*) - count(DISTINCT (event_id, nonce)) AS bumps,"
-        " count(DISTINCT (event_id, nonce)) - count(DISTINCT event_id) AS resigned"
-        " FROM chain_transactions"
+        "SELECT (SELECT count(*) - count(DISTINCT batch_id) FROM chain_transactions) AS bumps,"
+        " (SELECT count(*) FROM batches) AS batches,"
+        " (SELECT count(*) FROM batches WHERE state IN ('reverted', 'abandoned')) AS redone"
     )
     assert txs is not None  # an aggregate always returns its row
     ctx.metrics["fee_bumps"] += txs["bumps"]
-    ctx.metrics["resigned_after_revert"] += txs["resigned"]
+    ctx.metrics["batches"] += txs["batches"]
+    ctx.metrics["batches_reverted_or_abandoned"] += txs["redone"]
     result.tally = await checker.tally(ctx)
     report = await harness.run_verify(ctx.world.settings, ctx.world.pool, grace_s=0.0)
     result.verify_ok, result.verify_report = report.ok, report.render()

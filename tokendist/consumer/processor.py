@@ -194,5 +194,7 @@ class Processor:
                 f"amount_too_large: a batch carries less than {contracts.AMOUNT_LIMIT}",
             )
         payment = PaymentToSign(dist.event_id, dist.payment_id, user.wallet_address, dist.tokens)
-        await self.gatherer.submit(payment, tokenization.distributor_address)
+        batch_id = await self.gatherer.submit(payment, tokenization.distributor_address)
+        if batch_id is not None:
+            await self.settler.settle(batch_id)
         return await self.repo.get(dist.event_id)

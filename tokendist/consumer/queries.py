@@ -11,12 +11,23 @@ SELECT id, property_id, chain_id, token_address, decimals, distributor_address
 FROM tokenizations WHERE id = $1
 """
 
-CLAIM = """
-INSERT INTO distributions
-    (event_id, investment_id, payment_id, user_id, tokenization_id, tokens, payload, state,
-     kafka_partition, kafka_offset)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, 'received', $8, $9)
-ON CONFLICT DO NOTHING
+# The claim and what it found, in one round trip. The outer SELECTs read the statement's
+# snapshot: they do not see this INSERT's row (the CTE returns it) nor a row committed by
+# a concurrent claim this INSERT waited for; the caller looks again when it finds no row.
+CLAIM_AND_FIND = f"""
+WITH inserted AS (
+    INSERT INTO distributions
+        (event_id, investment_id, payment_id, user_id, tokenization_id, tokens, payload,
+         state, kafka_partition, kafka_offset)
+    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, 'received', $8, $9)
+    ON CONFLICT DO NOTHING
+    RETURNING {DISTRIBUTION_COLUMNS}
+)
+SELECT 'inserted' AS found, {DISTRIBUTION_COLUMNS} FROM inserted
+UNION ALL
+SELECT 'event', {DISTRIBUTION_COLUMNS} FROM distributions WHERE event_id = $1
+UNION ALL
+SELECT 'investment', {DISTRIBUTION_COLUMNS} FROM distributions WHERE investment_id = $2
 """
 
 BY_EVENT = f"SELECT {DISTRIBUTION_COLUMNS} FROM distributions WHERE event_id = $1"

@@ -40,7 +40,7 @@ class Distribution:
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Distribution:
-        values = dict(row)
+        values = {name: row[name] for name in cls.__slots__}
         values["tokens"] = int(values["tokens"])
         values["state"] = State(values["state"])
         return cls(**values)
@@ -268,6 +268,11 @@ class Repository:
         """The user when KYC-approved with a wallet; else the event parked (awaiting_kyc).
         Check and park share one transaction under the user's KYC lock, which an approval
         also takes: an approval is either seen here or sees the parked event."""
+        # An approved user is payable whatever an approval running now does: read without
+        # the lock first (one round trip); the lock is needed only to park.
+        row = await self._db.fetchrow(queries.USER, dist.user_id)
+        if row is not None and User(**dict(row)).payable:
+            return User(**dict(row)), dist
         async with self._db.transaction() as conn:
             await conn.execute(queries.LOCK_USER_KYC, dist.user_id)
             user = await conn.fetchrow(queries.USER, dist.user_id)
@@ -298,19 +303,26 @@ class Repository:
     ) -> tuple[Distribution | None, Distribution | None]:
         """Insert the row for this event unless one exists. Returns (by event id, by
         investment id): a second event for the same investment finds only the latter."""
+        rows = await self._db.fetch(
+            queries.CLAIM_AND_FIND,
+            event_id,
+            investment_id,
+            payment_id,
+            user_id,
+            tokenization_id,
+            tokens,
+            payload,
+            partition,
+            offset,
+        )
+        found = {r["found"]: Distribution.from_row(r) for r in reversed(rows)}
+        if "inserted" in found:
+            return found["inserted"], found["inserted"]
+        if "event" in found:
+            return found["event"], found.get("investment")
+        # Nothing under this event id in the statement's snapshot: a concurrent claim may
+        # have committed it while the INSERT waited. Look again, each in a fresh snapshot.
         async with self._db.connection() as conn:
-            await conn.execute(
-                queries.CLAIM,
-                event_id,
-                investment_id,
-                payment_id,
-                user_id,
-                tokenization_id,
-                tokens,
-                payload,
-                partition,
-                offset,
-            )
             by_event = await conn.fetchrow(queries.BY_EVENT, event_id)
             by_investment = await conn.fetchrow(queries.BY_INVESTMENT, investment_id)
         return (

@@ -140,9 +140,12 @@ class ConsumerSettings(
     # The fetch loop polls every 200 ms whatever the workers do, so this only bounds a
     # wedged event loop; it never has to cover a slow chain call.
     max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
-    max_partition_buffer: int = Field(default=200, ge=1)
-    # Records of one partition in progress at once; one user's records never overlap.
-    partition_window: int = Field(default=16, ge=1, le=1024)
+    max_partition_buffer: int = Field(default=500, ge=1)
+    # Records of one partition in progress at once; one user's records never overlap. A
+    # record waits for its batch and its block: the group pays at most partitions x
+    # window / (batch wait + block time + credit) payments a second, so this must cover a
+    # few block intervals of the target rate (bench: 16 partitions x 128).
+    partition_window: int = Field(default=128, ge=1, le=1024)
     # Unexpected errors (never outages) a record may cause before it is parked as
     # processing_error: with the backoff above, about a minute of trying.
     park_after_errors: int = Field(default=10, ge=1, le=1000)
