@@ -239,6 +239,7 @@ async def _batches_only(
     settled in a task of its own."""
     repo = Repository(pool)
     key = InstantChain(_local_key())
+    await repo.register_keys(CHAIN_ID, [key.sender])
     await repo.sync_nonce(CHAIN_ID, key.sender, 0)
     await repo.index_scan(DISTRIBUTOR)  # creates the index floor at 0
     payments = await _claimed(repo, [r for part in records.values() for r in part])

@@ -104,7 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--relay-rows", type=int, default=10_000, help="outbox rows relayed; Kafka records")
     add("--db-events", type=int, default=4_000, help="events through the consumer's DB work")
     add("--chain-payments", type=int, default=4_000, help="payments per chain-stage run")
-    add("--users", type=int, default=200, help="investors the payments spread over")
+    # One investor's payments are paid strictly one after another (each waits for the
+    # previous one's credit), so a burst from few investors measures that wait: a sale's
+    # burst comes from thousands of investors, most paying once.
+    add("--users", type=int, default=5000, help="investors the payments spread over")
     add("--writers", type=int, default=4, help="payment-service connections")
     add("--timeout", type=float, default=0.0, help="hang guard, s per run (0: 600 + events/2)")
     add("--profile", action="store_true", help="py-spy on each consumer of the burst runs")
