@@ -326,6 +326,13 @@ start_anvil() {
   # 76 GB in a day of fault runs. Nothing here reads state older than the last blocks
   # (receipts and logs are kept whole).
   mkdir -p "$ST/anvil"
+  # A dump cut short (the machine stopped mid-write) is a truncated JSON file anvil
+  # refuses to start from: keep it aside and start from a fresh chain, saying so.
+  if [ -s "$ST/anvil/state.json" ] &&
+    ! python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$ST/anvil/state.json" 2>/dev/null; then
+    mv "$ST/anvil/state.json" "$ST/anvil/state.json.corrupt"
+    log "anvil's state file was unreadable (kept as state.json.corrupt): starting a fresh chain"
+  fi
   echo "$ANVIL_PORT" >"$RUN/anvil.port"
   spawn "$RUN/anvil.pid" "$LOGS/anvil.log" "$(anvil_bin)" --host $HOST --port $ANVIL_PORT \
     --chain-id 31337 --block-time "${TOKENDIST_ANVIL_BLOCK_TIME:-0.25}" \
