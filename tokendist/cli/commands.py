@@ -114,8 +114,9 @@ async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.ops.deploy import Deployer, deploy_tokenization
 
     rpc_url, deployer_key = settings.require_deployer()
-    _, operator_key = settings.require_chain()
-    operator = Account.from_key(operator_key.get_secret_value()).address
+    _, operator_keys = settings.require_keys()
+    # Every key of the pool the consumers will sign with is granted the operator role.
+    operators = [Account.from_key(k.get_secret_value()).address for k in operator_keys]
     deployer = Deployer(rpc_url, deployer_key)
     try:
         async with db.connect(settings.database_url) as conn:
@@ -124,7 +125,7 @@ async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
                 conn,
                 tokenization_id=args.tokenization_id,
                 property_id=args.property_id,
-                operator=operator,
+                operator=operators,
                 name=args.name,
                 symbol=args.symbol,
                 decimals=args.decimals,
@@ -135,7 +136,8 @@ async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
         await deployer.close()
     print(
         f"tokenization {d.tokenization_id}: token {d.token_address}, "
-        f"distributor {d.distributor_address} (operator {operator}), supply {d.supply}"
+        f"distributor {d.distributor_address} (operators {', '.join(operators)}), "
+        f"supply {d.supply}"
     )
     return 0
 
