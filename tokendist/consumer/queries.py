@@ -414,3 +414,29 @@ ON CONFLICT (distributor_address, payment_id) DO NOTHING
 """
 
 DISTRIBUTORS_ON_CHAIN = "SELECT DISTINCT distributor_address FROM tokenizations WHERE chain_id = $1"
+
+# --- periodic gauges (consumer/gauges.py) -------------------------------------------
+# Read-only, for metrics, every INTERVAL_S (30 s) per member. The parked rows are found
+# through ``distributions_open``; the last hour's rows by ``created_at`` take a sequential
+# scan of ``distributions`` until a migration adds an index on it.
+
+# A payment is parked when its row moves to awaiting_kyc (``updated_at``); a re-driven
+# event that is still not payable leaves the row untouched.
+PARKED_PAYMENTS = """
+SELECT count(*) AS parked,
+       coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 AS oldest_s
+FROM distributions WHERE state = 'awaiting_kyc'
+"""
+
+# Demand, not credits: once a Distributor runs dry its payments fail and credits stop,
+# while payments keep arriving.
+TOKENS_RECEIVED_LAST_HOUR = """
+SELECT t.id AS tokenization_id, t.token_address, t.distributor_address,
+       coalesce(sum(d.tokens), 0) AS received
+FROM tokenizations t
+LEFT JOIN distributions d
+       ON d.tokenization_id = t.id AND d.created_at > now() - interval '1 hour'
+WHERE t.chain_id = $1
+GROUP BY t.id
+ORDER BY t.id
+"""

@@ -81,6 +81,26 @@ OUTBOX_OLDEST = Gauge(
     "Age of the oldest unpublished outbox row as of the leading relay's last poll (0: none)",
 )
 
+# Read every few seconds from PostgreSQL and the node by ``consumer.gauges``: every member
+# reports the same figures, so alerts take max/min by tokenization, not a sum.
+PARKED = Gauge("tokendist_parked_payments", "Payments parked awaiting KYC (state awaiting_kyc)")
+PARKED_OLDEST = Gauge(
+    "tokendist_parked_oldest_seconds",
+    "How long the oldest payment awaiting KYC has been parked (0: none)",
+)
+# Token base units as floats: precise to 1 part in 2**53, plenty to compare against a need.
+DISTRIBUTOR_TOKENS = Gauge(
+    "tokendist_distributor_token_balance",
+    "Tokens the tokenization's Distributor holds (balanceOf, base units)",
+    ["tokenization"],
+)
+TOKENS_RECEIVED_HOUR = Gauge(
+    "tokendist_tokens_received_last_hour",
+    "Tokens of the payments received in the last hour, whatever became of them "
+    "(base units): the next hour's expected need",
+    ["tokenization"],
+)
+
 
 def forget_partition(partition: int) -> None:
     """Stop reporting a partition this process no longer owns: its last lag and retrying

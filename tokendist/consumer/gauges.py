@@ -1,0 +1,107 @@
+"""Figures no event handler sees change, read every ``interval_s`` for the metrics:
+
+- payments parked awaiting KYC: how many, and how long the oldest has waited;
+- per tokenization of this chain: its Distributor's token balance (one ``balanceOf``) and
+  the tokens of the payments received in the last hour, the next hour's expected need.
+
+A side task of the consumer. A read that fails for an outage (PostgreSQL or the node) is
+logged and tried again next tick; the last figures stay exported meanwhile, which is what
+an alert should keep seeing. Anything else is a bug and stops the consumer loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+import structlog
+
+from tokendist.consumer import queries
+from tokendist.core import db, metrics
+from tokendist.core.errors import TransientError
+
+log = structlog.get_logger("tokendist.gauges")
+
+# Alerts on these hold for minutes; reading more often would only load the database.
+INTERVAL_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    count: int
+    oldest_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenNeed:
+    tokenization_id: str
+    token_address: str
+    distributor_address: str
+    received: int  # tokens of the payments received in the last hour
+
+
+class GaugeReads(Protocol):
+    async def parked(self) -> Parked: ...
+
+    async def token_needs(self, chain_id: int) -> list[TokenNeed]: ...
+
+
+class TokenBalances(Protocol):
+    async def chain_id(self) -> int: ...
+
+    async def token_balance(self, token: str, holder: str) -> int: ...
+
+
+class GaugeStore:
+    """The PostgreSQL reads behind the gauges."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._db = db.Database(pool)
+
+    async def parked(self) -> Parked:
+        row = await self._db.fetchrow(queries.PARKED_PAYMENTS)
+        assert row is not None  # an aggregate always answers one row
+        return Parked(int(row["parked"]), float(row["oldest_s"]))
+
+    async def token_needs(self, chain_id: int) -> list[TokenNeed]:
+        rows = await self._db.fetch(queries.TOKENS_RECEIVED_LAST_HOUR, chain_id)
+        return [
+            TokenNeed(
+                r["tokenization_id"],
+                r["token_address"],
+                r["distributor_address"],
+                int(r["received"]),
+            )
+            for r in rows
+        ]
+
+
+class Gauges:
+    def __init__(
+        self, store: GaugeReads, chain: TokenBalances, *, interval_s: float = INTERVAL_S
+    ) -> None:
+        self.store = store
+        self.chain = chain
+        self.interval_s = interval_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except TransientError as exc:
+                log.warning("gauges_read_failed", error=str(exc))
+            await asyncio.sleep(self.interval_s)
+
+    async def tick(self) -> None:
+        """Read every figure once and export it."""
+        parked = await self.store.parked()
+        metrics.PARKED.set(parked.count)
+        metrics.PARKED_OLDEST.set(parked.oldest_s)
+        for need in await self.store.token_needs(await self.chain.chain_id()):
+            balance = await self.chain.token_balance(need.token_address, need.distributor_address)
+            metrics.DISTRIBUTOR_TOKENS.labels(tokenization=need.tokenization_id).set(balance)
+            metrics.TOKENS_RECEIVED_HOUR.labels(tokenization=need.tokenization_id).set(
+                need.received
+            )
