@@ -102,6 +102,7 @@ class Runner:
                 *self._metrics_server(),
                 asyncio.create_task(self._commit_loop(), name="committer"),
                 asyncio.create_task(member.resubmitter.run(), name="resubmitter"),
+                asyncio.create_task(member.gauges.run(), name="gauges"),
             ]
             # Outlives the workers' drain: the payments in hand still get batched.
             gatherer = asyncio.create_task(member.gatherer.run(), name="gatherer")

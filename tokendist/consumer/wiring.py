@@ -19,6 +19,7 @@ from tokendist.consumer.batching.gatherer import Gatherer
 from tokendist.consumer.batching.settler import Settler
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.dlq import DeadLetters
+from tokendist.consumer.gauges import Gauges, GaugeStore
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.processor import Processor
 from tokendist.consumer.repository import Repository
@@ -43,6 +44,7 @@ class Consumer:
     gatherer: Gatherer
     settler: Settler
     resubmitter: Resubmitter
+    gauges: Gauges
 
 
 async def build(
@@ -84,4 +86,5 @@ async def build(
         gatherer=gatherer,
         settler=settler,
         resubmitter=Resubmitter(settings, repo, keys),
+        gauges=Gauges(GaugeStore(pool), chains[0]),
     )
