@@ -39,8 +39,10 @@ from web3.exceptions import ContractLogicError
 
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import guarded
-from tokendist.core.errors import ChainRejected
-from tokendist.ops.deploy import Deployer
+from tokendist.core import db
+from tokendist.core.errors import ChainRejected, InvalidInput
+from tokendist.ops.deploy import Deployer, Deployment, check_deployable, record_deployment
+from tokendist.ops.repository import ToolRepository
 
 # The claim topic the platform's KYC claims carry (ERC-735 topics are the issuer's
 # choice; 1 is the customary KYC topic of ONCHAINID deployments).
@@ -51,6 +53,7 @@ ECDSA_KEY_TYPE = 1
 # What a KYC claim states: a label only, never personal data (claims are public).
 KYC_CLAIM_DATA = b"tokendist:kyc:approved"
 ZERO = "0x0000000000000000000000000000000000000000"
+MAX_DECIMALS = 18  # Token.init refuses more
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +85,15 @@ def key_hash(address: str) -> bytes:
 class Trex(Deployer):
     """The deployer key's T-REX side: deploys suites and manages identities."""
 
-    def _at(self, name: str, address: str) -> AsyncContract:
+    def contract(self, name: str, address: str) -> AsyncContract:
         return self.w3.eth.contract(
             address=AsyncWeb3.to_checksum_address(address), abi=contracts.abi(name)
         )
 
-    async def _call(self, fn: AsyncContractFunction) -> Any:
+    async def read(self, fn: AsyncContractFunction) -> Any:
         return await guarded(fn.call)
 
-    async def _send(self, fn: AsyncContractFunction) -> None:
+    async def send(self, fn: AsyncContractFunction) -> None:
         """Send ``fn`` from the deployer; a call the node says would revert is refused
         with T-REX's reason before anything is signed."""
         try:
@@ -115,25 +118,27 @@ class Trex(Deployer):
         (KYC required), identity registry storage, identity registry (bound, deployer
         as agent); returns (tir, ctr, irs, ir)."""
         tir = await self._deploy("TrustedIssuersRegistry")
-        await self._send(self._at("TrustedIssuersRegistry", tir).functions.init())
+        await self.send(self.contract("TrustedIssuersRegistry", tir).functions.init())
         ctr = await self._deploy("ClaimTopicsRegistry")
-        await self._send(self._at("ClaimTopicsRegistry", ctr).functions.init())
-        await self._send(
-            self._at("ClaimTopicsRegistry", ctr).functions.addClaimTopic(KYC_CLAIM_TOPIC)
+        await self.send(self.contract("ClaimTopicsRegistry", ctr).functions.init())
+        await self.send(
+            self.contract("ClaimTopicsRegistry", ctr).functions.addClaimTopic(KYC_CLAIM_TOPIC)
         )
-        await self._send(
-            self._at("TrustedIssuersRegistry", tir).functions.addTrustedIssuer(
+        await self.send(
+            self.contract("TrustedIssuersRegistry", tir).functions.addTrustedIssuer(
                 AsyncWeb3.to_checksum_address(claim_issuer), [KYC_CLAIM_TOPIC]
             )
         )
         irs = await self._deploy("IdentityRegistryStorage")
-        await self._send(self._at("IdentityRegistryStorage", irs).functions.init())
+        await self.send(self.contract("IdentityRegistryStorage", irs).functions.init())
         ir = await self._deploy("IdentityRegistry")
-        await self._send(self._at("IdentityRegistry", ir).functions.init(tir, ctr, irs))
-        await self._send(
-            self._at("IdentityRegistryStorage", irs).functions.bindIdentityRegistry(ir)
+        await self.send(self.contract("IdentityRegistry", ir).functions.init(tir, ctr, irs))
+        await self.send(
+            self.contract("IdentityRegistryStorage", irs).functions.bindIdentityRegistry(ir)
         )
-        await self._send(self._at("IdentityRegistry", ir).functions.addAgent(self.account.address))
+        await self.send(
+            self.contract("IdentityRegistry", ir).functions.addAgent(self.account.address)
+        )
         return tir, ctr, irs, ir
 
     async def deploy_suite(
@@ -151,13 +156,13 @@ class Trex(Deployer):
         ``fund``; the token is unpaused (T-REX deploys it paused)."""
         tir, ctr, irs, ir = await self._registries(platform.claim_issuer)
         compliance = await self._deploy("ModularCompliance")
-        await self._send(self._at("ModularCompliance", compliance).functions.init())
+        await self.send(self.contract("ModularCompliance", compliance).functions.init())
         token = await self._deploy("Token")
-        t = self._at("Token", token).functions
-        await self._send(t.init(ir, compliance, name, symbol, decimals, ZERO))
-        await self._send(t.addAgent(self.account.address))
+        t = self.contract("Token", token).functions
+        await self.send(t.init(ir, compliance, name, symbol, decimals, ZERO))
+        await self.send(t.addAgent(self.account.address))
         # The factory T-REX ships makes the token an agent of its registry too (recovery).
-        await self._send(self._at("IdentityRegistry", ir).functions.addAgent(token))
+        await self.send(self.contract("IdentityRegistry", ir).functions.addAgent(token))
         distributor = await self._deploy(
             "Distributor",
             token,
@@ -167,8 +172,8 @@ class Trex(Deployer):
         identity = await self.ensure_identity(platform, distributor)
         await self.ensure_kyc_claim(identity, platform.claim_issuer)
         await self.ensure_registered(ir, distributor, identity, country)
-        await self._send(t.unpause())
-        await self._send(t.mint(distributor, fund))
+        await self.send(t.unpause())
+        await self.send(t.mint(distributor, fund))
         return Suite(
             token=token,
             distributor=distributor,
@@ -185,17 +190,17 @@ class Trex(Deployer):
     async def ensure_identity(self, platform: Platform, wallet: str) -> str:
         """The ONCHAINID identity linked to ``wallet``, created (deployer as management
         key) when there is none."""
-        factory = self._at("IdFactory", platform.id_factory).functions
+        factory = self.contract("IdFactory", platform.id_factory).functions
         wallet = AsyncWeb3.to_checksum_address(wallet)
-        found = str(await self._call(factory.getIdentity(wallet)))
+        found = str(await self.read(factory.getIdentity(wallet)))
         if int(found, 16) == 0:
             salt = wallet.lower()
-            await self._send(
+            await self.send(
                 factory.createIdentityWithManagementKeys(
                     wallet, salt, [key_hash(self.account.address)]
                 )
             )
-            found = str(await self._call(factory.getIdentity(wallet)))
+            found = str(await self.read(factory.getIdentity(wallet)))
         return AsyncWeb3.to_checksum_address(found)
 
     def kyc_signature(self, identity: str, topic: int = KYC_CLAIM_TOPIC) -> bytes:
@@ -219,15 +224,15 @@ class Trex(Deployer):
                 [AsyncWeb3.to_checksum_address(claim_issuer), KYC_CLAIM_TOPIC],
             )
         )
-        ident = self._at("Identity", identity).functions
-        topic, _, _, signature, data, _ = await self._call(ident.getClaim(claim_id))
-        if topic == KYC_CLAIM_TOPIC and await self._call(
-            self._at("ClaimIssuer", claim_issuer).functions.isClaimValid(
+        ident = self.contract("Identity", identity).functions
+        topic, _, _, signature, data, _ = await self.read(ident.getClaim(claim_id))
+        if topic == KYC_CLAIM_TOPIC and await self.read(
+            self.contract("ClaimIssuer", claim_issuer).functions.isClaimValid(
                 identity, topic, signature, data
             )
         ):
             return
-        await self._send(
+        await self.send(
             ident.addClaim(
                 KYC_CLAIM_TOPIC,
                 ECDSA_SCHEME,
@@ -242,22 +247,86 @@ class Trex(Deployer):
         self, identity_registry: str, wallet: str, identity: str, country: int
     ) -> None:
         """``wallet`` registered with ``identity`` under ``country`` (updated if another)."""
-        ir = self._at("IdentityRegistry", identity_registry).functions
+        ir = self.contract("IdentityRegistry", identity_registry).functions
         wallet = AsyncWeb3.to_checksum_address(wallet)
-        if not await self._call(ir.contains(wallet)):
-            await self._send(ir.registerIdentity(wallet, identity, country))
+        if not await self.read(ir.contains(wallet)):
+            await self.send(ir.registerIdentity(wallet, identity, country))
             return
-        if str(await self._call(ir.identity(wallet))).lower() != identity.lower():
-            await self._send(ir.updateIdentity(wallet, identity))
-        if await self._call(ir.investorCountry(wallet)) != country:
-            await self._send(ir.updateCountry(wallet, country))
+        if str(await self.read(ir.identity(wallet))).lower() != identity.lower():
+            await self.send(ir.updateIdentity(wallet, identity))
+        if await self.read(ir.investorCountry(wallet)) != country:
+            await self.send(ir.updateCountry(wallet, country))
 
     async def ensure_removed(self, identity_registry: str, wallet: str) -> None:
-        ir = self._at("IdentityRegistry", identity_registry).functions
+        ir = self.contract("IdentityRegistry", identity_registry).functions
         wallet = AsyncWeb3.to_checksum_address(wallet)
-        if await self._call(ir.contains(wallet)):
-            await self._send(ir.deleteIdentity(wallet))
+        if await self.read(ir.contains(wallet)):
+            await self.send(ir.deleteIdentity(wallet))
 
     async def is_verified(self, identity_registry: str, wallet: str) -> bool:
-        ir = self._at("IdentityRegistry", identity_registry).functions
-        return bool(await self._call(ir.isVerified(AsyncWeb3.to_checksum_address(wallet))))
+        ir = self.contract("IdentityRegistry", identity_registry).functions
+        return bool(await self.read(ir.isVerified(AsyncWeb3.to_checksum_address(wallet))))
+
+
+async def deploy_erc3643_tokenization(
+    trex: Trex,
+    conn: db.Connection,
+    *,
+    tokenization_id: str,
+    property_id: str,
+    operator: str | Sequence[str],
+    name: str,
+    symbol: str,
+    decimals: int,
+    supply: int,
+    country: int,
+    fund: int | None = None,
+) -> Deployment:
+    """Deploy and record one ERC-3643 tokenization: a suite whose Distributor is minted
+    ``fund`` (default: the whole ``supply``; T-REX mints on demand, so the rest is minted
+    by the agent later rather than parked in a treasury). The chain's first suite also
+    deploys the platform's ONCHAINID factory and claim issuer; later ones share them."""
+    if decimals > MAX_DECIMALS:
+        raise InvalidInput(f"--decimals {decimals}: an ERC-3643 token has at most 18")
+    ops = ToolRepository(conn)
+    await check_deployable(ops, tokenization_id, supply, fund)
+    chain_id = await trex.chain_id()
+    found = await ops.erc3643_platform(chain_id)
+    platform = (
+        Platform(id_factory=found["id_factory"], claim_issuer=found["claim_issuer"])
+        if found is not None
+        else await trex.deploy_platform()
+    )
+    suite = await trex.deploy_suite(
+        platform=platform,
+        operators=[operator] if isinstance(operator, str) else operator,
+        name=name,
+        symbol=symbol,
+        decimals=decimals,
+        fund=supply if fund is None else fund,
+        country=country,
+    )
+    deployment = Deployment(
+        tokenization_id=tokenization_id,
+        property_id=property_id,
+        chain_id=chain_id,
+        token_address=suite.token,
+        distributor_address=suite.distributor,
+        decimals=decimals,
+        supply=supply,
+    )
+    await record_deployment(ops, deployment, suite_row(suite))
+    return deployment
+
+
+def suite_row(suite: Suite) -> dict[str, str | int]:
+    return {
+        "identity_registry": suite.identity_registry,
+        "identity_registry_storage": suite.identity_registry_storage,
+        "trusted_issuers_registry": suite.trusted_issuers_registry,
+        "claim_topics_registry": suite.claim_topics_registry,
+        "compliance": suite.compliance,
+        "id_factory": suite.platform.id_factory,
+        "claim_issuer": suite.platform.claim_issuer,
+        "kyc_claim_topic": suite.kyc_claim_topic,
+    }
