@@ -229,6 +229,8 @@ class ToolRepository:
         async with self._db.transaction() as conn:
             await conn.execute(queries.LOCK_USER_KYC, user_id)
             known = await conn.fetchrow(queries.K_ONCHAIN_IDENTITY, user_id)
+            if wallet is None and known is not None:
+                wallet = known["wallet_address"]
             wallet = wallet or await conn.fetchval(queries.K_USER_WALLET, user_id)
             if wallet is None:
                 raise InvalidInput(f"user {user_id} has no wallet address: pass --wallet")
