@@ -199,6 +199,7 @@ async def test_kyc_approve_and_revoke_on_chain_are_idempotent(
             "SELECT u.kyc_status, o.state FROM users u JOIN onchain_identities o "
             "ON o.user_id = u.id WHERE u.id = 'user-1'"
         )
+        assert row is not None
         assert (row["kyc_status"], row["state"]) == ("rejected", "removed")
         assert not await s.trex.is_verified(ir, wallet)
         before = await nonce(s)
@@ -230,7 +231,8 @@ async def test_kyc_interrupted_between_database_and_chain_is_finished(
         assert await kyc.finish_unfinished(conn, s.trex) == 2
         assert await s.trex.is_verified(ir, registering)
         assert not await s.trex.is_verified(ir, removing)
-        states = dict(await conn.fetch("SELECT user_id, state FROM onchain_identities"))
+        rows = await conn.fetch("SELECT user_id, state FROM onchain_identities")
+        states = {r["user_id"]: r["state"] for r in rows}
         assert states == {"user-n": "registered", "user-r": "removed"}
         assert await conn.fetchval("SELECT kyc_status FROM users WHERE id = 'user-n'") == "approved"
         assert await kyc.finish_unfinished(conn, s.trex) == 0
