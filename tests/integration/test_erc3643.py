@@ -15,6 +15,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 
 from tests.integration.test_contracts import Sender
+from tests.integration.test_operator_commands import one_line_error, tokendist
 from tokendist.consumer import contracts
 from tokendist.consumer.compliance import Refusal, RefusalReason, preflight, web3_call
 from tokendist.core.errors import InvalidInput
@@ -275,3 +276,35 @@ async def test_approve_without_country_or_deployer_key_is_refused(
             await kyc.approve(conn, "user-x", wallet, country=NIGERIA)
         assert await conn.fetchval("SELECT count(*) FROM onchain_identities") == 0
         assert await conn.fetchval("SELECT count(*) FROM users WHERE id = 'user-x'") == 0
+
+
+async def test_the_commands_deploy_approve_and_revoke(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    run = await tokendist(
+        settings, "chain", "deploy", "--tokenization-id", "tok-c", "--property-id", "p",
+        "--standard", "erc3643", "--country", str(NIGERIA), "--supply", str(FUND),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "(erc3643)" in run.stdout
+    async with pool.acquire() as conn:
+        [row] = await ToolRepository(conn).erc3643_suites()
+    wallet = Account.create().address
+    rpc_url, key = settings.require_deployer()
+    trex = Trex(rpc_url, key)
+    try:
+        missing = await tokendist(settings, "kyc", "approve", "user-c", "--wallet", wallet)
+        assert one_line_error(missing, 2).endswith("pass --country")
+        run = await tokendist(
+            settings, "kyc", "approve", "user-c", "--wallet", wallet, "--country", str(KENYA)
+        )
+        assert run.returncode == 0, run.stderr
+        assert await trex.is_verified(row["identity_registry"], wallet)
+        run = await tokendist(settings, "kyc", "revoke", "user-c")
+        assert run.returncode == 0, run.stderr
+        assert "identity removed" in run.stdout
+        assert not await trex.is_verified(row["identity_registry"], wallet)
+        unknown = await tokendist(settings, "kyc", "revoke", "nobody")
+        assert "not known" in one_line_error(unknown, 2)
+    finally:
+        await trex.close()
