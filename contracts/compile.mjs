@@ -1,9 +1,16 @@
 #!/usr/bin/env node
-// Offline, reproducible compile of contracts/src/*.sol with the solc-js
-// version pinned in contracts/package.json (the compiler is bundled in the
-// npm package: nothing is downloaded at run time). Imports such as
-// "@openzeppelin/contracts/..." resolve from contracts/node_modules only, where
-// `npm ci` puts the exact version package-lock.json pins.
+// Offline, reproducible compile of the contracts tokendist deploys, with solc-js
+// versions pinned in contracts/package.json (each compiler is bundled in its npm
+// package: nothing is downloaded at run time). Imports resolve from
+// contracts/node_modules only, where `npm ci` puts the exact versions
+// package-lock.json pins.
+//
+// Two compilation units, because they need different compilers and OpenZeppelins:
+//  - ours (contracts/src): solc 0.8.28, OpenZeppelin 5.x;
+//  - ERC-3643 (T-REX by Tokeny, npm @tokenysolutions/t-rex, and ONCHAINID, npm
+//    @onchain-id/solidity): their sources pin `pragma solidity 0.8.17` and import
+//    OpenZeppelin 4.8 as "@openzeppelin/contracts/...", which a remapping sends to the
+//    npm alias @openzeppelin/contracts-v4 (the v5 package keeps the plain name).
 //
 //   node contracts/compile.mjs          write tokendist/consumer/abi/<Name>.json (package data)
 //   node contracts/compile.mjs --check  compile in memory; exit 1 if the
@@ -14,30 +21,64 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const require = createRequire(import.meta.url);
-const solc = require('solc');
 
 const ROOT = dirname(fileURLToPath(import.meta.url));
 const SRC_DIR = join(ROOT, 'src');
 const BUILD_DIR = join(ROOT, '..', 'tokendist', 'consumer', 'abi');
-
-// Contract name -> source file (relative to src/). Order is the output order.
-const CONTRACTS = {
-  PropertyToken: 'PropertyToken.sol',
-  Distributor: 'Distributor.sol',
-};
-
-// cancun: PUSH0 and transient storage (ReentrancyGuardTransient); anvil's default
-// hardfork (latest) runs it, and so do the L2s the project targets.
-const EVM_VERSION = 'cancun';
-// The Distributor's batch loop runs thousands of times per deployment: favour run
-// cost over code size.
-const OPTIMIZER_RUNS = 10000;
 const NODE_MODULES = join(ROOT, 'node_modules');
+const TREX = '@tokenysolutions/t-rex/contracts/';
+const OID = '@onchain-id/solidity/contracts/';
 
-function openzeppelinVersion() {
-  const pkg = join(NODE_MODULES, '@openzeppelin', 'contracts', 'package.json');
-  return JSON.parse(readFileSync(pkg, 'utf8')).version;
+function packageVersion(name) {
+  return JSON.parse(readFileSync(join(NODE_MODULES, name, 'package.json'), 'utf8')).version;
 }
+
+const UNITS = [
+  {
+    solc: 'solc',
+    // Contract name -> source (relative to src/). Order is the output order.
+    contracts: {
+      PropertyToken: 'PropertyToken.sol',
+      Distributor: 'Distributor.sol',
+    },
+    readSource: (file) => readFileSync(join(SRC_DIR, file), 'utf8'),
+    // cancun: PUSH0 and transient storage (ReentrancyGuardTransient); anvil's default
+    // hardfork (latest) runs it, and so do the L2s the project targets.
+    evmVersion: 'cancun',
+    // The Distributor's batch loop runs thousands of times per deployment: favour run
+    // cost over code size.
+    optimizerRuns: 10000,
+    remappings: [],
+    provenance: () => ({ openzeppelinVersion: packageVersion('@openzeppelin/contracts') }),
+  },
+  {
+    solc: 'solc-0.8.17',
+    contracts: {
+      Token: TREX + 'token/Token.sol',
+      IdentityRegistry: TREX + 'registry/implementation/IdentityRegistry.sol',
+      IdentityRegistryStorage: TREX + 'registry/implementation/IdentityRegistryStorage.sol',
+      TrustedIssuersRegistry: TREX + 'registry/implementation/TrustedIssuersRegistry.sol',
+      ClaimTopicsRegistry: TREX + 'registry/implementation/ClaimTopicsRegistry.sol',
+      ModularCompliance: TREX + 'compliance/modular/ModularCompliance.sol',
+      CountryRestrictModule: TREX + 'compliance/modular/modules/CountryRestrictModule.sol',
+      Identity: OID + 'Identity.sol',
+      ClaimIssuer: OID + 'ClaimIssuer.sol',
+      ImplementationAuthority: OID + 'proxy/ImplementationAuthority.sol',
+      IdFactory: OID + 'factory/IdFactory.sol',
+    },
+    readSource: (file) => readFileSync(join(NODE_MODULES, file), 'utf8'),
+    // solc 0.8.17 knows no later EVM than london; T-REX's own build uses 200 runs, and
+    // more would push Token past the 24 KiB code size limit.
+    evmVersion: 'london',
+    optimizerRuns: 200,
+    remappings: ['@openzeppelin/contracts/=@openzeppelin/contracts-v4/'],
+    provenance: () => ({
+      trexVersion: packageVersion('@tokenysolutions/t-rex'),
+      onchainidVersion: packageVersion('@onchain-id/solidity'),
+      openzeppelinVersion: packageVersion('@openzeppelin/contracts-v4'),
+    }),
+  },
+];
 
 // Only package imports, only from node_modules: a missing package fails the build
 // instead of being looked up anywhere else.
@@ -49,40 +90,45 @@ function findImports(path) {
   return { contents: readFileSync(file, 'utf8') };
 }
 
-function buildInput() {
+function buildInput(unit) {
   const sources = {};
-  for (const file of new Set(Object.values(CONTRACTS))) {
-    sources[file] = { content: readFileSync(join(SRC_DIR, file), 'utf8') };
+  for (const file of new Set(Object.values(unit.contracts))) {
+    sources[file] = { content: unit.readSource(file) };
   }
   return {
     language: 'Solidity',
     sources,
     settings: {
-      optimizer: { enabled: true, runs: OPTIMIZER_RUNS },
-      evmVersion: EVM_VERSION,
+      optimizer: { enabled: true, runs: unit.optimizerRuns },
+      evmVersion: unit.evmVersion,
+      remappings: unit.remappings,
       outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } },
     },
   };
 }
 
-function compile() {
-  const output = JSON.parse(solc.compile(JSON.stringify(buildInput()), { import: findImports }));
+// Our own sources' warnings are shown; the pinned packages' warnings are known and not
+// ours to fix.
+function isOurs(file) {
+  return !file.startsWith('@');
+}
+
+function compileUnit(unit) {
+  const solc = require(unit.solc);
+  const output = JSON.parse(solc.compile(JSON.stringify(buildInput(unit)), { import: findImports }));
   const problems = output.errors || [];
   for (const p of problems) {
-    // The pinned OpenZeppelin sources' warnings (transient storage in its
-    // ReentrancyGuardTransient) are known and not ours to fix: show only our own.
     const file = p.sourceLocation?.file ?? '';
-    if (p.severity !== 'error' && file.startsWith('@openzeppelin/')) continue;
+    if (p.severity !== 'error' && !isOurs(file)) continue;
     process.stderr.write((p.formattedMessage || p.message) + '\n');
   }
   if (problems.some((p) => p.severity === 'error')) {
-    throw new Error('solc reported errors');
+    throw new Error(`solc ${solc.version()} reported errors`);
   }
 
   const solcVersion = solc.version();
-  const ozVersion = openzeppelinVersion();
   const artifacts = {};
-  for (const [name, file] of Object.entries(CONTRACTS)) {
+  for (const [name, file] of Object.entries(unit.contracts)) {
     const c = output.contracts?.[file]?.[name];
     if (!c) throw new Error(`no output for ${file}:${name}`);
     const bytecode = c.evm.bytecode.object;
@@ -93,9 +139,9 @@ function compile() {
       abi: c.abi,
       bytecode: '0x' + bytecode,
       solcVersion,
-      openzeppelinVersion: ozVersion,
-      evmVersion: EVM_VERSION,
-      optimizerRuns: OPTIMIZER_RUNS,
+      ...unit.provenance(),
+      evmVersion: unit.evmVersion,
+      optimizerRuns: unit.optimizerRuns,
     };
     artifacts[name] = JSON.stringify(artifact, null, 2) + '\n';
   }
@@ -110,7 +156,13 @@ function main(argv) {
     return 2;
   }
 
-  const { solcVersion, artifacts } = compile();
+  const artifacts = {};
+  const versions = [];
+  for (const unit of UNITS) {
+    const built = compileUnit(unit);
+    Object.assign(artifacts, built.artifacts);
+    versions.push(built.solcVersion);
+  }
 
   if (check) {
     const stale = [];
@@ -125,7 +177,7 @@ function main(argv) {
       );
       return 1;
     }
-    process.stdout.write(`build artifacts up to date (solc ${solcVersion})\n`);
+    process.stdout.write(`build artifacts up to date (solc ${versions.join(', ')})\n`);
     return 0;
   }
 
@@ -135,9 +187,12 @@ function main(argv) {
     writeFileSync(path, text);
     process.stdout.write(`wrote ${path}\n`);
   }
-  process.stdout.write(
-    `solc ${solcVersion}, OpenZeppelin ${openzeppelinVersion()}, optimizer ${OPTIMIZER_RUNS} runs, evm ${EVM_VERSION}\n`,
-  );
+  for (const unit of UNITS) {
+    const p = unit.provenance();
+    process.stdout.write(
+      `${Object.keys(unit.contracts).join(', ')}: ${JSON.stringify(p)}, optimizer ${unit.optimizerRuns} runs, evm ${unit.evmVersion}\n`,
+    );
+  }
   return 0;
 }
 

@@ -83,6 +83,7 @@ NOWHERE = {
 }
 WALLET = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 FUND_OVER_SUPPLY = ["--fund", "100", "--supply", "10"]
+ERC3643 = ["--standard", "erc3643"]
 
 
 @pytest.fixture
@@ -115,6 +116,36 @@ def exit_code(argv: list[str]) -> int:
         ["chain", "deploy", "--tokenization-id", "t", "--property-id", "p'; --"],
         ["chain", "deploy", "--tokenization-id", "t", "--property-id", "p", "--decimals", "256"],
         ["chain", "rotate-operator", "--tokenization-id", "t", "--new-operator", "0x" + "0" * 40],
+        ["chain", "deploy", "--tokenization-id", "t", "--property-id", "p", *ERC3643],
+        [
+            "chain",
+            "deploy",
+            "--tokenization-id",
+            "t",
+            "--property-id",
+            "p",
+            *ERC3643,
+            "--country",
+            "0",
+        ],
+        ["chain", "deploy", "--tokenization-id", "t", "--property-id", "p", "--standard", "erc777"],
+        [
+            "chain",
+            "deploy",
+            "--tokenization-id",
+            "t",
+            "--property-id",
+            "p",
+            *ERC3643,
+            "--country",
+            "566",
+            "--decimals",
+            "19",
+        ],
+        ["kyc", "approve", "u1", "--country", "1000"],
+        ["kyc", "approve", "u1", "--country", "NG"],
+        ["kyc", "revoke", "user 1"],
+        ["kyc", "revoke"],
         ["kyc", "approve", "user 1"],
         ["kyc", "approve", ""],
         ["kyc", "approve", "u" * 65],
@@ -241,6 +272,7 @@ COMMANDS = [
     ["chain", "deploy"],
     ["chain", "rotate-operator"],
     ["kyc", "approve"],
+    ["kyc", "revoke"],
     ["replay"],
     ["dlq", "list"],
     ["dlq", "redrive"],
@@ -264,7 +296,7 @@ OPTIONS = [
     "--fund", "--new-operator", "--wallet", "--earliest", "--to-timestamp", "--to-offsets",
     "--fresh-group", "--dry-run", "--reason", "--all", "--limit", "--grace", "--shared-chain",
     "--rate", "--count", "--users", "--seed", "--webhook-url", "--payments", "--consumers",
-    "--log-dir", "--log-level", "-h", "--", "-",
+    "--log-dir", "--log-level", "--standard", "--country", "-h", "--", "-",
 ]  # fmt: skip
 NEAR_MISSES = [
     "-5", "0", "1", "10", "-0", "+5", "007", "1e3", "nan", "inf", "-inf", "1.5", str(2**256),

@@ -111,6 +111,27 @@ def _add_consume(sub: Any) -> None:
     consume.set_defaults(handler=_async(cmd.cmd_consume))
 
 
+def _add_kyc(sub: Any) -> None:
+    kyc = sub.add_parser("kyc", help="investor verification").add_subparsers(
+        dest="k", required=True
+    )
+    approve = kyc.add_parser("approve", help="approve a user and release parked payments")
+    approve.add_argument("user_id", type=valid.identifier)
+    approve.add_argument("--wallet", type=valid.address, default=None)
+    approve.add_argument(
+        "--country",
+        type=valid.integer(1, 999),
+        default=None,
+        help="ERC-3643: the investor's country, ISO 3166-1 numeric (566: Nigeria)",
+    )
+    approve.set_defaults(handler=_tool(cmd.cmd_kyc_approve))
+    revoke = kyc.add_parser(
+        "revoke", help="revoke a user: no further payment; off every identity registry"
+    )
+    revoke.add_argument("user_id", type=valid.identifier)
+    revoke.set_defaults(handler=_tool(cmd.cmd_kyc_revoke))
+
+
 def _add_operations(sub: Any) -> None:
     _add_consume(sub)
 
@@ -130,7 +151,19 @@ def _add_operations(sub: Any) -> None:
         default=None,
         help="base units moved into the Distributor (default: all)",
     )
-    deploy.set_defaults(handler=_tool(cmd.cmd_deploy), check=cmd.fund_within_supply)
+    deploy.add_argument(
+        "--standard",
+        choices=["erc20", "erc3643"],
+        default="erc20",
+        help="erc3643: a T-REX security token suite (identity registry, compliance, ...)",
+    )
+    deploy.add_argument(
+        "--country",
+        type=valid.integer(1, 999),
+        default=None,
+        help="erc3643: the Distributor's identity's country (ISO 3166-1 numeric)",
+    )
+    deploy.set_defaults(handler=_tool(cmd.cmd_deploy), check=cmd.deploy_problem)
 
     rotate = chain.add_parser(
         "rotate-operator", help="make another key the Distributor's operator (owner only)"
@@ -141,13 +174,7 @@ def _add_operations(sub: Any) -> None:
 
     _add_keys(sub)
 
-    kyc = sub.add_parser("kyc", help="investor verification").add_subparsers(
-        dest="k", required=True
-    )
-    approve = kyc.add_parser("approve", help="approve a user and release parked payments")
-    approve.add_argument("user_id", type=valid.identifier)
-    approve.add_argument("--wallet", type=valid.address, default=None)
-    approve.set_defaults(handler=_tool(cmd.cmd_kyc_approve))
+    _add_kyc(sub)
 
     redrive = sub.add_parser(
         "redrive", help="retry distributions that failed before signing (e.g. after a top-up)"

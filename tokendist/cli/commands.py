@@ -10,10 +10,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tokendist.cli import inputs as valid
 from tokendist.core.errors import InvalidInput
 from tokendist.core.settings import ENV_PREFIX, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from tokendist.ops.trex import Trex
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO_ROOT / "stack" / "stack.sh"
@@ -111,31 +115,36 @@ async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     from eth_account import Account
 
     from tokendist.core import db
-    from tokendist.ops.deploy import Deployer, deploy_tokenization
+    from tokendist.ops.deploy import deploy_tokenization
+    from tokendist.ops.trex import Trex, deploy_erc3643_tokenization
 
     rpc_url, deployer_key = settings.require_deployer()
     _, operator_keys = settings.require_keys()
     # Every key of the pool the consumers will sign with is granted the operator role.
     operators = [Account.from_key(k.get_secret_value()).address for k in operator_keys]
-    deployer = Deployer(rpc_url, deployer_key)
+    deployer = Trex(rpc_url, deployer_key)
+    common: dict[str, Any] = {
+        "tokenization_id": args.tokenization_id,
+        "property_id": args.property_id,
+        "operator": operators,
+        "name": args.name,
+        "symbol": args.symbol,
+        "decimals": args.decimals,
+        "supply": args.supply,
+        "fund": args.fund,
+    }
     try:
         async with db.connect(settings.database_url) as conn:
-            d = await deploy_tokenization(
-                deployer,
-                conn,
-                tokenization_id=args.tokenization_id,
-                property_id=args.property_id,
-                operator=operators,
-                name=args.name,
-                symbol=args.symbol,
-                decimals=args.decimals,
-                supply=args.supply,
-                fund=args.fund,
-            )
+            if args.standard == "erc3643":
+                d = await deploy_erc3643_tokenization(
+                    deployer, conn, country=args.country, **common
+                )
+            else:
+                d = await deploy_tokenization(deployer, conn, **common)
     finally:
         await deployer.close()
     print(
-        f"tokenization {d.tokenization_id}: token {d.token_address}, "
+        f"tokenization {d.tokenization_id} ({args.standard}): token {d.token_address}, "
         f"distributor {d.distributor_address} (operators {', '.join(operators)}), "
         f"supply {d.supply}"
     )
@@ -161,6 +170,16 @@ async def cmd_rotate_operator(args: argparse.Namespace, settings: Settings) -> i
     return 0
 
 
+def _trex(settings: Settings) -> Trex | None:
+    """The deployer's ERC-3643 adapter when its key is set (kyc needs it only once an
+    ERC-3643 tokenization exists, and says so)."""
+    from tokendist.ops.trex import Trex
+
+    if settings.deployer_key is None or settings.rpc_url is None:
+        return None
+    return Trex(settings.rpc_url, settings.deployer_key)
+
+
 async def cmd_kyc_approve(args: argparse.Namespace, settings: Settings) -> int:
     from eth_account import Account
 
@@ -172,9 +191,32 @@ async def cmd_kyc_approve(args: argparse.Namespace, settings: Settings) -> int:
         for key in (settings.operator_key, settings.deployer_key)
         if key is not None
     ]
-    async with db.connect(settings.database_url) as conn:
-        released = await approve(conn, args.user_id, args.wallet, not_wallets=ours)
+    trex = _trex(settings)
+    try:
+        async with db.connect(settings.database_url) as conn:
+            released = await approve(
+                conn, args.user_id, args.wallet, not_wallets=ours, trex=trex, country=args.country
+            )
+    finally:
+        if trex is not None:
+            await trex.close()
     print(f"user {args.user_id} approved; {released} parked distributions re-driven")
+    return 0
+
+
+async def cmd_kyc_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.core import db
+    from tokendist.ops.kyc import revoke
+
+    trex = _trex(settings)
+    try:
+        async with db.connect(settings.database_url) as conn:
+            removed = await revoke(conn, args.user_id, trex=trex)
+    finally:
+        if trex is not None:
+            await trex.close()
+    where = "; identity removed from the registries" if removed else ""
+    print(f"user {args.user_id} revoked{where}")
     return 0
 
 
@@ -371,9 +413,14 @@ def dlq_redrive_names_something(args: argparse.Namespace) -> str | None:
     return None
 
 
-def fund_within_supply(args: argparse.Namespace) -> str | None:
+def deploy_problem(args: argparse.Namespace) -> str | None:
     from tokendist.ops.deploy import amounts_problem
 
+    if args.standard == "erc3643":
+        if args.country is None:
+            return "--standard erc3643 needs --country (the Distributor's identity's country)"
+        if args.decimals > 18:
+            return f"--decimals {args.decimals}: an ERC-3643 token has at most 18"
     return amounts_problem(args.supply, args.fund)
 
 

@@ -7,7 +7,7 @@ by the consumers alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -173,6 +173,45 @@ def amounts_problem(supply: int, fund: int | None) -> str | None:
     return None
 
 
+async def check_deployable(
+    ops: ToolRepository, tokenization_id: str, supply: int, fund: int | None
+) -> None:
+    """Everything that can be refused, checked before the first transaction: amounts, and
+    an id that is already recorded."""
+    if (problem := amounts_problem(supply, fund)) is not None:
+        raise InvalidInput(problem)
+    if await ops.distributor_of(tokenization_id) is not None:
+        # ChainRejected, and this text: the compose setup script recognises a re-run by them.
+        raise ChainRejected(f"tokenization {tokenization_id} is already deployed")
+
+
+async def record_deployment(
+    ops: ToolRepository, deployment: Deployment, suite: Mapping[str, str | int] | None = None
+) -> None:
+    """Record a deployed tokenization (with its ERC-3643 ``suite`` row, if one, in the same
+    transaction); the contracts exist by now, so a failure names them for whoever records
+    them by hand."""
+    d = deployment
+    unrecorded = (
+        f"deployed token {d.token_address} and distributor {d.distributor_address} but did "
+        f"not record tokenization {d.tokenization_id}"
+    )
+    try:
+        recorded = await ops.record_tokenization(
+            tokenization_id=d.tokenization_id,
+            property_id=d.property_id,
+            chain_id=d.chain_id,
+            token_address=d.token_address,
+            decimals=d.decimals,
+            distributor_address=d.distributor_address,
+            suite=suite,
+        )
+    except DatabaseUnavailable as exc:
+        raise DatabaseUnavailable(f"{unrecorded}: {exc}") from exc
+    if not recorded:
+        raise InvalidInput(f"{unrecorded}: another deploy recorded it first")
+
+
 async def deploy_tokenization(
     deployer: Deployer,
     conn: db.Connection,
@@ -186,15 +225,10 @@ async def deploy_tokenization(
     supply: int,
     fund: int | None = None,
 ) -> Deployment:
-    """Deploy, fund and record one tokenization; ``operator``: the key (or keys) granted
-    the operator role. Everything that can be refused is checked before the first
-    transaction: amounts, and an id that is already recorded."""
-    if (problem := amounts_problem(supply, fund)) is not None:
-        raise InvalidInput(problem)
+    """Deploy, fund and record one tokenization (the plain ERC-20; ``ops.trex`` deploys
+    ERC-3643 ones); ``operator``: the key (or keys) granted the operator role."""
     ops = ToolRepository(conn)
-    if await ops.distributor_of(tokenization_id) is not None:
-        # ChainRejected, and this text: the compose setup script recognises a re-run by them.
-        raise ChainRejected(f"tokenization {tokenization_id} is already deployed")
+    await check_deployable(ops, tokenization_id, supply, fund)
     token, distributor = await deployer.deploy(
         operator=operator,
         name=name,
@@ -212,22 +246,5 @@ async def deploy_tokenization(
         decimals=decimals,
         supply=supply,
     )
-    # The contracts exist now: whoever records them by hand needs their addresses.
-    unrecorded = (
-        f"deployed token {token} and distributor {distributor} but did not record "
-        f"tokenization {tokenization_id}"
-    )
-    try:
-        recorded = await ops.record_tokenization(
-            tokenization_id=tokenization_id,
-            property_id=property_id,
-            chain_id=deployment.chain_id,
-            token_address=token,
-            decimals=decimals,
-            distributor_address=distributor,
-        )
-    except DatabaseUnavailable as exc:
-        raise DatabaseUnavailable(f"{unrecorded}: {exc}") from exc
-    if not recorded:
-        raise InvalidInput(f"{unrecorded}: another deploy recorded it first")
+    await record_deployment(ops, deployment)
     return deployment

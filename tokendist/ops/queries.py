@@ -15,6 +15,36 @@ INSERT INTO tokenizations (id, property_id, chain_id, token_address, decimals, d
 VALUES ($1, $2, $3, $4, $5, $6)
 """
 
+SUITE_COLUMNS = (
+    "identity_registry",
+    "identity_registry_storage",
+    "trusted_issuers_registry",
+    "claim_topics_registry",
+    "compliance",
+    "id_factory",
+    "claim_issuer",
+    "kyc_claim_topic",
+)
+
+RECORD_SUITE = """
+INSERT INTO erc3643_suites (tokenization_id, identity_registry, identity_registry_storage,
+    trusted_issuers_registry, claim_topics_registry, compliance, id_factory, claim_issuer,
+    kyc_claim_topic)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+# The oldest suite's: every later one of the chain shares its factory and issuer.
+ERC3643_PLATFORM = """
+SELECT s.id_factory, s.claim_issuer FROM erc3643_suites s
+JOIN tokenizations t ON t.id = s.tokenization_id
+WHERE t.chain_id = $1 ORDER BY s.created_at, s.tokenization_id LIMIT 1
+"""
+
+ERC3643_SUITES = """
+SELECT s.*, t.token_address, t.distributor_address FROM erc3643_suites s
+JOIN tokenizations t ON t.id = s.tokenization_id ORDER BY s.tokenization_id
+"""
+
 # --- keys list, keys add, keys remove ----------------------------------------------
 
 K_CHAIN_DISTRIBUTORS = """
@@ -234,6 +264,59 @@ RETURNING wallet_address
 PARKED_OF_USER = """
 SELECT event_id, payload::text AS payload FROM distributions
 WHERE user_id = $1 AND state = 'awaiting_kyc'
+"""
+
+# --- kyc on-chain (ERC-3643) -----------------------------------------------------------
+
+# The intent, before the chain is touched: the wallet and country to register (the given
+# ones, else those recorded); ``previous`` is the wallet registered before, if another.
+K_BEGIN_REGISTRATION = """
+WITH old AS (SELECT wallet_address, state FROM onchain_identities WHERE user_id = $1)
+INSERT INTO onchain_identities (user_id, wallet_address, country, state)
+VALUES ($1, $2, $3, 'registering')
+ON CONFLICT (user_id) DO UPDATE
+SET wallet_address = EXCLUDED.wallet_address, country = EXCLUDED.country,
+    identity_address = CASE WHEN lower(onchain_identities.wallet_address)
+                                 = lower(EXCLUDED.wallet_address)
+                            THEN onchain_identities.identity_address END,
+    state = 'registering', updated_at = now()
+RETURNING (SELECT wallet_address FROM old WHERE state <> 'removed'
+           AND lower(wallet_address) <> lower($2)) AS previous
+"""
+
+K_ONCHAIN_IDENTITY = """
+SELECT user_id, wallet_address, country, identity_address, state FROM onchain_identities
+WHERE user_id = $1
+"""
+
+K_USER_WALLET = "SELECT wallet_address FROM users WHERE id = $1"
+
+# KYC stays pending until the chain has the identity: only the row the identity needs.
+ENSURE_USER = "INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING"
+
+K_MARK_REGISTERED = """
+UPDATE onchain_identities SET state = 'registered', identity_address = $2, updated_at = now()
+WHERE user_id = $1 AND state = 'registering'
+"""
+
+REVOKE_USER = """
+UPDATE users SET kyc_status = 'rejected', updated_at = now() WHERE id = $1 RETURNING id
+"""
+
+K_BEGIN_REMOVAL = """
+UPDATE onchain_identities SET state = 'removing', updated_at = now()
+WHERE user_id = $1 AND state <> 'removed'
+RETURNING wallet_address
+"""
+
+K_MARK_REMOVED_IDENTITY = """
+UPDATE onchain_identities SET state = 'removed', updated_at = now()
+WHERE user_id = $1 AND state = 'removing'
+"""
+
+K_UNFINISHED_IDENTITIES = """
+SELECT user_id, state FROM onchain_identities WHERE state IN ('registering', 'removing')
+ORDER BY user_id
 """
 
 # --- dlq redrive -------------------------------------------------------------------------

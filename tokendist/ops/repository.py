@@ -8,7 +8,7 @@ shared with the consumer's ``Repository``, whose guarded transitions it reuses).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import asyncpg
 
@@ -40,21 +40,39 @@ class ToolRepository:
         token_address: str,
         decimals: int,
         distributor_address: str,
+        suite: Mapping[str, str | int] | None = None,
     ) -> bool:
-        """Record a deployed tokenization; False when its id was recorded first."""
+        """Record a deployed tokenization, with its ERC-3643 ``suite`` (the columns of
+        ``erc3643_suites`` but the id) when it is one; False when its id was recorded
+        first."""
         try:
-            await self._db.execute(
-                queries.RECORD_TOKENIZATION,
-                tokenization_id,
-                property_id,
-                chain_id,
-                token_address,
-                decimals,
-                distributor_address,
-            )
+            async with self._db.transaction() as conn:
+                await conn.execute(
+                    queries.RECORD_TOKENIZATION,
+                    tokenization_id,
+                    property_id,
+                    chain_id,
+                    token_address,
+                    decimals,
+                    distributor_address,
+                )
+                if suite is not None:
+                    await conn.execute(
+                        queries.RECORD_SUITE,
+                        tokenization_id,
+                        *(suite[c] for c in queries.SUITE_COLUMNS),
+                    )
         except asyncpg.UniqueViolationError:
             return False
         return True
+
+    async def erc3643_platform(self, chain_id: int) -> asyncpg.Record | None:
+        """The ONCHAINID factory and claim issuer the chain's suites share, if any."""
+        return await self._db.fetchrow(queries.ERC3643_PLATFORM, chain_id)
+
+    async def erc3643_suites(self) -> list[asyncpg.Record]:
+        """Every ERC-3643 tokenization's suite (with ``token_address``)."""
+        return list(await self._db.fetch(queries.ERC3643_SUITES))
 
     # --- keys ----------------------------------------------------------------------
 
@@ -189,6 +207,61 @@ class ToolRepository:
             parked = await conn.fetch(queries.PARKED_OF_USER, user_id)
             await _republish(conn, [r["payload"] for r in parked])
         return len(parked)
+
+    async def approve_registered(self, user_id: str, wallet: str, identity: str) -> int:
+        """``approve`` and the on-chain identity marked registered, in one transaction."""
+        async with self._db.transaction() as conn:
+            await conn.execute(queries.LOCK_USER_KYC, user_id)
+            await conn.fetchval(queries.APPROVE_USER, user_id, wallet)
+            await conn.execute(queries.K_MARK_REGISTERED, user_id, identity)
+            parked = await conn.fetch(queries.PARKED_OF_USER, user_id)
+            await _republish(conn, [r["payload"] for r in parked])
+        return len(parked)
+
+    # --- kyc on-chain (ERC-3643) -----------------------------------------------------
+
+    async def begin_registration(
+        self, user_id: str, wallet: str | None, country: int | None
+    ) -> tuple[str, int, str | None]:
+        """Record the intent to register ``user_id`` on-chain; returns (wallet, country,
+        the wallet registered before if another). Wallet and country default to those
+        recorded; refused, with nothing written, when there are none."""
+        async with self._db.transaction() as conn:
+            await conn.execute(queries.LOCK_USER_KYC, user_id)
+            known = await conn.fetchrow(queries.K_ONCHAIN_IDENTITY, user_id)
+            if wallet is None and known is not None:
+                wallet = known["wallet_address"]
+            wallet = wallet or await conn.fetchval(queries.K_USER_WALLET, user_id)
+            if wallet is None:
+                raise InvalidInput(f"user {user_id} has no wallet address: pass --wallet")
+            if country is None:
+                if known is None:
+                    raise InvalidInput(
+                        f"user {user_id}: an ERC-3643 identity needs a country: pass --country"
+                    )
+                country = int(known["country"])
+            # The users row must exist before its identity row references it.
+            await conn.execute(queries.ENSURE_USER, user_id)
+            previous = await conn.fetchval(queries.K_BEGIN_REGISTRATION, user_id, wallet, country)
+        return wallet, country, previous
+
+    async def begin_removal(self, user_id: str) -> str | None:
+        """Revoke ``user_id`` and record the intent to remove its identity from the
+        registries, in one transaction; returns its wallet when it has an identity to
+        remove. Refused (nothing written) for an unknown user."""
+        async with self._db.transaction() as conn:
+            await conn.execute(queries.LOCK_USER_KYC, user_id)
+            if await conn.fetchval(queries.REVOKE_USER, user_id) is None:
+                raise InvalidInput(f"user {user_id} is not known")
+            wallet: str | None = await conn.fetchval(queries.K_BEGIN_REMOVAL, user_id)
+        return wallet
+
+    async def mark_removed(self, user_id: str) -> None:
+        await self._db.execute(queries.K_MARK_REMOVED_IDENTITY, user_id)
+
+    async def unfinished_identities(self) -> list[asyncpg.Record]:
+        """Identities whose registration or removal a crash interrupted."""
+        return list(await self._db.fetch(queries.K_UNFINISHED_IDENTITIES))
 
     # --- dlq redrive -----------------------------------------------------------------
 

@@ -1,0 +1,310 @@
+"""ERC-3643 (T-REX 4.1.6 and ONCHAINID 2.2.1, the real contracts) on anvil: the suite
+`chain deploy --standard erc3643` deploys, the Distributor's batch to verified and
+unregistered investors, the pre-flight's answer for each refusal, KYC approve/revoke on
+the chain (idempotent, finished after a crash), and gas per payment from receipts."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+from eth_abi.abi import encode as abi_encode
+from eth_account import Account
+
+from tests.integration.test_contracts import Sender
+from tests.integration.test_operator_commands import one_line_error, tokendist
+from tokendist.consumer import contracts
+from tokendist.consumer.compliance import Refusal, RefusalReason, preflight, web3_call
+from tokendist.core.errors import InvalidInput
+from tokendist.core.settings import Settings
+from tokendist.ops import kyc
+from tokendist.ops.deploy import Deployment
+from tokendist.ops.repository import ToolRepository
+from tokendist.ops.trex import Trex, deploy_erc3643_tokenization
+
+pytestmark = pytest.mark.integration
+
+NIGERIA, KENYA, FRANCE = 566, 404, 250
+FUND = 10**27
+
+
+@dataclass
+class Suite:
+    deployment: Deployment
+    trex: Trex
+    operator_key: str
+    rpc_url: str
+    row: asyncpg.Record
+
+
+@pytest.fixture
+async def suite(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Suite]:
+    rpc_url, key = settings.require_deployer()
+    _, operator_key = settings.require_chain()
+    trex = Trex(rpc_url, key)
+    try:
+        async with pool.acquire() as conn:
+            deployment = await deploy_erc3643_tokenization(
+                trex,
+                conn,
+                tokenization_id="tok-3643",
+                property_id="prop-1",
+                operator=Account.from_key(operator_key.get_secret_value()).address,
+                name="Lekki Towers",
+                symbol="LKT",
+                decimals=18,
+                supply=FUND,
+                country=NIGERIA,
+            )
+            [row] = await ToolRepository(conn).erc3643_suites()
+        yield Suite(deployment, trex, operator_key.get_secret_value(), rpc_url, row)
+    finally:
+        await trex.close()
+
+
+async def approve(pool: asyncpg.Pool, s: Suite, user: str, wallet: str, country: int) -> int:
+    async with pool.acquire() as conn:
+        return await kyc.approve(conn, user, wallet, trex=s.trex, country=country)
+
+
+def payments(wallets: list[str], amount: int = 10**18) -> list[tuple[bytes, str, int]]:
+    return [
+        (contracts.payment_id(f"inv-{i}-{secrets.token_hex(4)}"), w, amount)
+        for i, w in enumerate(wallets)
+    ]
+
+
+async def balance(s: Suite, wallet: str) -> int:
+    token = s.trex.contract("Token", s.deployment.token_address)
+    result: int = await s.trex.read(token.functions.balanceOf(wallet))
+    return result
+
+
+async def nonce(s: Suite) -> int:
+    return await s.trex.w3.eth.get_transaction_count(s.trex.account.address)
+
+
+async def test_suite_is_wired_as_tokeny_deploys_it(suite: Suite) -> None:
+    s, d = suite, suite.deployment
+    token = s.trex.contract("Token", d.token_address).functions
+    assert await s.trex.read(token.identityRegistry()) == s.row["identity_registry"]
+    assert await s.trex.read(token.compliance()) == s.row["compliance"]
+    assert not await s.trex.read(token.paused())
+    assert await s.trex.read(token.isAgent(s.trex.account.address))
+    # The Distributor holds the fund because it is itself a verified holder.
+    assert await s.trex.is_verified(s.row["identity_registry"], d.distributor_address)
+    assert await balance(s, d.distributor_address) == FUND
+
+
+async def test_batch_pays_a_verified_investor_and_reverts_for_an_unregistered_one(
+    suite: Suite, pool: asyncpg.Pool
+) -> None:
+    s, d = suite, suite.deployment
+    verified, unregistered = Account.create().address, Account.create().address
+    await approve(pool, s, "user-v", verified, NIGERIA)
+    sender = Sender(s.rpc_url, s.operator_key)
+    try:
+        ok = await sender.send(
+            d.distributor_address, contracts.batch_calldata(0, payments([verified]))
+        )
+        assert ok["status"] == 1
+        assert await balance(s, verified) == 10**18
+        # The premise of the pre-flight: one unregistered investor reverts the whole batch.
+        mixed = payments([Account.create().address, unregistered])
+        await approve(pool, s, "user-m", mixed[0][1], NIGERIA)
+        reverted = await sender.send(d.distributor_address, contracts.batch_calldata(1, mixed))
+        assert reverted["status"] == 0
+        assert await balance(s, mixed[0][1]) == 0
+        refused = await preflight(
+            web3_call(s.trex.w3), d.token_address, d.distributor_address,
+            [(p[0], p[1], p[2]) for p in mixed],
+        )  # fmt: skip
+        assert refused == {
+            mixed[1][0]: Refusal(
+                RefusalReason.AWAITING_KYC, f"wallet {unregistered} has no verified identity"
+            )
+        }
+    finally:
+        await sender.close()
+
+
+async def test_preflight_names_each_refusal(suite: Suite, pool: asyncpg.Pool) -> None:
+    s, d = suite, suite.deployment
+    call = web3_call(s.trex.w3)
+    a, b, c = (Account.create().address for _ in range(3))
+    await approve(pool, s, "user-a", a, NIGERIA)
+    await approve(pool, s, "user-b", b, KENYA)
+    await approve(pool, s, "user-c", c, FRANCE)
+    batch = [("e-a", a, 10**18), ("e-b", b, 10**18), ("e-c", c, 10**18)]
+    assert await preflight(call, d.token_address, d.distributor_address, batch) == {}
+
+    # A module of T-REX's own set: France restricted by CountryRestrictModule.
+    module = await s.trex._deploy("CountryRestrictModule")
+    await s.trex.send(s.trex.contract("CountryRestrictModule", module).functions.initialize())
+    compliance = s.trex.contract("ModularCompliance", s.row["compliance"]).functions
+    await s.trex.send(compliance.addModule(module))
+    selector, types = contracts.function("CountryRestrictModule", "addCountryRestriction")
+    await s.trex.send(
+        compliance.callModuleFunction(selector + abi_encode(list(types), [FRANCE]), module)
+    )
+    refused = await preflight(call, d.token_address, d.distributor_address, batch)
+    assert list(refused) == ["e-c"]
+    assert refused["e-c"].reason is RefusalReason.COMPLIANCE_REFUSED
+    assert refused["e-c"].module == "CountryRestrictModule"
+
+    token = s.trex.contract("Token", d.token_address).functions
+    await s.trex.send(token.setAddressFrozen(b, True))
+    refused = await preflight(call, d.token_address, d.distributor_address, batch)
+    assert {k: r.reason for k, r in refused.items()} == {
+        "e-b": RefusalReason.WALLET_FROZEN,
+        "e-c": RefusalReason.COMPLIANCE_REFUSED,
+    }
+
+    await s.trex.send(token.pause())
+    refused = await preflight(call, d.token_address, d.distributor_address, batch)
+    assert {r.reason for r in refused.values()} == {RefusalReason.TOKEN_PAUSED}
+    assert set(refused) == {"e-a", "e-b", "e-c"}
+
+    # Each condition cleared, the same payments pass.
+    await s.trex.send(token.unpause())
+    await s.trex.send(token.setAddressFrozen(b, False))
+    selector, types = contracts.function("CountryRestrictModule", "removeCountryRestriction")
+    await s.trex.send(
+        compliance.callModuleFunction(selector + abi_encode(list(types), [FRANCE]), module)
+    )
+    assert await preflight(call, d.token_address, d.distributor_address, batch) == {}
+
+
+async def test_kyc_approve_and_revoke_on_chain_are_idempotent(
+    suite: Suite, pool: asyncpg.Pool
+) -> None:
+    s, ir = suite, suite.row["identity_registry"]
+    wallet = Account.create().address
+    await approve(pool, s, "user-1", wallet, KENYA)
+    assert await s.trex.is_verified(ir, wallet)
+    registry = s.trex.contract("IdentityRegistry", ir).functions
+    identity = await s.trex.read(registry.identity(wallet))
+    assert await s.trex.read(registry.investorCountry(wallet)) == KENYA
+
+    before = await nonce(s)
+    await approve(pool, s, "user-1", wallet, KENYA)  # again: not one transaction
+    assert await nonce(s) == before
+    assert await s.trex.read(registry.identity(wallet)) == identity
+
+    async with pool.acquire() as conn:
+        assert await kyc.revoke(conn, "user-1", trex=s.trex)
+        row = await conn.fetchrow(
+            "SELECT u.kyc_status, o.state FROM users u JOIN onchain_identities o "
+            "ON o.user_id = u.id WHERE u.id = 'user-1'"
+        )
+        assert row is not None
+        assert (row["kyc_status"], row["state"]) == ("rejected", "removed")
+        assert not await s.trex.is_verified(ir, wallet)
+        before = await nonce(s)
+        assert not await kyc.revoke(conn, "user-1", trex=s.trex)  # again: nothing to do
+        assert await nonce(s) == before
+
+    # Approved again: the same ONCHAINID (the factory links it to the wallet) comes back.
+    await approve(pool, s, "user-1", wallet, KENYA)
+    assert await s.trex.read(registry.identity(wallet)) == identity
+    assert await s.trex.is_verified(ir, wallet)
+
+
+async def test_kyc_interrupted_between_database_and_chain_is_finished(
+    suite: Suite, pool: asyncpg.Pool
+) -> None:
+    s, ir = suite, suite.row["identity_registry"]
+    registering, removing = Account.create().address, Account.create().address
+    await approve(pool, s, "user-r", removing, NIGERIA)
+    async with pool.acquire() as conn:
+        ops = ToolRepository(conn)
+        # A crash right after each command's first transaction: the intent is recorded,
+        # the chain untouched, the user not approved (nothing is paid meanwhile).
+        await ops.begin_registration("user-n", registering, KENYA)
+        assert await ops.begin_removal("user-r") == removing
+        assert not await s.trex.is_verified(ir, registering)
+        assert await s.trex.is_verified(ir, removing)
+        assert await conn.fetchval("SELECT kyc_status FROM users WHERE id = 'user-n'") == "pending"
+
+        assert await kyc.finish_unfinished(conn, s.trex) == 2
+        assert await s.trex.is_verified(ir, registering)
+        assert not await s.trex.is_verified(ir, removing)
+        rows = await conn.fetch("SELECT user_id, state FROM onchain_identities")
+        states = {r["user_id"]: r["state"] for r in rows}
+        assert states == {"user-n": "registered", "user-r": "removed"}
+        assert await conn.fetchval("SELECT kyc_status FROM users WHERE id = 'user-n'") == "approved"
+        assert await kyc.finish_unfinished(conn, s.trex) == 0
+
+
+async def test_gas_per_payment_of_a_trex_batch(suite: Suite, pool: asyncpg.Pool) -> None:
+    s, d = suite, suite.deployment
+    n = 20
+    wallets = [Account.create().address for _ in range(n)]
+    for i, wallet in enumerate(wallets):
+        await approve(pool, s, f"user-g{i}", wallet, NIGERIA)
+    sender = Sender(s.rpc_url, s.operator_key)
+    try:
+        first = await sender.send(
+            d.distributor_address, contracts.batch_calldata(0, payments(wallets))
+        )
+        again = await sender.send(
+            d.distributor_address, contracts.batch_calldata(n, payments(wallets))
+        )
+    finally:
+        await sender.close()
+    assert first["status"] == again["status"] == 1
+    assert [await balance(s, w) for w in wallets] == [2 * 10**18] * n
+    new_holder, existing_holder = first["gasUsed"] / n, again["gasUsed"] / n
+    print(  # noqa: T201 -- the figures the closing note reports
+        f"T-REX batch of {n}: gas per payment {new_holder:.0f} (new holders), "
+        f"{existing_holder:.0f} (existing holders)"
+    )
+    assert new_holder > existing_holder
+
+
+async def test_approve_without_country_or_deployer_key_is_refused(
+    suite: Suite, pool: asyncpg.Pool
+) -> None:
+    wallet = Account.create().address
+    async with pool.acquire() as conn:
+        with pytest.raises(InvalidInput, match="pass --country"):
+            await kyc.approve(conn, "user-x", wallet, trex=suite.trex)
+        with pytest.raises(InvalidInput, match="deployer key"):
+            await kyc.approve(conn, "user-x", wallet, country=NIGERIA)
+        assert await conn.fetchval("SELECT count(*) FROM onchain_identities") == 0
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE id = 'user-x'") == 0
+
+
+async def test_the_commands_deploy_approve_and_revoke(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    run = await tokendist(
+        settings, "chain", "deploy", "--tokenization-id", "tok-c", "--property-id", "p",
+        "--standard", "erc3643", "--country", str(NIGERIA), "--supply", str(FUND),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "(erc3643)" in run.stdout
+    async with pool.acquire() as conn:
+        [row] = await ToolRepository(conn).erc3643_suites()
+    wallet = Account.create().address
+    rpc_url, key = settings.require_deployer()
+    trex = Trex(rpc_url, key)
+    try:
+        missing = await tokendist(settings, "kyc", "approve", "user-c", "--wallet", wallet)
+        assert one_line_error(missing, 2).endswith("pass --country")
+        run = await tokendist(
+            settings, "kyc", "approve", "user-c", "--wallet", wallet, "--country", str(KENYA)
+        )
+        assert run.returncode == 0, run.stderr
+        assert await trex.is_verified(row["identity_registry"], wallet)
+        run = await tokendist(settings, "kyc", "revoke", "user-c")
+        assert run.returncode == 0, run.stderr
+        assert "identity removed" in run.stdout
+        assert not await trex.is_verified(row["identity_registry"], wallet)
+        unknown = await tokendist(settings, "kyc", "revoke", "nobody")
+        assert "not known" in one_line_error(unknown, 2)
+    finally:
+        await trex.close()
