@@ -13,11 +13,14 @@ import asyncpg
 import pytest
 from eth_abi.abi import encode as abi_encode
 from eth_account import Account
+from pydantic import SecretStr
 
+from tests.integration import harness
 from tests.integration.test_contracts import Sender
 from tests.integration.test_operator_commands import one_line_error, tokendist
 from tokendist.consumer import contracts
-from tokendist.consumer.compliance import Refusal, RefusalReason, preflight, web3_call
+from tokendist.consumer.chain import Chain
+from tokendist.consumer.compliance import EthCall, Refusal, RefusalReason, preflight
 from tokendist.core.errors import InvalidInput
 from tokendist.core.settings import Settings
 from tokendist.ops import kyc
@@ -106,6 +109,7 @@ async def test_batch_pays_a_verified_investor_and_reverts_for_an_unregistered_on
     verified, unregistered = Account.create().address, Account.create().address
     await approve(pool, s, "user-v", verified, NIGERIA)
     sender = Sender(s.rpc_url, s.operator_key)
+    sender_chain = Chain(s.rpc_url, SecretStr(s.operator_key))
     try:
         ok = await sender.send(
             d.distributor_address, contracts.batch_calldata(0, payments([verified]))
@@ -119,7 +123,7 @@ async def test_batch_pays_a_verified_investor_and_reverts_for_an_unregistered_on
         assert reverted["status"] == 0
         assert await balance(s, mixed[0][1]) == 0
         refused = await preflight(
-            web3_call(s.trex.w3), d.token_address, d.distributor_address,
+            sender_chain.call, d.token_address, d.distributor_address,
             [(p[0], p[1], p[2]) for p in mixed],
         )  # fmt: skip
         assert refused == {
@@ -129,11 +133,20 @@ async def test_batch_pays_a_verified_investor_and_reverts_for_an_unregistered_on
         }
     finally:
         await sender.close()
+        await sender_chain.close()
 
 
 async def test_preflight_names_each_refusal(suite: Suite, pool: asyncpg.Pool) -> None:
-    s, d = suite, suite.deployment
-    call = web3_call(s.trex.w3)
+    s = suite
+    chain = Chain(s.rpc_url, SecretStr(s.operator_key))
+    try:
+        await _preflight_refusals(s, pool, chain.call)
+    finally:
+        await chain.close()
+
+
+async def _preflight_refusals(s: Suite, pool: asyncpg.Pool, call: EthCall) -> None:
+    d = s.deployment
     a, b, c = (Account.create().address for _ in range(3))
     await approve(pool, s, "user-a", a, NIGERIA)
     await approve(pool, s, "user-b", b, KENYA)
@@ -308,3 +321,42 @@ async def test_the_commands_deploy_approve_and_revoke(
         assert "not known" in one_line_error(unknown, 2)
     finally:
         await trex.close()
+
+
+async def test_the_consumer_parks_an_unverified_investor_unsigned_then_pays_after_kyc_approve(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    """A payment to an investor without a verified identity on-chain is parked before
+    anything is signed (the token would revert the whole batch, every batch-mate with it),
+    and paid once ``kyc approve`` has registered the identity and re-driven it."""
+    d = suite.deployment
+    verified = harness.payment(d, 1, user=0)
+    unverified = harness.payment(d, 2, user=1)  # approved before this token existed
+    assert verified.wallet_address is not None
+    assert unverified.wallet_address is not None
+    await approve(pool, suite, verified.user_id, verified.wallet_address, NIGERIA)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.pay(pool, verified)
+        await harness.pay(pool, unverified)
+        await harness.wait_until(lambda: _state_is(pool, "inv-1", "credited"), what="inv-1")
+        await harness.wait_until(lambda: _state_is(pool, "inv-2", "awaiting_kyc"), what="park")
+        batched = "SELECT count(*) FROM distributions WHERE batch_id IS NOT NULL"
+        assert await pool.fetchval(batched) == 1, "the parked payment is in no batch"
+        assert await pool.fetchval("SELECT count(*) FROM batches WHERE state = 'reverted'") == 0
+        released = await approve(
+            pool, suite, unverified.user_id, unverified.wallet_address, NIGERIA
+        )
+        assert released == 1
+        await harness.wait_until(lambda: _state_is(pool, "inv-2", "credited"), what="inv-2")
+    assert await balance(suite, verified.wallet_address) == verified.tokens
+    assert await balance(suite, unverified.wallet_address) == unverified.tokens
+    paid = sorted((p.to, p.amount) for p in await harness.payouts(settings, d))
+    bought = [
+        (verified.wallet_address, verified.tokens),
+        (unverified.wallet_address, unverified.tokens),
+    ]
+    assert paid == sorted((wallet.lower(), tokens) for wallet, tokens in bought)
+
+
+async def _state_is(pool: asyncpg.Pool, investment: str, state: str) -> bool:
+    return await harness.state_of(pool, investment) == state

@@ -379,6 +379,9 @@ class FakeChain:
         await self._io()
         return {h: self.node.mined.get(h) for h in tx_hashes}
 
+    async def call(self, to: str, data: bytes) -> bytes:
+        raise ChainRejected(f"eth_call to {to}: the fake node serves no view functions")
+
     async def block_number(self) -> int:
         await self._io()
         return self.node.block

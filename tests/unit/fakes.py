@@ -451,6 +451,10 @@ class FakeRepository:
             {t.distributor_address for t in self.tokenizations.values() if t.chain_id == chain_id}
         )
 
+    async def erc3643_token(self, distributor: str) -> str | None:
+        await self._io()
+        return None  # the fakes' tokenizations are plain ERC-20s
+
     async def index_scan(self, distributor: str) -> tuple[int, int]:
         await self._io()
         next_index, scanned = self.indices.setdefault(distributor, [0, -1])

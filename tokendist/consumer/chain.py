@@ -249,6 +249,15 @@ class Chain:
         }
         return [dict(entry) for entry in await guarded(lambda: self.w3.eth.get_logs(params))]
 
+    async def call(self, to: str, data: bytes) -> bytes:
+        """``eth_call`` at the latest block: what a view function answers; a revert is
+        ``ChainRejected``."""
+        tx: Any = {"to": AsyncWeb3.to_checksum_address(to), "data": data}
+        try:
+            return bytes(await guarded(lambda: self.w3.eth.call(tx)))
+        except ContractLogicError as exc:
+            raise ChainRejected(f"eth_call to {to} reverted: {exc.message or exc}") from exc
+
     async def token_balance(self, token: str, holder: str) -> int:
         contract = self.w3.eth.contract(
             address=AsyncWeb3.to_checksum_address(token), abi=contracts.abi("PropertyToken")

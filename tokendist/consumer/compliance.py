@@ -19,7 +19,8 @@ Payments to the same wallet in one call are checked cumulatively (the second is 
 another: a maximum-balance module would refuse the second. Modules that count transfers
 rather than sum amounts are not modelled; a batch they refuse reverts, like any revert.
 
-Pure but for ``w3_call``, the injected ``eth_call``: ``(to, calldata) -> return data``.
+Pure but for ``w3_call``, the injected ``eth_call``: ``(to, calldata) -> return data``
+(``Chain.call``).
 """
 
 from __future__ import annotations
@@ -32,12 +33,8 @@ from typing import Any, TypeVar
 
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
-from web3 import AsyncWeb3
-from web3.exceptions import ContractLogicError
 
 from tokendist.consumer import contracts
-from tokendist.consumer.chain import guarded
-from tokendist.core.errors import ChainRejected
 
 EthCall = Callable[[str, bytes], Awaitable[bytes]]
 K = TypeVar("K", bound=Hashable)
@@ -55,20 +52,6 @@ class Refusal:
     reason: RefusalReason
     detail: str
     module: str | None = None  # compliance_refused: the module's name() (or its address)
-
-
-def web3_call(w3: AsyncWeb3[Any]) -> EthCall:
-    """``w3``'s ``eth_call`` at the latest block as an ``EthCall``: an outage is
-    ``ChainUnavailable``; a revert (not a T-REX token, say) ``ChainRejected``."""
-
-    async def call(to: str, data: bytes) -> bytes:
-        tx: Any = {"to": AsyncWeb3.to_checksum_address(to), "data": data}
-        try:
-            return bytes(await guarded(lambda: w3.eth.call(tx)))
-        except ContractLogicError as exc:
-            raise ChainRejected(f"eth_call to {to} reverted: {exc.message or exc}") from exc
-
-    return call
 
 
 async def _read(w3_call: EthCall, contract: str, address: str, fn: str, *args: Any) -> Any:

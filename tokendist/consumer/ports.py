@@ -136,6 +136,10 @@ class ChainClient(Protocol):
 
     async def block_number(self) -> int: ...
 
+    async def call(self, to: str, data: bytes) -> bytes:
+        """``eth_call`` at the latest block; ``ChainRejected`` if it reverts."""
+        ...
+
     async def distributed_logs(
         self, distributor: str, from_block: int = 0, to_block: int | None = None
     ) -> list[dict[str, Any]]:
@@ -203,6 +207,10 @@ class BatchStore(DistributionStore, KeyBook, Protocol):
         ...
 
     async def sync_nonce(self, chain_id: int, sender: str, chain_pending: int) -> int: ...
+
+    async def erc3643_token(self, distributor: str) -> str | None:
+        """The token of ``distributor``'s tokenization if it is an ERC-3643 (T-REX) one."""
+        ...
 
     async def next_nonce(self, chain_id: int, sender: str) -> int: ...
 

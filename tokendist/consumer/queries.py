@@ -413,6 +413,13 @@ FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bigint[])
 ON CONFLICT (distributor_address, payment_id) DO NOTHING
 """
 
+# A tokenization and its suite are recorded in one transaction: once the consumer sees a
+# tokenization, whether it is ERC-3643 is settled.
+SUITE_OF_DISTRIBUTOR = """
+SELECT t.token_address FROM tokenizations t JOIN erc3643_suites s ON s.tokenization_id = t.id
+WHERE t.distributor_address = $1
+"""
+
 DISTRIBUTORS_ON_CHAIN = "SELECT DISTINCT distributor_address FROM tokenizations WHERE chain_id = $1"
 
 # --- periodic gauges (consumer/gauges.py) -------------------------------------------

@@ -209,6 +209,7 @@ class Repository:
         self._db = db.Database(pool)
         # Tokenizations are only ever inserted: one found is kept, one missing is asked again.
         self._tokenizations: dict[str, Tokenization] = {}
+        self._erc3643: dict[str, str | None] = {}  # by Distributor: its T-REX token, or None
 
     async def tokenization(self, tokenization_id: str) -> Tokenization | None:
         known = self._tokenizations.get(tokenization_id)
@@ -560,6 +561,12 @@ class Repository:
         return [r["id"] for r in await self._db.fetch(queries.OPEN_BATCHES, chain_id)]
 
     # --- the index floor ------------------------------------------------------------
+
+    async def erc3643_token(self, distributor: str) -> str | None:
+        if distributor not in self._erc3643:
+            token = await self._db.fetchval(queries.SUITE_OF_DISTRIBUTOR, distributor)
+            self._erc3643[distributor] = token
+        return self._erc3643[distributor]
 
     async def distributors(self, chain_id: int) -> list[str]:
         rows = await self._db.fetch(queries.DISTRIBUTORS_ON_CHAIN, chain_id)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import structlog
 from eth_typing import HexStr
 
-from tokendist.consumer import contracts
+from tokendist.consumer import compliance, contracts
 from tokendist.consumer.batching.settler import Settler
 from tokendist.consumer.chain import Signed
 from tokendist.consumer.keypool import KeyPool
@@ -135,6 +135,11 @@ class Gatherer:
     async def _sign(self, batch: list[_Waiting]) -> None:
         distributor = batch[0].distributor
         key = await self.keys.acquire()
+        token = await self.repo.erc3643_token(distributor)
+        if token is not None:
+            batch = await self._preflight(key, token, distributor, batch)
+            if not batch:
+                return
         try:
             gas, payable = await self._estimate(key, distributor, batch)
         except KeyRejected as exc:
@@ -227,6 +232,38 @@ class Gatherer:
         middle = len(batch) // 2
         left = await self._payable(key, distributor, batch[:middle])
         return left + await self._payable(key, distributor, batch[middle:])
+
+    async def _preflight(
+        self, key: OperatorChain, token: str, distributor: str, batch: list[_Waiting]
+    ) -> list[_Waiting]:
+        """An ERC-3643 token reverts a transfer to an unverified, frozen or non-compliant
+        wallet, and one revert reverts the whole batch: each payment is asked first.
+        One without a verified identity waits for ``kyc approve`` (which registers it
+        and re-drives the event); any other refusal fails retryable with its reason."""
+        refused = await compliance.preflight(
+            key.call,
+            token,
+            distributor,
+            [(w.payment.event_id, w.payment.recipient, w.payment.tokens) for w in batch],
+        )
+        for waiting in batch:
+            refusal = refused.get(waiting.payment.event_id)
+            if refusal is None:
+                continue
+            if refusal.reason is compliance.RefusalReason.AWAITING_KYC:
+                await self._park(waiting, refusal.detail)
+            else:
+                await self._refuse(waiting, f"{refusal.reason}: {refusal.detail}")
+        return [w for w in batch if w.payment.event_id not in refused]
+
+    async def _park(self, waiting: _Waiting, detail: str) -> None:
+        dist = await self.repo.get(waiting.payment.event_id)
+        if dist.state is State.RECEIVED:
+            with contextlib.suppress(StateConflict):  # moved meanwhile: the processor sees
+                await self.repo.transition(dist, State.AWAITING_KYC)
+        log.info("payment_awaiting_identity", event_id=str(dist.event_id), detail=detail)
+        if not waiting.future.done():
+            waiting.future.set_result(None)
 
     async def _refuse(self, waiting: _Waiting, reason: str) -> None:
         dist = await self.repo.get(waiting.payment.event_id)
