@@ -282,3 +282,35 @@ async def test_a_users_payments_run_one_after_another_while_other_users_share_th
         paid[recipient] = paid.get(recipient, 0) + amount
     assert paid == {wallet.lower(): tokens for wallet, tokens in expected.items()}
     assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_batches_of_several_members_signing_at_once_never_run_out_of_gas(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    """Found by the benchmark: a member estimated its batch at the index floor it read,
+    while other members took those indices and had them paid; the estimate met them paid
+    (no transfer: a fraction of the gas), and the batch then signed with it ran out of gas
+    on-chain. Three members, one user per payment so that batches fill at once. (The race
+    needs a block sealed between one member's look at the floor and its estimate: rare
+    here; the benchmark's three processes met it in 366 of 20,000 payments before the
+    fix, none after.)"""
+    n = 600
+    expected = await harness.confirm_payments(pool, tokenization, n, users=n)
+    busy = settings.model_copy(update={"batch_max_size": 40, "batch_max_wait_s": 0.2})
+    members = (harness.consumer(busy), harness.consumer(busy), harness.consumer(busy))
+    async with harness.relay(busy), members[0], members[1], members[2]:
+        await harness.wait_until(
+            lambda: _settled(pool, n), timeout=180, what=f"{n} credited or failed"
+        )
+    reverted = await harness.count(pool, "SELECT count(*) FROM batches WHERE state = 'reverted'")
+    assert reverted == 0
+    assert await credited_is(pool, n)
+    paid: dict[str, int] = {}
+    for to, amount in await harness.paid_to(settings, tokenization):
+        paid[to] = paid.get(to, 0) + amount
+    assert paid == {w.lower(): t for w, t in expected.items()}
+
+
+async def _settled(pool: asyncpg.Pool, n: int) -> bool:
+    done = "SELECT count(*) FROM distributions WHERE state IN ('credited', 'failed')"
+    return await harness.count(pool, done) >= n
