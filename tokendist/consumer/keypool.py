@@ -46,10 +46,6 @@ class KeyPool:
         self._last_used: dict[str, float] = dict.fromkeys(self.keys, 0.0)
         self._resting: dict[str, float] = {}
 
-    def key(self, sender: str) -> OperatorChain | None:
-        """This process's key for ``sender``, if it holds it."""
-        return self.keys.get(sender)
-
     async def register(self) -> None:
         """Make the configured keys known (active unless an operator said otherwise)."""
         chain_id = await self.node.chain_id()

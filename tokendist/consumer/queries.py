@@ -31,7 +31,6 @@ SELECT 'investment', {DISTRIBUTION_COLUMNS} FROM distributions WHERE investment_
 """
 
 BY_EVENT = f"SELECT {DISTRIBUTION_COLUMNS} FROM distributions WHERE event_id = $1"
-BY_EVENT_FOR_UPDATE = BY_EVENT + " FOR UPDATE"
 BY_INVESTMENT = f"SELECT {DISTRIBUTION_COLUMNS} FROM distributions WHERE investment_id = $1"
 
 USER = "SELECT id, kyc_status, wallet_address FROM users WHERE id = $1"
@@ -67,52 +66,9 @@ WHERE chain_id = $1 AND sender = $2
 
 NEXT_NONCE = "SELECT next_nonce FROM sender_nonces WHERE chain_id = $1 AND sender = $2"
 
-INFLIGHT = """
-SELECT count(*) FROM distributions WHERE sender = $1 AND state IN ('signed', 'submitted')
-"""
-
-# ON CONFLICT: byte-identical replacements signed by two members at once are one
-# transaction; the second insert is a no-op.
-INSERT_TX = """
-INSERT INTO chain_transactions
-    (tx_hash, event_id, chain_id, sender, nonce, raw_tx, gas_limit, max_fee_per_gas,
-     priority_fee)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (tx_hash) DO NOTHING
-"""
-
-MARK_SIGNED = f"""
-UPDATE distributions
-SET state = 'signed', recipient = $2, sender = $3, nonce = $4, tx_hash = $5,
-    updated_at = now()
-WHERE event_id = $1
-RETURNING {DISTRIBUTION_COLUMNS}
-"""
-
-# The transactions of the event's current nonce (a re-driven event's reverted
-# transaction of an earlier nonce is history, not a candidate).
-TRANSACTIONS_OF = """
-SELECT t.tx_hash, t.raw_tx, t.nonce, t.max_fee_per_gas, t.priority_fee, t.created_at,
-       t.broadcast_at
-FROM chain_transactions t JOIN distributions d ON d.event_id = t.event_id
-WHERE t.event_id = $1 AND t.nonce = d.nonce AND t.sender = d.sender
-ORDER BY t.created_at, t.max_fee_per_gas
-"""
-
-NEWEST_TX = """
-SELECT t.tx_hash FROM chain_transactions t JOIN distributions d ON d.event_id = t.event_id
-WHERE t.event_id = $1 AND t.nonce = d.nonce AND t.sender = d.sender
-ORDER BY t.max_fee_per_gas DESC, t.created_at DESC LIMIT 1
-"""
 
 MARK_BROADCAST = "UPDATE chain_transactions SET broadcast_at = now() WHERE tx_hash = $1"
 
-MARK_CONFIRMED = f"""
-UPDATE distributions
-SET state = 'confirmed', tx_hash = $2, block_number = $3, updated_at = now()
-WHERE event_id = $1 AND state IN ('signed', 'submitted')
-RETURNING {DISTRIBUTION_COLUMNS}
-"""
 
 CREDIT_HOLDING = """
 INSERT INTO token_holdings (user_id, tokenization_id, property_id, balance)
@@ -121,36 +77,6 @@ ON CONFLICT (user_id, tokenization_id)
 DO UPDATE SET balance = token_holdings.balance + EXCLUDED.balance, updated_at = now()
 """
 
-LEDGER_PAIR = """
-INSERT INTO ledger_entries (event_id, tokenization_id, account, amount)
-VALUES ($1, $2, 'distributor:' || $2, -$3::numeric), ($1, $2, 'investor:' || $4, $3::numeric)
-"""
-
-MARK_INVESTMENT_DISTRIBUTED = """
-UPDATE investments SET status = 'tokens_distributed', updated_at = now()
-WHERE id = $1 AND status <> 'tokens_distributed'
-"""
-
-MARK_CREDITED = f"""
-UPDATE distributions
-SET state = 'credited', credited_at = now(), updated_at = now()
-WHERE event_id = $1 AND state = 'confirmed'
-RETURNING {DISTRIBUTION_COLUMNS}
-"""
-
-# The resubmitter's view: the newest transaction of every unconfirmed distribution.
-PENDING_TRANSACTIONS = """
-SELECT DISTINCT ON (t.event_id)
-       t.event_id, t.tx_hash, t.raw_tx, t.nonce, t.gas_limit, t.max_fee_per_gas, t.priority_fee,
-       t.created_at, t.broadcast_at, d.payment_id, d.recipient, d.tokens,
-       tk.distributor_address
-FROM chain_transactions t
-JOIN distributions d ON d.event_id = t.event_id
-JOIN tokenizations tk ON tk.id = d.tokenization_id
-WHERE d.state IN ('signed', 'submitted') AND t.chain_id = $1 AND t.sender = $2
-  AND t.nonce = d.nonce
-ORDER BY t.event_id, t.max_fee_per_gas DESC
-"""
 
 # The confirmed payment an event claims to be: written by outbox.enqueue in the payment's
 # own transaction. Kafka carries events; this row is what makes one payable.
@@ -382,10 +308,6 @@ WHERE b.chain_id = $1 AND b.sender = $2 AND b.state IN ('signed', 'submitted')
 ORDER BY b.id, t.max_fee_per_gas DESC, t.created_at DESC
 """
 
-OPEN_BATCHES = """
-SELECT id FROM batches WHERE chain_id = $1 AND state IN ('signed', 'submitted', 'confirmed')
-ORDER BY id
-"""
 
 # --- the index floor ----------------------------------------------------------------
 

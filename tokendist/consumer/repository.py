@@ -557,9 +557,6 @@ class Repository:
             await _insert_attempt(conn, batch_id, row["chain_id"], row["sender"], signed)
         return True
 
-    async def open_batches(self, chain_id: int) -> list[int]:
-        return [r["id"] for r in await self._db.fetch(queries.OPEN_BATCHES, chain_id)]
-
     # --- the index floor ------------------------------------------------------------
 
     async def erc3643_token(self, distributor: str) -> str | None:
