@@ -25,6 +25,7 @@ from eth_typing import HexStr
 from tokendist.consumer import contracts
 from tokendist.consumer.batching.settler import Settler
 from tokendist.consumer.chain import Signed
+from tokendist.consumer.fees import FeeCap
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.ports import BatchStore, OperatorChain
 from tokendist.consumer.repository import BatchRequest, PaymentToSign
@@ -72,6 +73,7 @@ class Gatherer:
         self.keys = keys
         self.settler = settler
         self.failpoints = failpoints
+        self.fee_cap = FeeCap(settings)
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._arrived = asyncio.Event()
 
@@ -239,9 +241,7 @@ class Gatherer:
             waiting.future.set_result(None)
 
     async def _fees(self) -> tuple[int, int]:
-        tip = self.settings.priority_fee_wei
-        base = await self.keys.node.base_fee()
-        return min(2 * base + tip, self.settings.max_fee_wei), tip
+        return self.fee_cap.fees(await self.keys.node.base_fee())
 
 
 def _entry(payment: PaymentToSign) -> tuple[bytes, str, int]:
