@@ -97,6 +97,10 @@ def label(index: int, url: str) -> str:
     return f"{index}/{host}:{parts.port}" if parts.port else f"{index}/{host}"
 
 
+async def block_number(w3: AsyncWeb3[AsyncHTTPProvider]) -> int:
+    return int(await w3.eth.block_number)
+
+
 @dataclass(slots=True)
 class Endpoint:
     name: str
@@ -115,11 +119,13 @@ class Endpoints:
         urls: Sequence[str],
         settings: RpcSettings,
         clock: Callable[[], float] = time.monotonic,
+        head: Callable[[AsyncWeb3[AsyncHTTPProvider]], Awaitable[int]] = block_number,
     ) -> None:
         if not urls:
             raise ValueError("at least one RPC endpoint is needed")
         self._settings = settings
         self._clock = clock
+        self._head_of = head
         timeout = aiohttp.ClientTimeout(total=settings.rpc_timeout_s)
         self._endpoints = [
             Endpoint(
@@ -200,7 +206,7 @@ class Endpoints:
 
     async def _head(self, endpoint: Endpoint) -> int | None:
         try:
-            head = int(await endpoint.w3.eth.block_number)
+            head = await self._head_of(endpoint.w3)
         except Exception as exc:
             fault = fault_of(exc) or Fault.BAD_ANSWER
             self._failed(endpoint, fault, exc)
