@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from tests.unit.fake_chain import CHAIN_ID, GAS_PER_BATCH, GAS_PER_PAYMENT, SENDER, decoded
@@ -117,13 +118,29 @@ async def test_an_event_without_a_wallet_pays_the_wallet_of_the_user_record() ->
     assert w.distributor.paid_to(OTHER_WALLET) == TOKENS
 
 
-async def test_fees_never_exceed_the_cap() -> None:
+async def fee_above_cap() -> None:
+    for _ in range(10_000):
+        if REGISTRY.get_sample_value("tokendist_fee_above_cap") == 1:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("signing never paused")
+
+
+async def test_signing_waits_while_fees_are_above_the_cap_and_resumes_when_they_fall() -> None:
     w = World()
     [(_, record)] = w.approved()
-    cap = w.node.base_fee  # below twice the base fee plus the tip
-    async with w.member(max_fee_wei=cap) as m:
-        assert await m.processor.handle(record) is Outcome.CREDITED
-    assert w.node.signatures[0].max_fee_per_gas == cap
+    tip = 10**9
+    cap = 2 * w.node.base_fee + tip
+    w.node.base_fee = cap  # twice the base fee plus the tip is above the cap
+    async with w.member(max_fee_wei=cap, priority_fee_wei=tip) as m:
+        handled = asyncio.create_task(m.processor.handle(record))
+        await fee_above_cap()
+        await asyncio.sleep(0.05)  # a few more attempts of the gatherer, all refused
+        assert w.node.signatures == []
+        w.node.base_fee = (cap - tip) // 2
+        assert await handled is Outcome.CREDITED
+    assert [s.max_fee_per_gas for s in w.node.signatures] == [cap]
+    assert REGISTRY.get_sample_value("tokendist_fee_above_cap") == 0
 
 
 async def test_a_batch_is_confirmed_only_once_enough_blocks_are_on_top(

@@ -47,10 +47,12 @@ def find_binary(explicit: str | None, stack_dir: str | None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def started(binary: str, block_time_s: float, log_path: Path) -> AsyncIterator[str]:
-    """A fresh anvil mining every ``block_time_s``; yields its RPC URL, stops it after."""
+async def started(binary: str, block_time_s: float | None, log_path: Path) -> AsyncIterator[str]:
+    """A fresh anvil mining every ``block_time_s`` (None: a block per transaction, and
+    only then); yields its RPC URL, stops it after."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    mining = [] if block_time_s is None else ["--block-time", f"{block_time_s:g}"]
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             binary,
@@ -60,8 +62,7 @@ async def started(binary: str, block_time_s: float, log_path: Path) -> AsyncIter
             str(port),
             "--chain-id",
             str(CHAIN_ID),
-            "--block-time",
-            f"{block_time_s:g}",
+            *mining,
             # As the stack runs it: old states are never read, and kept they fill the disk.
             "--prune-history",
             "256",

@@ -1,6 +1,10 @@
 """The chain adapter: every web3 call goes through here, errors mapped to ours.
 
-connection refused / timeout / 5xx         → ChainUnavailable (retry)
+Every request goes through ``consumer.endpoints`` (the configured RPC endpoints as one
+provider): reads to one endpoint that answers and keeps up, broadcasts to all that answer.
+
+429 / 5xx / timeout / connection refused   → the endpoint rests, the next one is asked;
+                                             none left: ChainUnavailable (retry)
 estimate reverts (custom error or message) → ChainRejected(reason)
 "already known" / "nonce too low" / "replacement transaction underpriced" on send
                                            → a ``SendResult``: the node has (or had)
@@ -15,32 +19,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import aiohttp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexStr
 from hexbytes import HexBytes
 from pydantic import SecretStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import (
-    ContractCustomError,
-    ContractLogicError,
-    TimeExhausted,
-    Web3RPCError,
-)
+from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
 from web3.types import RPCEndpoint
 
 from tokendist.consumer import contracts
+from tokendist.consumer.endpoints import TRANSPORT_ERRORS, Endpoints, is_overload
 from tokendist.core.errors import ChainRejected, ChainUnavailable, KeyRejected
+from tokendist.core.settings import RpcSettings
 
 T = TypeVar("T")
-
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,
-    TimeoutError,
-    TimeExhausted,
-)
 
 
 class SendResult(enum.Enum):
@@ -86,29 +79,32 @@ class Receipt:
 
 
 async def guarded(op: Callable[[], Awaitable[T]]) -> T:
+    """``op`` with transport errors mapped: for one-shot tools talking to one node."""
     try:
         return await op()
     except TRANSPORT_ERRORS as exc:
         raise ChainUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except Web3RPCError as exc:
-        if _is_overload(exc):
+        if is_overload(exc):
             raise ChainUnavailable(str(exc)) from exc
         raise
 
 
-def _is_overload(exc: Web3RPCError) -> bool:
-    text = str(exc).lower()
-    return any(s in text for s in ("rate limit", "too many requests", "timeout", "unavailable"))
-
-
 class Chain:
-    """One RPC endpoint and one signing key (an operator of the Distributor); the key
-    pool (``consumer.keypool``) holds one per key."""
+    """The RPC endpoints and one signing key (an operator of the Distributor); the key
+    pool (``consumer.keypool``) holds one per key, all sharing one ``Endpoints``. Given a
+    URL, it has that one endpoint of its own (closed with it)."""
 
-    def __init__(self, rpc_url: str, operator_key: SecretStr, *, timeout_s: float = 10.0) -> None:
-        self.w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+    def __init__(self, rpc: str | Endpoints, operator_key: SecretStr) -> None:
+        self._owns_rpc = isinstance(rpc, str)
+        self._rpc = Endpoints([rpc], RpcSettings()) if isinstance(rpc, str) else rpc
         self._account: LocalAccount = Account.from_key(operator_key.get_secret_value())
         self._chain_id: int | None = None
+
+    @property
+    def w3(self) -> AsyncWeb3[AsyncHTTPProvider]:
+        """The first endpoint, for one-shot tools that read through web3 themselves."""
+        return self._rpc.w3
 
     def __repr__(self) -> str:  # never let the key reach a log line
         return f"Chain(sender={self.sender})"
@@ -119,7 +115,7 @@ class Chain:
 
     async def chain_id(self) -> int:
         if self._chain_id is None:
-            self._chain_id = await guarded(lambda: self.w3.eth.chain_id)
+            self._chain_id = await self._rpc.read(lambda w3: w3.eth.chain_id)
         return self._chain_id
 
     async def nonce(self, *, pending: bool) -> int:
@@ -129,28 +125,28 @@ class Chain:
         """``address``'s transaction count as of the pending or the latest block."""
         block: Literal["pending", "latest"] = "pending" if pending else "latest"
         account = AsyncWeb3.to_checksum_address(address)
-        return await guarded(lambda: self.w3.eth.get_transaction_count(account, block))
+        return await self._rpc.read(lambda w3: w3.eth.get_transaction_count(account, block))
 
     async def gas_balance(self) -> int:
         """The operator's ETH, in wei: what pays for every distribution's gas."""
-        return await guarded(lambda: self.w3.eth.get_balance(self.sender))
+        return await self._rpc.read(lambda w3: w3.eth.get_balance(self.sender))
 
     async def latest(self) -> Block:
-        block = await guarded(lambda: self.w3.eth.get_block("latest"))
+        block = await self._rpc.read(lambda w3: w3.eth.get_block("latest"))
         return Block(int(block["number"]), int(block.get("baseFeePerGas", 0)))
 
     async def base_fee(self) -> int:
         return (await self.latest()).base_fee
 
     async def block_number(self) -> int:
-        return await guarded(lambda: self.w3.eth.block_number)
+        return await self._rpc.read(lambda w3: w3.eth.block_number)
 
     async def estimate(self, to: str, data: HexStr) -> int:
         """Gas for the call, or ``ChainRejected`` when it would revert: a deterministic
         revert must be found before a nonce is spent on it."""
         tx: Any = {"from": self.sender, "to": AsyncWeb3.to_checksum_address(to), "data": data}
         try:
-            return await guarded(lambda: self.w3.eth.estimate_gas(tx))
+            return await self._rpc.read(lambda w3: w3.eth.estimate_gas(tx))
         except ContractCustomError as exc:
             name = self._decode_revert(exc)
             if name in KEY_ERRORS:
@@ -199,34 +195,29 @@ class Chain:
         )
 
     async def send_raw(self, raw: bytes) -> SendResult:
-        try:
-            await guarded(lambda: self.w3.eth.send_raw_transaction(HexBytes(raw)))
-        except Web3RPCError as exc:
-            text = str(exc).lower()
-            for needle, result in SEND_ANSWERS:
-                if needle in text:
-                    return result
-            raise ChainRejected(f"node refused transaction: {exc}") from exc
-        return SendResult.ACCEPTED
+        """Broadcast to every endpoint that answers; the first (in the configured order)
+        that has the transaction decides the result. ``ChainRejected`` only when every
+        endpoint that answered refused it."""
+        answers = await self._rpc.broadcast(lambda w3: w3.eth.send_raw_transaction(HexBytes(raw)))
+        refusals: list[Web3RPCError] = []
+        for answer in answers:
+            if not isinstance(answer, Exception):
+                return SendResult.ACCEPTED
+            if not isinstance(answer, Web3RPCError):
+                raise answer
+            text = str(answer).lower()
+            known = next((result for needle, result in SEND_ANSWERS if needle in text), None)
+            if known is not None:
+                return known
+            refusals.append(answer)
+        raise ChainRejected(f"node refused transaction: {refusals[0]}") from refusals[0]
 
     async def receipt(self, tx_hash: str) -> Receipt | None:
         return (await self.receipts([tx_hash]))[tx_hash]
 
     async def receipts(self, tx_hashes: list[str]) -> dict[str, Receipt | None]:
         """Each transaction's receipt (None: not mined), in one JSON-RPC batch request."""
-        calls: list[tuple[RPCEndpoint, Any]] = [
-            (RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in tx_hashes
-        ]
-        answers = await guarded(lambda: self.w3.provider.make_batch_request(calls))
-        if not isinstance(answers, list) or len(answers) != len(tx_hashes):
-            raise ChainUnavailable(f"batch of {len(tx_hashes)} receipts answered {answers!r:.200}")
-        found: dict[str, Receipt | None] = {}
-        for tx_hash, answer in zip(tx_hashes, answers, strict=True):
-            if "error" in answer:
-                raise ChainUnavailable(f"receipt of {tx_hash}: {answer['error']}")
-            raw = answer.get("result")
-            found[tx_hash] = None if raw is None else _receipt(tx_hash, raw)
-        return found
+        return await self._rpc.read(lambda w3: _receipts(w3, tx_hashes))
 
     async def distributed_logs(
         self, distributor: str, from_block: int = 0, to_block: int | None = None
@@ -247,7 +238,7 @@ class Chain:
             "toBlock": "latest" if to_block is None else to_block,
             "topics": topics,
         }
-        return [dict(entry) for entry in await guarded(lambda: self.w3.eth.get_logs(params))]
+        return [dict(entry) for entry in await self._rpc.read(lambda w3: w3.eth.get_logs(params))]
 
     async def call(self, to: str, data: bytes) -> bytes:
         """``eth_call`` at the latest block: what a view function answers; a revert is
@@ -259,16 +250,39 @@ class Chain:
             raise ChainRejected(f"eth_call to {to} reverted: {exc.message or exc}") from exc
 
     async def token_balance(self, token: str, holder: str) -> int:
-        contract = self.w3.eth.contract(
-            address=AsyncWeb3.to_checksum_address(token), abi=contracts.abi("PropertyToken")
-        )
-        balance: int = await guarded(
-            lambda: contract.functions.balanceOf(AsyncWeb3.to_checksum_address(holder)).call()
-        )
-        return balance
+        async def balance_of(w3: AsyncWeb3[AsyncHTTPProvider]) -> int:
+            contract = w3.eth.contract(
+                address=AsyncWeb3.to_checksum_address(token), abi=contracts.abi("PropertyToken")
+            )
+            balance: int = await contract.functions.balanceOf(
+                AsyncWeb3.to_checksum_address(holder)
+            ).call()
+            return balance
+
+        return await self._rpc.read(balance_of)
 
     async def close(self) -> None:
-        await self.w3.provider.disconnect()
+        if self._owns_rpc:
+            await self._rpc.close()
+
+
+async def _receipts(
+    w3: AsyncWeb3[AsyncHTTPProvider], tx_hashes: list[str]
+) -> dict[str, Receipt | None]:
+    calls: list[tuple[RPCEndpoint, Any]] = [
+        (RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in tx_hashes
+    ]
+    answers = await w3.provider.make_batch_request(calls)
+    # ChainUnavailable: this endpoint answered badly, so the next one is asked.
+    if not isinstance(answers, list) or len(answers) != len(tx_hashes):
+        raise ChainUnavailable(f"batch of {len(tx_hashes)} receipts answered {answers!r:.200}")
+    found: dict[str, Receipt | None] = {}
+    for tx_hash, answer in zip(tx_hashes, answers, strict=True):
+        if "error" in answer:
+            raise ChainUnavailable(f"receipt of {tx_hash}: {answer['error']}")
+        raw = answer.get("result")
+        found[tx_hash] = None if raw is None else _receipt(tx_hash, raw)
+    return found
 
 
 def _receipt(tx_hash: str, raw: dict[str, Any]) -> Receipt:

@@ -19,6 +19,7 @@ from tokendist.consumer.batching.gatherer import Gatherer
 from tokendist.consumer.batching.settler import Settler
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.dlq import DeadLetters
+from tokendist.consumer.endpoints import Endpoints
 from tokendist.consumer.gauges import Gauges, GaugeStore
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.processor import Processor
@@ -56,9 +57,9 @@ async def build(
         "database", lambda: db.create_pool(s.database_url, max_size=POOL_SIZE), s, stop
     )
     resources.push_async_callback(pool.close)
-    chains = [Chain(rpc_url, secret) for secret in secrets]
-    for chain in chains:
-        resources.push_async_callback(chain.close)
+    rpc = Endpoints(settings.endpoints(rpc_url), settings)
+    resources.push_async_callback(rpc.close)
+    chains = [Chain(rpc, secret) for secret in secrets]
     repo = Repository(pool)
     keys = KeyPool(chains, repo, cap=s.max_inflight_per_sender, poll_s=s.receipt_poll_s)
     await until_available("keys", keys.register, s, stop)

@@ -9,7 +9,8 @@ inside the adapter.
     │   ├── BrokerUnavailable     (aiokafka errors)
     │   ├── ChainUnavailable      (RPC connection errors, timeouts)
     │   ├── BatchDeferred         a batch goes back to the queue: its key was refused or
-    │   │                         drained meanwhile; another key takes it
+    │   │                         drained meanwhile (another key takes it), or fees are
+    │   │                         above the cap (it waits for them to fall)
     │   └── ProviderUnavailable   (the payment provider's API: errors, timeouts)
     ├── SettingsError         configuration missing or invalid; names the variable (exit 2)
     ├── InvalidInput          an operator command was asked something it refuses (exit 2)
@@ -61,7 +62,8 @@ class ChainUnavailable(TransientError):
 
 
 class BatchDeferred(TransientError):
-    """The batch goes back to the queue: its key was refused or drained meanwhile."""
+    """The batch goes back to the queue: its key was refused or drained meanwhile, or
+    fees are above the cap."""
 
 
 class ProviderUnavailable(TransientError):

@@ -74,6 +74,26 @@ KEY_RESTING = Counter(
     ["sender"],
 )
 BATCHES = Counter("tokendist_batches_total", "Batches settled, by how they ended", ["outcome"])
+# Per endpoint of TOKENDIST_RPC_URL + TOKENDIST_RPC_URLS, named "position/host:port".
+RPC_ENDPOINT_HEALTHY = Gauge(
+    "tokendist_rpc_endpoint_healthy",
+    "1 while an RPC endpoint answers and keeps up with the best head (it serves reads)",
+    ["endpoint"],
+)
+RPC_ENDPOINT_LAG = Gauge(
+    "tokendist_rpc_endpoint_lag_blocks",
+    "Blocks an RPC endpoint's head trails the best endpoint's, as of its last head check",
+    ["endpoint"],
+)
+RPC_ENDPOINT_ERRORS = Counter(
+    "tokendist_rpc_endpoint_errors_total",
+    "Requests an RPC endpoint failed (429, 5xx, timeout, connection, bad answer)",
+    ["endpoint", "kind"],
+)
+FEE_ABOVE_CAP = Gauge(
+    "tokendist_fee_above_cap",
+    "1 while 2 x base fee + tip exceeds TOKENDIST_MAX_FEE_WEI: no new batch is signed",
+)
 RELAY_PUBLISHED = Counter("tokendist_relay_published_total", "Outbox rows published")
 RELAY_LEADER = Gauge("tokendist_relay_leader", "1 while this relay holds the leader lock")
 OUTBOX_OLDEST = Gauge(

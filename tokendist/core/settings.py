@@ -107,6 +107,29 @@ class ChainSettings(_Section):
     resubmit_interval_s: float = Field(default=5.0, gt=0)
 
 
+class RpcSettings(_Section):
+    """More RPC endpoints behind the node's URL, and when one of them is left out
+    (``tokendist.consumer.endpoints``)."""
+
+    rpc_urls: str = Field(
+        default="", description="more JSON-RPC URLs, comma-separated, after TOKENDIST_RPC_URL"
+    )
+    # Blocks an endpoint's head may trail the best one's and still answer reads (Chainlink's
+    # node pool: SyncThreshold 5).
+    rpc_max_lag_blocks: int = Field(default=5, ge=0, le=10_000)
+    rpc_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    rpc_check_interval_s: float = Field(default=5.0, gt=0, le=600)
+    # A failing endpoint rests for a jittered backoff growing from base to cap.
+    rpc_backoff_base_s: float = Field(default=0.5, gt=0)
+    rpc_backoff_cap_s: float = Field(default=30.0, gt=0)
+
+    def endpoints(self, first: str) -> list[str]:
+        """``first`` (``TOKENDIST_RPC_URL``), then ``rpc_urls``, each once."""
+        urls = [first.strip()]
+        urls += [u.strip() for u in self.rpc_urls.split(",") if u.strip()]
+        return list(dict.fromkeys(urls))
+
+
 class BatchSettings(_Section):
     """How payments ready to sign are gathered into one ``distributeBatch`` transaction:
     up to ``batch_max_size`` of them, or whatever arrived within ``batch_max_wait_s`` of
@@ -120,7 +143,7 @@ class BatchSettings(_Section):
 
 
 class ConsumerSettings(
-    DatabaseSettings, KafkaSettings, ServiceSettings, ChainSettings, BatchSettings
+    DatabaseSettings, KafkaSettings, ServiceSettings, ChainSettings, RpcSettings, BatchSettings
 ):
     """``tokendist consume``: all a group member is given (no payment-provider secret)."""
 

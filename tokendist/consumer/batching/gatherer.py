@@ -25,6 +25,7 @@ from eth_typing import HexStr
 from tokendist.consumer import compliance, contracts
 from tokendist.consumer.batching.settler import Settler
 from tokendist.consumer.chain import Signed
+from tokendist.consumer.fees import FeeCap
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.ports import BatchStore, OperatorChain
 from tokendist.consumer.repository import BatchRequest, PaymentToSign
@@ -77,6 +78,7 @@ class Gatherer:
         self.keys = keys
         self.settler = settler
         self.failpoints = failpoints
+        self.fee_cap = FeeCap(settings)
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._arrived = asyncio.Event()
 
@@ -276,9 +278,7 @@ class Gatherer:
             waiting.future.set_result(None)
 
     async def _fees(self) -> tuple[int, int]:
-        tip = self.settings.priority_fee_wei
-        base = await self.keys.node.base_fee()
-        return min(2 * base + tip, self.settings.max_fee_wei), tip
+        return self.fee_cap.fees(await self.keys.node.base_fee())
 
 
 def _estimate_calldata(batch: list[_Waiting]) -> HexStr:
