@@ -201,6 +201,14 @@ class Process:
             raise AssertionError(f"exit {self.proc.returncode}:\n{self.tail()}")
         return self.proc.returncode
 
+    async def logged(self, event: str, timeout: float = 120) -> None:
+        """Wait until the process has logged ``event`` (a constant log event name)."""
+
+        async def seen() -> bool:
+            return event in await asyncio.to_thread(self.tail, 10_000)
+
+        await wait_until(seen, timeout=timeout, what=f"{event} in the process's log")
+
     def tail(self, lines: int = 15) -> str:
         with open(self.log.name, encoding="utf-8", errors="replace") as log:
             return "\n".join(log.read().splitlines()[-lines:])
