@@ -109,7 +109,8 @@ class Gatherer:
             except TransientError as exc:
                 failures += 1
                 log.warning("batch_signing_retrying", error=str(exc), payments=len(batch))
-                self._queue.extendleft(reversed(batch))
+                # Not those the pre-flight already parked or refused: they have their answer.
+                self._queue.extendleft(reversed([w for w in batch if not w.future.done()]))
                 await asyncio.sleep(
                     backoff(failures, self.settings.retry_base_s, self.settings.retry_cap_s)
                 )
