@@ -106,6 +106,9 @@ async def test_three_consumers_one_leaves_one_joins_no_loss_no_double(
             )
             assert members[0].terminate() == 0  # leaves the group cleanly mid-run
             members.append(harness.Process(settings, "consume"))  # a new member joins
+            # Joined before anyone stops it: the rest may be credited within a second,
+            # while it is still starting (before its signal handlers exist).
+            await members[-1].logged("partitions_assigned")
             await harness.wait_until(lambda: credited_is(pool, n), timeout=180, what="all")
             await harness.wait_until(lambda: _committed_to_end(settings), what="commits")
     finally:
