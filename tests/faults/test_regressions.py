@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -27,9 +28,10 @@ from tests.faults.stack import local_stack
 from tests.integration import harness
 from tests.services import Services
 from tests.unit.test_partition_worker import worker_for
-from tokendist.consumer.chain import Chain
+from tokendist.consumer import contracts
+from tokendist.consumer.chain import Chain, Signed
 from tokendist.consumer.keypool import KeyPool
-from tokendist.consumer.repository import Repository
+from tokendist.consumer.repository import BatchRequest, PaymentToSign, Repository
 from tokendist.consumer.resubmitter import Resubmitter
 from tokendist.consumer.runner import Runner
 from tokendist.core import db
@@ -124,18 +126,17 @@ async def test_two_members_fee_bumping_the_same_stuck_transaction_both_survive(
     the UniqueViolationError, not a TransientError, kills ``Resubmitter.run`` and with it
     the consumer process."""
     rpc_url, key = settings.require_chain()
-    cheap = settings.model_copy(update={"max_fee_wei": 10 * GWEI})
     eager = settings.model_copy(update={"fee_bump_after_s": 1.0})
+    repo = Repository(pool)
     async with _base_fee_pinned(rpc_url, 50 * GWEI):
-        await harness.pay(pool, harness.payment(tokenization, 1, user=0))
-        async with harness.relay(settings), harness.consumer(cheap):
-            # Signed under a 10 gwei cap, refused by the node: stuck in 'signed'.
-            await harness.wait_until(lambda: _state_is(pool, "inv-1", "signed"), what="signed")
-            await asyncio.sleep(1.5)
+        # A batch stored under a 10 gwei fee, below the pinned base fee: stuck in 'signed'
+        # (a consumer signs nothing while fees are above its cap, so the test stores it
+        # as a member that signed just before a fee spike would have).
+        await _stuck_batch(settings, repo, tokenization, max_fee=10 * GWEI)
+        await asyncio.sleep(1.5)
         await _slow_inserts(pool, 1.0, None)
         chains = [Chain(rpc_url, key), Chain(rpc_url, key)]
         try:
-            repo = Repository(pool)
             members = [
                 Resubmitter(eager, repo, KeyPool([c], repo, cap=16, poll_s=0.1)) for c in chains
             ]
@@ -144,6 +145,47 @@ async def test_two_members_fee_bumping_the_same_stuck_transaction_both_survive(
             await asyncio.gather(*(c.close() for c in chains))
     crashed = [repr(r) for r in results if isinstance(r, BaseException)]
     assert crashed == [], f"a member's resubmitter died: {crashed}"
+    # The premise: the stuck batch was fee-bumped (its first attempt, then one sibling).
+    assert await pool.fetchval("SELECT count(*) FROM chain_transactions") == 2
+
+
+async def _stuck_batch(
+    settings: Settings, repo: Repository, tk: Deployment, *, max_fee: int
+) -> None:
+    """One payment claimed and signed into a batch under ``max_fee``, stored, not sent."""
+    rpc_url, key = settings.require_chain()
+    p = harness.payment(tk, 1, user=0)
+    assert p.wallet_address is not None
+    event_id = uuid.uuid4()
+    payment_id = "0x" + contracts.payment_id(p.investment_id).hex()
+    await repo.claim(
+        event_id=event_id, investment_id=p.investment_id, payment_id=payment_id,
+        user_id=p.user_id, tokenization_id=tk.tokenization_id, tokens=p.tokens,
+        payload="{}", partition=0, offset=0,
+    )  # fmt: skip
+    chain = Chain(rpc_url, key)
+    try:
+        chain_id = await chain.chain_id()
+        await repo.register_keys(chain_id, [chain.sender])
+        await repo.sync_nonce(chain_id, chain.sender, await chain.nonce(pending=True))
+        await repo.index_scan(tk.distributor_address)
+
+        def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
+            data = contracts.batch_calldata(
+                first, [(bytes.fromhex(x.payment_id[2:]), x.recipient, x.tokens) for x in kept]
+            )
+            signed = chain.sign(
+                to=tk.distributor_address, data=data, gas=300_000, nonce=nonce,
+                max_fee=max_fee, priority_fee=GWEI,
+            )  # fmt: skip
+            return signed, bytes.fromhex(data[2:])
+
+        payment = PaymentToSign(event_id, payment_id, p.wallet_address, p.tokens)
+        request = BatchRequest(chain_id, chain.sender, tk.distributor_address, [payment])
+        stored = await repo.sign_batch(request, sign)
+        assert stored.batch_id is not None
+    finally:
+        await chain.close()
 
 
 async def _state_is(pool: asyncpg.Pool, investment: str, state: str) -> bool:
