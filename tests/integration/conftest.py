@@ -18,7 +18,7 @@ from tests.integration import harness
 from tests.services import Services, services, settings_for_tests
 from tokendist.core import db
 from tokendist.core.settings import Settings
-from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
+from tokendist.ops.deploy import Deployment
 
 
 def _with_db(url: str, name: str) -> str:
@@ -109,22 +109,4 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def tokenization(settings: Settings, pool: asyncpg.Pool) -> Deployment:
-    rpc_url, key = settings.require_deployer()
-    _, operator_key = settings.require_chain()
-    deployer = Deployer(rpc_url, key)
-    try:
-        async with pool.acquire() as conn:
-            return await deploy_tokenization(
-                deployer,
-                conn,
-                tokenization_id="tok-1",
-                property_id="prop-1",
-                operator=Account.from_key(operator_key.get_secret_value()).address,
-                name="Lekki Towers",
-                symbol="LKT",
-                decimals=18,
-                supply=10**31,
-                fund=10**28,
-            )
-    finally:
-        await deployer.close()
+    return await harness.deploy(settings, pool)

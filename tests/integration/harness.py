@@ -24,7 +24,7 @@ from tokendist.consumer.chain import Chain
 from tokendist.consumer.runner import Runner
 from tokendist.core import kafka
 from tokendist.core.settings import Settings
-from tokendist.ops.deploy import Deployer, Deployment
+from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 from tokendist.ops.payouts import read_payouts
 from tokendist.ops.verify import Report, verify
 from tokendist.outbox import enqueue
@@ -110,6 +110,39 @@ async def run_verify(settings: Settings, pool: asyncpg.Pool, grace_s: float = 0.
             return await verify(conn, chain, grace_s=grace_s)
     finally:
         await chain.close()
+
+
+async def deploy(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    tokenization_id: str = "tok-1",
+    property_id: str = "prop-1",
+    name: str = "Lekki Towers",
+    symbol: str = "LKT",
+    supply: int = 10**31,
+    fund: int = 10**28,
+) -> Deployment:
+    """A tokenization deployed on ``settings``' chain, the operator key granted, recorded."""
+    rpc_url, key = settings.require_deployer()
+    _, operator_key = settings.require_chain()
+    deployer = Deployer(rpc_url, key)
+    try:
+        async with pool.acquire() as conn:
+            return await deploy_tokenization(
+                deployer,
+                conn,
+                tokenization_id=tokenization_id,
+                property_id=property_id,
+                operator=Account.from_key(operator_key.get_secret_value()).address,
+                name=name,
+                symbol=symbol,
+                decimals=18,
+                supply=supply,
+                fund=fund,
+            )
+    finally:
+        await deployer.close()
 
 
 async def payouts(settings: Settings, tk: Deployment) -> list[contracts.Payout]:

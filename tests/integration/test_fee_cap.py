@@ -18,7 +18,6 @@ from prometheus_client import REGISTRY
 from tests.integration import harness
 from tokendist.bench import anvil
 from tokendist.core.settings import Settings
-from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 
 pytestmark = pytest.mark.integration
 
@@ -27,28 +26,6 @@ TIP = 10**9
 CAP = 50 * 10**9
 SPIKE = 100 * 10**9  # twice this plus the tip is far above the cap
 CALM = 10**9
-
-
-async def deploy(settings: Settings, pool: asyncpg.Pool) -> Deployment:
-    rpc_url, key = settings.require_deployer()
-    _, operator_key = settings.require_chain()
-    deployer = Deployer(rpc_url, key)
-    try:
-        async with pool.acquire() as conn:
-            return await deploy_tokenization(
-                deployer,
-                conn,
-                tokenization_id="tok-fees",
-                property_id="prop-fees",
-                operator=Account.from_key(operator_key.get_secret_value()).address,
-                name="Fee Spike",
-                symbol="FEE",
-                decimals=18,
-                supply=10**30,
-                fund=10**28,
-            )
-    finally:
-        await deployer.close()
 
 
 async def set_base_fee(url: str, wei: int) -> None:
@@ -73,7 +50,10 @@ async def test_nothing_is_signed_above_the_fee_cap_and_everything_is_paid_after(
         )
         keys = (s.require_chain()[1], s.require_deployer()[1])
         await harness.fund(url, *(Account.from_key(k.get_secret_value()).address for k in keys))
-        tk = await deploy(s, pool)
+        tk = await harness.deploy(
+            s, pool, tokenization_id="tok-fees", property_id="prop-fees", name="Fee Spike",
+            symbol="FEE", supply=10**30,
+        )  # fmt: skip
         await set_base_fee(url, SPIKE)
         expected = await harness.confirm_payments(pool, tk, N)
         async with harness.relay(s), harness.consumer(s):
