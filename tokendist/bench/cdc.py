@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from tokendist.bench import sandbox, workload
 from tokendist.bench.cdc_worker import ConnectWorker
-from tokendist.core import db
+from tokendist.core import db, kafka
 from tokendist.core.settings import Settings, SettingsError, load_settings
 from tokendist.outbox import enqueue
 from tokendist.outbox.relay import Relay
@@ -124,7 +123,7 @@ async def _cdc(
 
 
 async def _topic(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = kafka.admin(settings)
     await admin.start()
     try:
         await admin.create_topics(
@@ -189,9 +188,9 @@ async def _latency(
 
 async def _read(settings: Settings, n: int, within_s: float = 300.0) -> list[Any]:
     """The topic's first ``n`` records in append order (one consumer over all partitions)."""
-    consumer = AIOKafkaConsumer(
+    consumer = kafka.consumer(
+        settings,
         settings.topic,
-        bootstrap_servers=settings.bootstrap_servers,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

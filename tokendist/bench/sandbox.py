@@ -17,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient
 from eth_account import Account
 from pydantic import SecretStr
 
@@ -175,7 +174,7 @@ async def warmed_topic(settings: Settings) -> None:
 
 async def delete_topics(settings: Settings, topics: list[str]) -> None:
     """Best effort: a leftover topic is untidy, not wrong, so errors are swallowed."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = kafka.admin(settings)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -190,7 +189,7 @@ async def delete_topics(settings: Settings, topics: list[str]) -> None:
 
 async def group_members(settings: Settings) -> tuple[str, int]:
     """(state, member count) of the settings' consumer group, e.g. ("Stable", 3)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = kafka.admin(settings)
     await admin.start()
     try:
         (response,) = await admin.describe_consumer_groups([settings.consumer_group])

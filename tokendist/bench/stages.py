@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer
 from eth_typing import HexStr
 
 from tokendist.bench import workload
@@ -56,7 +55,7 @@ async def kafka_consume(settings: Settings, payload_bytes: int) -> Rate:
     The consumer's own fetch options. Partitions are assigned, not joined through the
     group: joining is start-up, and the clock starts after it, at the first fetch.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **FETCH_OPTIONS)
+    consumer = kafka.consumer(settings, **FETCH_OPTIONS)
     await kafka.start(consumer)
     try:
         tps = await kafka.partitions(consumer, settings.topic)

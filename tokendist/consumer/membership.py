@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer
-from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.client import CoordinationType
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
@@ -59,9 +59,7 @@ async def close(consumer: AIOKafkaConsumer, settings: ConsumerSettings) -> None:
 
 async def leave(settings: ConsumerSettings, member_id: str, instance: str) -> None:
     """Best effort: a member that could not leave is dropped at the session timeout."""
-    client = AIOKafkaClient(
-        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=LEAVE_TIMEOUT_MS
-    )
+    client = kafka.client(settings, request_timeout_ms=LEAVE_TIMEOUT_MS)
     try:
         await client.bootstrap()
         node = await client.coordinator_lookup(CoordinationType.GROUP, settings.consumer_group)

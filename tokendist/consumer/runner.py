@@ -122,8 +122,8 @@ class Runner:
         ]
 
     def _make_consumer(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+        consumer = kafka.consumer(
+            self.settings,
             **membership.group_options(self.settings),
             **FETCH_OPTIONS,
         )

@@ -1,11 +1,16 @@
 """The Kafka adapter: client construction, topic creation, and the calls the relay and
 the operator tools make (sends, offsets, group descriptions), each mapping aiokafka's
-errors to ours here, once."""
+errors to ours here, once.
+
+Every client the project makes is built here (``producer``, ``consumer``, ``admin``,
+``client``), so each carries the same connection settings: bootstrap servers, TLS and
+SASL (``connection``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeAlias, TypeVar
@@ -13,6 +18,7 @@ from typing import Any, Self, TypeAlias, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
     CorruptRecordException,
     InvalidTimestampError,
@@ -23,7 +29,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from tokendist.core.errors import BrokerUnavailable, RecordRejected
+from tokendist.core.errors import BrokerUnavailable, RecordRejected, SettingsError
 from tokendist.core.settings import KafkaSettings
 
 log = structlog.get_logger("tokendist.kafka")
@@ -137,10 +143,55 @@ async def close(client: Client) -> None:
         log.warning("kafka_close_failed", client=type(client).__name__, error=repr(exc))
 
 
+def connection(settings: KafkaSettings) -> dict[str, Any]:
+    """The options every client shares: where the brokers are and how to reach them."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_tls:
+        options["ssl_context"] = ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        assert settings.kafka_password is not None  # the settings' validator saw to it
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_username
+        options["sasl_plain_password"] = settings.kafka_password.get_secret_value()
+    return options
+
+
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    """Verifies the broker against ``kafka_ca_file`` (or the system's CAs); presents a
+    client certificate when one is set. An unreadable file is a settings error."""
+    try:
+        context = ssl.create_default_context(cafile=settings.kafka_ca_file)
+        if settings.kafka_cert_file is not None:
+            context.load_cert_chain(settings.kafka_cert_file, settings.kafka_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(
+            f"cannot load the Kafka TLS files (TOKENDIST_KAFKA_CA_FILE, _CERT_FILE, "
+            f"_KEY_FILE): {exc}"
+        ) from exc
+    context.check_hostname = settings.kafka_check_hostname
+    return context
+
+
+def consumer(settings: KafkaSettings, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(*topics, **connection(settings), **options)
+
+
+def admin(settings: KafkaSettings, **options: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection(settings), **options)
+
+
+def client(settings: KafkaSettings, **options: Any) -> AIOKafkaClient:
+    """The low-level client, for a request aiokafka has no method for."""
+    return AIOKafkaClient(**connection(settings), **options)
+
+
 def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer: acks from all in-sync replicas, no reordering on retry."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
+        **connection(settings),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -153,14 +204,11 @@ def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
 
 async def ensure_topics(settings: KafkaSettings) -> None:
     """Create the event topic and its dead-letter topic when missing."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
-    )
-    await start(admin)
+    topics = await start(admin(settings, request_timeout_ms=15_000))
 
     async def create() -> None:
         try:
-            existing = set(await admin.list_topics())
+            existing = set(await topics.list_topics())
             wanted = [
                 NewTopic(
                     name,
@@ -174,9 +222,9 @@ async def ensure_topics(settings: KafkaSettings) -> None:
             if wanted:
                 # Another relay or consumer may have created it first.
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(wanted)
+                    await topics.create_topics(wanted)
         finally:
-            await admin.close()
+            await topics.close()
 
     await guarded(create)
 
@@ -199,12 +247,7 @@ class Reader:
     def __init__(
         self, settings: KafkaSettings, *, group: str | None = None, **options: Any
     ) -> None:
-        self.client = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=group,
-            enable_auto_commit=False,
-            **options,
-        )
+        self.client = consumer(settings, group_id=group, enable_auto_commit=False, **options)
 
     async def __aenter__(self) -> Self:
         await start(self.client)

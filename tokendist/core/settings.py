@@ -65,11 +65,46 @@ class DatabaseSettings(_Section):
     database_url: str = Field(description="PostgreSQL DSN")
 
 
+KafkaSecurity: TypeAlias = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism: TypeAlias = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+
+
 class KafkaSettings(_Section):
+    """The broker, and how every client of the project reaches it: one set of connection
+    settings per process (``tokendist.core.kafka.connection`` builds them into every
+    client). A managed Kafka wants ``SASL_SSL``: Confluent Cloud with ``PLAIN`` (an API
+    key and secret), MSK and Aiven with ``SCRAM-SHA-512``."""
+
     kafka_bootstrap: str = Field(description="comma-separated Kafka bootstrap servers")
     topic: str = "payments.confirmed"
     topic_partitions: int = Field(default=16, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1, le=5)
+    kafka_security_protocol: KafkaSecurity = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    # Unset: the system's CAs (a managed Kafka's public certificate).
+    kafka_ca_file: str | None = Field(default=None, description="PEM CA bundle for TLS")
+    # Mutual TLS, for a broker that authenticates clients by certificate.
+    kafka_cert_file: str | None = Field(default=None, description="PEM client certificate")
+    kafka_key_file: str | None = Field(default=None, description="PEM key of the certificate")
+    kafka_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> Self:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and (self.kafka_username is None or self.kafka_password is None):
+            raise ValueError(
+                f"TOKENDIST_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "TOKENDIST_KAFKA_USERNAME and TOKENDIST_KAFKA_PASSWORD"
+            )
+        if (self.kafka_cert_file is None) != (self.kafka_key_file is None):
+            raise ValueError("set both TOKENDIST_KAFKA_CERT_FILE and TOKENDIST_KAFKA_KEY_FILE")
+        return self
+
+    @property
+    def kafka_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
 
     @property
     def dlq_topic(self) -> str:

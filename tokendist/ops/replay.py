@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tokendist.core import kafka
 from tokendist.core.errors import GroupActive, InvalidInput
@@ -32,7 +31,7 @@ class Move:
 
 
 async def live_members(settings: Settings, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = kafka.admin(settings)
     await kafka.start(admin)
     try:
         return await kafka.group_members(admin, group)
