@@ -3,8 +3,10 @@
 # There is no Docker engine on our machines, so every service is a plain process whose
 # whole state (data, logs, pid files, download caches) lives in <repo>/.stack.
 #
-#   stack/stack.sh up [--brokers 1|3] [--cdc]   install what is missing, start, wait until ready
-#                                       (--cdc or TOKENDIST_CDC=1: also Debezium in Kafka Connect)
+#   stack/stack.sh up [--brokers 1|3] [--cdc] [--secure]   install what is missing, start, wait
+#                                       until ready (--cdc or TOKENDIST_CDC=1: also Debezium in
+#                                       Kafka Connect; --secure or TOKENDIST_SECURE=1: TLS, SASL and
+#                                       ACLs, see "secured mode" below)
 #   stack/stack.sh down | status | env
 #   stack/stack.sh start-service|stop-service|restart-service pg|kafka|anvil|cdc
 #   stack/stack.sh kill-broker N        SIGKILL one broker (crash simulation)
@@ -167,7 +169,8 @@ stop_pg() { if pg_running; then as_pg "$PGBIN/pg_ctl" stop -D "$ST/pg" -m fast -
 mode() { cat "$ST/kafka.mode" 2>/dev/null || echo 1; }
 kport() { echo $((KAFKA_PORT0 + 100 * ($1 - 1))); }
 cport() { echo $((KAFKA_PORT0 + 1 + 100 * ($1 - 1))); }
-kdir() { echo "$ST/kafka-$(mode)b/node$1"; } # each mode has its own data, never mixed
+kbase() { if secure; then echo "$ST/kafka-$(mode)b-secure"; else echo "$ST/kafka-$(mode)b"; fi; }
+kdir() { echo "$(kbase)/node$1"; } # each mode has its own data, never mixed
 klogdir() { echo "$LOGS/kafka-$(mode)b-node$1"; }
 kpid() { echo "$RUN/kafka-$1.pid"; }
 bootstrap() {
@@ -226,16 +229,18 @@ group.initial.rebalance.delay.ms=0
 EOF
 }
 ensure_kafka_node() {
-  local n=$1 d lg cidf="$ST/kafka-$(mode)b/cluster.id"
-  d=$(kdir "$n") lg=$(klogdir "$n")
+  local n=$1 d lg cidf scram=()
+  cidf="$(kbase)/cluster.id" d=$(kdir "$n") lg=$(klogdir "$n")
   mkdir -p "$d" "$lg"
-  kafka_props "$n" >"$d/server.properties" # regenerated so edits to this script apply
+  # Regenerated so edits to this script apply; later keys win, so --secure's come last.
+  (umask 077 && { kafka_props "$n"; if secure; then kafka_secure_props "$n"; fi; } >"$d/server.properties")
   [[ -f $d/data/meta.properties ]] && return 0
+  if secure; then mapfile -t scram < <(kafka_scram_args); fi
   [[ -s $cidf ]] || "${KJAVA[@]}" "-Dkafka.logs.dir=$lg" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid |
     tail -n 1 >"$cidf"
   # Static quorum (controller.quorum.voters): every node formatted with one cluster id.
   "${KJAVA[@]}" "-Dkafka.logs.dir=$lg" -cp "$LIBS/*" kafka.tools.StorageTool format \
-    -t "$(<"$cidf")" -c "$d/server.properties" >"$lg/format.log" 2>&1 ||
+    -t "$(<"$cidf")" -c "$d/server.properties" "${scram[@]}" >"$lg/format.log" 2>&1 ||
     fail "formatting kafka node $n failed" "$lg/format.log"
 }
 start_kafka_node() {
@@ -409,12 +414,95 @@ start_cdc() {
 wait_cdc() { wait_for "CDC worker" "$CDC_HOME/connect.pid" ConnectStandalone "$CDC_HOME/connect.log" cdc_ready; }
 stop_cdc() { stop_pid "$CDC_HOME/connect.pid" ConnectStandalone "${1:-TERM}"; }
 
+# ---------------------------------------------------------------- secured mode (--secure)
+# `up --secure` (or TOKENDIST_SECURE=1) starts the same services locked down: Kafka's client
+# listener is SASL_SSL (SCRAM-SHA-512, the stack's own CA from tls.sh) with KRaft's
+# StandardAuthorizer, and each component has its own principal and ACLs (SecureSetup.java).
+# The choice is recorded with the stack (like the broker count) and its data kept apart.
+# Passwords are random, made once per stack under $ST/secrets; `env` exports them.
+secure() { [[ $(cat "$ST/secure" 2>/dev/null) == 1 ]]; }
+# The broker's own principal (inter-broker traffic) and `admin` (setup and tests) are super
+# users; relay, consumer and operator get only their ACLs; the webhook has no principal.
+KAFKA_PRINCIPALS=(broker admin relay consumer operator)
+secret() { # name -> its password, made on first use
+  local f="$ST/secrets/$1.password"
+  if [[ ! -s $f ]]; then mkdir -p "$ST/secrets"; (umask 077 && openssl rand -hex 24 >"$f"); fi
+  cat "$f"
+}
+kafka_jaas() { # principal
+  echo "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$1\" password=\"$(secret "kafka-$1")\";"
+}
+# SCRAM credentials live in the cluster metadata: written at format time (KIP-900), so the
+# broker authenticates its first client without a bootstrap user.
+kafka_scram_args() {
+  local p
+  for p in "${KAFKA_PRINCIPALS[@]}"; do
+    printf '%s\n' --add-scram "SCRAM-SHA-512=[name=$p,password=$(secret "kafka-$p")]"
+  done
+}
+# The controller listener stays PLAINTEXT on 127.0.0.1: its (anonymous) peers are the
+# nodes themselves, which must be super users for the quorum and broker registration.
+kafka_secure_props() { # node
+  local n=$1
+  cat <<EOF
+# --secure
+listeners=SASL_SSL://$HOST:$(kport "$n"),CONTROLLER://$HOST:$(cport "$n")
+advertised.listeners=SASL_SSL://$HOST:$(kport "$n")
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$(kafka_jaas broker)
+ssl.keystore.type=PEM
+ssl.keystore.location=$ST/tls/kafka-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$ST/tls/ca.crt
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:broker;User:admin;User:ANONYMOUS
+EOF
+}
+kafka_tls() { # the broker's certificate, and the one PEM file Kafka's keystore reads
+  bash "$HERE/tls.sh" "$ST/tls" kafka
+  (umask 077 && cat "$ST/tls/kafka.key" "$ST/tls/kafka.crt" >"$ST/tls/kafka-keystore.pem")
+}
+kafka_client_props() { # principal -> Java client properties
+  cat <<EOF
+bootstrap.servers=$(bootstrap)
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=$(kafka_jaas "$1")
+ssl.truststore.type=PEM
+ssl.truststore.location=$ST/tls/ca.crt
+EOF
+}
+# Topics and ACLs, by `admin`, once the broker answers (idempotent: every `up` runs it).
+kafka_secure_setup() {
+  local f="$ST/secrets/kafka-admin.properties" lf="$LOGS/kafka-secure-setup.log"
+  (umask 077 && kafka_client_props admin >"$f")
+  "${KJAVA[@]}" "-Dkafka.logs.dir=$LOGS/kafka-secure-setup" -cp "$LIBS/*" "$HERE/kafka/SecureSetup.java" \
+    "$f" "${TOKENDIST_TOPIC:-payments.confirmed}" "${TOKENDIST_CONSUMER_GROUP:-tokendist-distributor}" \
+    "${TOKENDIST_TOPIC_PARTITIONS:-16}" "$(mode)" >"$lf" 2>&1 || fail "creating the secured topics and ACLs failed" "$lf"
+}
+kafka_secure_env() {
+  local p
+  echo "export TOKENDIST_SECURE=1"
+  echo "export TOKENDIST_KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+  echo "export TOKENDIST_KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+  echo "export TOKENDIST_KAFKA_CA_FILE=$ST/tls/ca.crt"
+  echo "export TOKENDIST_KAFKA_USERNAME=admin"
+  echo "export TOKENDIST_KAFKA_PASSWORD=$(secret kafka-admin)"
+  for p in relay consumer operator; do
+    echo "export TOKENDIST_SECURE_${p^^}_PASSWORD=$(secret "kafka-$p")"
+  done
+}
+
 # ---------------------------------------------------------------- commands
 # Plain ';' on purpose: set -e is suspended inside functions called from && lists.
 start_service() {
   case ${1:-} in
   pg) ensure_pg_installed; start_pg ;;
-  kafka) start_kafka; wait_kafka ;;
+  kafka) start_kafka; wait_kafka; if secure; then kafka_secure_setup; fi ;;
   anvil) start_anvil; wait_anvil ;;
   cdc) start_cdc; wait_cdc ;;
   *) die "unknown service '${1:-}' (pg|kafka|anvil|cdc)" ;;
@@ -430,14 +518,15 @@ stop_service() {
   esac
 }
 cmd_up() {
-  local brokers=1 cdc=${TOKENDIST_CDC:-0} t0 p1 p2 p3=
+  local brokers=1 cdc=${TOKENDIST_CDC:-0} sec=${TOKENDIST_SECURE:-0} t0 p1 p2 p3=
   t0=$(now)
   while (($#)); do
     case $1 in
     --brokers) brokers=${2:-}; shift ;;
     --brokers=*) brokers=${1#*=} ;;
     --cdc) cdc=1 ;;
-    *) die "usage: up [--brokers 1|3] [--cdc]" ;;
+    --secure) sec=1 ;;
+    *) die "usage: up [--brokers 1|3] [--cdc] [--secure]" ;;
     esac
     shift
   done
@@ -445,7 +534,13 @@ cmd_up() {
   if kafka_any_running && [[ $(mode) != "$brokers" ]]; then
     die "Kafka is running with $(mode) broker(s); run 'stack/stack.sh down' first"
   fi
+  [[ $sec == 0 || $sec == 1 ]] || die "TOKENDIST_SECURE must be 0 or 1"
+  if kafka_any_running && [[ $(cat "$ST/secure" 2>/dev/null || echo 0) != "$sec" ]]; then
+    die "Kafka is running $(secure && echo secured || echo unsecured); run 'stack/stack.sh down' first"
+  fi
   echo "$brokers" >"$ST/kafka.mode"
+  echo "$sec" >"$ST/secure"
+  if secure; then kafka_tls; fi
   ensure_pg_installed
   ensure_prometheus_installed
   # The two downloads are independent; overlap them on a cold machine.
@@ -458,9 +553,10 @@ cmd_up() {
   start_pg
   wait_anvil
   wait_kafka
+  if secure; then kafka_secure_setup; fi
   if [[ $cdc == 1 ]]; then start_cdc; wait_cdc; fi
   echo "postgres  postgresql://tokendist@$HOST:$PG_PORT/tokendist"
-  echo "kafka     $(bootstrap)  ($brokers broker(s), Kafka $(kafka_version))"
+  echo "kafka     $(bootstrap)  ($brokers broker(s), Kafka $(kafka_version)$(secure && echo ', SASL_SSL + ACLs'))"
   echo "anvil     http://$HOST:$ANVIL_PORT  (chain id 31337, block time ${TOKENDIST_ANVIL_BLOCK_TIME:-0.25}s)"
   if [[ $cdc == 1 ]]; then
     echo "cdc       Debezium $DEBEZIUM_VERSION in Kafka Connect, $CDC_DATABASE.outbox -> $CDC_TOPIC  (REST http://$HOST:$CDC_REST_PORT)"
@@ -480,7 +576,7 @@ cmd_status() {
   if pg_running; then echo "pg       up    $HOST:$PG_PORT"; else echo "pg       down"; rc=1; fi
   for ((n = 1; n <= $(mode); n++)); do
     if pid_alive "$(kpid $n)" kafka.Kafka && port_open "$(kport $n)"; then
-      echo "kafka-$n  up    $HOST:$(kport $n)"
+      echo "kafka-$n  up    $HOST:$(kport $n)$(secure && echo '  SASL_SSL')"
     else echo "kafka-$n  down"; rc=1; fi
   done
   if pid_alive "$RUN/anvil.pid" anvil && anvil_ready; then echo "anvil    up    $HOST:$ANVIL_PORT"; else echo "anvil    down"; rc=1; fi
@@ -496,6 +592,7 @@ cmd_env() {
   echo "export TOKENDIST_OPERATOR_KEY=$OPERATOR_KEY"
   echo "export TOKENDIST_DEPLOYER_KEY=$DEPLOYER_KEY"
   echo "export TOKENDIST_STACK_DIR=$ST"
+  if secure; then kafka_secure_env; fi
 }
 broker_arg() {
   [[ ${1:-} =~ ^[1-3]$ ]] && (($1 <= $(mode))) || die "broker must be 1..$(mode) (running mode: $(mode) broker(s))"
@@ -517,7 +614,7 @@ main() {
   start-broker) broker_arg "${1:-}"; ensure_kafka_libs; start_kafka_node "$1"; wait_kafka_node "$1" ;;
   kill-cdc) stop_cdc KILL ;;
   cdc-libs) ensure_cdc_libs; echo "$CDC_LIBS" ;;
-  *) sed -n '2,13p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+  *) sed -n '2,15p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
   esac
 }
 main "$@"

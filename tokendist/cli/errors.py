@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 
 from tokendist.core.db import CONNECTION_ERRORS as DATABASE_CONNECTION_ERRORS
 from tokendist.core.errors import (
+    BrokerRefused,
     BrokerUnavailable,
     ChainUnavailable,
     DatabaseUnavailable,
@@ -42,7 +43,8 @@ INTERRUPTED = 130
 MAX_DETAIL_CHARS = 300
 
 DATABASE_HINT = "is PostgreSQL up at TOKENDIST_DATABASE_URL?"
-KAFKA_HINT = "is Kafka up at TOKENDIST_KAFKA_BOOTSTRAP?"
+KAFKA_HINT = "is Kafka up at TOKENDIST_KAFKA_BOOTSTRAP, taking the TOKENDIST_KAFKA_* credentials?"
+KAFKA_REFUSED_HINT = "check TOKENDIST_KAFKA_USERNAME's password and the ACLs of its principal"
 UNEXPECTED_HINT = "--log-level DEBUG shows where"
 
 # asyncpg's own connection errors; a bare OSError may come from any service.
@@ -52,6 +54,7 @@ _DATABASE_DOWN = tuple(e for e in DATABASE_CONNECTION_ERRORS if not issubclass(e
 RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
     (KeyboardInterrupt, INTERRUPTED, ""),
     (DatabaseUnavailable, OUTAGE, DATABASE_HINT),
+    (BrokerRefused, OUTAGE, KAFKA_REFUSED_HINT),
     (BrokerUnavailable, OUTAGE, KAFKA_HINT),
     (ChainUnavailable, OUTAGE, "is the Ethereum node up at TOKENDIST_RPC_URL?"),
     (ProviderUnavailable, OUTAGE, "is the payment provider's API reachable?"),

@@ -7,6 +7,9 @@ inside the adapter.
     ├── TransientError        retry with capped backoff; nothing moves meanwhile (exit 1)
     │   ├── DatabaseUnavailable   (asyncpg connection / server errors)
     │   ├── BrokerUnavailable     (aiokafka errors)
+    │   │   └── BrokerRefused         authentication failed, or this principal's ACLs
+    │   │                             do not allow the request (retried: an ACL can be
+    │   │                             granted while a service waits)
     │   ├── ChainUnavailable      (RPC connection errors, timeouts)
     │   ├── BatchDeferred         a batch goes back to the queue: its key was refused or
     │   │                         drained meanwhile (another key takes it), or fees are
@@ -55,6 +58,10 @@ class DatabaseUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     pass
+
+
+class BrokerRefused(BrokerUnavailable):
+    """The broker answered, refusing our credentials or the principal's permissions."""
 
 
 class ChainUnavailable(TransientError):

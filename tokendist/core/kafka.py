@@ -20,16 +20,22 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
     CorruptRecordException,
+    GroupAuthorizationFailedError,
     InvalidTimestampError,
     KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
 )
 
-from tokendist.core.errors import BrokerUnavailable, RecordRejected, SettingsError
+from tokendist.core.errors import BrokerRefused, BrokerUnavailable, RecordRejected, SettingsError
 from tokendist.core.settings import KafkaSettings
 
 log = structlog.get_logger("tokendist.kafka")
@@ -48,16 +54,29 @@ RECORD_ERRORS = (
     CorruptRecordException,
     InvalidTimestampError,
 )
+# The broker's answer about who we are or what we may do (a wrong password seen while
+# bootstrapping is only logged by aiokafka: that start fails as unreachable).
+REFUSALS = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 
 @contextlib.contextmanager
 def mapped() -> Iterator[None]:
     """Client errors inside the block become ``RecordRejected`` (this record can never be
-    sent) or ``BrokerUnavailable`` (anything else: retry later)."""
+    sent), ``BrokerRefused`` (credentials or ACLs) or ``BrokerUnavailable`` (anything
+    else: retry later)."""
     try:
         yield
     except RECORD_ERRORS as exc:
         raise RecordRejected(f"{type(exc).__name__}: {exc}") from exc
+    except REFUSALS as exc:
+        raise BrokerRefused(f"{type(exc).__name__}: {exc}") from exc
     except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
@@ -119,7 +138,8 @@ async def start(client: C) -> C:
         await asyncio.wait_for(client.start(), START_TIMEOUT_S)
     except (KafkaError, OSError, TimeoutError) as exc:
         await close(client)
-        raise BrokerUnavailable(f"starting {type(client).__name__}: {exc!r}") from exc
+        kind = BrokerRefused if isinstance(exc, REFUSALS) else BrokerUnavailable
+        raise kind(f"starting {type(client).__name__}: {exc!r}") from exc
     return client
 
 
