@@ -19,7 +19,7 @@ READ_LIMIT = 500
 async def read_some(settings: Settings, timeout: float = 10.0) -> list[Any]:
     """Records already on the topic, read without a group (nothing committed)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka.connection(settings),
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
@@ -49,7 +49,7 @@ async def reproduce(settings: Settings, rng: random.Random) -> int:
     if not records:
         return 0
     chosen = rng.sample(records, k=min(len(records), rng.randint(1, 6)))
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**kafka.connection(settings), acks="all")
     await producer.start()
     sent = 0
     try:

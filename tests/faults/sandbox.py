@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from tests.faults.stack import Stack
 from tests.integration import harness
 from tests.services import settings_for_tests
-from tokendist.core import db
+from tokendist.core import db, kafka
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 
@@ -173,7 +173,7 @@ async def destroy_world(world: World, *, keep: bool, keep_logs: bool = False) ->
 
 async def _delete_topics(settings: Settings) -> None:
     # A thousand runs would otherwise leave 8,000 partitions on a 384 MB broker.
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka.connection(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -34,7 +34,7 @@ from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.repository import BatchRequest, PaymentToSign, Repository
 from tokendist.consumer.resubmitter import Resubmitter
 from tokendist.consumer.runner import Runner
-from tokendist.core import db
+from tokendist.core import db, kafka
 from tokendist.core.errors import DatabaseUnavailable
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployment
@@ -340,7 +340,7 @@ def _joined_check(settings: Settings) -> Callable[[], Awaitable[bool]]:
 
 async def _joined(settings: Settings) -> bool:
     """The group is Stable: the member joined and holds its partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka.connection(settings))
     await admin.start()
     try:
         answers = await admin.describe_consumer_groups([settings.consumer_group])

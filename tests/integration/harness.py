@@ -169,7 +169,7 @@ async def committed_offsets(settings: Settings) -> dict[int, int]:
 
 
 async def end_offsets(settings: Settings, topic: str | None = None) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(**kafka.connection(settings))
     await consumer.start()
     try:
         tps = await kafka.partitions(consumer, topic or settings.topic)
@@ -185,7 +185,7 @@ async def read_topic(
     """Every record of ``topic`` from the start, until ``expected`` were read."""
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka.connection(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         isolation_level="read_committed",

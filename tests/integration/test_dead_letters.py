@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration import harness
+from tokendist.core import kafka
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployment
 from tokendist.schemas import parse_event
@@ -106,9 +107,7 @@ async def test_each_bad_input_lands_in_the_dlq_with_its_reason_and_the_stream_go
             await harness.confirm_event(pool, parse_event(value))
     for doc in (first, last):
         await harness.confirm_event(pool, parse_event(raw(doc)))
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, max_request_size=2 * 1024 * 1024
-    )
+    producer = AIOKafkaProducer(**kafka.connection(settings), max_request_size=2 * 1024 * 1024)
     async with harness.consumer(settings):
         await producer.start()
         try:

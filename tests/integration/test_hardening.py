@@ -28,9 +28,7 @@ async def produce(
     settings: Settings, *records: tuple[bytes, bytes, list[tuple[str, bytes]]]
 ) -> None:
     await kafka.ensure_topics(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, max_request_size=2 * 1024 * 1024
-    )
+    producer = AIOKafkaProducer(**kafka.connection(settings), max_request_size=2 * 1024 * 1024)
     await producer.start()
     try:
         for key, value, headers in records:

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration import harness
+from tokendist.core import kafka
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployment
 from tokendist.sim import payments
@@ -85,7 +86,7 @@ async def test_defect_4_same_payment_confirmed_five_times_transfers_once(
     await asyncio.gather(*(webhook() for _ in range(5)))
     async with harness.relay(settings):
         (record,) = await harness.read_topic(settings, settings.topic, expected=1)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = AIOKafkaProducer(**kafka.connection(settings))
     await producer.start()
     try:  # and the same message redelivered four more times by the broker side
         for _ in range(4):

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration import harness
 from tokendist.consumer.runner import Runner
+from tokendist.core import kafka
 from tokendist.core.errors import GroupActive
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployment
@@ -128,7 +129,7 @@ def _all_partitions(settings: Settings) -> list[TopicPartition]:
 async def _member_ids(settings: Settings) -> list[str]:
     """Member ids of the group while it is Stable (none otherwise). A static member's id
     is its instance id followed by '-' and a fresh UUID per process."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka.connection(settings))
     await admin.start()
     try:
         (response,) = await admin.describe_consumer_groups([settings.consumer_group])

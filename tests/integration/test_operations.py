@@ -21,6 +21,7 @@ from tests.integration import harness
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Repository
+from tokendist.core import kafka
 from tokendist.core.errors import GroupActive, KeyRejected
 from tokendist.core.settings import Settings
 from tokendist.ops import dlq_admin
@@ -147,7 +148,7 @@ async def test_dlq_list_and_redrive_after_the_fix(
     await harness.confirm_event(pool, event)
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO users VALUES ('user-0','approved',$1)", p.wallet_address)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = AIOKafkaProducer(**kafka.connection(settings))
     async with harness.consumer(settings):
         await producer.start()
         try:
