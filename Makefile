@@ -7,7 +7,7 @@ STACK   := bash stack/stack.sh
 ENV     := eval "$$($(STACK) env)"
 PYTEST_WORKERS ?= 2
 
-.PHONY: deps producer-deps stack-up stack-down lint alerts-check test test-cdc test-unit demo faults bench bench-webhook bench-cdc clean
+.PHONY: deps producer-deps stack-up stack-down lint alerts-check test test-cdc test-secured test-unit demo faults bench bench-webhook bench-cdc clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,11 +42,23 @@ alerts-check:
 	promtool test rules monitoring/alerts_test.yml
 
 # The tests: unit, then integration in parallel, then the tests that restart shared
-# services (broker, database, node) and the seeded fault campaign, which must run alone.
+# services (broker, database, node) and the seeded fault campaign, which must run alone,
+# then the secured stack's.
 test: deps producer-deps stack-up lint
 	$(ENV) && $(BIN)/pytest tests/unit -q
 	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -n $(PYTEST_WORKERS) -m "not disruptive and not cdc"
 	$(ENV) && $(BIN)/pytest tests/integration tests/faults -q -m "disruptive and not cdc"
+	$(MAKE) --no-print-directory test-secured
+
+# The secured stack (TLS, SASL, ACLs: `stack.sh up --secure`) in a home and on ports of its
+# own beside the main one, sharing its downloads; tests/secured against it, then down,
+# whatever the tests said.
+SECURE_PORTS ?= TOKENDIST_PG_PORT=25632 TOKENDIST_KAFKA_PORT=30092 TOKENDIST_ANVIL_PORT=28745
+SECURE_STACK := export TOKENDIST_STACK_HOME=$(CURDIR)/.stack-secure \
+	TOKENDIST_STACK_CACHE=$(CURDIR)/.stack/cache $(SECURE_PORTS)
+test-secured: deps
+	$(SECURE_STACK) && { $(STACK) up --secure && $(ENV) && $(BIN)/pytest tests/secured -q; \
+	  rc=$$?; $(STACK) down; exit $$rc; }
 
 # Payments end to end through Debezium (Kafka Connect workers of the tests' own) instead of
 # the relay, a worker SIGKILLed mid-stream: needs the Connect jars that `up --cdc` installs.
@@ -80,4 +92,5 @@ bench-cdc: deps
 	$(ENV) && $(BIN)/python -m tokendist.bench.cdc
 
 clean: stack-down
-	rm -rf .stack $(VENV)
+	$(SECURE_STACK) && $(STACK) down
+	rm -rf .stack .stack-secure $(VENV)

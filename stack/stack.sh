@@ -20,6 +20,9 @@ ROOT="$(cd "$HERE/.." && pwd)"
 # Overridable so a second stack (e.g. for fault runs) can live beside the first.
 ST="${TOKENDIST_STACK_HOME:-$ROOT/.stack}"
 RUN="$ST/run"
+# Downloads (Maven, npm) can be shared with another stack's home: `make test-secured` reuses
+# the main stack's instead of fetching the broker again.
+CACHE="${TOKENDIST_STACK_CACHE:-$ST/cache}"
 LOGS="$ST/logs"
 LIBS="$ST/kafka-libs"
 NPM_DIR="$ST/npm"
@@ -188,8 +191,8 @@ ensure_kafka_libs() {
   local want b
   want=$(sha256sum "$HERE/kafka/pom.xml" | cut -d' ' -f1)
   [[ -f $LIBS/.pom-sha256 && $(<"$LIBS/.pom-sha256") == "$want" ]] && return 0
-  log "resolving Kafka jars with Maven (cache: .stack/cache/m2)"
-  local mvn=(mvn -q -B -f "$HERE/kafka/pom.xml" "-Dmaven.repo.local=$ST/cache/m2")
+  log "resolving Kafka jars with Maven (cache: $CACHE/m2)"
+  local mvn=(mvn -q -B -f "$HERE/kafka/pom.xml" "-Dmaven.repo.local=$CACHE/m2")
   rm -rf "$LIBS" "$LIBS.tmp"
   "${mvn[@]}" dependency:copy-dependencies -DincludeScope=runtime "-DoutputDirectory=$LIBS.tmp" \
     >"$LOGS/mvn.log" 2>&1 || fail "maven could not resolve Kafka" "$LOGS/mvn.log"
@@ -285,12 +288,12 @@ ensure_anvil() {
   local want
   want=$(cat "$HERE/package.json" "$HERE/package-lock.json" | sha256sum | cut -d' ' -f1)
   [[ -x $(anvil_bin) && $(cat "$NPM_DIR/.lock-sha256" 2>/dev/null) == "$want" ]] && return 0
-  log "installing anvil with npm ci (cache: .stack/cache/npm)"
+  log "installing anvil with npm ci (cache: $CACHE/npm)"
   mkdir -p "$NPM_DIR"
   cp "$HERE/package.json" "$HERE/package-lock.json" "$NPM_DIR/"
   # --ignore-scripts: the wrapper's postinstall only fetches a binary when the platform
   # package is missing, and the lock file pins that package anyway.
-  (cd "$NPM_DIR" && npm ci --ignore-scripts --no-audit --no-fund --cache "$ST/cache/npm") \
+  (cd "$NPM_DIR" && npm ci --ignore-scripts --no-audit --no-fund --cache "$CACHE/npm") \
     >"$LOGS/npm.log" 2>&1 || fail "npm ci failed" "$LOGS/npm.log"
   [[ -x $(anvil_bin) ]] || die "npm ci did not install the platform binary $(anvil_bin)"
   echo "$want" >"$NPM_DIR/.lock-sha256"
@@ -353,8 +356,8 @@ ensure_cdc_libs() {
   local want mvn
   want=$(cat "$HERE/cdc/pom.xml" "$HERE/cdc/smt/src/tokendist/cdc/"*.java | sha256sum | cut -d' ' -f1)
   [[ -f $CDC_LIBS/.sha256 && $(<"$CDC_LIBS/.sha256") == "$want" ]] && return 0
-  log "resolving Kafka Connect and Debezium $DEBEZIUM_VERSION with Maven (cache: $ST/cache/m2)"
-  mvn=(mvn -q -B -f "$HERE/cdc/pom.xml" "-Dmaven.repo.local=$ST/cache/m2")
+  log "resolving Kafka Connect and Debezium $DEBEZIUM_VERSION with Maven (cache: $CACHE/m2)"
+  mvn=(mvn -q -B -f "$HERE/cdc/pom.xml" "-Dmaven.repo.local=$CACHE/m2")
   rm -rf "$CDC_LIBS" "$CDC_LIBS.tmp"
   mkdir -p "$CDC_LIBS.tmp/plugins/tokendist-outbox-headers" "$CDC_LIBS.tmp/smt"
   "${mvn[@]}" dependency:copy-dependencies -DincludeScope=runtime "-DoutputDirectory=$CDC_LIBS.tmp/worker" \
@@ -478,9 +481,9 @@ EOF
 }
 # Topics and ACLs, by `admin`, once the broker answers (idempotent: every `up` runs it).
 kafka_secure_setup() {
-  local f="$ST/secrets/kafka-admin.properties" lf="$LOGS/kafka-secure-setup.log"
+  local f="$ST/secrets/kafka-admin.properties" lf="$LOGS/secure-setup.log"
   (umask 077 && kafka_client_props admin >"$f")
-  "${KJAVA[@]}" "-Dkafka.logs.dir=$LOGS/kafka-secure-setup" -cp "$LIBS/*" "$HERE/kafka/SecureSetup.java" \
+  "${KJAVA[@]}" "-Dkafka.logs.dir=$LOGS/secure-setup" -cp "$LIBS/*" "$HERE/kafka/SecureSetup.java" \
     "$f" "${TOKENDIST_TOPIC:-payments.confirmed}" "${TOKENDIST_CONSUMER_GROUP:-tokendist-distributor}" \
     "${TOKENDIST_TOPIC_PARTITIONS:-16}" "$(mode)" >"$lf" 2>&1 || fail "creating the secured topics and ACLs failed" "$lf"
 }

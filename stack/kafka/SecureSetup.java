@@ -69,7 +69,7 @@ public class SecureSetup {
       admin.createAcls(acls).all().get();
       // The first group request creates __consumer_offsets; the admin client waits for its
       // coordinator here, so the stack's first consumer or replay does not.
-      admin.describeConsumerGroups(List.of(group)).all().get();
+      admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get();
     }
     System.out.println("topics " + topic + ", " + dlq + "; " + acls.size() + " ACLs");
   }
