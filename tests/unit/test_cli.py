@@ -21,6 +21,7 @@ from tokendist.cli import app as cli
 from tokendist.cli import errors as cli_errors
 from tokendist.cli.app import build_parser, main
 from tokendist.core.errors import (
+    BrokerRefused,
     BrokerUnavailable,
     ChainUnavailable,
     DatabaseUnavailable,
@@ -237,6 +238,7 @@ def test_a_dead_letter_nested_10000_deep_is_listed_without_recursion() -> None:
         (InvalidInput("no dead letter at 3:9"), 2, "no dead letter at 3:9"),
         (DatabaseUnavailable("OSError: refused"), 1, "is PostgreSQL up"),
         (BrokerUnavailable("down"), 1, "is Kafka up"),
+        (BrokerRefused("GroupAuthorizationFailedError"), 1, "the ACLs of its principal"),
         (ChainUnavailable("down"), 1, "is the Ethereum node up"),
         (asyncpg.PostgresConnectionError("gone"), 1, "is PostgreSQL up"),
         (asyncpg.InterfaceError("closed"), 1, "is PostgreSQL up"),
