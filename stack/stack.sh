@@ -538,6 +538,7 @@ cmd_up() {
     die "Kafka is running with $(mode) broker(s); run 'stack/stack.sh down' first"
   fi
   [[ $sec == 0 || $sec == 1 ]] || die "TOKENDIST_SECURE must be 0 or 1"
+  [[ $sec == 0 || $cdc == 0 ]] || die "--cdc does not run on the secured stack yet (its Connect worker speaks PLAINTEXT)"
   if kafka_any_running && [[ $(cat "$ST/secure" 2>/dev/null || echo 0) != "$sec" ]]; then
     die "Kafka is running $(secure && echo secured || echo unsecured); run 'stack/stack.sh down' first"
   fi
