@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "down", "status", "env"])
     stack.add_argument("--brokers", type=int, choices=[1, 3], default=1)
     stack.add_argument("--cdc", action="store_true", help="up: also Debezium in Kafka Connect")
+    stack.add_argument("--secure", action="store_true", help="up: TLS, SASL and ACLs")
     stack.set_defaults(handler=cmd.cmd_stack)
 
     dbp = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)

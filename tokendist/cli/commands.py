@@ -27,6 +27,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
     extra = ["--brokers", str(args.brokers)] if args.action == "up" else []
     if args.action == "up" and args.cdc:
         extra.append("--cdc")
+    if args.action == "up" and args.secure:
+        extra.append("--secure")
     return subprocess.call(["bash", str(STACK_SCRIPT), args.action, *extra])  # noqa: S603,S607
 
 
