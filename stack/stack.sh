@@ -487,9 +487,10 @@ kafka_secure_setup() {
     "$f" "${TOKENDIST_TOPIC:-payments.confirmed}" "${TOKENDIST_CONSUMER_GROUP:-tokendist-distributor}" \
     "${TOKENDIST_TOPIC_PARTITIONS:-16}" "$(mode)" >"$lf" 2>&1 || fail "creating the secured topics and ACLs failed" "$lf"
 }
+# Not TOKENDIST_SECURE itself: a shell that evaluated this must not make the next `up` of
+# another stack a secured one.
 kafka_secure_env() {
   local p
-  echo "export TOKENDIST_SECURE=1"
   echo "export TOKENDIST_KAFKA_SECURITY_PROTOCOL=SASL_SSL"
   echo "export TOKENDIST_KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
   echo "export TOKENDIST_KAFKA_CA_FILE=$ST/tls/ca.crt"

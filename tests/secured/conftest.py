@@ -40,7 +40,7 @@ Principal = Callable[[str], Settings]
 
 @pytest.fixture(scope="session", autouse=True)
 def secured_stack() -> None:
-    wanted = ["TOKENDIST_SECURE", *(f"TOKENDIST_SECURE_{p.upper()}_PASSWORD" for p in PRINCIPALS)]
+    wanted = [f"TOKENDIST_SECURE_{p.upper()}_PASSWORD" for p in PRINCIPALS]
     if os.environ.get("TOKENDIST_KAFKA_SECURITY_PROTOCOL") != "SASL_SSL" or not all(
         os.environ.get(name) for name in wanted
     ):
