@@ -149,6 +149,7 @@ EOF
 pg_running() { [[ -n $PGBIN && -f $ST/pg/PG_VERSION ]] && as_pg "$PGBIN/pg_ctl" status -D "$ST/pg" >/dev/null 2>&1; }
 start_pg() {
   ensure_pg_cluster
+  if secure_mode; then pg_secure_configure; fi
   if pg_running; then
     log "postgres already running"
   else
@@ -157,9 +158,65 @@ start_pg() {
       -o "-p $PG_PORT -k '$ST/pgsock' -c listen_addresses=$HOST -c wal_level=logical" >/dev/null ||
       fail "postgres did not start" "$LOGS/postgres.log"
   fi
-  local psql=("$PGBIN/psql" -h $HOST -p $PG_PORT -U tokendist -d postgres -qtAX)
+  # Over the Unix socket: the owner's login there needs no password, in secure mode too.
+  local psql=("$PGBIN/psql" -h "$ST/pgsock" -p $PG_PORT -U tokendist -d postgres -qtAX)
   [[ -n $("${psql[@]}" -c "select 1 from pg_database where datname = 'tokendist'") ]] ||
     "${psql[@]}" -c "create database tokendist" >/dev/null
+  if secure_mode; then pg_secure_roles; fi
+}
+
+# ---------------------------------------------------------------- PostgreSQL, secured
+# Secure mode (TOKENDIST_SECURE=1, or a stack home first brought up secured): TLS with a
+# certificate of the stack's CA, TCP only through hostssl with scram-sha-256, and one login
+# per component role (tokendist/core/grants.sql) with its own password. The owner keeps a
+# password-less login on the stack's Unix socket, for the stack's own setup.
+PG_COMPONENTS=(webhook relay consumer operator)
+secure_mode() { [[ ${TOKENDIST_SECURE:-0} == 1 || -e $ST/secure.mode ]]; }
+pg_password_file() { echo "$ST/secure/pg-$1.password"; } # owner|webhook|relay|consumer|operator
+pg_secure_configure() { # before the server starts: certificate, TLS settings, pg_hba
+  touch "$ST/secure.mode"
+  mkdir -p "$ST/secure"
+  chmod 700 "$ST/secure"
+  bash "$HERE/tls.sh" "$ST/tls" pg
+  local who
+  for who in owner "${PG_COMPONENTS[@]}"; do
+    [[ -s $(pg_password_file "$who") ]] || (umask 077 && openssl rand -hex 24 >"$(pg_password_file "$who")")
+  done
+  install -m 600 "$ST/tls/pg.crt" "$ST/pg/server.crt"
+  install -m 600 "$ST/tls/pg.key" "$ST/pg/server.key"
+  printf '%s\n' "# tokendist stack, secure mode: no TCP connection without TLS and a password" \
+    "local    all  tokendist             trust" \
+    "hostssl  all  all        $HOST/32   scram-sha-256" >"$ST/pg/pg_hba.conf"
+  grep -q '^ssl = on' "$ST/pg/postgresql.conf" ||
+    printf '%s\n' "# tokendist stack, secure mode" "ssl = on" "ssl_cert_file = 'server.crt'" \
+      "ssl_key_file = 'server.key'" "ssl_min_protocol_version = 'TLSv1.2'" \
+      "password_encryption = 'scram-sha-256'" >>"$ST/pg/postgresql.conf"
+  if ((EUID == 0)); then chown postgres: "$ST/pg/server.crt" "$ST/pg/server.key" "$ST/pg/pg_hba.conf"; fi
+  if pg_running; then as_pg "$PGBIN/pg_ctl" reload -D "$ST/pg" >/dev/null; fi
+}
+pg_secure_roles() { # the server is up: each role may log in, with its own password
+  local psql=("$PGBIN/psql" -h "$ST/pgsock" -p $PG_PORT -U tokendist -d postgres -qtAX -v ON_ERROR_STOP=1)
+  local who sql="ALTER ROLE tokendist PASSWORD '$(cat "$(pg_password_file owner)")';"
+  for who in "${PG_COMPONENTS[@]}"; do
+    # Created here when no database of the cluster has migrated yet (0016 then skips it).
+    sql+="DO \$\$ BEGIN CREATE ROLE tokendist_$who; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;"
+    sql+="ALTER ROLE tokendist_$who LOGIN PASSWORD '$(cat "$(pg_password_file "$who")")';"
+  done
+  "${psql[@]}" -c "$sql" >/dev/null
+}
+pg_dsn() { # owner|webhook|relay|consumer|operator [database]: verifies the server against the CA
+  local user=tokendist
+  [[ $1 == owner ]] || user="tokendist_$1"
+  printf 'postgresql://%s:%s@localhost:%s/%s?sslmode=verify-full&sslrootcert=%s' \
+    "$user" "$(cat "$(pg_password_file "$1")")" "$PG_PORT" "${2:-tokendist}" "$ST/tls/ca.crt"
+}
+pg_secure_env() { # the owner for migrations and tests; each component its own role
+  echo "export TOKENDIST_DATABASE_URL='$(pg_dsn owner)'"
+  echo "export TOKENDIST_WEBHOOK_DATABASE_URL='$(pg_dsn webhook)'"
+  echo "export TOKENDIST_RELAY_DATABASE_URL='$(pg_dsn relay)'"
+  echo "export TOKENDIST_CONSUMER_DATABASE_URL='$(pg_dsn consumer)'"
+  echo "export TOKENDIST_SECURE_OPERATOR_DATABASE_URL='$(pg_dsn operator)'"
+  echo "export TOKENDIST_SECURE_PG_CA=$ST/tls/ca.crt"
 }
 stop_pg() { if pg_running; then as_pg "$PGBIN/pg_ctl" stop -D "$ST/pg" -m fast -w >/dev/null; fi; }
 
@@ -490,7 +547,9 @@ cmd_status() {
   return $rc
 }
 cmd_env() {
-  echo "export TOKENDIST_DATABASE_URL=postgresql://tokendist@$HOST:$PG_PORT/tokendist"
+  if secure_mode; then pg_secure_env; else
+    echo "export TOKENDIST_DATABASE_URL=postgresql://tokendist@$HOST:$PG_PORT/tokendist"
+  fi
   echo "export TOKENDIST_KAFKA_BOOTSTRAP=$(bootstrap)"
   echo "export TOKENDIST_RPC_URL=http://$HOST:$ANVIL_PORT"
   echo "export TOKENDIST_OPERATOR_KEY=$OPERATOR_KEY"
