@@ -34,8 +34,10 @@ def stack() -> Iterator[Services]:
 
 @pytest.fixture(scope="session")
 def template_db(stack: Services) -> str:
-    """A migrated database to clone; its name carries the migrations' hash."""
-    digest = hashlib.sha256("".join(sql for _, _, sql in db.migration_files()).encode())
+    """A migrated database to clone; its name carries the hash of the migrations and the
+    grants."""
+    sqls = [sql for _, _, sql in db.migration_files()] + [db.grants_sql()]
+    digest = hashlib.sha256("".join(sqls).encode())
     name = f"tokendist_tpl_{digest.hexdigest()[:12]}"
 
     async def build() -> None:
