@@ -29,9 +29,12 @@ from tokendist.consumer.runner import Runner
 from tokendist.core import db
 from tokendist.core.errors import DatabaseUnavailable
 from tokendist.core.settings import load_settings
+from tokendist.ops import kyc
+from tokendist.ops.redrive import redrive_failed
+from tokendist.ops.status import KafkaOffsets, gather
 from tokendist.outbox import queries as outbox_queries
 from tokendist.outbox.relay import Relay
-from tokendist.sim import payments, provider
+from tokendist.sim import provider
 from tokendist.webhook.checkout import PendingInvestment, create_pending_investment
 from tokendist.webhook.server import WebhookServer
 
@@ -93,7 +96,8 @@ async def test_each_component_does_its_job_as_its_own_role(
     """A payment from checkout to credit, every step as the role of the component that
     takes it: the operator deploys and approves the investor, the webhook records the
     pending investment and the provider's payment (and its outbox row), the relay
-    publishes and marks it, the consumer pays and credits it."""
+    publishes and marks it, the consumer pays and credits it; then the operator's
+    verify, status and redrive."""
     name = uuid.uuid4().hex[:12]
     operator, deployer = Account.create(), Account.create()
     settings = load_settings(
@@ -118,7 +122,7 @@ async def test_each_component_does_its_job_as_its_own_role(
     try:
         tk = await harness.deploy(settings, as_operator)
         async with as_operator.acquire() as conn:
-            await payments.register_user(conn, "user-1", harness.wallet(1))
+            await kyc.approve(conn, "user-1", harness.wallet(1))
         order = PendingInvestment(
             investment_id="inv-1",
             user_id="user-1",
@@ -152,6 +156,12 @@ async def test_each_component_does_its_job_as_its_own_role(
         assert await harness.holding(owner, 1) == 7 * 10**18
         paid = [(to.lower(), amount) for to, amount in await harness.paid_to(settings, tk)]
         assert paid == [(harness.wallet(1).lower(), 7 * 10**18)]
+        # The operator's read-mostly tools, as the operator.
+        report = await harness.run_verify(settings, as_operator)
+        assert report.ok, report.render()
+        async with as_operator.acquire() as conn, KafkaOffsets(settings) as offsets:
+            assert "credited" in (await gather(conn, offsets, None)).render()
+            assert await redrive_failed(conn, None) == 0
     finally:
         await as_operator.close()
         await as_webhook.close()
