@@ -149,7 +149,7 @@ EOF
 pg_running() { [[ -n $PGBIN && -f $ST/pg/PG_VERSION ]] && as_pg "$PGBIN/pg_ctl" status -D "$ST/pg" >/dev/null 2>&1; }
 start_pg() {
   ensure_pg_cluster
-  if secure_mode; then pg_secure_configure; fi
+  if secure; then pg_secure_configure; fi
   if pg_running; then
     log "postgres already running"
   else
@@ -162,26 +162,23 @@ start_pg() {
   local psql=("$PGBIN/psql" -h "$ST/pgsock" -p $PG_PORT -U tokendist -d postgres -qtAX)
   [[ -n $("${psql[@]}" -c "select 1 from pg_database where datname = 'tokendist'") ]] ||
     "${psql[@]}" -c "create database tokendist" >/dev/null
-  if secure_mode; then pg_secure_roles; fi
+  if secure; then pg_secure_roles; fi
 }
 
 # ---------------------------------------------------------------- PostgreSQL, secured
-# Secure mode (TOKENDIST_SECURE=1, or a stack home first brought up secured): TLS with a
+# Secure mode (up --secure or TOKENDIST_SECURE=1; recorded in $ST/secure): TLS with a
 # certificate of the stack's CA, TCP only through hostssl with scram-sha-256, and one login
 # per component role (tokendist/core/grants.sql) with its own password. The owner keeps a
 # password-less login on the stack's Unix socket, for the stack's own setup.
 PG_COMPONENTS=(webhook relay consumer operator)
-secure_mode() { [[ ${TOKENDIST_SECURE:-0} == 1 || -e $ST/secure.mode ]]; }
-pg_password_file() { echo "$ST/secure/pg-$1.password"; } # owner|webhook|relay|consumer|operator
+secure() { [[ $(cat "$ST/secure" 2>/dev/null) == 1 ]]; }
+secret() { # name -> its password, made on first use
+  local f="$ST/secrets/$1.password"
+  if [[ ! -s $f ]]; then mkdir -p "$ST/secrets"; (umask 077 && openssl rand -hex 24 >"$f"); fi
+  cat "$f"
+}
 pg_secure_configure() { # before the server starts: certificate, TLS settings, pg_hba
-  touch "$ST/secure.mode"
-  mkdir -p "$ST/secure"
-  chmod 700 "$ST/secure"
   bash "$HERE/tls.sh" "$ST/tls" pg
-  local who
-  for who in owner "${PG_COMPONENTS[@]}"; do
-    [[ -s $(pg_password_file "$who") ]] || (umask 077 && openssl rand -hex 24 >"$(pg_password_file "$who")")
-  done
   install -m 600 "$ST/tls/pg.crt" "$ST/pg/server.crt"
   install -m 600 "$ST/tls/pg.key" "$ST/pg/server.key"
   printf '%s\n' "# tokendist stack, secure mode: no TCP connection without TLS and a password" \
@@ -196,11 +193,11 @@ pg_secure_configure() { # before the server starts: certificate, TLS settings, p
 }
 pg_secure_roles() { # the server is up: each role may log in, with its own password
   local psql=("$PGBIN/psql" -h "$ST/pgsock" -p $PG_PORT -U tokendist -d postgres -qtAX -v ON_ERROR_STOP=1)
-  local who sql="ALTER ROLE tokendist PASSWORD '$(cat "$(pg_password_file owner)")';"
+  local who sql="ALTER ROLE tokendist PASSWORD '$(secret pg-owner)';"
   for who in "${PG_COMPONENTS[@]}"; do
     # Created here when no database of the cluster has migrated yet (0016 then skips it).
     sql+="DO \$\$ BEGIN CREATE ROLE tokendist_$who; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;"
-    sql+="ALTER ROLE tokendist_$who LOGIN PASSWORD '$(cat "$(pg_password_file "$who")")';"
+    sql+="ALTER ROLE tokendist_$who LOGIN PASSWORD '$(secret "pg-$who")';"
   done
   "${psql[@]}" -c "$sql" >/dev/null
 }
@@ -208,7 +205,7 @@ pg_dsn() { # owner|webhook|relay|consumer|operator [database]: verifies the serv
   local user=tokendist
   [[ $1 == owner ]] || user="tokendist_$1"
   printf 'postgresql://%s:%s@localhost:%s/%s?sslmode=verify-full&sslrootcert=%s' \
-    "$user" "$(cat "$(pg_password_file "$1")")" "$PG_PORT" "${2:-tokendist}" "$ST/tls/ca.crt"
+    "$user" "$(secret "pg-$1")" "$PG_PORT" "${2:-tokendist}" "$ST/tls/ca.crt"
 }
 pg_secure_env() { # the owner for migrations and tests; each component its own role
   echo "export TOKENDIST_DATABASE_URL='$(pg_dsn owner)'"
@@ -547,7 +544,7 @@ cmd_status() {
   return $rc
 }
 cmd_env() {
-  if secure_mode; then pg_secure_env; else
+  if secure; then pg_secure_env; else
     echo "export TOKENDIST_DATABASE_URL=postgresql://tokendist@$HOST:$PG_PORT/tokendist"
   fi
   echo "export TOKENDIST_KAFKA_BOOTSTRAP=$(bootstrap)"

@@ -2,7 +2,7 @@
 server against the stack's CA, no connection without it, and each component under its own
 role (``tokendist/core/grants.sql``) doing its job and refused what it must not do.
 
-The DSNs come from ``stack/stack.sh env`` in secure mode: the owner's in
+The DSNs come from ``stack/stack.sh env`` of a secured stack: the owner's in
 ``TOKENDIST_DATABASE_URL``, each component's in ``TOKENDIST_<COMPONENT>_DATABASE_URL``.
 Each test works in a database of its own, migrated by the owner; Kafka and the chain are
 the stack's, as the environment names them.
@@ -40,8 +40,8 @@ from tokendist.webhook.server import WebhookServer
 
 ROOT = Path(__file__).resolve().parents[2]
 HOW_TO_START = (
-    "start it with TOKENDIST_SECURE=1 stack/stack.sh up, then "
-    'eval "$(TOKENDIST_SECURE=1 stack/stack.sh env)" (make test-secured does both)'
+    'start it with stack/stack.sh up --secure, then eval "$(stack/stack.sh env)" '
+    "(make test-secured does both)"
 )
 ROLE_VARIABLES = {
     "owner": "TOKENDIST_DATABASE_URL",
