@@ -145,6 +145,13 @@ def grants_sql() -> str:
     return resources.files("tokendist.core").joinpath("grants.sql").read_text(encoding="utf-8")
 
 
+def schema_digest() -> str:
+    """The SHA-256 of everything ``migrate`` applies: a migrated copy (a test template)
+    named by it is current."""
+    sqls = [sql for _, _, sql in migration_files()] + [grants_sql()]
+    return hashlib.sha256("".join(sqls).encode()).hexdigest()
+
+
 async def migrate(conn: Connection) -> list[str]:
     """Apply pending migrations, then the grants; returns the names of the migrations
     applied. Safe to run concurrently, and again."""
