@@ -10,8 +10,10 @@ the stack's, as the environment names them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -248,3 +250,25 @@ async def test_a_connection_without_tls_is_refused() -> None:
     with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no encryption"):
         async with db.connect(plain):
             pass
+
+
+async def test_a_command_refused_a_privilege_says_so_in_one_line(dsns: dict[str, str]) -> None:
+    """``db migrate`` as the webhook's role: the owner's job, refused by the database; one
+    line naming the cause, exit 2, the role's password not in it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDIST_")}
+    env |= {"TOKENDIST_DATABASE_URL": dsns["webhook"], "TOKENDIST_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tokendist.cli", "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("tokendist: error: InsufficientPrivilegeError:")
+    assert "may not do this" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    password = urlsplit(dsns["webhook"]).password
+    assert password
+    assert password not in done.stdout + done.stderr
