@@ -118,3 +118,20 @@ def test_each_component_connects_with_its_own_dsn_or_the_common_one(
     assert s.relay().database_url == "postgresql://owner@db/app"
     assert s.webhook().database_url == "postgresql://owner@db/app"
     assert s.database_url == "postgresql://owner@db/app"  # the operator tools'
+
+
+def test_settings_moved_to_another_database_move_every_components_dsn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A demo or a benchmark in a database of its own: no component may stay behind on the
+    stack's database under its own role."""
+    monkeypatch.setenv("TOKENDIST_DATABASE_URL", "postgresql://owner:o@db:5432/app?sslmode=require")
+    monkeypatch.setenv(
+        "TOKENDIST_RELAY_DATABASE_URL", "postgresql://tokendist_relay:r@db:5432/app?sslmode=require"
+    )
+    moved = load_settings().in_database("postgresql://owner:o@db:5432/demo_1?sslmode=require")
+    assert moved.database_url == "postgresql://owner:o@db:5432/demo_1?sslmode=require"
+    assert moved.relay().database_url == (
+        "postgresql://tokendist_relay:r@db:5432/demo_1?sslmode=require"
+    )
+    assert moved.consumer().database_url == moved.database_url

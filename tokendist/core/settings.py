@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self, TypeAlias, TypeVar, get_args
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -334,6 +334,17 @@ class Settings(BaseSettings, ConsumerSettings, RelaySettings, WebhookSettings):
 
     def webhook(self) -> WebhookSettings:
         return self._section(WebhookSettings, self.webhook_database_url)
+
+    def in_database(self, database_url: str) -> Settings:
+        """These settings on another database of the same server (a demo's, a benchmark's):
+        ``database_url`` for the tools, and each component's own DSN, if set, moved there
+        too (its role and password kept)."""
+        path = urlsplit(database_url).path
+        update = {"database_url": database_url}
+        for name in ("webhook_database_url", "relay_database_url", "consumer_database_url"):
+            if (dsn := getattr(self, name)) is not None:
+                update[name] = urlunsplit(urlsplit(dsn)._replace(path=path))
+        return self.model_copy(update=update)
 
     def _section(self, section: type[S], database_url: str | None = None) -> S:
         values = {name: getattr(self, name) for name in section.model_fields}
