@@ -154,6 +154,7 @@ EOF
 pg_running() { [[ -n $PGBIN && -f $ST/pg/PG_VERSION ]] && as_pg "$PGBIN/pg_ctl" status -D "$ST/pg" >/dev/null 2>&1; }
 start_pg() {
   ensure_pg_cluster
+  if secure; then pg_secure_configure; fi
   if pg_running; then
     log "postgres already running"
   else
@@ -162,9 +163,62 @@ start_pg() {
       -o "-p $PG_PORT -k '$ST/pgsock' -c listen_addresses=$HOST -c wal_level=logical" >/dev/null ||
       fail "postgres did not start" "$LOGS/postgres.log"
   fi
-  local psql=("$PGBIN/psql" -h $HOST -p $PG_PORT -U tokendist -d postgres -qtAX)
+  # Over the Unix socket: the owner's login there needs no password, in secure mode too.
+  local psql=("$PGBIN/psql" -h "$ST/pgsock" -p $PG_PORT -U tokendist -d postgres -qtAX)
   [[ -n $("${psql[@]}" -c "select 1 from pg_database where datname = 'tokendist'") ]] ||
     "${psql[@]}" -c "create database tokendist" >/dev/null
+  if secure; then pg_secure_roles; fi
+}
+
+# ---------------------------------------------------------------- PostgreSQL, secured
+# Secure mode (up --secure or TOKENDIST_SECURE=1; recorded in $ST/secure): TLS with a
+# certificate of the stack's CA, TCP only through hostssl with scram-sha-256, and one login
+# per component role (tokendist/core/grants.sql) with its own password. The owner keeps a
+# password-less login on the stack's Unix socket, for the stack's own setup.
+PG_COMPONENTS=(webhook relay consumer operator)
+secure() { [[ $(cat "$ST/secure" 2>/dev/null) == 1 ]]; }
+secret() { # name -> its password, made on first use
+  local f="$ST/secrets/$1.password"
+  if [[ ! -s $f ]]; then mkdir -p "$ST/secrets"; (umask 077 && openssl rand -hex 24 >"$f"); fi
+  cat "$f"
+}
+pg_secure_configure() { # before the server starts: certificate, TLS settings, pg_hba
+  bash "$HERE/tls.sh" "$ST/tls" pg
+  install -m 600 "$ST/tls/pg.crt" "$ST/pg/server.crt"
+  install -m 600 "$ST/tls/pg.key" "$ST/pg/server.key"
+  printf '%s\n' "# tokendist stack, secure mode: no TCP connection without TLS and a password" \
+    "local    all  tokendist             trust" \
+    "hostssl  all  all        $HOST/32   scram-sha-256" >"$ST/pg/pg_hba.conf"
+  grep -q '^ssl = on' "$ST/pg/postgresql.conf" ||
+    printf '%s\n' "# tokendist stack, secure mode" "ssl = on" "ssl_cert_file = 'server.crt'" \
+      "ssl_key_file = 'server.key'" "ssl_min_protocol_version = 'TLSv1.2'" \
+      "password_encryption = 'scram-sha-256'" >>"$ST/pg/postgresql.conf"
+  if ((EUID == 0)); then chown postgres: "$ST/pg/server.crt" "$ST/pg/server.key" "$ST/pg/pg_hba.conf"; fi
+  if pg_running; then as_pg "$PGBIN/pg_ctl" reload -D "$ST/pg" >/dev/null; fi
+}
+pg_secure_roles() { # the server is up: each role may log in, with its own password
+  local psql=("$PGBIN/psql" -h "$ST/pgsock" -p $PG_PORT -U tokendist -d postgres -qtAX -v ON_ERROR_STOP=1)
+  local who sql="ALTER ROLE tokendist PASSWORD '$(secret pg-owner)';"
+  for who in "${PG_COMPONENTS[@]}"; do
+    # Created here when no database of the cluster has migrated yet (0016 then skips it).
+    sql+="DO \$\$ BEGIN CREATE ROLE tokendist_$who; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;"
+    sql+="ALTER ROLE tokendist_$who LOGIN PASSWORD '$(secret "pg-$who")';"
+  done
+  "${psql[@]}" -c "$sql" >/dev/null
+}
+pg_dsn() { # owner|webhook|relay|consumer|operator [database]: verifies the server against the CA
+  local user=tokendist
+  [[ $1 == owner ]] || user="tokendist_$1"
+  printf 'postgresql://%s:%s@localhost:%s/%s?sslmode=verify-full&sslrootcert=%s' \
+    "$user" "$(secret "pg-$1")" "$PG_PORT" "${2:-tokendist}" "$ST/tls/ca.crt"
+}
+pg_secure_env() { # the owner for migrations and tests; each component its own role
+  echo "export TOKENDIST_DATABASE_URL='$(pg_dsn owner)'"
+  echo "export TOKENDIST_WEBHOOK_DATABASE_URL='$(pg_dsn webhook)'"
+  echo "export TOKENDIST_RELAY_DATABASE_URL='$(pg_dsn relay)'"
+  echo "export TOKENDIST_CONSUMER_DATABASE_URL='$(pg_dsn consumer)'"
+  echo "export TOKENDIST_SECURE_OPERATOR_DATABASE_URL='$(pg_dsn operator)'"
+  echo "export TOKENDIST_SECURE_PG_CA=$ST/tls/ca.crt"
 }
 stop_pg() { if pg_running; then as_pg "$PGBIN/pg_ctl" stop -D "$ST/pg" -m fast -w >/dev/null; fi; }
 
@@ -423,15 +477,9 @@ stop_cdc() { stop_pid "$CDC_HOME/connect.pid" ConnectStandalone "${1:-TERM}"; }
 # StandardAuthorizer, and each component has its own principal and ACLs (SecureSetup.java).
 # The choice is recorded with the stack (like the broker count) and its data kept apart.
 # Passwords are random, made once per stack under $ST/secrets; `env` exports them.
-secure() { [[ $(cat "$ST/secure" 2>/dev/null) == 1 ]]; }
 # The broker's own principal (inter-broker traffic) and `admin` (setup and tests) are super
 # users; relay, consumer and operator get only their ACLs; the webhook has no principal.
 KAFKA_PRINCIPALS=(broker admin relay consumer operator)
-secret() { # name -> its password, made on first use
-  local f="$ST/secrets/$1.password"
-  if [[ ! -s $f ]]; then mkdir -p "$ST/secrets"; (umask 077 && openssl rand -hex 24 >"$f"); fi
-  cat "$f"
-}
 kafka_jaas() { # principal
   echo "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$1\" password=\"$(secret "kafka-$1")\";"
 }
@@ -591,7 +639,9 @@ cmd_status() {
   return $rc
 }
 cmd_env() {
-  echo "export TOKENDIST_DATABASE_URL=postgresql://tokendist@$HOST:$PG_PORT/tokendist"
+  if secure; then pg_secure_env; else
+    echo "export TOKENDIST_DATABASE_URL=postgresql://tokendist@$HOST:$PG_PORT/tokendist"
+  fi
   echo "export TOKENDIST_KAFKA_BOOTSTRAP=$(bootstrap)"
   echo "export TOKENDIST_RPC_URL=http://$HOST:$ANVIL_PORT"
   echo "export TOKENDIST_OPERATOR_KEY=$OPERATOR_KEY"

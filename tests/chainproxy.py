@@ -6,6 +6,9 @@ while the consumer runs.
 A lagging proxy answers as a node ``lag_blocks`` behind for what confirms a transaction:
 the head (``eth_blockNumber``, the ``latest`` block), receipts (none for blocks above its
 head) and logs (up to its head); everything else goes through unchanged.
+
+A proxy given ``credentials`` (a header's name and value) answers 401 to a request without
+that header, as a provider does to a caller without its API key or basic auth.
 """
 
 from __future__ import annotations
@@ -33,9 +36,16 @@ class Fault(enum.StrEnum):
 
 
 class ChainProxy:
-    def __init__(self, upstream: str, lag_blocks: int = 1_000) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        lag_blocks: int = 1_000,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.upstream = upstream
         self.lag_blocks = lag_blocks
+        self.credentials = credentials
+        self.unauthorized = 0
         self.url = f"http://127.0.0.1:{free_port()}"
         # Methods answered with the node's (or the lagging) answer, not with a fault.
         self.served: collections.Counter[str] = collections.Counter()
@@ -77,6 +87,11 @@ class ChainProxy:
             await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.credentials is not None:
+            name, value = self.credentials
+            if request.headers.get(name) != value:
+                self.unauthorized += 1
+                return web.Response(status=401, text="Unauthorized")
         body = await request.json()
         calls = body if isinstance(body, list) else [body]
         match self._fault:

@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from tokendist.core.settings import secret_values
+
 
 def kafka_version() -> str:
     """The version the broker itself reported at start-up (its server log)."""
@@ -30,5 +32,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return  # xdist workers: the controller writes it once
     bootstrap = os.environ.get("TOKENDIST_KAFKA_BOOTSTRAP", "unset")
     reporter.write_line(f"kafka: {bootstrap}, {kafka_version()}")
-    reporter.write_line(f"postgresql: {os.environ.get('TOKENDIST_DATABASE_URL', 'unset')}")
-    reporter.write_line(f"ethereum node: {os.environ.get('TOKENDIST_RPC_URL', 'unset')}")
+    for what, name in (("postgresql", "DATABASE_URL"), ("ethereum node", "RPC_URL")):
+        reporter.write_line(f"{what}: {_masked(os.environ.get(f'TOKENDIST_{name}', 'unset'))}")
+
+
+def _masked(text: str) -> str:
+    """``text`` without the passwords of the secured stack's URLs."""
+    for secret in secret_values(os.environ):
+        text = text.replace(secret, "***")
+    return text

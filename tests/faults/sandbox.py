@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +43,7 @@ async def _admin(stack: Stack, sql: str, *args: object) -> object:
 async def ensure_template(stack: Stack) -> str:
     """The migrated template, named by the migrations' hash exactly as conftest names it,
     so fault runs and integration tests share one (and a changed migration gets a new one)."""
-    digest = hashlib.sha256("".join(sql for _, _, sql in db.migration_files()).encode())
-    name = f"tokendist_tpl_{digest.hexdigest()[:12]}"
+    name = f"tokendist_tpl_{db.schema_digest()[:12]}"
     admin = await asyncpg.connect(stack.database_url, timeout=10)
     try:
         await admin.execute("SELECT pg_advisory_lock($1)", TEMPLATE_LOCK)

@@ -5,7 +5,6 @@ and deployer keys and its own contracts: tests run in parallel without sharing s
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -34,9 +33,9 @@ def stack() -> Iterator[Services]:
 
 @pytest.fixture(scope="session")
 def template_db(stack: Services) -> str:
-    """A migrated database to clone; its name carries the migrations' hash."""
-    digest = hashlib.sha256("".join(sql for _, _, sql in db.migration_files()).encode())
-    name = f"tokendist_tpl_{digest.hexdigest()[:12]}"
+    """A migrated database to clone; its name carries the hash of the migrations and the
+    grants."""
+    name = f"tokendist_tpl_{db.schema_digest()[:12]}"
 
     async def build() -> None:
         admin = await asyncpg.connect(stack.database_url)

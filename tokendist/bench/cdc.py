@@ -59,7 +59,7 @@ async def bench(shared: Settings, stack_dir: str, args: argparse.Namespace) -> d
     settings = sandbox.bench_settings(shared, run)
     wallets = workload.make_wallets(USERS)
     async with sandbox.isolated_database(settings.database_url) as url:
-        settings = settings.model_copy(update={"database_url": url})
+        settings = settings.in_database(url)
         pool = await db.create_pool(url, max_size=8)
         try:
             relay = await _relay(sandbox.renamed(settings, "relay"), pool, wallets, args)

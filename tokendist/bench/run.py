@@ -212,7 +212,7 @@ async def _chain_free(args: argparse.Namespace, base: Settings, named: Named) ->
         pool = await db.create_pool(url, max_size=args.writers + 4)
         try:
             enqueued, relayed = await relay_stage.run(
-                relay_settings.model_copy(update={"database_url": url}),
+                relay_settings.in_database(url),
                 pool,
                 args.relay_rows,
                 args.writers,
@@ -251,7 +251,7 @@ async def _isolated(
         pool = await db.create_pool(url, max_size=writers + 4)
         try:
             await workload.register_users(pool, wallets)
-            return await body(own.model_copy(update={"database_url": url}), pool)
+            return await body(own.in_database(url), pool)
         finally:
             await pool.close()
 

@@ -106,9 +106,8 @@ async def run(args: argparse.Namespace, base: Settings) -> None:
     async with sandbox.isolated_database(base.database_url) as url:
         bodies = await prepare(url, args.payments)
         port, key = free_port(), f"sk_live_{secrets.token_hex(20)}"
-        settings = base.model_copy(
+        settings = base.in_database(url).model_copy(
             update={
-                "database_url": url,
                 "paystack_secret_key": SecretStr(key),
                 "paystack_mode": "live",
                 "webhook_host": "127.0.0.1",

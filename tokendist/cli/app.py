@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import urlsplit
 
 from tokendist.bench.options import PARSER
 from tokendist.bench.options import add_arguments as add_bench_arguments
@@ -18,7 +17,13 @@ from tokendist.cli import commands as cmd
 from tokendist.cli import errors as cli_errors
 from tokendist.cli import inputs as valid
 from tokendist.core import logs
-from tokendist.core.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from tokendist.core.settings import (
+    ENV_PREFIX,
+    Settings,
+    SettingsError,
+    load_settings,
+    secret_values,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -51,22 +56,6 @@ def _check_keys(settings: Settings) -> None:
             raise SettingsError(
                 f"{ENV_PREFIX}{name.upper()} is not a private key (64 hex digits, 0x optional)"
             )
-
-
-def _secrets() -> list[str]:
-    """What the one error line must never show: keys, passwords, the database password."""
-    found = [
-        v
-        for k, v in os.environ.items()
-        if k.startswith(ENV_PREFIX) and k.endswith(("_KEY", "_PASSWORD"))
-    ]
-    for name in ("DATABASE_URL", "LEGACY_DATABASE_URL"):
-        try:
-            password = urlsplit(os.environ.get(f"{ENV_PREFIX}{name}", "")).password
-        except ValueError:
-            password = None
-        found += [password] if password else []
-    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except (Exception, KeyboardInterrupt) as exc:  # the boundary: see tokendist.cli_errors
-        code, line = cli_errors.one_line(exc, _secrets())
+        code, line = cli_errors.one_line(exc, secret_values(os.environ))
         print(line, file=sys.stderr)
         return code
     return code

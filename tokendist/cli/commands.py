@@ -63,12 +63,13 @@ async def cmd_cdc_sweep(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.core import db
     from tokendist.outbox import cdc
 
-    async with db.connect(settings.database_url) as conn:
+    relay = settings.relay()  # it does the relay's work, as the relay's role
+    async with db.connect(relay.database_url) as conn:
         result = await cdc.sweep(
             db.Database(conn),
             args.slot,
             timeout_s=args.timeout,
-            retention_s=settings.relay().relay_retention_s,
+            retention_s=relay.relay_retention_s,
         )
     print(f"marked published: {result.marked}, pruned: {result.pruned}")
     return 0

@@ -3,7 +3,7 @@ line on stderr and an exit code, never a traceback.
 
     exit 2  the request is refused as asked (SettingsError, InvalidInput, any other
             TokendistError, a database that is not ours: unknown, unmigrated, refusing
-            our credentials); asking again will not help
+            our credentials or our role's privileges); asking again will not help
     exit 1  a dependency is down (TransientError, and the raw asyncpg, aiokafka, aiohttp
             and socket errors of tool calls that reach a service without an adapter's
             mapping); the same command succeeds once it is back
@@ -66,6 +66,11 @@ RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, s
     (asyncpg.InvalidPasswordError, BAD_INPUT, "check TOKENDIST_DATABASE_URL's password"),
     (asyncpg.ClientConfigurationError, BAD_INPUT, "check TOKENDIST_DATABASE_URL"),
     (asyncpg.UndefinedTableError, BAD_INPUT, "run `tokendist db migrate` first"),
+    (
+        asyncpg.InsufficientPrivilegeError,
+        BAD_INPUT,
+        "the role in TOKENDIST_DATABASE_URL may not do this (README: PostgreSQL roles)",
+    ),
     (_DATABASE_DOWN, OUTAGE, DATABASE_HINT),
     (KafkaError, OUTAGE, KAFKA_HINT),
     ((aiohttp.ClientError, OSError), OUTAGE, "is the service it names up?"),

@@ -18,7 +18,8 @@ request fails at once with ``ChainUnavailable`` (the caller's own backoff retrie
 after waiting for a head check already under way.
 
 Endpoints are named in logs and metrics by position and host (``0/node.example:8545``):
-providers put API keys in URL paths and user info, and those never leave this module.
+providers put API keys in URL paths and user info, and those never leave this module. A
+provider that wants a header instead gets ``TOKENDIST_RPC_AUTH_HEADER`` on every request.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class Endpoints:
         self._clock = clock
         self._head_of = head
         timeout = aiohttp.ClientTimeout(total=settings.rpc_timeout_s)
+        headers = AsyncHTTPProvider.get_request_headers() | settings.rpc_headers()
         self._endpoints = [
             Endpoint(
                 label(i, url),
@@ -134,7 +136,9 @@ class Endpoints:
                 # bad endpoint; moving to the next one is the retry.
                 AsyncWeb3(
                     AsyncHTTPProvider(
-                        url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None
+                        url,
+                        request_kwargs={"timeout": timeout, "headers": headers},
+                        exception_retry_configuration=None,
                     )
                 ),
             )

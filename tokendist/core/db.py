@@ -2,7 +2,9 @@
 mapped to ours) and the migration runner.
 
 Migrations are numbered SQL files applied in order, each in its own transaction, recorded
-with a checksum so an edited file is refused instead of silently diverging.
+with a checksum so an edited file is refused instead of silently diverging. The component
+roles' privileges (``grants.sql``) are not a migration: they are applied again after every
+run, so they always equal that one file.
 """
 
 from __future__ import annotations
@@ -138,8 +140,21 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def grants_sql() -> str:
+    """The component roles' privileges (``tokendist/core/grants.sql``)."""
+    return resources.files("tokendist.core").joinpath("grants.sql").read_text(encoding="utf-8")
+
+
+def schema_digest() -> str:
+    """The SHA-256 of everything ``migrate`` applies: a migrated copy (a test template)
+    named by it is current."""
+    sqls = [sql for _, _, sql in migration_files()] + [grants_sql()]
+    return hashlib.sha256("".join(sqls).encode()).hexdigest()
+
+
 async def migrate(conn: Connection) -> list[str]:
-    """Apply pending migrations; returns the names applied. Safe to run concurrently."""
+    """Apply pending migrations, then the grants; returns the names of the migrations
+    applied. Safe to run concurrently, and again."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         await conn.execute(
@@ -165,6 +180,8 @@ async def migrate(conn: Connection) -> list[str]:
                     checksum,
                 )
             done.append(name)
+        async with conn.transaction():
+            await conn.execute(grants_sql())
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

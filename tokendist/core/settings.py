@@ -4,13 +4,22 @@ Built once in the CLI; nothing else reads the environment. Each long-running com
 handed only its section: the consumer never holds a payment provider's secret, the
 webhook receiver never holds the operator key. The variables stay flat (one name each,
 as the README and the compose file list them); the sections group them in code.
+
+Any variable may be given as a file instead, as container platforms mount secrets:
+``TOKENDIST_<NAME>_FILE`` names a file whose content (less its final line break) is the
+value. Both set is refused. ``secret_values`` lists what no output may ever show.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import re
-from typing import Literal, Self, TypeAlias, TypeVar
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Self, TypeAlias, TypeVar, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -21,7 +30,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Defined with the rest of the tree; importable from here, beside the settings it is about.
 from tokendist.core.errors import SettingsError as SettingsError  # noqa: PLC0414 -- still importable from here
@@ -31,6 +41,9 @@ LOCAL_HINT = 'for the local stack: eval "$(tokendist stack env)"'
 INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]+")
 INSTANCE_ID_MAX = 249
 
+
+FILE_SUFFIX = "_FILE"
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP token (RFC 9110)
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -157,6 +170,27 @@ class RpcSettings(_Section):
     # A failing endpoint rests for a jittered backoff growing from base to cap.
     rpc_backoff_base_s: float = Field(default=0.5, gt=0)
     rpc_backoff_cap_s: float = Field(default=30.0, gt=0)
+    # For a provider that authenticates by header rather than by user info in the URL
+    # (https://user:pass@host, which works as it is).
+    rpc_auth_header: SecretStr | None = Field(
+        default=None, description="'Name: value', sent to every RPC endpoint"
+    )
+
+    @field_validator("rpc_auth_header")
+    @classmethod
+    def _header(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            name, colon, rest = value.get_secret_value().partition(":")
+            if not colon or not HEADER_NAME.fullmatch(name.strip()) or not rest.strip():
+                raise ValueError("must be 'Name: value' (the value is not shown)")
+        return value
+
+    def rpc_headers(self) -> dict[str, str]:
+        """The extra HTTP headers of every RPC request."""
+        if self.rpc_auth_header is None:
+            return {}
+        name, _, value = self.rpc_auth_header.get_secret_value().partition(":")
+        return {name.strip(): value.strip()}
 
     def endpoints(self, first: str) -> list[str]:
         """``first`` (``TOKENDIST_RPC_URL``), then ``rpc_urls``, each once."""
@@ -310,18 +344,48 @@ class Settings(BaseSettings, ConsumerSettings, RelaySettings, WebhookSettings):
     deployer_key: SecretStr | None = Field(
         default=None, description="hex private key that deploys contracts and owns them"
     )
+    # Each component may connect as its own role (README: PostgreSQL roles) when one
+    # environment serves several; unset, it uses TOKENDIST_DATABASE_URL like the tools.
+    webhook_database_url: str | None = None
+    relay_database_url: str | None = None
+    consumer_database_url: str | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileSource(settings_cls)
 
     def consumer(self) -> ConsumerSettings:
-        return self._section(ConsumerSettings)
+        return self._section(ConsumerSettings, self.consumer_database_url)
 
     def relay(self) -> RelaySettings:
-        return self._section(RelaySettings)
+        return self._section(RelaySettings, self.relay_database_url)
 
     def webhook(self) -> WebhookSettings:
-        return self._section(WebhookSettings)
+        return self._section(WebhookSettings, self.webhook_database_url)
 
-    def _section(self, section: type[S]) -> S:
-        return section.model_validate({name: getattr(self, name) for name in section.model_fields})
+    def in_database(self, database_url: str) -> Settings:
+        """These settings on another database of the same server (a demo's, a benchmark's):
+        ``database_url`` for the tools, and each component's own DSN, if set, moved there
+        too (its role and password kept)."""
+        path = urlsplit(database_url).path
+        update = {"database_url": database_url}
+        for name in ("webhook_database_url", "relay_database_url", "consumer_database_url"):
+            if (dsn := getattr(self, name)) is not None:
+                update[name] = urlunsplit(urlsplit(dsn)._replace(path=path))
+        return self.model_copy(update=update)
+
+    def _section(self, section: type[S], database_url: str | None = None) -> S:
+        values = {name: getattr(self, name) for name in section.model_fields}
+        if database_url is not None:
+            values["database_url"] = database_url
+        return section.model_validate(values)
 
     def as_env(self) -> dict[str, str]:
         """These settings as the environment of a child ``tokendist`` process."""
@@ -337,6 +401,68 @@ class Settings(BaseSettings, ConsumerSettings, RelaySettings, WebhookSettings):
         assert self.rpc_url is not None
         assert self.deployer_key is not None
         return self.rpc_url, self.deployer_key
+
+
+def file_values(names: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The values of ``names`` given as ``TOKENDIST_<NAME>_FILE``; a variable given both
+    ways, or a file that cannot be read, is refused (naming the file, never its content)."""
+    values = {}
+    for name in names:
+        var = f"{ENV_PREFIX}{name.upper()}"
+        path = environ.get(var + FILE_SUFFIX)
+        if path is None:
+            continue
+        if var in environ:
+            raise SettingsError(f"set {var} or {var}{FILE_SUFFIX}, not both")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SettingsError(f"{var}{FILE_SUFFIX}: cannot read {path} ({why})") from None
+        # A mounted secret usually ends with a line break that is not part of it.
+        values[name] = text.removesuffix("\n").removesuffix("\r")
+    return values
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """``TOKENDIST_<NAME>_FILE`` for every field."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        return file_values(self.settings_cls.model_fields, os.environ)
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return SecretStr in (field.annotation, *get_args(field.annotation))
+
+
+def secret_values(environ: Mapping[str, str]) -> list[str]:
+    """Every secret the settings hold, from the environment or a file: the secret fields
+    (each item of a comma-separated list too, and the value of a 'Name: value' header) and
+    the password of every URL (a DSN's, an RPC endpoint's user info). What no output may
+    show, whether or not the settings are valid."""
+    raw = {n[len(ENV_PREFIX) :].lower(): v for n, v in environ.items() if n.startswith(ENV_PREFIX)}
+    for name in Settings.model_fields:
+        # A refused file stops the command before anything could show a value.
+        with contextlib.suppress(SettingsError):
+            raw.update(file_values([name], environ))
+    found: list[str] = []
+    for name, value in raw.items():
+        field = Settings.model_fields.get(name)
+        if field is not None and _is_secret(field):
+            found += [value, *value.split(","), value.partition(":")[2]]
+        elif name.endswith(("_url", "_urls")):
+            found += [_password(url) for url in value.split(",")]
+    return sorted({s.strip() for s in found if s.strip()}, key=len, reverse=True)
+
+
+def _password(url: str) -> str:
+    try:
+        return urlsplit(url.strip()).password or ""
+    except ValueError:
+        return ""
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -62,9 +62,8 @@ class Demo:
         rpc_url, operator_key = self.base.require_chain()
         self.base.require_deployer()
         dsn = await db.create_database(self.base.database_url, self.name)
-        self.settings = self.base.model_copy(
+        self.settings = self.base.in_database(dsn).model_copy(
             update={
-                "database_url": dsn,
                 "topic": f"{self.name}.payments",
                 "consumer_group": self.name,
                 "topic_partitions": 8,
