@@ -8,7 +8,9 @@ shared with the consumer's ``Repository``, whose guarded transitions it reuses).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
 
 import asyncpg
 
@@ -175,6 +177,60 @@ class ToolRepository:
         """Publish the event ``payload`` again through the outbox, with its own event id."""
         async with self._db.transaction() as conn:
             await _republish(conn, [payload])
+
+    # --- chain-check, and reconcile's repair -----------------------------------------
+
+    @asynccontextmanager
+    async def chain_check_turn(self) -> AsyncIterator[bool]:
+        """Whether this process may check now: one checker at a time, whatever runs."""
+        async with self._db.connection() as conn:
+            mine = bool(await conn.fetchval(queries.C_TRY_LOCK))
+            try:
+                yield mine
+            finally:
+                if mine:
+                    await conn.fetchval(queries.C_UNLOCK)
+
+    async def checkpoint(self, chain_id: int) -> tuple[int | None, datetime | None, datetime]:
+        """(head of the last check, when it began, the database's clock now)."""
+        row = await self._db.fetchrow(queries.C_CHECKPOINT, chain_id)
+        now: datetime = await self._db.fetchval(queries.C_NOW)
+        if row is None:
+            return None, None, now
+        return int(row["checked_block"]), row["started_at"], now
+
+    async def check_candidates(
+        self, chain_id: int, from_block: int, credited_since: datetime | None
+    ) -> list[asyncpg.Record]:
+        return list(
+            await self._db.fetch(queries.C_CANDIDATES, chain_id, from_block, credited_since)
+        )
+
+    async def record_check(
+        self,
+        chain_id: int,
+        head: int,
+        started_at: datetime,
+        missing: list[uuid.UUID],
+        found: list[uuid.UUID],
+    ) -> list[uuid.UUID]:
+        """Remember what is missing (returns those newly so), forget what is back, and
+        move the checkpoint, in one transaction."""
+        async with self._db.transaction() as conn:
+            new = await conn.fetch(queries.C_MARK_MISSING, missing, chain_id, head)
+            await conn.execute(queries.C_MARK_FOUND, found)
+            await conn.execute(queries.C_SAVE_CHECKPOINT, chain_id, head, started_at)
+        return [r["event_id"] for r in new]
+
+    async def batches_of(self, batch_ids: list[int]) -> list[asyncpg.Record]:
+        return list(await self._db.fetch(queries.C_BATCHES_OF, batch_ids))
+
+    async def sender_attempts(
+        self, chain_id: int, sender: str, first: int, last: int
+    ) -> list[asyncpg.Record]:
+        """Each nonce of ``sender`` from ``first`` to ``last`` that a batch holds, with the
+        attempt to send again."""
+        return list(await self._db.fetch(queries.C_SENDER_ATTEMPTS, chain_id, sender, first, last))
 
     # --- redrive ---------------------------------------------------------------------
 
