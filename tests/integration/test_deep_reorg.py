@@ -1,0 +1,119 @@
+"""A reorganisation deeper than the finality rule (issue 15, part 2) on a chain of the
+test's own (a private anvil mining a block per transaction; ``anvil_rollback`` there
+touches no one else): payments credited at one confirmation lose their payouts to a
+rollback; one chain check finds every one of them, and ``reconcile`` puts them back by
+re-sending the batches' own bytes: one payout per payment, token balances and holdings
+exact, and a second reconcile does nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import asyncpg
+import pytest
+from eth_account import Account
+from prometheus_client import REGISTRY
+
+from tests.integration import harness
+from tokendist.bench import anvil
+from tokendist.consumer.chain import Chain
+from tokendist.consumer.repository import Repository
+from tokendist.core.settings import Settings
+from tokendist.ops.chaincheck import ChainChecker
+from tokendist.ops.deploy import Deployment
+from tokendist.ops.reconcile import Reconciler
+from tokendist.ops.repository import ToolRepository
+
+pytestmark = pytest.mark.integration
+
+ROUND = 3  # payments per round: two rounds, two batches at consecutive nonces
+USERS = 2
+
+
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def paid_exactly(s: Settings, tk: Deployment, expected: dict[str, int]) -> None:
+    """One payout per payment, and each wallet's tokens on the chain what it bought."""
+    payouts = await harness.payouts(s, tk)
+    assert len(payouts) == len({p.payment_id for p in payouts}) == 2 * ROUND
+    rpc_url, key = s.require_chain()
+    chain = Chain(rpc_url, key)
+    try:
+        for wallet, tokens in expected.items():
+            assert await chain.token_balance(tk.token_address, wallet) == tokens
+    finally:
+        await chain.close()
+
+
+async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_second_payout(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    binary = anvil.find_binary(None, os.environ.get("TOKENDIST_STACK_DIR"))
+    async with anvil.started(binary, None, tmp_path / "anvil.log") as url:
+        s = settings.model_copy(update={"rpc_url": url, "confirmations": 1})
+        keys = (s.require_chain()[1], s.require_deployer()[1])
+        await harness.fund(url, *(Account.from_key(k.get_secret_value()).address for k in keys))
+        tk = await harness.deploy(
+            s, pool, tokenization_id="tok-reorg", property_id="prop-reorg", name="Deep Reorg",
+            symbol="DRG", supply=10**30,
+        )  # fmt: skip
+        ops = ToolRepository(pool)
+        chain = Chain(*s.require_chain())
+        checker = ChainChecker(s.chain_check(), ops, chain, asyncio.Event())
+        try:
+            async with harness.relay(s), harness.consumer(s):
+                expected = await harness.confirm_payments(pool, tk, ROUND, users=USERS)
+                await harness.wait_until(lambda: credited_is(pool, ROUND), what="round 1")
+                more = await harness.confirm_payments(
+                    pool, tk, ROUND, users=USERS, start=ROUND
+                )
+                await harness.wait_until(lambda: credited_is(pool, 2 * ROUND), what="round 2")
+            expected = {w: expected.get(w, 0) + more.get(w, 0) for w in expected | more}
+            assert await harness.count(pool, "SELECT count(DISTINCT nonce) FROM batches") >= 2
+            before = await checker.turn()
+            assert before is not None and before.missing == [] and before.checked == 2 * ROUND
+
+            # Deeper than one confirmation: every block from the first batch's on.
+            first = await harness.count(pool, "SELECT min(block_number) FROM distributions")
+            head = int(await harness.rpc(url, "eth_blockNumber", []), 16)
+            await harness.rpc(url, "anvil_rollback", [head - first + 1])
+            assert await harness.payouts(s, tk) == []
+
+            reorgs = sample("tokendist_deep_reorgs_total")
+            found = await checker.turn()
+            assert found is not None
+            assert len(found.missing) == len(found.new) == 2 * ROUND
+            assert sample("tokendist_credited_not_on_chain") == 2 * ROUND
+            assert sample("tokendist_deep_reorgs_total") == reorgs + 1
+            holdings = await pool.fetch("SELECT user_id, balance FROM token_holdings")
+
+            reconciler = Reconciler(
+                Repository(pool), ops, chain, confirmations=1, window_blocks=1000
+            )
+            repaired = await reconciler.run(grace_s=0)
+            assert repaired.restored.found == 2 * ROUND, repaired.render()
+            assert repaired.restored.for_a_human == [], repaired.render()
+            assert all("mined in block" in line for line in repaired.restored.resent)
+            assert repaired.report is not None and repaired.report.ok, repaired.render()
+            await paid_exactly(s, tk, expected)
+            assert await pool.fetch("SELECT user_id, balance FROM token_holdings") == holdings
+            for u in range(USERS):
+                bought = expected[harness.wallet(u)]
+                assert await harness.holding(pool, u) == bought
+
+            again = await reconciler.run(grace_s=0)
+            assert again.restored.found == 0 and again.restored.resent == [], again.render()
+            await paid_exactly(s, tk, expected)
+            after = await checker.turn()
+            assert after is not None and after.missing == []
+            assert sample("tokendist_credited_not_on_chain") == 0
+        finally:
+            await chain.close()
+
+
+async def credited_is(pool: asyncpg.Pool, n: int) -> bool:
+    return await harness.credited(pool) == n
