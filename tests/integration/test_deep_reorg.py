@@ -68,14 +68,14 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
             async with harness.relay(s), harness.consumer(s):
                 expected = await harness.confirm_payments(pool, tk, ROUND, users=USERS)
                 await harness.wait_until(lambda: credited_is(pool, ROUND), what="round 1")
-                more = await harness.confirm_payments(
-                    pool, tk, ROUND, users=USERS, start=ROUND
-                )
+                more = await harness.confirm_payments(pool, tk, ROUND, users=USERS, start=ROUND)
                 await harness.wait_until(lambda: credited_is(pool, 2 * ROUND), what="round 2")
             expected = {w: expected.get(w, 0) + more.get(w, 0) for w in expected | more}
             assert await harness.count(pool, "SELECT count(DISTINCT nonce) FROM batches") >= 2
             before = await checker.turn()
-            assert before is not None and before.missing == [] and before.checked == 2 * ROUND
+            assert before is not None
+            assert before.missing == []
+            assert before.checked == 2 * ROUND
 
             # Deeper than one confirmation: every block from the first batch's on.
             first = await harness.count(pool, "SELECT min(block_number) FROM distributions")
@@ -98,7 +98,8 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
             assert repaired.restored.found == 2 * ROUND, repaired.render()
             assert repaired.restored.for_a_human == [], repaired.render()
             assert all("mined in block" in line for line in repaired.restored.resent)
-            assert repaired.report is not None and repaired.report.ok, repaired.render()
+            assert repaired.report is not None
+            assert repaired.report.ok, repaired.render()
             await paid_exactly(s, tk, expected)
             assert await pool.fetch("SELECT user_id, balance FROM token_holdings") == holdings
             for u in range(USERS):
@@ -106,10 +107,12 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
                 assert await harness.holding(pool, u) == bought
 
             again = await reconciler.run(grace_s=0)
-            assert again.restored.found == 0 and again.restored.resent == [], again.render()
+            assert again.restored.found == 0, again.render()
+            assert again.restored.resent == [], again.render()
             await paid_exactly(s, tk, expected)
             after = await checker.turn()
-            assert after is not None and after.missing == []
+            assert after is not None
+            assert after.missing == []
             assert sample("tokendist_credited_not_on_chain") == 0
         finally:
             await chain.close()
