@@ -1,9 +1,11 @@
 """A reorganisation deeper than the finality rule (issue 15, part 2) on a chain of the
 test's own (a private anvil mining a block per transaction; ``anvil_rollback`` there
 touches no one else): payments credited at one confirmation lose their payouts to a
-rollback; one chain check finds every one of them, and ``reconcile`` puts them back by
-re-sending the batches' own bytes: one payout per payment, token balances and holdings
-exact, and a second reconcile does nothing."""
+rollback; one chain check finds every one of them, and ``reconcile`` puts them back: by
+re-sending the batches' own bytes while their nonces are free, or, once another
+transaction took the nonces, by signing the batches' calldata again. Either way one
+payout per payment, token balances and holdings exact, and a second reconcile does
+nothing."""
 
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ async def paid_exactly(s: Settings, tk: Deployment, expected: dict[str, int]) ->
         await chain.close()
 
 
+@pytest.mark.parametrize("nonces", ["free", "taken"])
 async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_second_payout(
-    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path, nonces: str
 ) -> None:
     binary = anvil.find_binary(None, os.environ.get("TOKENDIST_STACK_DIR"))
     async with anvil.started(binary, None, tmp_path / "anvil.log") as url:
@@ -82,6 +85,11 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
             head = int(await harness.rpc(url, "eth_blockNumber", []), 16)
             await harness.rpc(url, "anvil_rollback", [head - first + 1])
             assert await harness.payouts(s, tk) == []
+            batches = await harness.count(pool, "SELECT count(*) FROM batches")
+            if nonces == "taken":  # as if the key had sent other transactions since
+                sender = Account.from_key(keys[0].get_secret_value()).address
+                taken = await harness.count(pool, "SELECT max(next_nonce) FROM sender_nonces")
+                await harness.rpc(url, "anvil_setNonce", [sender, hex(taken)])
 
             reorgs = sample("tokendist_deep_reorgs_total")
             found = await checker.turn()
@@ -91,13 +99,15 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
             assert sample("tokendist_deep_reorgs_total") == reorgs + 1
             holdings = await pool.fetch("SELECT user_id, balance FROM token_holdings")
 
-            reconciler = Reconciler(
-                Repository(pool), ops, chain, confirmations=1, window_blocks=1000
-            )
+            reconciler = Reconciler(Repository(pool), ops, chain, s.chain_check())
             repaired = await reconciler.run(grace_s=0)
             assert repaired.restored.found == 2 * ROUND, repaired.render()
             assert repaired.restored.for_a_human == [], repaired.render()
+            assert len(repaired.restored.resent) == batches, repaired.render()
             assert all("mined in block" in line for line in repaired.restored.resent)
+            resigned = "SELECT count(*) FROM batches WHERE resigns IS NOT NULL AND state = $1"
+            expect_resigned = batches if nonces == "taken" else 0
+            assert await harness.count(pool, resigned, "credited") == expect_resigned
             assert repaired.report is not None
             assert repaired.report.ok, repaired.render()
             await paid_exactly(s, tk, expected)

@@ -351,8 +351,7 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             Repository(pool),
             ToolRepository(pool),
             chain,
-            confirmations=settings.confirmations,
-            window_blocks=settings.chain_check_window_blocks,
+            settings.chain_check(),
         ).run(grace_s=args.grace, dry_run=args.dry_run)
     finally:
         await pool.close()

@@ -74,10 +74,13 @@ async def check_once(ops: ToolRepository, chain: LogReader, *, window_blocks: in
     """One comparison; records what is missing and moves the checkpoint."""
     chain_id = await chain.chain_id()
     last_head, last_started, started = await ops.checkpoint(chain_id)
-    head = await chain.block_number()
-    below = head if last_head is None else min(head, last_head)
+    now = await chain.block_number()
+    below = now if last_head is None else min(now, last_head)
     since = None if last_started is None else last_started - CREDIT_SLACK
     rows = await ops.check_candidates(chain_id, max(0, below - window_blocks + 1), since)
+    # Read after the candidates: a payout credited meanwhile is in a block at or below it,
+    # unless the chain lost it.
+    head = await chain.block_number()
     by_distributor: dict[str, list[asyncpg.Record]] = defaultdict(list)
     for row in rows:
         by_distributor[row["distributor"]].append(row)

@@ -370,9 +370,42 @@ ON CONFLICT (chain_id) DO UPDATE
 SET checked_block = EXCLUDED.checked_block, started_at = EXCLUDED.started_at, updated_at = now()
 """
 
+# Per batch asked for, the batch that now carries its calldata: its newest re-signing
+# (``resigns``), or itself.
 C_BATCHES_OF = """
-SELECT id, chain_id, sender, nonce, state FROM batches WHERE id = ANY($1::bigint[])
+SELECT DISTINCT ON (coalesce(resigns, id))
+       coalesce(resigns, id) AS original, id, chain_id, sender, nonce, state
+FROM batches WHERE id = ANY($1::bigint[]) OR resigns = ANY($1::bigint[])
+ORDER BY coalesce(resigns, id), id DESC
 """
+
+# Re-signing takes the key's next nonce as the consumer's signing does, with its statements.
+KEY_STATE_FOR_SHARE = consumer.KEY_STATE_FOR_SHARE
+SYNC_NONCE = consumer.SYNC_NONCE
+LOCK_NONCE = consumer.LOCK_NONCE
+ADVANCE_NONCE = consumer.ADVANCE_NONCE
+INSERT_BATCH_TX = consumer.INSERT_BATCH_TX
+
+C_INSERT_RESIGNED = """
+INSERT INTO batches
+    (chain_id, sender, nonce, distributor_address, first_index, size, calldata, gas_limit,
+     state, resigns)
+SELECT chain_id, $2, $3, distributor_address, first_index, size, calldata, gas_limit,
+       'signed', $4
+FROM batches WHERE id = $1
+RETURNING id
+"""
+
+# Re-signed batches not settled yet, with every attempt's hash: reconcile settles them.
+C_RESIGNED_IN_FLIGHT = """
+SELECT b.id, array_agg(t.tx_hash ORDER BY t.created_at) AS tx_hashes
+FROM batches b JOIN chain_transactions t ON t.batch_id = b.id
+WHERE b.resigns IS NOT NULL AND b.state IN ('signed', 'submitted')
+GROUP BY b.id ORDER BY b.id
+"""
+
+C_BATCH_TO_SIGN = "SELECT distributor_address, calldata, gas_limit FROM batches WHERE id = $1"
+
 
 # Per nonce of a key, its batch and the attempt to send again: the one that was mined if
 # known, else the newest (the highest fee).

@@ -4,8 +4,9 @@ checks) and repair only what is provably safe, leaving everything else to a huma
 Safe repairs, and why they are safe beside live consumers (the investigation's defect 5):
 
 - a credited distribution whose payout a reorganisation deeper than the finality rule
-  removed (``ops.chaincheck`` finds it) is paid again by its batch's own signed bytes,
-  re-sent in nonce order (``ops.restore``: same nonce, same indices, so never twice);
+  removed (``ops.chaincheck`` finds it) is paid again under its batch's own payment
+  indices: the batch's signed bytes re-sent in nonce order, or, its nonce taken, its
+  calldata signed again (``ops.restore``: the Distributor pays an index once);
 - a distribution whose transaction is mined and confirmed but which is not credited yet
   is moved on (``confirmed``, then ``credited``) through the same guarded transitions the
   consumer uses: whoever comes second finds the state moved and does nothing;
@@ -13,7 +14,7 @@ Safe repairs, and why they are safe beside live consumers (the investigation's d
   its original event id: the consumer's claim is idempotent, so a copy of an event that
   was only late is a no-op.
 
-Nothing here signs a transaction; only stored ones are sent again.
+Nothing else here signs or sends a transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Distribution, Repository, Tokenization
 from tokendist.consumer.states import State
 from tokendist.core.errors import StateConflict
+from tokendist.core.settings import ChainCheckSettings
 from tokendist.ops.payouts import read_payouts
 from tokendist.ops.repository import ToolRepository
 from tokendist.ops.restore import Restored, Restorer
@@ -58,22 +60,21 @@ class Reconciliation:
 
 
 class Reconciler:
-    """``repo``: the consumer's repository (its guarded transitions); ``ops``: the tools'."""
+    """``repo``: the consumer's repository (its guarded transitions); ``ops``: the tools';
+    ``settings``: the chain's finality and fees, and the chain check's window."""
 
     def __init__(
         self,
         repo: Repository,
         ops: ToolRepository,
         chain: Chain,
-        *,
-        confirmations: int,
-        window_blocks: int,
+        settings: ChainCheckSettings,
     ) -> None:
         self.repo = repo
         self.ops = ops
         self.chain = chain
-        self.confirmations = confirmations
-        self.restorer = Restorer(ops, chain, window_blocks=window_blocks)
+        self.confirmations = settings.confirmations
+        self.restorer = Restorer(repo, ops, chain, settings)
 
     async def run(self, *, grace_s: float, dry_run: bool = False) -> Reconciliation:
         result = Reconciliation()

@@ -25,3 +25,9 @@ CREATE INDEX distributions_credited_block ON distributions (block_number)
     WHERE state = 'credited';
 CREATE INDEX distributions_credited_at ON distributions (credited_at)
     WHERE state = 'credited';
+
+-- A batch whose nonce another transaction took after a deep reorg can never be mined:
+-- `reconcile` signs its calldata again (same payment indices, so the Distributor's bitmap
+-- pays each at most once) under a new nonce, as a new batch that names the original.
+ALTER TABLE batches ADD COLUMN resigns BIGINT REFERENCES batches (id);
+CREATE INDEX batches_resigns ON batches (resigns) WHERE resigns IS NOT NULL;
