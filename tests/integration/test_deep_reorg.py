@@ -23,7 +23,7 @@ from tokendist.bench import anvil
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Repository
 from tokendist.core.settings import Settings
-from tokendist.ops.chaincheck import ChainChecker
+from tokendist.ops.chaincheck import ChainChecker, NodeReader
 from tokendist.ops.deploy import Deployment
 from tokendist.ops.reconcile import Reconciler
 from tokendist.ops.repository import ToolRepository
@@ -66,7 +66,7 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
         )  # fmt: skip
         ops = ToolRepository(pool)
         chain = Chain(*s.require_chain())
-        checker = ChainChecker(s.chain_check(), ops, chain, asyncio.Event())
+        checker = ChainChecker(s.chain_check(), ops, NodeReader(chain.w3), asyncio.Event())
         try:
             async with harness.relay(s), harness.consumer(s):
                 expected = await harness.confirm_payments(pool, tk, ROUND, users=USERS)

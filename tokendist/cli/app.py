@@ -209,7 +209,10 @@ def _add_operations(sub: Any) -> None:
         help="seconds between checks (default: TOKENDIST_CHAIN_CHECK_INTERVAL_S)",
     )
     chk.add_argument("--once", action="store_true", help="one check; exit 1 if any is missing")
-    chk.set_defaults(handler=_async(cmd.cmd_chain_check))
+    # `--once` is a one-shot tool (one line); without it, a service that logs.
+    chk.set_defaults(
+        handler=lambda args: (_tool if args.once else _async)(cmd.cmd_chain_check)(args)
+    )
 
     rep = sub.add_parser("replay", help="reset a stopped group's offsets (recovery)")
     target = rep.add_mutually_exclusive_group(required=True)

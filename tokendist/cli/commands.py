@@ -364,7 +364,7 @@ async def cmd_chain_check(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.consumer.chain import Chain
     from tokendist.core import db
     from tokendist.core.signals import stop_on_signals
-    from tokendist.ops.chaincheck import ChainChecker
+    from tokendist.ops.chaincheck import ChainChecker, NodeReader
     from tokendist.ops.repository import ToolRepository
 
     section = settings.chain_check()
@@ -374,11 +374,11 @@ async def cmd_chain_check(args: argparse.Namespace, settings: Settings) -> int:
     pool = await db.create_pool(settings.database_url, max_size=2)
     stop = asyncio.Event()
     try:
-        checker = ChainChecker(section, ToolRepository(pool), chain, stop)
+        checker = ChainChecker(section, ToolRepository(pool), NodeReader(chain.w3), stop)
         if args.once:
-            result = await checker.turn()
+            result = await checker.check()
             if result is None:
-                print("chain check: not run (another checker holds the lock, or an outage)")
+                print("chain check: not run, another checker holds the lock; try again")
                 return 1
             print(
                 f"chain check at block {result.head}: {result.checked} credited checked, "

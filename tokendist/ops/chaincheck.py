@@ -26,8 +26,10 @@ from typing import Any, Protocol
 
 import asyncpg
 import structlog
+from web3 import AsyncWeb3
 
 from tokendist.consumer import contracts
+from tokendist.consumer.chain import guarded
 from tokendist.core import metrics
 from tokendist.core.errors import TransientError
 from tokendist.core.settings import ChainCheckSettings
@@ -46,8 +48,34 @@ class LogReader(Protocol):
     async def block_number(self) -> int: ...
 
     async def distributed_logs(
-        self, distributor: str, from_block: int = 0, to_block: int | None = None
+        self, distributor: str, from_block: int, to_block: int
     ) -> list[dict[str, Any]]: ...
+
+
+class NodeReader:
+    """What a check reads, from the node at ``TOKENDIST_RPC_URL`` as every operator tool
+    reads it (``Chain.w3``, errors mapped by ``guarded``): an outage is one
+    ``ChainUnavailable``, not a line per endpoint."""
+
+    def __init__(self, w3: AsyncWeb3[Any]) -> None:
+        self.w3 = w3
+
+    async def chain_id(self) -> int:
+        return int(await guarded(lambda: self.w3.eth.chain_id))
+
+    async def block_number(self) -> int:
+        return int(await guarded(lambda: self.w3.eth.block_number))
+
+    async def distributed_logs(
+        self, distributor: str, from_block: int, to_block: int
+    ) -> list[dict[str, Any]]:
+        params: Any = {
+            "address": AsyncWeb3.to_checksum_address(distributor),
+            "fromBlock": from_block,
+            "toBlock": to_block,
+            "topics": [contracts.DISTRIBUTED_TOPIC],
+        }
+        return [dict(entry) for entry in await guarded(lambda: self.w3.eth.get_logs(params))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +98,11 @@ class CheckResult:
     new: list[uuid.UUID]  # of ``missing``, those no earlier check had found
 
 
-async def check_once(ops: ToolRepository, chain: LogReader, *, window_blocks: int) -> CheckResult:
-    """One comparison; records what is missing and moves the checkpoint."""
+async def check_once(
+    ops: ToolRepository, chain: LogReader, *, window_blocks: int, record: bool = True
+) -> CheckResult:
+    """One comparison; records what is missing and moves the checkpoint (unless not
+    ``record``: a dry run writes nothing)."""
     chain_id = await chain.chain_id()
     last_head, last_started, started = await ops.checkpoint(chain_id)
     now = await chain.block_number()
@@ -95,7 +126,11 @@ async def check_once(ops: ToolRepository, chain: LogReader, *, window_blocks: in
                 missing.append(row)
             elif row["known_missing"]:
                 back.append(row["event_id"])
-    new = await ops.record_check(chain_id, head, started, [r["event_id"] for r in missing], back)
+    if record:
+        ids = [r["event_id"] for r in missing]
+        new = await ops.record_check(chain_id, head, started, ids, back)
+    else:
+        new = [r["event_id"] for r in missing if not r["known_missing"]]
     result = CheckResult(
         chain_id,
         head,
@@ -167,17 +202,21 @@ class ChainChecker:
                     await server
 
     async def turn(self) -> CheckResult | None:
-        """One check if no other checker is at it; None if another was, or on an outage."""
+        """``check``, an outage logged and skipped: the next round tries again."""
         try:
-            async with self.ops.chain_check_turn() as mine:
-                if not mine:
-                    log.info("chain_check_skipped", reason="another checker holds the lock")
-                    return None
-                result = await check_once(
-                    self.ops, self.chain, window_blocks=self.settings.chain_check_window_blocks
-                )
+            return await self.check()
         except TransientError as exc:
             log.warning("chain_check_failed", error=str(exc))
             return None
+
+    async def check(self) -> CheckResult | None:
+        """One check; None if another checker holds the turn."""
+        async with self.ops.chain_check_turn() as mine:
+            if not mine:
+                log.info("chain_check_skipped", reason="another checker holds the lock")
+                return None
+            result = await check_once(
+                self.ops, self.chain, window_blocks=self.settings.chain_check_window_blocks
+            )
         self._checked = True
         return result

@@ -41,7 +41,7 @@ from tokendist.consumer.fees import FeeCap
 from tokendist.consumer.repository import BatchOutcome, Repository
 from tokendist.core.errors import BatchDeferred, ChainRejected, KeyRejected
 from tokendist.core.settings import ChainCheckSettings
-from tokendist.ops.chaincheck import CheckResult, Missing, check_once
+from tokendist.ops.chaincheck import CheckResult, Missing, NodeReader, check_once
 from tokendist.ops.repository import ToolRepository
 
 log = structlog.get_logger("tokendist.restore")
@@ -135,6 +135,7 @@ class Restorer:
         self.repo = repo
         self.ops = ops
         self.chain = chain
+        self.reader = NodeReader(chain.w3)
         self.confirmations = settings.confirmations
         self.fees = FeeCap(settings)
         self.window_blocks = settings.chain_check_window_blocks
@@ -142,7 +143,9 @@ class Restorer:
 
     async def run(self, *, dry_run: bool) -> Restored:
         done = Restored()
-        check = await check_once(self.ops, self.chain, window_blocks=self.window_blocks)
+        check = await check_once(
+            self.ops, self.reader, window_blocks=self.window_blocks, record=not dry_run
+        )
         done.found = len(check.missing)
         run = _Run({}, done, dry_run)
         for m in check.missing:
@@ -165,7 +168,7 @@ class Restorer:
         if not dry_run:
             await self._settle_resigned(done)
         if run.sent:
-            done.after = await check_once(self.ops, self.chain, window_blocks=self.window_blocks)
+            done.after = await check_once(self.ops, self.reader, window_blocks=self.window_blocks)
         return done
 
     async def _key(self, chain_id: int, sender: str, carriers: list[_Carrier], run: _Run) -> None:
@@ -213,6 +216,7 @@ class Restorer:
         if run.dry_run:
             run.done.resent.append(f"{line}: would sign its calldata again")
             return
+        await self.chain.chain_id()  # what ``sign`` signs for, read once
         try:
             max_fee, tip = self.fees.fees(await self.chain.base_fee())
 
@@ -283,8 +287,9 @@ class Restorer:
         """Re-signed batches mined by now (this run's or an earlier one's): confirmed and
         credited (no member: the payments they carry were credited once already), or
         reverted for a human."""
-        head = await self.chain.block_number()
-        for row in await self.ops.resigned_in_flight():
+        rows = await self.ops.resigned_in_flight()
+        head = await self.chain.block_number() if rows else 0
+        for row in rows:
             found = await self.chain.receipts(list(row["tx_hashes"]))
             receipt = next((r for r in found.values() if r is not None), None)
             if receipt is None or head - receipt.block_number + 1 < self.confirmations:
