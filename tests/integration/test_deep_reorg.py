@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -130,3 +131,56 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
 
 async def credited_is(pool: asyncpg.Pool, n: int) -> bool:
     return await harness.credited(pool) == n
+
+
+class CountingReader(NodeReader):
+    """The node, and how many blocks of logs each check asked it for."""
+
+    blocks_read = 0
+
+    async def distributed_logs(
+        self, distributor: str, from_block: int, to_block: int
+    ) -> list[dict[str, Any]]:
+        self.blocks_read += to_block - from_block + 1
+        return await super().distributed_logs(distributor, from_block, to_block)
+
+
+async def test_a_check_reads_the_recent_window_not_the_history(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    binary = anvil.find_binary(None, os.environ.get("TOKENDIST_STACK_DIR"))
+    async with anvil.started(binary, None, tmp_path / "anvil.log") as url:
+        s = settings.model_copy(update={"rpc_url": url, "chain_check_window_blocks": 10})
+        keys = (s.require_chain()[1], s.require_deployer()[1])
+        await harness.fund(url, *(Account.from_key(k.get_secret_value()).address for k in keys))
+        tk = await harness.deploy(
+            s, pool, tokenization_id="tok-window", property_id="prop-window", name="Window",
+            symbol="WIN", supply=10**30,
+        )  # fmt: skip
+        async with harness.relay(s), harness.consumer(s):
+            await harness.confirm_payments(pool, tk, ROUND, users=USERS)
+            await harness.wait_until(lambda: credited_is(pool, ROUND), what="credited")
+        # Credited long ago: only their blocks can bring them into a check.
+        await pool.execute("UPDATE distributions SET credited_at = now() - interval '1 day'")
+        chain = Chain(*s.require_chain())
+        reader = CountingReader(chain.w3)
+        checker = ChainChecker(s.chain_check(), ToolRepository(pool), reader, asyncio.Event())
+        try:
+            first = await checker.turn()
+            assert first is not None
+            assert first.checked == ROUND
+            assert first.missing == []
+            # Each check re-reads the window below the previous check's head (so a checker
+            # that was down misses nothing): the next one still sees them, then none does.
+            heads = []
+            for seen in (ROUND, 0):
+                await harness.rpc(url, "anvil_mine", [hex(100)])
+                reader.blocks_read = 0
+                later = await checker.turn()
+                assert later is not None
+                assert later.checked == seen
+                heads.append(later.head)
+            assert heads[-1] >= first.head + 200
+            assert reader.blocks_read == 0
+        finally:
+            await chain.close()
