@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -167,8 +168,17 @@ def _report(result: CheckResult, back: list[uuid.UUID]) -> None:
     log.info("chain_checked", head=result.head, checked=result.checked, missing=len(result.missing))
 
 
+class CheckerState(enum.StrEnum):
+    NEW = "new"
+    STARTING = "starting"  # running, no check finished yet: not ready
+    CHECKING = "checking"  # a check finished: ready
+    STOPPED = "stopped"
+
+
 class ChainChecker:
-    """The periodic check, until ``stop`` is set; an outage skips a round, loudly."""
+    """The periodic check, until ``stop`` is set; an outage skips a round, loudly. Runs
+    once: a second ``run`` raises. Its metrics server is watched: if it dies, so does the
+    checker (an unscraped checker alerts no one)."""
 
     def __init__(
         self,
@@ -181,12 +191,16 @@ class ChainChecker:
         self.ops = ops
         self.chain = chain
         self.stop = stop
-        self._checked = False
+        self.state = CheckerState.NEW
 
     async def run(self) -> None:
+        if self.state is not CheckerState.NEW:
+            raise RuntimeError(f"a chain checker runs once (it is {self.state})")
+        self.state = CheckerState.STARTING
         port = self.settings.metrics_port
+        ready = (CheckerState.CHECKING,)
         server = (
-            asyncio.create_task(metrics.serve(port, lambda: self._checked), name="metrics")
+            asyncio.create_task(metrics.serve(port, lambda: self.state in ready), name="metrics")
             if port is not None
             else None
         )
@@ -195,10 +209,13 @@ class ChainChecker:
                 await self.turn()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), self.settings.chain_check_interval_s)
+                if server is not None and server.done():
+                    server.result()  # its error stops the checker
         finally:
+            self.state = CheckerState.STOPPED
             if server is not None:
                 server.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await server
 
     async def turn(self) -> CheckResult | None:
@@ -218,5 +235,6 @@ class ChainChecker:
             result = await check_once(
                 self.ops, self.chain, window_blocks=self.settings.chain_check_window_blocks
             )
-        self._checked = True
+        if self.state is CheckerState.STARTING:
+            self.state = CheckerState.CHECKING
         return result
