@@ -37,9 +37,7 @@ pytestmark = pytest.mark.integration
 
 def reconciler(settings: Settings, pool: asyncpg.Pool) -> tuple[Reconciler, Chain]:
     chain = Chain(*settings.require_chain())
-    rec = Reconciler(
-        Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
-    )
+    rec = Reconciler(Repository(pool), ToolRepository(pool), chain, settings.chain_check())
     return rec, chain
 
 

@@ -63,6 +63,7 @@ DATABASE_COMMANDS = [
     ["redrive"],
     ["verify"],
     ["reconcile", "--dry-run"],
+    ["chain-check", "--once"],
     ["status"],
     ["chain", "deploy", "--tokenization-id", "tok-9", "--property-id", "p"],
     # A fixed address: parameters must be the same in every xdist worker.
@@ -140,6 +141,7 @@ async def test_kyc_approve_refuses_wallets_that_are_not_an_investors(
         assert run.returncode == 2, run.stderr
     assert await pool.fetch("SELECT * FROM users ORDER BY id") == before
     assert await harness.count(pool, "SELECT count(*) FROM outbox") == 0
+    assert await harness.count(pool, "SELECT count(*) FROM chain_checks") == 0
     run = await tokendist(settings, "kyc", "approve", "user-1", "--wallet", harness.wallet(2))
     assert run.returncode == 0, run.stderr
     assert await pool.fetchval("SELECT wallet_address FROM users") == harness.wallet(2)
@@ -198,6 +200,23 @@ async def test_webhook_on_a_port_in_use_is_one_line_and_exit_2(settings: Setting
             },
         )
     assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(run, 2)
+
+
+@pytest.mark.parametrize("command", [["reconcile"], ["chain-check", "--once"]], ids=" ".join)
+async def test_tools_reading_the_chain_answer_the_node_down_in_one_line(
+    settings: Settings, tokenization: Deployment, command: list[str]
+) -> None:
+    run = await tokendist(settings, *command, env={"TOKENDIST_RPC_URL": f"http://{CLOSED}"})
+    assert "is the Ethereum node up" in one_line_error(run, 1)
+
+
+async def test_chain_check_once_answers_in_one_line(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    run = await tokendist(settings, "chain-check", "--once")
+    assert run.returncode == 0, run.stderr[-2000:]
+    (line,) = run.stdout.strip().splitlines()
+    assert line.endswith(": 0 credited checked, 0 not on chain")
 
 
 async def test_reconcile_dry_run_logs_what_it_would_do_and_writes_nothing(

@@ -102,7 +102,8 @@ async def test_reconcile_finds_the_payout_by_payment_not_by_its_own_transaction(
     chain = Chain(*settings.require_chain())
     try:
         await pay(sender, tokenization, 0, [("inv-a", a, 10)])
-        rec = Reconciler(Repository(pool), ToolRepository(pool), chain, confirmations=1)
+        one = settings.chain_check().model_copy(update={"confirmations": 1})
+        rec = Reconciler(Repository(pool), ToolRepository(pool), chain, one)
         result = await rec.run(grace_s=0, dry_run=True)
         assert result.credited == [str(paid)]
     finally:

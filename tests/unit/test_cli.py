@@ -159,6 +159,9 @@ def exit_code(argv: list[str]) -> int:
         ["dlq", "redrive", "0:1", "--all"],
         ["dlq", "list", "--limit", "0"],
         ["reconcile", "--grace", "nan"],
+        ["chain-check", "--interval", "0"],
+        ["chain-check", "--interval", "nan"],
+        ["chain-check", "--interval", "3601"],
         ["verify", "--grace", "-1"],
         ["--log-level", "LOUD", "status"],
         ["demo", "--rate", "0"],
@@ -281,6 +284,7 @@ COMMANDS = [
     ["dlq"],
     ["redrive"],
     ["reconcile"],
+    ["chain-check"],
     ["verify"],
     ["status"],
     ["consume"],
@@ -298,7 +302,8 @@ OPTIONS = [
     "--fund", "--new-operator", "--wallet", "--earliest", "--to-timestamp", "--to-offsets",
     "--fresh-group", "--dry-run", "--reason", "--all", "--limit", "--grace", "--shared-chain",
     "--rate", "--count", "--users", "--seed", "--webhook-url", "--payments", "--consumers",
-    "--log-dir", "--log-level", "--standard", "--country", "-h", "--", "-",
+    "--log-dir", "--log-level", "--standard", "--country", "--interval", "--once", "-h", "--",
+    "-",
 ]  # fmt: skip
 NEAR_MISSES = [
     "-5", "0", "1", "10", "-0", "+5", "007", "1e3", "nan", "inf", "-inf", "1.5", str(2**256),

@@ -37,7 +37,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 INFRA = ("postgres", "kafka", "anvil")
-APPS = ("setup", "relay", "consumer", "webhook", "simulator")
+APPS = ("setup", "relay", "consumer", "webhook", "simulator", "chain-check")
 # The infrastructure each tokendist service talks to, so must find healthy at start.
 NEEDS = {
     "setup": {"postgres", "anvil"},
@@ -45,6 +45,7 @@ NEEDS = {
     "consumer": {"postgres", "kafka", "anvil"},
     "webhook": {"postgres"},
     "simulator": {"postgres", "kafka", "webhook"},
+    "chain-check": {"postgres", "anvil"},
 }
 # The subcommands each service runs, in order (``argparse.Namespace.command``).
 COMMANDS = {
@@ -53,6 +54,7 @@ COMMANDS = {
     "consumer": ["consume"],
     "webhook": ["webhook"],
     "simulator": ["simulate"],
+    "chain-check": ["chain-check"],
 }
 DEMO_TOKENIZATION = "demo-tok"
 # Chain commands need these beyond the settings that have no default.
@@ -369,7 +371,7 @@ def test_infra_healthchecks() -> None:
     assert "cast block-number" in anvil
 
 
-@pytest.mark.parametrize("name", ["relay", "consumer"])
+@pytest.mark.parametrize("name", ["relay", "consumer", "chain-check"])
 def test_relay_and_consumer_report_readiness_on_the_metrics_port(name: str) -> None:
     test = " ".join(healthcheck_test(name))
     port = env_anchor()["TOKENDIST_METRICS_PORT"]

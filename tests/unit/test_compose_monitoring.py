@@ -27,7 +27,7 @@ from tokendist.core import metrics
 MONITORING = ROOT / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "tokendist.json"
 # The tokendist services that serve /metrics on TOKENDIST_METRICS_PORT.
-SCRAPED = ("relay", "consumer", "webhook")
+SCRAPED = ("relay", "consumer", "webhook", "chain-check")
 # Series Prometheus makes itself, not the code.
 PROMETHEUS_OWN = {"up", "ALERTS"}
 

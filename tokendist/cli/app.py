@@ -194,6 +194,20 @@ def _add_operations(sub: Any) -> None:
     rec.add_argument("--dry-run", action="store_true", help="say what would be repaired")
     rec.set_defaults(handler=_tool(cmd.cmd_reconcile))
 
+    chk = sub.add_parser(
+        "chain-check", help="watch credited payouts on the chain (reorgs deeper than finality)"
+    )
+    chk.add_argument(
+        "--interval",
+        type=valid.interval,
+        help="seconds between checks (default: TOKENDIST_CHAIN_CHECK_INTERVAL_S)",
+    )
+    chk.add_argument("--once", action="store_true", help="one check; exit 1 if any is missing")
+    # `--once` is a one-shot tool (one line); without it, a service that logs.
+    chk.set_defaults(
+        handler=lambda args: (_tool if args.once else _async)(cmd.cmd_chain_check)(args)
+    )
+
     rep = sub.add_parser("replay", help="reset a stopped group's offsets (recovery)")
     target = rep.add_mutually_exclusive_group(required=True)
     target.add_argument("--earliest", action="store_true", help="from the start of the topic")

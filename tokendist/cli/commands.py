@@ -351,13 +351,49 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     pool = await db.create_pool(settings.database_url, max_size=4)
     try:
         result = await Reconciler(
-            Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
+            Repository(pool),
+            ToolRepository(pool),
+            chain,
+            settings.chain_check(),
         ).run(grace_s=args.grace, dry_run=args.dry_run)
     finally:
         await pool.close()
         await chain.close()
     print(("dry run: nothing changed\n" if args.dry_run else "") + result.render())
     return 0 if result.report is not None and result.report.ok else 1
+
+
+async def cmd_chain_check(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.consumer.chain import Chain
+    from tokendist.core import db
+    from tokendist.core.signals import stop_on_signals
+    from tokendist.ops.chaincheck import ChainChecker, NodeReader
+    from tokendist.ops.repository import ToolRepository
+
+    section = settings.chain_check()
+    if args.interval is not None:
+        section = section.model_copy(update={"chain_check_interval_s": args.interval})
+    chain = Chain(*settings.require_chain())
+    pool = await db.create_pool(settings.database_url, max_size=2)
+    stop = asyncio.Event()
+    try:
+        checker = ChainChecker(section, ToolRepository(pool), NodeReader(chain.w3), stop)
+        if args.once:
+            result = await checker.check()
+            if result is None:
+                print("chain check: not run, another checker holds the lock; try again")
+                return 1
+            print(
+                f"chain check at block {result.head}: {result.checked} credited checked, "
+                f"{len(result.missing)} not on chain"
+            )
+            return 0 if not result.missing else 1
+        with stop_on_signals(stop):
+            await checker.run()
+    finally:
+        await pool.close()
+        await chain.close()
+    return 0
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:

@@ -90,6 +90,14 @@ def seconds(value: str) -> float:
     return number
 
 
+def interval(value: str) -> float:
+    """Seconds between two runs of a periodic task: above 0 (else it spins), at most an hour."""
+    number = seconds(value)
+    if not 0 < number <= 3600:
+        raise argparse.ArgumentTypeError(f"{value}: an interval is above 0 and at most 3600")
+    return number
+
+
 def rate(value: str) -> float:
     number = seconds(value)
     if number == 0:

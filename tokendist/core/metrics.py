@@ -94,6 +94,20 @@ FEE_ABOVE_CAP = Gauge(
     "tokendist_fee_above_cap",
     "1 while 2 x base fee + tip exceeds TOKENDIST_MAX_FEE_WEI: no new batch is signed",
 )
+# Set by ``tokendist chain-check`` (one process; ``ops.chaincheck``).
+CREDITED_NOT_ON_CHAIN = Gauge(
+    "tokendist_credited_not_on_chain",
+    "Credited distributions whose Distributed log the chain no longer has (a reorg deeper "
+    "than the finality rule): `tokendist reconcile` repairs them",
+)
+DEEP_REORGS = Counter(
+    "tokendist_deep_reorgs_total",
+    "Chain checks that found credited payouts newly gone from the chain",
+)
+CHAIN_CHECKED = Gauge(
+    "tokendist_chain_check_last_success_timestamp_seconds",
+    "When the last chain check (credited distributions against the chain's logs) finished",
+)
 RELAY_PUBLISHED = Counter("tokendist_relay_published_total", "Outbox rows published")
 RELAY_LEADER = Gauge("tokendist_relay_leader", "1 while this relay holds the leader lock")
 OUTBOX_OLDEST = Gauge(

@@ -265,6 +265,15 @@ class ConsumerSettings(
         return self.rpc_url, [SecretStr(k) for k in keys]
 
 
+class ChainCheckSettings(DatabaseSettings, ServiceSettings, ChainSettings, RpcSettings):
+    """``tokendist chain-check``: how often credited payouts are looked for on the chain,
+    and how many recent blocks each look re-reads (the deepest reorganisation it sees)."""
+
+    chain_check_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    # Well past any finality rule (Polygon PoS: 500 blocks), within a node's getLogs range.
+    chain_check_window_blocks: int = Field(default=1000, ge=1, le=100_000)
+
+
 class RelaySettings(DatabaseSettings, KafkaSettings, ServiceSettings):
     """``tokendist relay``."""
 
@@ -332,7 +341,7 @@ class WebhookSettings(DatabaseSettings, ServiceSettings):
 S = TypeVar("S", bound=_Section)
 
 
-class Settings(BaseSettings, ConsumerSettings, RelaySettings, WebhookSettings):
+class Settings(BaseSettings, ConsumerSettings, RelaySettings, WebhookSettings, ChainCheckSettings):
     """Every variable, read once by the CLI; each long-running component is handed only
     its own section (``consumer()``, ``relay()``, ``webhook()``). One-shot operator tools
     and the demo kit take the whole object."""
@@ -369,6 +378,9 @@ class Settings(BaseSettings, ConsumerSettings, RelaySettings, WebhookSettings):
 
     def webhook(self) -> WebhookSettings:
         return self._section(WebhookSettings, self.webhook_database_url)
+
+    def chain_check(self) -> ChainCheckSettings:
+        return self._section(ChainCheckSettings)
 
     def in_database(self, database_url: str) -> Settings:
         """These settings on another database of the same server (a demo's, a benchmark's):

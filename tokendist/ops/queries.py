@@ -325,3 +325,94 @@ STORED_DEAD_LETTER = """
 SELECT stored_key, stored_value, stored_headers::text AS stored_headers FROM dead_letters
 WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND stored
 """
+
+# --- chain-check, and reconcile's repair of what it finds ---------------------------------
+
+# A session lock on a connection borrowed for one check: two checkers never overlap.
+C_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('tokendist-chain-check'))"
+C_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tokendist-chain-check'))"
+
+C_CHECKPOINT = "SELECT checked_block, started_at FROM chain_checks WHERE chain_id = $1"
+C_NOW = "SELECT clock_timestamp()"
+
+# Credited in the recent blocks ($2), credited since the last check began ($3), or found
+# missing before: each through its own index.
+C_CANDIDATES = """
+WITH picked AS (
+    SELECT event_id FROM distributions WHERE state = 'credited' AND block_number >= $2
+    UNION
+    SELECT event_id FROM distributions WHERE state = 'credited' AND credited_at >= $3
+    UNION
+    SELECT event_id FROM credited_not_on_chain WHERE chain_id = $1
+)
+SELECT d.event_id, d.user_id, d.payment_id, d.block_number, d.batch_id,
+       lower(COALESCE(d.distributor_address, t.distributor_address)) AS distributor,
+       m.event_id IS NOT NULL AS known_missing
+FROM picked p
+JOIN distributions d ON d.event_id = p.event_id
+JOIN tokenizations t ON t.id = d.tokenization_id
+LEFT JOIN credited_not_on_chain m ON m.event_id = d.event_id
+WHERE d.state = 'credited' AND t.chain_id = $1
+"""
+
+C_MARK_MISSING = """
+INSERT INTO credited_not_on_chain (event_id, chain_id, head)
+SELECT unnest($1::uuid[]), $2, $3
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+
+C_MARK_FOUND = "DELETE FROM credited_not_on_chain WHERE event_id = ANY($1::uuid[])"
+
+C_SAVE_CHECKPOINT = """
+INSERT INTO chain_checks (chain_id, checked_block, started_at) VALUES ($1, $2, $3)
+ON CONFLICT (chain_id) DO UPDATE
+SET checked_block = EXCLUDED.checked_block, started_at = EXCLUDED.started_at, updated_at = now()
+"""
+
+# Per batch asked for, the batch that now carries its calldata: its newest re-signing
+# (``resigns``), or itself.
+C_BATCHES_OF = """
+SELECT DISTINCT ON (coalesce(resigns, id))
+       coalesce(resigns, id) AS original, id, chain_id, sender, nonce, state
+FROM batches WHERE id = ANY($1::bigint[]) OR resigns = ANY($1::bigint[])
+ORDER BY coalesce(resigns, id), id DESC
+"""
+
+# Re-signing takes the key's next nonce as the consumer's signing does, with its statements.
+KEY_STATE_FOR_SHARE = consumer.KEY_STATE_FOR_SHARE
+SYNC_NONCE = consumer.SYNC_NONCE
+LOCK_NONCE = consumer.LOCK_NONCE
+ADVANCE_NONCE = consumer.ADVANCE_NONCE
+INSERT_BATCH_TX = consumer.INSERT_BATCH_TX
+
+C_INSERT_RESIGNED = """
+INSERT INTO batches
+    (chain_id, sender, nonce, distributor_address, first_index, size, calldata, gas_limit,
+     state, resigns)
+SELECT chain_id, $2, $3, distributor_address, first_index, size, calldata, gas_limit,
+       'signed', $4
+FROM batches WHERE id = $1
+RETURNING id
+"""
+
+# Re-signed batches not settled yet, with every attempt's hash: reconcile settles them.
+C_RESIGNED_IN_FLIGHT = """
+SELECT b.id, array_agg(t.tx_hash ORDER BY t.created_at) AS tx_hashes
+FROM batches b JOIN chain_transactions t ON t.batch_id = b.id
+WHERE b.resigns IS NOT NULL AND b.state IN ('signed', 'submitted')
+GROUP BY b.id ORDER BY b.id
+"""
+
+C_BATCH_TO_SIGN = "SELECT distributor_address, calldata, gas_limit FROM batches WHERE id = $1"
+
+
+# Per nonce of a key, its batch and the attempt to send again: the one that was mined if
+# known, else the newest (the highest fee).
+C_SENDER_ATTEMPTS = """
+SELECT DISTINCT ON (b.nonce) b.id AS batch_id, b.nonce, b.state, t.tx_hash, t.raw_tx
+FROM batches b JOIN chain_transactions t ON t.batch_id = b.id
+WHERE b.chain_id = $1 AND b.sender = $2 AND b.nonce BETWEEN $3 AND $4
+ORDER BY b.nonce, t.tx_hash = b.tx_hash DESC NULLS LAST, t.max_fee_per_gas DESC,
+         t.created_at DESC
+"""

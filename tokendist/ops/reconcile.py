@@ -3,6 +3,10 @@ checks) and repair only what is provably safe, leaving everything else to a huma
 
 Safe repairs, and why they are safe beside live consumers (the investigation's defect 5):
 
+- a credited distribution whose payout a reorganisation deeper than the finality rule
+  removed (``ops.chaincheck`` finds it) is paid again under its batch's own payment
+  indices: the batch's signed bytes re-sent in nonce order, or, its nonce taken, its
+  calldata signed again (``ops.restore``: the Distributor pays an index once);
 - a distribution whose transaction is mined and confirmed but which is not credited yet
   is moved on (``confirmed``, then ``credited``) through the same guarded transitions the
   consumer uses: whoever comes second finds the state moved and does nothing;
@@ -10,7 +14,7 @@ Safe repairs, and why they are safe beside live consumers (the investigation's d
   its original event id: the consumer's claim is idempotent, so a copy of an event that
   was only late is a no-op.
 
-Nothing here signs or sends a transaction.
+Nothing else here signs or sends a transaction.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Distribution, Repository, Tokenization
 from tokendist.consumer.states import State
 from tokendist.core.errors import StateConflict
+from tokendist.core.settings import ChainCheckSettings
 from tokendist.ops.payouts import read_payouts
 from tokendist.ops.repository import ToolRepository
+from tokendist.ops.restore import Restored, Restorer
 from tokendist.ops.verify import Report, check_all
 
 log = structlog.get_logger("tokendist.reconcile")
@@ -35,33 +41,44 @@ class Reconciliation:
     credited: list[str] = field(default_factory=list)
     redriven: list[str] = field(default_factory=list)
     for_a_human: list[str] = field(default_factory=list)
+    restored: Restored = field(default_factory=Restored)
     report: Report | None = None
 
     def render(self) -> str:
+        gone = self.restored
         lines = [
+            f"credited, payout gone from the chain (a deep reorg): {gone.found}",
+            *(f"  - {line}" for line in gone.resent),
             f"credited (confirmed on-chain, not yet credited): {len(self.credited)}",
             f"re-driven through the outbox (confirmed, never distributed): {len(self.redriven)}",
-            f"left for a human: {len(self.for_a_human)}",
+            f"left for a human: {len(gone.for_a_human) + len(self.for_a_human)}",
         ]
-        lines += [f"  - {item}" for item in self.for_a_human[:50]]
+        lines += [f"  - {item}" for item in (gone.for_a_human + self.for_a_human)[:50]]
         if self.report is not None:
             lines += ["", self.report.render()]
         return "\n".join(lines)
 
 
 class Reconciler:
-    """``repo``: the consumer's repository (its guarded transitions); ``ops``: the tools'."""
+    """``repo``: the consumer's repository (its guarded transitions); ``ops``: the tools';
+    ``settings``: the chain's finality and fees, and the chain check's window."""
 
     def __init__(
-        self, repo: Repository, ops: ToolRepository, chain: Chain, *, confirmations: int
+        self,
+        repo: Repository,
+        ops: ToolRepository,
+        chain: Chain,
+        settings: ChainCheckSettings,
     ) -> None:
         self.repo = repo
         self.ops = ops
         self.chain = chain
-        self.confirmations = confirmations
+        self.confirmations = settings.confirmations
+        self.restorer = Restorer(repo, ops, chain, settings)
 
     async def run(self, *, grace_s: float, dry_run: bool = False) -> Reconciliation:
         result = Reconciliation()
+        result.restored = await self.restorer.run(dry_run=dry_run)
         for dist in await self.ops.stale_on_chain(grace_s):
             await self._settle(dist, result, dry_run)
         for row in await self.ops.lost_events(grace_s):

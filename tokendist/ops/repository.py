@@ -8,13 +8,16 @@ shared with the consumer's ``Repository``, whose guarded transitions it reuses).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
 
 import asyncpg
 
+from tokendist.consumer.chain import Signed
 from tokendist.consumer.repository import Distribution
 from tokendist.core import db
-from tokendist.core.errors import InvalidInput
+from tokendist.core.errors import InvalidInput, KeyRejected
 from tokendist.ops import queries
 from tokendist.outbox.enqueue import write_outbox_row
 from tokendist.schemas import PaymentConfirmedV1
@@ -175,6 +178,98 @@ class ToolRepository:
         """Publish the event ``payload`` again through the outbox, with its own event id."""
         async with self._db.transaction() as conn:
             await _republish(conn, [payload])
+
+    # --- chain-check, and reconcile's repair -----------------------------------------
+
+    @asynccontextmanager
+    async def chain_check_turn(self) -> AsyncIterator[bool]:
+        """Whether this process may check now: one checker at a time, whatever runs."""
+        async with self._db.connection() as conn:
+            mine = bool(await conn.fetchval(queries.C_TRY_LOCK))
+            try:
+                yield mine
+            finally:
+                if mine:
+                    await conn.fetchval(queries.C_UNLOCK)
+
+    async def checkpoint(self, chain_id: int) -> tuple[int | None, datetime | None, datetime]:
+        """(head of the last check, when it began, the database's clock now)."""
+        row = await self._db.fetchrow(queries.C_CHECKPOINT, chain_id)
+        now: datetime = await self._db.fetchval(queries.C_NOW)
+        if row is None:
+            return None, None, now
+        return int(row["checked_block"]), row["started_at"], now
+
+    async def check_candidates(
+        self, chain_id: int, from_block: int, credited_since: datetime | None
+    ) -> list[asyncpg.Record]:
+        return list(
+            await self._db.fetch(queries.C_CANDIDATES, chain_id, from_block, credited_since)
+        )
+
+    async def record_check(
+        self,
+        chain_id: int,
+        head: int,
+        started_at: datetime,
+        missing: list[uuid.UUID],
+        found: list[uuid.UUID],
+    ) -> list[uuid.UUID]:
+        """Remember what is missing (returns those newly so), forget what is back, and
+        move the checkpoint, in one transaction."""
+        async with self._db.transaction() as conn:
+            new = await conn.fetch(queries.C_MARK_MISSING, missing, chain_id, head)
+            await conn.execute(queries.C_MARK_FOUND, found)
+            await conn.execute(queries.C_SAVE_CHECKPOINT, chain_id, head, started_at)
+        return [r["event_id"] for r in new]
+
+    async def batches_of(self, batch_ids: list[int]) -> list[asyncpg.Record]:
+        return list(await self._db.fetch(queries.C_BATCHES_OF, batch_ids))
+
+    async def sender_attempts(
+        self, chain_id: int, sender: str, first: int, last: int
+    ) -> list[asyncpg.Record]:
+        """Each nonce of ``sender`` from ``first`` to ``last`` that a batch holds, with the
+        attempt to send again."""
+        return list(await self._db.fetch(queries.C_SENDER_ATTEMPTS, chain_id, sender, first, last))
+
+    async def resigned_in_flight(self) -> list[asyncpg.Record]:
+        return list(await self._db.fetch(queries.C_RESIGNED_IN_FLIGHT))
+
+    async def resign(
+        self,
+        batch_id: int,
+        original: int,
+        *,
+        chain_id: int,
+        sender: str,
+        chain_pending: int,
+        sign: Callable[[int, str, bytes, int], Signed],
+    ) -> tuple[int, Signed]:
+        """``batch_id``'s calldata signed again by ``sender`` under its next nonce, stored
+        as a new batch re-signing ``original`` with its attempt, as the consumer stores a
+        batch: the nonce is consumed only together with the transaction that uses it.
+        ``sign(nonce, distributor, calldata, gas)``; KeyRejected if the key may not sign."""
+        async with self._db.transaction() as conn:
+            state = await conn.fetchval(queries.KEY_STATE_FOR_SHARE, chain_id, sender)
+            if state != "active":
+                raise KeyRejected(f"key {sender} is {state or 'not registered'}")
+            await conn.fetchval(queries.SYNC_NONCE, chain_id, sender, chain_pending)
+            nonce = await conn.fetchval(queries.LOCK_NONCE, chain_id, sender)
+            row = await conn.fetchrow(queries.C_BATCH_TO_SIGN, batch_id)
+            assert row is not None  # a foreign key of the distributions that name it
+            signed = sign(
+                nonce, row["distributor_address"], bytes(row["calldata"]), row["gas_limit"]
+            )
+            new_id = await conn.fetchval(
+                queries.C_INSERT_RESIGNED, batch_id, sender, nonce, original
+            )
+            await conn.execute(
+                queries.INSERT_BATCH_TX, signed.tx_hash, new_id, chain_id, sender, signed.nonce,
+                signed.raw, signed.gas, signed.max_fee_per_gas, signed.priority_fee,
+            )  # fmt: skip
+            await conn.execute(queries.ADVANCE_NONCE, chain_id, sender, nonce)
+        return int(new_id), signed
 
     # --- redrive ---------------------------------------------------------------------
 
