@@ -62,5 +62,9 @@ GRANT INSERT ON ledger_entries, onchain_payments, tokenizations, erc3643_suites,
     legacy_adoptions, legacy_ledger_entries, payment_confirmations, outbox
     TO tokendist_operator;
 GRANT UPDATE (status, updated_at) ON investments TO tokendist_operator;
+-- `chain-check` keeps its checkpoint and the credited payouts it did not find on the chain
+-- (removed again once they are back).
+GRANT INSERT, UPDATE ON chain_checks TO tokendist_operator;
+GRANT INSERT, UPDATE, DELETE ON credited_not_on_chain TO tokendist_operator;
 GRANT USAGE ON SEQUENCE batches_id_seq, ledger_entries_id_seq, legacy_ledger_entries_id_seq,
     outbox_seq_seq TO tokendist_operator;
