@@ -55,7 +55,11 @@ def _check_keys(settings: Settings) -> None:
 
 def _secrets() -> list[str]:
     """What the one error line must never show: keys and the database password."""
-    found = [v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) and k.endswith("_KEY")]
+    found = [
+        v
+        for k, v in os.environ.items()
+        if k.startswith(ENV_PREFIX) and k.endswith(("_KEY", "_KEYS"))
+    ]
     for name in ("DATABASE_URL", "LEGACY_DATABASE_URL"):
         try:
             password = urlsplit(os.environ.get(f"{ENV_PREFIX}{name}", "")).password

@@ -8,6 +8,7 @@ inside the adapter.
     │   ├── DatabaseUnavailable   (asyncpg connection / server errors)
     │   ├── BrokerUnavailable     (aiokafka errors)
     │   ├── ChainUnavailable      (RPC connection errors, timeouts)
+    │   ├── SignerUnavailable     (the key's custody: KMS unreachable, throttling)
     │   ├── BatchDeferred         a batch goes back to the queue: its key was refused or
     │   │                         drained meanwhile (another key takes it), or fees are
     │   │                         above the cap (it waits for them to fall)
@@ -25,7 +26,8 @@ inside the adapter.
     ├── StateConflict         a distribution was not in the state expected: another worker
     │                         moved it; reload and decide again
     ├── ChainRejected         the node or contract refused a transaction deterministically
-    │   └── KeyRejected           ... because of the signing key (gas money, role, draining):
+    │   └── KeyRejected           ... because of the signing key (gas money, role, draining,
+    │                             its custody refusing it: disabled, access denied):
     │                             another key of the pool may send the same payments
     ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
     ├── MigrationError        a migration file changed after it was applied
@@ -59,6 +61,10 @@ class BrokerUnavailable(TransientError):
 
 class ChainUnavailable(TransientError):
     pass
+
+
+class SignerUnavailable(TransientError):
+    """The service that holds a key (AWS KMS) cannot be reached or asks us to slow down."""
 
 
 class BatchDeferred(TransientError):
