@@ -37,10 +37,9 @@ def client(endpoint_url: str) -> Any:
     return kms.client(endpoint_url, REGION, timeout_s=5.0)
 
 
-def create_key(endpoint_url: str) -> str:
+async def create_key(endpoint_url: str) -> str:
     """A new secp256k1 signing key, made through the KMS API as an operator would."""
-    answer = client(endpoint_url).create_key(KeySpec="ECC_SECG_P256K1", KeyUsage="SIGN_VERIFY")
-    return str(answer["KeyMetadata"]["KeyId"])
+    return await kms.create_key(client(endpoint_url))
 
 
 class LocalKms:

@@ -132,7 +132,7 @@ async def test_a_key_out_of_the_environment_pays_a_batch_through_the_consumer(
     settings: Settings, pool: asyncpg.Pool, tmp_path: Path, kms_endpoint: str, where: str
 ) -> None:
     if where == "kms":
-        custodied = kms_settings(settings, kms_endpoint, kms.create_key(kms_endpoint))
+        custodied = kms_settings(settings, kms_endpoint, await kms.create_key(kms_endpoint))
     else:
         key = Account.create().key
         custodied = keystore_settings(
@@ -183,7 +183,7 @@ async def test_while_kms_is_down_the_consumer_waits_and_pays_once_it_is_back(
     settings: Settings, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     async with kms.started(tmp_path) as server:
-        custodied = kms_settings(settings, server.url, kms.create_key(server.url))
+        custodied = kms_settings(settings, server.url, await kms.create_key(server.url))
         tk, sender = await operated_by_custody(custodied, pool)
         await harness.pay(pool, harness.payment(tk, 0, user=0))
         async with harness.relay(custodied):

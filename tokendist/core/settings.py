@@ -182,6 +182,11 @@ class SignerSettings(_Section):
     def has_operator_keys(self) -> bool:
         return bool(self.raw_keys() or self.keystore_paths() or self.kms_key_ids())
 
+    @field_validator("kms_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None  # empty: AWS's own
+
     def raw_keys(self) -> list[SecretStr]:
         """``operator_key`` first, then ``operator_keys``, each once."""
         first = [] if self.operator_key is None else [self.operator_key.get_secret_value()]

@@ -76,6 +76,16 @@ async def _call(key_id: str, op: Callable[..., dict[str, Any]], **params: Any) -
         raise _mapped(exc, key_id) from exc
 
 
+async def create_key(kms: Any) -> str:
+    """A new secp256k1 signing key's id: what an operator makes once per key (the
+    benchmark makes its own on the stack's local-kms)."""
+    try:
+        answer = await asyncio.to_thread(kms.create_key, KeySpec=KEY_SPEC, KeyUsage="SIGN_VERIFY")
+    except (BotoCoreError, ClientError) as exc:
+        raise _mapped(exc, "(new)") from exc
+    return str(answer["KeyMetadata"]["KeyId"])
+
+
 class KmsSigner:
     custody = "kms"
 
