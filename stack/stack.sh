@@ -418,12 +418,15 @@ KMS_PORT="${TOKENDIST_KMS_PORT:-28600}"
 KMS_REGION=us-east-1
 LOCAL_KMS_VERSION=v0.0.0-20260228092603-2a5e92d09ab6
 KMS_GOBIN="$ST/go/bin"
+# The official toolchain's usual place is not always on PATH (a CI step's environment).
+go_bin() { command -v go || { [[ -x /usr/local/go/bin/go ]] && echo /usr/local/go/bin/go; }; }
 ensure_kms() {
+  local go
   [[ -x $KMS_GOBIN/local-kms && $(cat "$KMS_GOBIN/.version" 2>/dev/null) == "$LOCAL_KMS_VERSION" ]] && return 0
-  command -v go >/dev/null || apt_install golang-go "Go (builds local-kms)"
+  go=$(go_bin) || { apt_install golang-go "Go (builds local-kms)"; go=$(go_bin) || die "no go after installing golang-go"; }
   log "building local-kms $LOCAL_KMS_VERSION with go install"
   mkdir -p "$KMS_GOBIN"
-  GOBIN="$KMS_GOBIN" GOFLAGS=-mod=mod go install "github.com/nsmithuk/local-kms@$LOCAL_KMS_VERSION" \
+  GOBIN="$KMS_GOBIN" GOFLAGS=-mod=mod "$go" install "github.com/nsmithuk/local-kms@$LOCAL_KMS_VERSION" \
     >"$LOGS/go-kms.log" 2>&1 || fail "go install local-kms failed" "$LOGS/go-kms.log"
   echo "$LOCAL_KMS_VERSION" >"$KMS_GOBIN/.version"
 }
