@@ -50,7 +50,7 @@ def eth_signature(digest: bytes, der: bytes, address: str) -> tuple[int, int, in
     for v in (0, 1):
         try:
             public = Signature(vrs=(v, r, s)).recover_public_key_from_msg_hash(digest)
-        except BadSignature:
+        except BadSignature:  # also r or s out of range: no key signed it
             continue
         if public.to_checksum_address() == address:
             return v, r, s

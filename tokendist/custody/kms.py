@@ -20,7 +20,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from eth_typing import ChecksumAddress
 
 from tokendist.core.errors import KeyRejected, SignerUnavailable
@@ -56,7 +57,7 @@ def client(endpoint_url: str | None, region: str, timeout_s: float) -> Any:
 
 
 def _mapped(exc: Exception, key_id: str) -> Exception:
-    if isinstance(exc, ConnectionError | HTTPClientError):
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
         return SignerUnavailable(f"KMS unreachable: {exc}")
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})

@@ -20,7 +20,9 @@ class LocalSigner:
         try:
             self._account: LocalAccount = Account.from_key(secret)
         except (ValueError, TypeError):  # the message may quote the key: not kept
-            raise SettingsError(f"an operator {custody} key is not a private key") from None
+            raise SettingsError(
+                f"an operator key ({custody}) is not a private key (64 hex digits)"
+            ) from None
         self._custody = custody
 
     def __repr__(self) -> str:  # never let the key reach a log line
