@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Local service stack for tokendist: PostgreSQL, Apache Kafka (KRaft) and anvil.
+# Local service stack for tokendist: PostgreSQL, Apache Kafka (KRaft), anvil and local-kms
+# (the AWS KMS API, for operator keys held in KMS).
 # There is no Docker engine on our machines, so every service is a plain process whose
 # whole state (data, logs, pid files, download caches) lives in <repo>/.stack.
 #
@@ -8,7 +9,7 @@
 #                                       Kafka Connect; --secure or TOKENDIST_SECURE=1: TLS, SASL and
 #                                       ACLs, see "secured mode" below)
 #   stack/stack.sh down | status | env
-#   stack/stack.sh start-service|stop-service|restart-service pg|kafka|anvil|cdc
+#   stack/stack.sh start-service|stop-service|restart-service pg|kafka|anvil|cdc|kms
 #   stack/stack.sh kill-broker N        SIGKILL one broker (crash simulation)
 #   stack/stack.sh start-broker N       start it again and wait until it is back
 #   stack/stack.sh kill-cdc             SIGKILL the Connect worker (crash simulation)
@@ -549,6 +550,53 @@ kafka_secure_env() {
   done
 }
 
+# ---------------------------------------------------------------- local-kms (AWS KMS API)
+# nsmithuk/local-kms: the KMS API over a LevelDB directory, secp256k1 signing included.
+# Built from the Go module proxy once per version (GOBIN under $ST); it accepts any
+# credentials, and listens on every interface (it has no host setting).
+# Beside anvil's (28545 -> 28600), so a second stack on other ports gets its own.
+KMS_PORT="${TOKENDIST_KMS_PORT:-$((ANVIL_PORT + 55))}"
+KMS_REGION=us-east-1
+LOCAL_KMS_VERSION=v0.0.0-20260228092603-2a5e92d09ab6
+KMS_GOBIN="$ST/go/bin"
+# The official toolchain's usual place is not always on PATH (a CI step's environment).
+go_bin() { command -v go || { [[ -x /usr/local/go/bin/go ]] && echo /usr/local/go/bin/go; }; }
+ensure_kms() {
+  local go
+  [[ -x $KMS_GOBIN/local-kms && $(cat "$KMS_GOBIN/.version" 2>/dev/null) == "$LOCAL_KMS_VERSION" ]] && return 0
+  go=$(go_bin) || { apt_install golang-go "Go (builds local-kms)"; go=$(go_bin) || die "no go after installing golang-go"; }
+  log "building local-kms $LOCAL_KMS_VERSION with go install"
+  mkdir -p "$KMS_GOBIN"
+  GOBIN="$KMS_GOBIN" GOFLAGS=-mod=mod "$go" install "github.com/nsmithuk/local-kms@$LOCAL_KMS_VERSION" \
+    >"$LOGS/go-kms.log" 2>&1 || fail "go install local-kms failed" "$LOGS/go-kms.log"
+  echo "$LOCAL_KMS_VERSION" >"$KMS_GOBIN/.version"
+}
+kms_ready() {
+  [[ $(curl -sf -m 2 -X POST -H 'content-type: application/x-amz-json-1.1' \
+    -H 'x-amz-target: TrentService.ListKeys' -d '{}' "http://$HOST:$KMS_PORT/" 2>/dev/null) == *'"Keys"'* ]]
+}
+start_kms() {
+  ensure_kms
+  if pid_alive "$RUN/kms.pid" local-kms; then log "local-kms already running"; return 0; fi
+  port_open "$KMS_PORT" && die "port $KMS_PORT is in use by a process this stack did not start"
+  mkdir -p "$ST/kms"
+  echo "$KMS_PORT" >"$RUN/kms.port"
+  spawn "$RUN/kms.pid" "$LOGS/kms.log" env PORT="$KMS_PORT" KMS_REGION=$KMS_REGION \
+    KMS_DATA_PATH="$ST/kms" KMS_SEED_PATH="$ST/kms/seed.yaml" "$KMS_GOBIN/local-kms"
+}
+wait_kms() { wait_for local-kms "$RUN/kms.pid" local-kms "$LOGS/kms.log" kms_ready; }
+stop_kms() {
+  stop_pid "$RUN/kms.pid" local-kms
+  wait_port_closed "$(cat "$RUN/kms.port" 2>/dev/null || echo "$KMS_PORT")"
+}
+kms_env() {
+  echo "export TOKENDIST_KMS_ENDPOINT_URL=http://$HOST:$KMS_PORT"
+  echo "export TOKENDIST_KMS_REGION=$KMS_REGION"
+  # local-kms checks no signature, but boto3 signs every request: any credentials do.
+  echo "export AWS_ACCESS_KEY_ID=\${AWS_ACCESS_KEY_ID:-tokendist-local}"
+  echo "export AWS_SECRET_ACCESS_KEY=\${AWS_SECRET_ACCESS_KEY:-tokendist-local}"
+}
+
 # ---------------------------------------------------------------- commands
 # Plain ';' on purpose: set -e is suspended inside functions called from && lists.
 start_service() {
@@ -557,7 +605,8 @@ start_service() {
   kafka) start_kafka; wait_kafka; if secure; then kafka_secure_setup; fi ;;
   anvil) start_anvil; wait_anvil ;;
   cdc) start_cdc; wait_cdc ;;
-  *) die "unknown service '${1:-}' (pg|kafka|anvil|cdc)" ;;
+  kms) start_kms; wait_kms ;;
+  *) die "unknown service '${1:-}' (pg|kafka|anvil|cdc|kms)" ;;
   esac
 }
 stop_service() {
@@ -566,11 +615,12 @@ stop_service() {
   kafka) stop_kafka ;;
   anvil) stop_anvil ;;
   cdc) stop_cdc ;;
-  *) die "unknown service '${1:-}' (pg|kafka|anvil|cdc)" ;;
+  kms) stop_kms ;;
+  *) die "unknown service '${1:-}' (pg|kafka|anvil|cdc|kms)" ;;
   esac
 }
 cmd_up() {
-  local brokers=1 cdc=${TOKENDIST_CDC:-0} sec=${TOKENDIST_SECURE:-0} t0 p1 p2 p3=
+  local brokers=1 cdc=${TOKENDIST_CDC:-0} sec=${TOKENDIST_SECURE:-0} t0 p1 p2 p3= p4
   t0=$(now)
   while (($#)); do
     case $1 in
@@ -599,18 +649,22 @@ cmd_up() {
   # The two downloads are independent; overlap them on a cold machine.
   ensure_kafka_libs & p1=$!
   ensure_anvil & p2=$!
+  ensure_kms & p4=$!
   if [[ $cdc == 1 ]]; then ensure_cdc_libs & p3=$!; fi
-  wait $p1; wait $p2; if [[ -n $p3 ]]; then wait $p3; fi
+  wait $p1; wait $p2; wait $p4; if [[ -n $p3 ]]; then wait $p3; fi
   start_kafka # JVM boot is the slow part: overlap it with Postgres and anvil
   start_anvil
+  start_kms
   start_pg
   wait_anvil
+  wait_kms
   wait_kafka
   if secure; then kafka_secure_setup; fi
   if [[ $cdc == 1 ]]; then start_cdc; wait_cdc; fi
   echo "postgres  postgresql://tokendist@$HOST:$PG_PORT/tokendist"
   echo "kafka     $(bootstrap)  ($brokers broker(s), Kafka $(kafka_version)$(secure && echo ', SASL_SSL + ACLs'))"
   echo "anvil     http://$HOST:$ANVIL_PORT  (chain id 31337, block time ${TOKENDIST_ANVIL_BLOCK_TIME:-0.25}s)"
+  echo "kms       http://$HOST:$KMS_PORT  (local-kms, region $KMS_REGION)"
   if [[ $cdc == 1 ]]; then
     echo "cdc       Debezium $DEBEZIUM_VERSION in Kafka Connect, $CDC_DATABASE.outbox -> $CDC_TOPIC  (REST http://$HOST:$CDC_REST_PORT)"
   fi
@@ -619,6 +673,7 @@ cmd_up() {
 kafka_version() { grep -ho 'Kafka version: [^ ]*' "$(klogdir 1)/server.log" 2>/dev/null | tail -n 1 | cut -d' ' -f3; }
 cmd_down() {
   stop_service cdc
+  stop_service kms
   stop_service anvil
   stop_service kafka
   stop_service pg
@@ -633,6 +688,7 @@ cmd_status() {
     else echo "kafka-$n  down"; rc=1; fi
   done
   if pid_alive "$RUN/anvil.pid" anvil && anvil_ready; then echo "anvil    up    $HOST:$ANVIL_PORT"; else echo "anvil    down"; rc=1; fi
+  if pid_alive "$RUN/kms.pid" local-kms && kms_ready; then echo "kms      up    $HOST:$KMS_PORT"; else echo "kms      down"; rc=1; fi
   if [[ -e $CDC_HOME/connect.pid ]]; then # only reported once started: it is optional
     if pid_alive "$CDC_HOME/connect.pid" ConnectStandalone && cdc_ready; then echo "cdc      up    $HOST:$CDC_REST_PORT"; else echo "cdc      down"; rc=1; fi
   fi
@@ -648,6 +704,7 @@ cmd_env() {
   echo "export TOKENDIST_DEPLOYER_KEY=$DEPLOYER_KEY"
   echo "export TOKENDIST_STACK_DIR=$ST"
   if secure; then kafka_secure_env; fi
+  kms_env
 }
 broker_arg() {
   [[ ${1:-} =~ ^[1-3]$ ]] && (($1 <= $(mode))) || die "broker must be 1..$(mode) (running mode: $(mode) broker(s))"

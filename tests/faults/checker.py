@@ -18,6 +18,7 @@ from tests.faults.retry import retrying
 from tests.integration import harness
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
+from tokendist.custody import LocalSigner
 from tokendist.ops.payouts import read_payouts
 
 STATES = "SELECT state, count(*) AS n FROM distributions GROUP BY state"
@@ -127,7 +128,7 @@ async def tally(ctx: Ctx) -> Tally:
         t.lost += 1
         t.problems.append(f"{inv}: webhook answered, no payment confirmation recorded")
     _, key = ctx.world.settings.require_chain()
-    chain = Chain(ctx.stack.rpc_url, key)
+    chain = Chain(ctx.stack.rpc_url, LocalSigner(key))
     try:
         logs = [
             ("0x" + p.payment_id.hex(), p.to, p.amount)

@@ -25,6 +25,7 @@ from tests.faults.retry import retrying
 from tests.integration import harness
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
+from tokendist.custody import LocalSigner
 from tokendist.ops.redrive import redrive_failed
 
 Fault = Callable[[Ctx, random.Random], Awaitable[None]]
@@ -244,14 +245,14 @@ async def already_paid(ctx: Ctx, rng: random.Random) -> None:
 
 
 async def _pay_behind_the_back(ctx: Ctx, row: Any) -> str:
-    chain = Chain(ctx.stack.rpc_url, ctx.world.nemesis_key)
+    chain = Chain(ctx.stack.rpc_url, LocalSigner(ctx.world.nemesis_key))
     try:
         await chain.chain_id()
         data = contracts.batch_calldata(
             int(row["payment_index"]),
             [(bytes.fromhex(row["payment_id"][2:]), row["recipient"], int(row["tokens"]))],
         )
-        signed = chain.sign(
+        signed = await chain.sign(
             to=row["distributor_address"],
             data=data,
             gas=300_000,

@@ -37,6 +37,7 @@ from tokendist.consumer.runner import Runner
 from tokendist.core import db, kafka
 from tokendist.core.errors import DatabaseUnavailable
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployment
 from tokendist.ops.redrive import redrive_failed
 from tokendist.sim import payments
@@ -135,7 +136,7 @@ async def test_two_members_fee_bumping_the_same_stuck_transaction_both_survive(
         await _stuck_batch(settings, repo, tokenization, max_fee=10 * GWEI)
         await asyncio.sleep(1.5)
         await _slow_inserts(pool, 1.0, None)
-        chains = [Chain(rpc_url, key), Chain(rpc_url, key)]
+        chains = [Chain(rpc_url, LocalSigner(key)), Chain(rpc_url, LocalSigner(key))]
         try:
             members = [
                 Resubmitter(eager, repo, KeyPool([c], repo, cap=16, poll_s=0.1)) for c in chains
@@ -163,18 +164,18 @@ async def _stuck_batch(
         user_id=p.user_id, tokenization_id=tk.tokenization_id, tokens=p.tokens,
         payload="{}", partition=0, offset=0,
     )  # fmt: skip
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     try:
         chain_id = await chain.chain_id()
         await repo.register_keys(chain_id, [chain.sender])
         await repo.sync_nonce(chain_id, chain.sender, await chain.nonce(pending=True))
         await repo.index_scan(tk.distributor_address)
 
-        def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
+        async def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
             data = contracts.batch_calldata(
                 first, [(bytes.fromhex(x.payment_id[2:]), x.recipient, x.tokens) for x in kept]
             )
-            signed = chain.sign(
+            signed = await chain.sign(
                 to=tk.distributor_address, data=data, gas=300_000, nonce=nonce,
                 max_fee=max_fee, priority_fee=GWEI,
             )  # fmt: skip

@@ -24,6 +24,7 @@ from tokendist.consumer.chain import Chain
 from tokendist.consumer.runner import Runner
 from tokendist.core import kafka
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 from tokendist.ops.payouts import read_payouts
 from tokendist.ops.verify import Report, verify
@@ -104,7 +105,7 @@ async def credited(pool: asyncpg.Pool) -> int:
 
 async def run_verify(settings: Settings, pool: asyncpg.Pool, grace_s: float = 0.0) -> Report:
     rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     try:
         async with pool.acquire() as conn:
             return await verify(conn, chain, grace_s=grace_s)
@@ -148,7 +149,7 @@ async def deploy(
 async def payouts(settings: Settings, tk: Deployment) -> list[contracts.Payout]:
     """Every payout of the tokenization's Distributor, read from the chain's logs."""
     rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     try:
         return await read_payouts(
             chain.w3, distributor=tk.distributor_address, token=tk.token_address

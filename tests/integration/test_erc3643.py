@@ -23,6 +23,7 @@ from tokendist.consumer.chain import Chain
 from tokendist.consumer.compliance import EthCall, Refusal, RefusalReason, preflight
 from tokendist.core.errors import InvalidInput
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops import kyc
 from tokendist.ops.deploy import Deployment
 from tokendist.ops.repository import ToolRepository
@@ -109,7 +110,7 @@ async def test_batch_pays_a_verified_investor_and_reverts_for_an_unregistered_on
     verified, unregistered = Account.create().address, Account.create().address
     await approve(pool, s, "user-v", verified, NIGERIA)
     sender = Sender(s.rpc_url, s.operator_key)
-    sender_chain = Chain(s.rpc_url, SecretStr(s.operator_key))
+    sender_chain = Chain(s.rpc_url, LocalSigner(SecretStr(s.operator_key)))
     try:
         ok = await sender.send(
             d.distributor_address, contracts.batch_calldata(0, payments([verified]))
@@ -138,7 +139,7 @@ async def test_batch_pays_a_verified_investor_and_reverts_for_an_unregistered_on
 
 async def test_preflight_names_each_refusal(suite: Suite, pool: asyncpg.Pool) -> None:
     s = suite
-    chain = Chain(s.rpc_url, SecretStr(s.operator_key))
+    chain = Chain(s.rpc_url, LocalSigner(SecretStr(s.operator_key)))
     try:
         await _preflight_refusals(s, pool, chain.call)
     finally:

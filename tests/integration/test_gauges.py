@@ -11,6 +11,7 @@ from tests.integration import harness
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.gauges import Gauges, GaugeStore
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployment
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ async def test_gauges_export_parked_payments_and_each_distributors_tokens_agains
     )
 
     rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     try:
         await Gauges(GaugeStore(pool), chain).tick()
     finally:

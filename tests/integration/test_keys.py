@@ -11,7 +11,6 @@ import asyncpg
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from pydantic import SecretStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from tests.integration import harness
@@ -25,6 +24,7 @@ from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.core.errors import KeyRejected
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops import queries
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 from tokendist.ops.keys import Node
@@ -180,7 +180,7 @@ async def test_keys_remove_drains_waits_for_the_open_batch_then_revokes(
     assert not await has_role(settings, tokenization.distributor_address, key.address)
     assert await key_state(pool, key.address) == "removed"
 
-    chain = Chain(settings.require_chain()[0], SecretStr(bytes(key.key).hex()))
+    chain = Chain(settings.require_chain()[0], LocalSigner(bytes(key.key)))
     try:
         payment = (b"\x01" * 32, harness.wallet(0), 10**18)
         with pytest.raises(KeyRejected, match="AccessControlUnauthorizedAccount"):

@@ -27,6 +27,7 @@ from tests.legacy.oldsystem import OldSystem
 from tests.services import Services
 from tokendist.consumer.chain import Chain
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployer, Deployment
 from tokendist.ops.kyc import approve
 from tokendist.ops.legacy.findings import Finding
@@ -207,7 +208,7 @@ async def test_settle_pays_the_underpaid_exactly_once_through_the_pipeline(
     assert await pool.fetchval("SELECT count(*) FROM outbox") == outbox
     logs = await harness.paid_to(settings, tk)
     assert len(logs) == len(owed)
-    chain = Chain(*settings.require_chain())
+    chain = Chain(settings.require_rpc(), LocalSigner(settings.require_chain()[1]))
     try:
         for row in adoptable:
             (user,) = row["users"]

@@ -24,6 +24,7 @@ from tokendist.consumer.repository import Repository
 from tokendist.core import kafka
 from tokendist.core.errors import GroupActive, KeyRejected
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops import dlq_admin
 from tokendist.ops.deploy import Deployment
 from tokendist.ops.keys import Node
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 
 def reconciler(settings: Settings, pool: asyncpg.Pool) -> tuple[Reconciler, Chain]:
-    chain = Chain(*settings.require_chain())
+    chain = Chain(settings.require_rpc(), LocalSigner(settings.require_chain()[1]))
     rec = Reconciler(Repository(pool), ToolRepository(pool), chain, settings.chain_check())
     return rec, chain
 
@@ -294,7 +295,7 @@ async def test_rotating_the_operator_key_as_the_runbook_says(
     )
     assert rotate.returncode == 0, rotate.stderr
     rotated = settings.model_copy(update={"operator_key": SecretStr(new.key.hex())})
-    old = Chain(*settings.require_chain())
+    old = Chain(settings.require_rpc(), LocalSigner(settings.require_chain()[1]))
     try:
         data = contracts.batch_calldata(
             10**9, [(contracts.payment_id("probe"), harness.wallet(2), 1)]

@@ -21,6 +21,7 @@ from tokendist.consumer.chain import Chain
 from tokendist.core import db, kafka
 from tokendist.core.errors import DatabaseUnavailable
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops import kyc
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 from tokendist.ops.redrive import redrive_failed
@@ -238,7 +239,7 @@ async def test_a_connection_lost_under_a_running_tool_is_database_unavailable(
     """Every tool's statements run through its repository: a backend that goes away under
     a command reaches it as ``DatabaseUnavailable`` (exit 1, the database hint), not as
     asyncpg's own error."""
-    chain = Chain(*settings.require_chain())
+    chain = Chain(settings.require_rpc(), LocalSigner(settings.require_chain()[1]))
     deployer = Deployer(*settings.require_deployer())
     tools: dict[str, Callable[[db.Connection], Awaitable[object]]] = {
         "kyc approve": lambda conn: kyc.approve(conn, "user-1", harness.wallet(1)),

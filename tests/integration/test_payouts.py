@@ -15,6 +15,7 @@ from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Repository
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployment
 from tokendist.ops.reconcile import Reconciler
 from tokendist.ops.repository import ToolRepository
@@ -65,7 +66,7 @@ async def test_verify_matches_each_distribution_with_its_payout(
     settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
 ) -> None:
     sender = await operator(settings)
-    chain = Chain(*settings.require_chain())
+    chain = Chain(settings.require_rpc(), LocalSigner(settings.require_chain()[1]))
     a, b, c, d = new_wallets(4)
     try:
         await record(pool, tokenization, "inv-a", a, 10, state="confirmed")
@@ -99,7 +100,7 @@ async def test_reconcile_finds_the_payout_by_payment_not_by_its_own_transaction(
     a, b = new_wallets(2)
     paid = await record(pool, tokenization, "inv-a", a, 10, state="submitted")
     await record(pool, tokenization, "inv-b", b, 20, state="submitted")
-    chain = Chain(*settings.require_chain())
+    chain = Chain(settings.require_rpc(), LocalSigner(settings.require_chain()[1]))
     try:
         await pay(sender, tokenization, 0, [("inv-a", a, 10)])
         one = settings.chain_check().model_copy(update={"confirmations": 1})

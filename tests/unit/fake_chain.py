@@ -351,7 +351,7 @@ class FakeChain:
         await self._io()
         return self.node.estimate(self.sender, to, data)
 
-    def sign(
+    async def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
     ) -> Signed:
         if self._chain_id is None:

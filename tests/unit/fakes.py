@@ -279,7 +279,7 @@ class FakeRepository:
         if request.distributor not in self.indices:
             raise RuntimeError(f"indices of {request.distributor} not rebuilt from the chain")
         first = self.indices[request.distributor][0]
-        signed, calldata = sign(nonce, first, payments)  # raises: nothing written
+        signed, calldata = await sign(nonce, first, payments)  # raises: nothing written
         self._confirm_found(request, found)
         batch_id = next(self._batch_ids)
         inflight = [b for b in self.batches.values() if b.state.in_flight]

@@ -3,6 +3,7 @@ slowest stage, the profile summary and the command's flags. No timing asserts he
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,6 +25,7 @@ from tokendist.bench.results import (
     Rate,
     RelayResult,
     Report,
+    SignerRate,
     Stages,
 )
 from tokendist.bench.watch import Sample, lag_verdict, memory_growth, memory_points
@@ -180,6 +182,7 @@ def test_runs_are_compared_with_their_own_chain_and_the_headline_lists_bursts() 
     assert round(slow.ceiling_per_s, 1) == 535.7
     assert round(fast.ceiling_per_s, 1) == 4285.7
     assert r.headline == {
+        "signatures_per_s": {},
         "gas_new_holder": 28_000,
         "gas_existing_holder": 11_000,
         "runs": [
@@ -225,7 +228,28 @@ def test_issue_14_goals_met_not_met_and_not_measured() -> None:
     empty = report([], [])
     summary.compare(empty)
     assert set(empty.goals.values()) == {None}
-    assert empty.headline == {"gas_new_holder": None, "gas_existing_holder": None, "runs": []}
+    assert empty.headline == {
+        "signatures_per_s": {},
+        "gas_new_holder": None,
+        "gas_existing_holder": None,
+        "runs": [],
+    }
+
+
+def test_signing_rates_per_custody_are_in_the_headline_and_kms_unset_is_no_failure() -> None:
+    r = report([])
+    rates = (
+        SignerRate("local", rate(900)),
+        SignerRate("keystore", rate(880)),
+        SignerRate("kms", None, "not configured (TOKENDIST_KMS_ENDPOINT_URL)"),
+    )
+    r.stages = dataclasses.replace(r.stages, signers=rates)
+    summary.compare(r)
+    assert r.headline["signatures_per_s"] == {"local": 900.0, "keystore": 880.0, "kms": None}
+    r.environment = environment()
+    text = render(r)
+    assert "kms: not configured" in text
+    assert "Signing per key custody" in text
 
 
 def churned(membership: str, ratio: float, stall_max_ms: int | None) -> ChurnResult:

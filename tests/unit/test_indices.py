@@ -123,7 +123,7 @@ async def unknown_pending(w: World) -> bytes:
     other = FakeChain(w.node)
     await other.chain_id()
     payment_id = b"\x42" * 32
-    signed = other.sign(
+    signed = await other.sign(
         to=DISTRIBUTOR,
         data=contracts.batch_calldata(0, [(payment_id, wallet(9), TOKENS)]),
         gas=10**6,

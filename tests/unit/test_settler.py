@@ -43,7 +43,7 @@ async def pay_elsewhere(w: World, first: int, payments: list[tuple[bytes, str, i
     """A batch this database never heard of (another operator's tool) mined at ``first``."""
     other = FakeChain(w.node, SENDER_2)
     await other.chain_id()
-    signed = other.sign(
+    signed = await other.sign(
         to=TOKENIZATION.distributor_address,
         data=contracts.batch_calldata(first, payments),
         gas=10**6,

@@ -28,6 +28,7 @@ from tokendist.consumer import contracts
 from tokendist.consumer.batching.gatherer import GAS_MARGIN_FIXED, GAS_MARGIN_PERCENT
 from tokendist.consumer.chain import Chain
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployer
 
 AMOUNT = 10**18
@@ -82,7 +83,7 @@ async def sent_and_mined(
     """``recipients`` paid once each, in batches from ``first_index`` on."""
     settings = stage.settings
     rpc_url, secrets = settings.require_keys()
-    keys = [Chain(rpc_url, secret) for secret in secrets]
+    keys = [Chain(rpc_url, LocalSigner(secret)) for secret in secrets]
     cap = settings.max_inflight_per_sender
     work = batches_of(recipients, settings.batch_max_size, first_index)
     try:
@@ -97,7 +98,7 @@ async def sent_and_mined(
         async def worker(key: Chain) -> None:
             for first, payees in todo:
                 began = time.perf_counter()
-                signed = key.sign(
+                signed = await key.sign(
                     to=stage.distributor,
                     data=calldata(first, payees),
                     gas=gas_limit,

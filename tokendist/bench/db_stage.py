@@ -47,6 +47,7 @@ from tokendist.consumer.wiring import POOL_SIZE
 from tokendist.core import db
 from tokendist.core.failpoints import Failpoints
 from tokendist.core.settings import ConsumerSettings, Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops import queries as tool_queries
 from tokendist.ops.deploy import Deployment
 from tokendist.schemas import parse_event
@@ -80,7 +81,7 @@ class InstantChain(Chain):
     and never imports ``tests``, and it wants the cheapest answers, not failures."""
 
     def __init__(self, key: SecretStr) -> None:
-        super().__init__(NOWHERE, key)
+        super().__init__(NOWHERE, LocalSigner(key))
         self._chain_id = CHAIN_ID
         self._head = 0
         self._calldata: dict[str, HexStr] = {}
@@ -101,10 +102,10 @@ class InstantChain(Chain):
     async def estimate(self, to: str, data: HexStr) -> int:
         return GAS
 
-    def sign(
+    async def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
     ) -> Signed:
-        signed = super().sign(
+        signed = await super().sign(
             to=to, data=data, gas=gas, nonce=nonce, max_fee=max_fee, priority_fee=priority_fee
         )
         self._calldata[signed.tx_hash] = data
@@ -245,9 +246,9 @@ async def _batches_only(
     payments = await _claimed(repo, [r for part in records.values() for r in part])
     size = settings.batch_max_size
 
-    def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
+    async def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
         data = contracts.batch_calldata(first, [_entry(p) for p in kept])
-        signed = key.sign(
+        signed = await key.sign(
             to=DISTRIBUTOR, data=data, gas=GAS, nonce=nonce, max_fee=FEE_WEI, priority_fee=0
         )
         return signed, bytes.fromhex(data[2:])

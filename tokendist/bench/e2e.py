@@ -24,6 +24,7 @@ from tokendist.bench.watch import Watch, lag_verdict, memory_growth, memory_poin
 from tokendist.consumer.chain import Chain
 from tokendist.core import kafka
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.verify import verify
 from tokendist.outbox.relay import LEADER_LOCK
 
@@ -206,7 +207,7 @@ async def verify_run(settings: Settings, pool: asyncpg.Pool) -> tuple[bool, str]
     """`tokendist verify` over the whole database: a fast run that paid twice, or lost a
     payment, is not a result. Grace 0: by now nothing may still be in flight."""
     rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     try:
         async with pool.acquire() as conn:
             report = await verify(conn, chain, grace_s=0.0)

@@ -12,6 +12,7 @@ from tokendist.bench.results import (
     Percentiles,
     Rate,
     Report,
+    SignerRate,
 )
 
 LABEL = 52
@@ -77,7 +78,20 @@ def _stages(report: Report) -> list[str]:
         _rate_line("Kafka", st.kafka_consume),
         _rate_line("PostgreSQL", st.consumer_db),
         _rate_line("PostgreSQL", st.db_batches),
+        *_signers(st.signers),
     ]
+
+
+def _signers(rates: tuple[SignerRate, ...]) -> list[str]:
+    if not rates:
+        return []
+    lines = ["Signing per key custody (distributeBatch transactions, one after another)"]
+    for r in rates:
+        if r.rate is None:
+            lines.append(f"  {'Signer':<11} {r.custody}: {r.note}")
+        else:
+            lines.append(_rate_line("Signer", r.rate) + (f"  ({r.note})" if r.note else ""))
+    return lines
 
 
 def _chain(c: ChainStages) -> list[str]:

@@ -24,6 +24,16 @@ class Rate:
 
 
 @dataclass(frozen=True, slots=True)
+class SignerRate:
+    """Batch transactions signed one after another by one custody (``tokendist.custody``);
+    no rate, and why in ``note``, when that custody is not configured."""
+
+    custody: str
+    rate: Rate | None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Percentiles:
     """Milliseconds over ``n`` events; None when no event got that far."""
 
@@ -70,6 +80,7 @@ class Stages:
     kafka_consume: Rate
     consumer_db: Rate  # Processor.handle → gatherer → settler, a stub chain: intake included
     db_batches: Rate  # the batch path alone: sign_batch → submitted → confirmed → credit
+    signers: tuple[SignerRate, ...] = ()  # signing rate per key custody
 
     def baselines(self) -> dict[str, float]:
         """Events/s of each chain-independent stage the pipeline chains together, by name."""

@@ -33,6 +33,7 @@ from tokendist.bench import (
     relay_stage,
     report,
     sandbox,
+    signers,
     stages,
     summary,
     workload,
@@ -45,6 +46,7 @@ from tokendist.bench.results import (
     Rate,
     RelayResult,
     Report,
+    SignerRate,
     Stages,
 )
 from tokendist.core import db, logs
@@ -88,6 +90,7 @@ class ChainFree:
     kafka_consume: Rate
     consumer_db: Rate
     db_batches: Rate
+    signers: tuple[SignerRate, ...]
 
 
 async def bench(args: argparse.Namespace, shared: Settings, anvil_binary: str) -> Report:
@@ -231,6 +234,8 @@ async def _chain_free(args: argparse.Namespace, base: Settings, named: Named) ->
         kafka_consume=consumed,
         consumer_db=await db_stage.consumer_path(base, args.db_events, args.users, args.writers),
         db_batches=await db_stage.batch_path(base, args.db_events, args.users, args.writers),
+        # The environment's KMS settings: the chains' settings carry the benchmark's keys only.
+        signers=await signers.rates(base),
     )
 
 
@@ -269,6 +274,7 @@ async def _stages(settings: Settings, free: ChainFree) -> Stages:
         kafka_consume=free.kafka_consume,
         consumer_db=free.consumer_db,
         db_batches=free.db_batches,
+        signers=free.signers,
     )
 
 

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from tokendist.core import db, kafka
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 
 # anvil_setBalance: enough ether for thousands of distribute calls at the capped fee.
@@ -79,7 +80,7 @@ async def block_gas_limit(url: str) -> int:
 
 
 def address_of(key: SecretStr) -> str:
-    return str(Account.from_key(key.get_secret_value()).address)
+    return str(LocalSigner(key).address)
 
 
 def bench_settings(shared: Settings, run_id: str) -> Settings:
@@ -100,6 +101,10 @@ async def on_chain(settings: Settings, rpc_url: str) -> Settings:
             "rpc_url": rpc_url,
             "operator_key": await funded_key(rpc_url),
             "operator_keys": None,
+            # The benchmark's own keys only: none of the environment's keystores or KMS
+            # keys is an operator of the benchmark's Distributors.
+            "operator_keystores": "",
+            "operator_kms_key_ids": "",
             "deployer_key": await funded_key(rpc_url),
         }
     )
@@ -110,7 +115,14 @@ async def with_keys(settings: Settings, count: int) -> Settings:
     rpc_url, _ = settings.require_chain()
     keys = [(await funded_key(rpc_url)).get_secret_value() for _ in range(count)]
     more = SecretStr(",".join(keys[1:])) if count > 1 else None
-    return settings.model_copy(update={"operator_key": SecretStr(keys[0]), "operator_keys": more})
+    return settings.model_copy(
+        update={
+            "operator_key": SecretStr(keys[0]),
+            "operator_keys": more,
+            "operator_keystores": "",
+            "operator_kms_key_ids": "",
+        }
+    )
 
 
 def renamed(settings: Settings, suffix: str, **update: object) -> Settings:

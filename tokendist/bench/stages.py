@@ -20,6 +20,7 @@ from tokendist.consumer.chain import Chain
 from tokendist.consumer.runner import FETCH_MAX_RECORDS, FETCH_OPTIONS, FETCH_TIMEOUT_MS
 from tokendist.core import kafka
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 
 SIMPLE_TRANSFER_GAS = 21_000
 
@@ -79,7 +80,7 @@ async def chain_cpu(settings: Settings, payments: int) -> tuple[Rate, Rate]:
     per batch, with the consumer's own encoder and ``Chain`` (eth-account; coincurve
     underneath). Both in payments/s, batches of ``batch_max_size``."""
     rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     size = settings.batch_max_size
     batches = max(1, payments // size)
     try:
@@ -91,7 +92,7 @@ async def chain_cpu(settings: Settings, payments: int) -> tuple[Rate, Rate]:
         encode_s = time.perf_counter() - start
         start = time.perf_counter()
         for nonce, data in enumerate(calldata):
-            chain.sign(
+            await chain.sign(
                 to=chain.sender,
                 data=data,
                 gas=10_000_000,
@@ -111,7 +112,7 @@ async def chain_cpu(settings: Settings, payments: int) -> tuple[Rate, Rate]:
 async def rpc_block_number(settings: Settings, count: int) -> Rate:
     """The cheapest round trip: what the node's HTTP path costs with nothing else in it."""
     rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     try:
         await chain.block_number()  # open the HTTP session before the clock starts
         start = time.perf_counter()
@@ -131,7 +132,7 @@ async def rpc_send_raw(settings: Settings, count: int) -> Rate:
     """
     rpc_url, _ = settings.require_chain()
     key = await funded_key(rpc_url)
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     try:
         await chain.chain_id()
         first_nonce = await chain.nonce(pending=True)
@@ -139,13 +140,15 @@ async def rpc_send_raw(settings: Settings, count: int) -> Rate:
         max_fee = min(2 * await chain.base_fee() + tip, settings.max_fee_wei)
         me = address_of(key)
         raws = [
-            chain.sign(
-                to=me,
-                data=HexStr("0x"),
-                gas=SIMPLE_TRANSFER_GAS,
-                nonce=first_nonce + i,
-                max_fee=max_fee,
-                priority_fee=tip,
+            (
+                await chain.sign(
+                    to=me,
+                    data=HexStr("0x"),
+                    gas=SIMPLE_TRANSFER_GAS,
+                    nonce=first_nonce + i,
+                    max_fee=max_fee,
+                    priority_fee=tip,
+                )
             ).raw
             for i in range(count)
         ]
@@ -165,7 +168,7 @@ async def block_interval(settings: Settings, seconds: float) -> BlockInterval:
     observed change to the last one removes the unknown phase at the start.
     """
     rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     changes: list[tuple[float, int]] = []
     try:
         last = await chain.block_number()

@@ -64,9 +64,14 @@ def _versus(report: Report, chain: ChainStages, r: EndToEnd) -> Versus:
 
 def headline(report: Report) -> dict[str, object]:
     """Issue 14's summary: gas per payment (the first chain's receipts; gas does not
-    depend on the block time) and every burst beside its ceiling."""
+    depend on the block time) and every burst beside its ceiling; issue 15's: batch
+    transactions signed per second by each key custody (None: not configured)."""
     first = report.chains[0] if report.chains else None
     return {
+        "signatures_per_s": {
+            r.custody: round(r.rate.per_second, 1) if r.rate else None
+            for r in report.stages.signers
+        },
         "gas_new_holder": first.new_holders.gas_per_payment if first else None,
         "gas_existing_holder": first.existing_holders.gas_per_payment if first else None,
         "runs": [

@@ -17,6 +17,7 @@ from tokendist.core.errors import InvalidInput
 from tokendist.core.settings import ENV_PREFIX, Settings, SettingsError
 
 if TYPE_CHECKING:
+    from tokendist.consumer.chain import Chain
     from tokendist.ops.trex import Trex
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -115,16 +116,14 @@ def _listening(host: str, port: int) -> socket.socket:
 
 
 async def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
-    from eth_account import Account
-
+    from tokendist import custody
     from tokendist.core import db
     from tokendist.ops.deploy import deploy_tokenization
     from tokendist.ops.trex import Trex, deploy_erc3643_tokenization
 
     rpc_url, deployer_key = settings.require_deployer()
-    _, operator_keys = settings.require_keys()
     # Every key of the pool the consumers will sign with is granted the operator role.
-    operators = [Account.from_key(k.get_secret_value()).address for k in operator_keys]
+    operators = [signer.address for signer in await custody.operator_signers(settings)]
     deployer = Trex(rpc_url, deployer_key)
     common: dict[str, Any] = {
         "tokenization_id": args.tokenization_id,
@@ -186,14 +185,14 @@ def _trex(settings: Settings) -> Trex | None:
 async def cmd_kyc_approve(args: argparse.Namespace, settings: Settings) -> int:
     from eth_account import Account
 
+    from tokendist import custody
     from tokendist.core import db
     from tokendist.ops.kyc import approve
 
-    ours = [
-        Account.from_key(key.get_secret_value()).address
-        for key in (settings.operator_key, settings.deployer_key)
-        if key is not None
-    ]
+    operators = await custody.operator_signers(settings) if settings.has_operator_keys else []
+    ours = [signer.address for signer in operators]
+    if settings.deployer_key is not None:
+        ours.append(Account.from_key(settings.deployer_key.get_secret_value()).address)
     trex = _trex(settings)
     try:
         async with db.connect(settings.database_url) as conn:
@@ -340,14 +339,22 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         return await demo.run(stop)
 
 
-async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+async def _operator_chain(settings: Settings) -> Chain:
+    """The node, seen as the pool's first operator key (whatever its custody)."""
+    from tokendist import custody
     from tokendist.consumer.chain import Chain
+
+    rpc_url = settings.require_rpc()
+    return Chain(rpc_url, (await custody.operator_signers(settings))[0])
+
+
+async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.consumer.repository import Repository
     from tokendist.core import db
     from tokendist.ops.reconcile import Reconciler
     from tokendist.ops.repository import ToolRepository
 
-    chain = Chain(*settings.require_chain())
+    chain = await _operator_chain(settings)
     pool = await db.create_pool(settings.database_url, max_size=4)
     try:
         result = await Reconciler(
@@ -464,12 +471,10 @@ def deploy_problem(args: argparse.Namespace) -> str | None:
 
 
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer.chain import Chain
     from tokendist.core import db
     from tokendist.ops.verify import verify
 
-    rpc_url, key = settings.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = await _operator_chain(settings)
     try:
         async with db.connect(settings.database_url) as conn:
             report = await verify(conn, chain, grace_s=args.grace, shared_chain=args.shared_chain)

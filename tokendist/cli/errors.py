@@ -30,6 +30,7 @@ from tokendist.core.errors import (
     ChainUnavailable,
     DatabaseUnavailable,
     ProviderUnavailable,
+    SignerUnavailable,
     TokendistError,
     TransientError,
 )
@@ -58,6 +59,7 @@ RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, s
     (BrokerUnavailable, OUTAGE, KAFKA_HINT),
     (ChainUnavailable, OUTAGE, "is the Ethereum node up at TOKENDIST_RPC_URL?"),
     (ProviderUnavailable, OUTAGE, "is the payment provider's API reachable?"),
+    (SignerUnavailable, OUTAGE, "is KMS reachable at TOKENDIST_KMS_ENDPOINT_URL?"),
     (TransientError, OUTAGE, "try again later"),
     ((SettingsError, TokendistError), BAD_INPUT, ""),
     # The database answered, and its answer is about our configuration, not an outage.

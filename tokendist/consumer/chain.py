@@ -19,11 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexStr
 from hexbytes import HexBytes
-from pydantic import SecretStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
 from web3.types import RPCEndpoint
@@ -32,6 +29,7 @@ from tokendist.consumer import contracts
 from tokendist.consumer.endpoints import TRANSPORT_ERRORS, Endpoints, is_overload
 from tokendist.core.errors import ChainRejected, ChainUnavailable, KeyRejected
 from tokendist.core.settings import RpcSettings
+from tokendist.custody import Signer
 
 T = TypeVar("T")
 
@@ -91,14 +89,15 @@ async def guarded(op: Callable[[], Awaitable[T]]) -> T:
 
 
 class Chain:
-    """The RPC endpoints and one signing key (an operator of the Distributor); the key
-    pool (``consumer.keypool``) holds one per key, all sharing one ``Endpoints``. Given a
-    URL, it has that one endpoint of its own (closed with it)."""
+    """The RPC endpoints and one signing key (an operator of the Distributor, in whatever
+    custody: ``tokendist.custody``); the key pool (``consumer.keypool``) holds one per
+    key, all sharing one ``Endpoints``. Given a URL, it has that one endpoint of its own
+    (closed with it)."""
 
-    def __init__(self, rpc: str | Endpoints, operator_key: SecretStr) -> None:
+    def __init__(self, rpc: str | Endpoints, signer: Signer) -> None:
         self._owns_rpc = isinstance(rpc, str)
         self._rpc = Endpoints([rpc], RpcSettings()) if isinstance(rpc, str) else rpc
-        self._account: LocalAccount = Account.from_key(operator_key.get_secret_value())
+        self.signer = signer
         self._chain_id: int | None = None
 
     @property
@@ -106,12 +105,12 @@ class Chain:
         """The first endpoint, for one-shot tools that read through web3 themselves."""
         return self._rpc.w3
 
-    def __repr__(self) -> str:  # never let the key reach a log line
-        return f"Chain(sender={self.sender})"
+    def __repr__(self) -> str:
+        return f"Chain(sender={self.sender}, custody={self.signer.custody})"
 
     @property
     def sender(self) -> ChecksumAddress:
-        return self._account.address
+        return self.signer.address
 
     async def chain_id(self) -> int:
         if self._chain_id is None:
@@ -168,9 +167,11 @@ class Chain:
         )
         return known.get(selector) or data
 
-    def sign(
+    async def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
     ) -> Signed:
+        """The transaction signed by this key's custody; ``SignerUnavailable`` or
+        ``KeyRejected`` from a remote one (``custody.Signer``)."""
         if self._chain_id is None:
             raise RuntimeError("chain_id() must be awaited before signing")
         tx: dict[str, Any] = {
@@ -184,10 +185,10 @@ class Chain:
             "maxFeePerGas": max_fee,
             "maxPriorityFeePerGas": priority_fee,
         }
-        signed = self._account.sign_transaction(tx)
+        signed = await self.signer.sign(tx)
         return Signed(
-            tx_hash="0x" + bytes(signed.hash).hex(),
-            raw=bytes(signed.raw_transaction),
+            tx_hash=signed.tx_hash,
+            raw=signed.raw,
             nonce=nonce,
             gas=gas,
             max_fee_per_gas=max_fee,

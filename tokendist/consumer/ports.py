@@ -85,15 +85,16 @@ class DistributionStore(Protocol):
         ...
 
 
-class Signer(Protocol):
-    """One key. Signing is local: no I/O, so nothing transient. ``ChainClient.chain_id``
-    must have been awaited first (the id is part of what is signed). A key pool plugs in
-    here."""
+class SigningKey(Protocol):
+    """One key of the pool, in whatever custody (``tokendist.custody``). A remote custody
+    may raise ``SignerUnavailable`` (sign again later) or ``KeyRejected`` (rest the key).
+    ``ChainClient.chain_id`` must have been awaited first (the id is part of what is
+    signed)."""
 
     @property
     def sender(self) -> str: ...
 
-    def sign(
+    async def sign(
         self, *, to: str, data: HexStr, gas: int, nonce: int, max_fee: int, priority_fee: int
     ) -> Signed: ...
 
@@ -151,7 +152,7 @@ class ChainClient(Protocol):
         ...
 
 
-class OperatorChain(ChainClient, Signer, Protocol):
+class OperatorChain(ChainClient, SigningKey, Protocol):
     """A node and one operator key of the pool, as ``consumer.chain.Chain`` is."""
 
 

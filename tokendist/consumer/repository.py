@@ -4,7 +4,7 @@ guarded by the state they expect, so two workers racing on one event cannot both
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -133,7 +133,10 @@ class BatchRequest:
 
 
 # (nonce, first index, the payments kept) -> (the signed attempt, the calldata it carries)
-SignBatch = Callable[[int, int, list[PaymentToSign]], tuple[Signed, bytes]]
+# Awaited inside the transaction that reserves the nonce: a custody that is a remote
+# service (KMS) holds the transaction open for one signing round trip, and an outage
+# rolls the nonce and the indices back with it.
+SignBatch = Callable[[int, int, list[PaymentToSign]], Awaitable[tuple[Signed, bytes]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +432,7 @@ class Repository:
             first = await conn.fetchval(queries.TAKE_INDICES, request.distributor, len(payments))
             if first is None:
                 raise RuntimeError(f"indices of {request.distributor} not rebuilt from the chain")
-            signed, calldata = sign(nonce, int(first), payments)
+            signed, calldata = await sign(nonce, int(first), payments)
             batch_id = await conn.fetchval(
                 queries.INSERT_BATCH,
                 request.chain_id,

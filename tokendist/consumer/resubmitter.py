@@ -17,7 +17,7 @@ from eth_typing import HexStr
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.ports import BatchStore, OperatorChain
 from tokendist.core import metrics
-from tokendist.core.errors import ChainRejected, TransientError
+from tokendist.core.errors import ChainRejected, KeyRejected, TransientError
 from tokendist.core.settings import ConsumerSettings
 
 log = structlog.get_logger("tokendist.resubmitter")
@@ -102,14 +102,18 @@ class Resubmitter:
                 alert=True,
             )
             return await self._send(key, tx["tx_hash"], bytes(tx["raw_tx"]), tx["nonce"])
-        signed = key.sign(
-            to=tx["distributor_address"],
-            data=HexStr("0x" + bytes(tx["calldata"]).hex()),
-            gas=tx["gas_limit"],
-            nonce=tx["nonce"],
-            max_fee=max_fee,
-            priority_fee=tip,
-        )
+        try:
+            signed = await key.sign(
+                to=tx["distributor_address"],
+                data=HexStr("0x" + bytes(tx["calldata"]).hex()),
+                gas=tx["gas_limit"],
+                nonce=tx["nonce"],
+                max_fee=max_fee,
+                priority_fee=tip,
+            )
+        except KeyRejected as exc:  # its custody refused it: the old attempt is all we have
+            self.keys.rest(key.sender, exc.reason)
+            return await self._send(key, tx["tx_hash"], bytes(tx["raw_tx"]), tx["nonce"])
         if not await self.repo.store_attempt(tx["batch_id"], tx["tx_hash"], signed):
             return 0
         log.warning(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from tokendist import custody
 from tokendist.consumer.batching import indices
 from tokendist.consumer.batching.gatherer import Gatherer
 from tokendist.consumer.batching.settler import Settler
@@ -51,18 +52,22 @@ class Consumer:
 async def build(
     settings: ConsumerSettings, stop: asyncio.Event, resources: AsyncExitStack
 ) -> Consumer:
-    rpc_url, secrets = settings.require_keys()
+    rpc_url = settings.require_rpc()
     s = settings
+    # First: a key that cannot be opened (a wrong keystore password) stops the member
+    # before it touches anything; an unreachable KMS is waited for like the database.
+    signers = await until_available("signers", lambda: custody.operator_signers(s), s, stop)
     pool = await until_available(
         "database", lambda: db.create_pool(s.database_url, max_size=POOL_SIZE), s, stop
     )
     resources.push_async_callback(pool.close)
     rpc = Endpoints(settings.endpoints(rpc_url), settings)
     resources.push_async_callback(rpc.close)
-    chains = [Chain(rpc, secret) for secret in secrets]
+    chains = [Chain(rpc, signer) for signer in signers]
     repo = Repository(pool)
     keys = KeyPool(chains, repo, cap=s.max_inflight_per_sender, poll_s=s.receipt_poll_s)
     await until_available("keys", keys.register, s, stop)
+    custody.warn_if_raw(signers, await keys.node.chain_id())
     # Before any index is assigned: see consumer.batching.indices.
     await until_available("indices", lambda: indices.rebuild(s, repo, keys), s, stop)
     await until_available("topics", lambda: kafka.ensure_topics(s), s, stop)

@@ -11,6 +11,7 @@ inside the adapter.
     │   │                             do not allow the request (retried: an ACL can be
     │   │                             granted while a service waits)
     │   ├── ChainUnavailable      (RPC connection errors, timeouts)
+    │   ├── SignerUnavailable     (the key's custody: KMS unreachable, throttling)
     │   ├── BatchDeferred         a batch goes back to the queue: its key was refused or
     │   │                         drained meanwhile (another key takes it), or fees are
     │   │                         above the cap (it waits for them to fall)
@@ -28,7 +29,8 @@ inside the adapter.
     ├── StateConflict         a distribution was not in the state expected: another worker
     │                         moved it; reload and decide again
     ├── ChainRejected         the node or contract refused a transaction deterministically
-    │   └── KeyRejected           ... because of the signing key (gas money, role, draining):
+    │   └── KeyRejected           ... because of the signing key (gas money, role, draining,
+    │                             its custody refusing it: disabled, access denied):
     │                             another key of the pool may send the same payments
     ├── NotInTransaction      outbox.enqueue called outside the caller's transaction
     ├── MigrationError        a migration file changed after it was applied
@@ -66,6 +68,10 @@ class BrokerRefused(BrokerUnavailable):
 
 class ChainUnavailable(TransientError):
     pass
+
+
+class SignerUnavailable(TransientError):
+    """The service that holds a key (AWS KMS) cannot be reached or asks us to slow down."""
 
 
 class BatchDeferred(TransientError):

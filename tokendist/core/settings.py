@@ -154,6 +154,11 @@ class ChainSettings(_Section):
     max_inflight_per_sender: int = Field(default=16, ge=1, le=64)
     resubmit_interval_s: float = Field(default=5.0, gt=0)
 
+    def require_rpc(self) -> str:
+        self._require("rpc_url")
+        assert self.rpc_url is not None
+        return self.rpc_url
+
 
 class RpcSettings(_Section):
     """More RPC endpoints behind the node's URL, and when one of them is left out
@@ -211,17 +216,70 @@ class BatchSettings(_Section):
     index_rebuild_wait_s: float = Field(default=120.0, gt=0)
 
 
+def _listed(value: str) -> list[str]:
+    return list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+
+
+class SignerSettings(_Section):
+    """Where the operator keys live (``tokendist.custody``). Every source adds its keys to
+    the pool, each key once: raw hex keys (local development only: a start-up warning
+    on any chain but anvil's), keystore files, AWS KMS keys."""
+
+    operator_key: SecretStr | None = Field(
+        default=None, description="hex private key of the distributor's operator (development)"
+    )
+    operator_keys: SecretStr | None = Field(
+        default=None, description="more hex operator keys, comma-separated (development)"
+    )
+    operator_keystores: str = Field(
+        default="", description="Web3 Secret Storage files of operator keys, comma-separated"
+    )
+    operator_keystore_password_file: str | None = Field(
+        default=None, description="file holding the keystores' password"
+    )
+    operator_kms_key_ids: str = Field(
+        default="", description="AWS KMS key ids or ARNs (ECC_SECG_P256K1), comma-separated"
+    )
+    kms_endpoint_url: str | None = Field(
+        default=None, description="KMS endpoint; unset: AWS's own for the region"
+    )
+    kms_region: str = "us-east-1"
+    # Per KMS call, connect and read each: a signing batch waits this long at most.
+    kms_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    @property
+    def has_operator_keys(self) -> bool:
+        return bool(self.raw_keys() or self.keystore_paths() or self.kms_key_ids())
+
+    @field_validator("kms_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None  # empty: AWS's own
+
+    def raw_keys(self) -> list[SecretStr]:
+        """``operator_key`` first, then ``operator_keys``, each once."""
+        first = [] if self.operator_key is None else [self.operator_key.get_secret_value()]
+        more = "" if self.operator_keys is None else self.operator_keys.get_secret_value()
+        return [SecretStr(k) for k in _listed(",".join([*first, more]))]
+
+    def keystore_paths(self) -> list[str]:
+        return _listed(self.operator_keystores)
+
+    def kms_key_ids(self) -> list[str]:
+        return _listed(self.operator_kms_key_ids)
+
+
 class ConsumerSettings(
-    DatabaseSettings, KafkaSettings, ServiceSettings, ChainSettings, RpcSettings, BatchSettings
+    DatabaseSettings,
+    KafkaSettings,
+    ServiceSettings,
+    ChainSettings,
+    RpcSettings,
+    BatchSettings,
+    SignerSettings,
 ):
     """``tokendist consume``: all a group member is given (no payment-provider secret)."""
 
-    operator_key: SecretStr | None = Field(
-        default=None, description="hex private key of the distributor's operator"
-    )
-    operator_keys: SecretStr | None = Field(
-        default=None, description="more operator keys, comma-separated: the key pool"
-    )
     consumer_group: str = "tokendist-distributor"
     # Static membership (KIP-345): a member restarted with the same id takes its partitions
     # back without a rebalance. Unique per live member (two with one id fence each other):
@@ -254,15 +312,11 @@ class ConsumerSettings(
         return rpc_url, keys[0]
 
     def require_keys(self) -> tuple[str, list[SecretStr]]:
-        """The RPC URL and the key pool: ``operator_key`` first, then ``operator_keys``
-        (each once)."""
+        """The RPC URL and the raw hex keys (development tools, the benchmark): the
+        consumer and the operator commands take every source (``custody.operator_signers``)."""
         self._require("rpc_url", "operator_key")
         assert self.rpc_url is not None
-        assert self.operator_key is not None
-        keys = [self.operator_key.get_secret_value().strip()]
-        more = "" if self.operator_keys is None else self.operator_keys.get_secret_value()
-        keys += [k.strip() for k in more.split(",") if k.strip() and k.strip() not in keys]
-        return self.rpc_url, [SecretStr(k) for k in keys]
+        return self.rpc_url, self.raw_keys()
 
 
 class ChainCheckSettings(DatabaseSettings, ServiceSettings, ChainSettings, RpcSettings):

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from eth_account import Account
 from pydantic import SecretStr
 
 from tokendist.consumer.chain import Chain
 from tokendist.core import db
 from tokendist.core.settings import Settings
 from tokendist.core.signals import pause
+from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployer, deploy_tokenization
 from tokendist.ops.keys import Node
 from tokendist.ops.kyc import approve
@@ -83,7 +83,7 @@ class Demo:
             async with pool.acquire() as conn:
                 await db.migrate(conn)
                 await self._deploy(conn)
-            chain = Chain(rpc_url, operator_key)
+            chain = Chain(rpc_url, LocalSigner(operator_key))
             stack.push_async_callback(chain.close)
             offsets = await stack.enter_async_context(KafkaOffsets(self.settings))
             self._spawn_all()
@@ -114,7 +114,7 @@ class Demo:
                 conn,
                 tokenization_id=TOKENIZATION,
                 property_id=PROPERTY,
-                operator=Account.from_key(operator_key.get_secret_value()).address,
+                operator=LocalSigner(operator_key).address,
                 name="Lekki Towers",
                 symbol="LEKKI",
                 decimals=18,

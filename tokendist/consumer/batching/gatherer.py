@@ -28,7 +28,7 @@ from tokendist.consumer.chain import Signed
 from tokendist.consumer.fees import FeeCap
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.ports import BatchStore, OperatorChain
-from tokendist.consumer.repository import BatchRequest, PaymentToSign
+from tokendist.consumer.repository import BatchRequest, PaymentToSign, SignBatch
 from tokendist.consumer.states import State
 from tokendist.core import metrics
 from tokendist.core.errors import (
@@ -158,22 +158,11 @@ class Gatherer:
         gas_limit = gas * (100 + GAS_MARGIN_PERCENT) // 100 + GAS_MARGIN_FIXED
         max_fee, tip = await self._fees()
 
-        def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
-            data = contracts.batch_calldata(first, [_entry(p) for p in kept])
-            signed = key.sign(
-                to=distributor,
-                data=data,
-                gas=gas_limit,
-                nonce=nonce,
-                max_fee=max_fee,
-                priority_fee=tip,
-            )
-            return signed, bytes.fromhex(data[2:])
-
         request = BatchRequest(
             await key.chain_id(), key.sender, distributor, [w.payment for w in payable]
         )
         try:
+            sign = self._signing(key, distributor, gas_limit, max_fee, tip)
             stored = await self.repo.sign_batch(request, sign)
         except KeyRejected as exc:  # drained meanwhile: the next acquire skips it
             raise BatchDeferred(exc.reason) from exc
@@ -193,6 +182,29 @@ class Gatherer:
             if not waiting.future.done():
                 taken = waiting.payment.event_id in members
                 waiting.future.set_result(stored.batch_id if taken else None)
+
+    def _signing(
+        self, key: OperatorChain, distributor: str, gas: int, max_fee: int, tip: int
+    ) -> SignBatch:
+        """What ``sign_batch`` calls with the nonce and the indices it reserved."""
+
+        async def sign(nonce: int, first: int, kept: list[PaymentToSign]) -> tuple[Signed, bytes]:
+            data = contracts.batch_calldata(first, [_entry(p) for p in kept])
+            try:
+                signed = await key.sign(
+                    to=distributor,
+                    data=data,
+                    gas=gas,
+                    nonce=nonce,
+                    max_fee=max_fee,
+                    priority_fee=tip,
+                )
+            except KeyRejected as exc:  # its custody refused it (disabled, access denied)
+                self.keys.rest(key.sender, exc.reason)
+                raise
+            return signed, bytes.fromhex(data[2:])
+
+        return sign
 
     async def _estimate(
         self, key: OperatorChain, distributor: str, batch: list[_Waiting]
