@@ -24,6 +24,7 @@ from tokendist.bench import anvil
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.repository import Repository
 from tokendist.core.settings import Settings
+from tokendist.custody import LocalSigner
 from tokendist.ops.chaincheck import ChainChecker, NodeReader
 from tokendist.ops.deploy import Deployment
 from tokendist.ops.reconcile import Reconciler
@@ -44,7 +45,7 @@ async def paid_exactly(s: Settings, tk: Deployment, expected: dict[str, int]) ->
     payouts = await harness.payouts(s, tk)
     assert len(payouts) == len({p.payment_id for p in payouts}) == 2 * ROUND
     rpc_url, key = s.require_chain()
-    chain = Chain(rpc_url, key)
+    chain = Chain(rpc_url, LocalSigner(key))
     try:
         for wallet, tokens in expected.items():
             assert await chain.token_balance(tk.token_address, wallet) == tokens
@@ -66,7 +67,7 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
             symbol="DRG", supply=10**30,
         )  # fmt: skip
         ops = ToolRepository(pool)
-        chain = Chain(*s.require_chain())
+        chain = Chain(s.require_rpc(), LocalSigner(s.require_chain()[1]))
         checker = ChainChecker(s.chain_check(), ops, NodeReader(chain.w3), asyncio.Event())
         try:
             async with harness.relay(s), harness.consumer(s):
@@ -162,7 +163,7 @@ async def test_a_check_reads_the_recent_window_not_the_history(
             await harness.wait_until(lambda: credited_is(pool, ROUND), what="credited")
         # Credited long ago: only their blocks can bring them into a check.
         await pool.execute("UPDATE distributions SET credited_at = now() - interval '1 day'")
-        chain = Chain(*s.require_chain())
+        chain = Chain(s.require_rpc(), LocalSigner(s.require_chain()[1]))
         reader = CountingReader(chain.w3)
         checker = ChainChecker(s.chain_check(), ToolRepository(pool), reader, asyncio.Event())
         try:

@@ -371,7 +371,6 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_chain_check(args: argparse.Namespace, settings: Settings) -> int:
-    from tokendist.consumer.chain import Chain
     from tokendist.core import db
     from tokendist.core.signals import stop_on_signals
     from tokendist.ops.chaincheck import ChainChecker, NodeReader
@@ -380,7 +379,7 @@ async def cmd_chain_check(args: argparse.Namespace, settings: Settings) -> int:
     section = settings.chain_check()
     if args.interval is not None:
         section = section.model_copy(update={"chain_check_interval_s": args.interval})
-    chain = Chain(*settings.require_chain())
+    chain = await _operator_chain(settings)
     pool = await db.create_pool(settings.database_url, max_size=2)
     stop = asyncio.Event()
     try:

@@ -8,7 +8,7 @@ shared with the consumer's ``Repository``, whose guarded transitions it reuses).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -244,7 +244,7 @@ class ToolRepository:
         chain_id: int,
         sender: str,
         chain_pending: int,
-        sign: Callable[[int, str, bytes, int], Signed],
+        sign: Callable[[int, str, bytes, int], Awaitable[Signed]],
     ) -> tuple[int, Signed]:
         """``batch_id``'s calldata signed again by ``sender`` under its next nonce, stored
         as a new batch re-signing ``original`` with its attempt, as the consumer stores a
@@ -258,7 +258,7 @@ class ToolRepository:
             nonce = await conn.fetchval(queries.LOCK_NONCE, chain_id, sender)
             row = await conn.fetchrow(queries.C_BATCH_TO_SIGN, batch_id)
             assert row is not None  # a foreign key of the distributions that name it
-            signed = sign(
+            signed = await sign(
                 nonce, row["distributor_address"], bytes(row["calldata"]), row["gas_limit"]
             )
             new_id = await conn.fetchval(

@@ -220,8 +220,8 @@ class Restorer:
         try:
             max_fee, tip = self.fees.fees(await self.chain.base_fee())
 
-            def sign(nonce: int, to: str, data: bytes, gas: int) -> Signed:
-                return self.chain.sign(
+            async def sign(nonce: int, to: str, data: bytes, gas: int) -> Signed:
+                return await self.chain.sign(
                     to=to,
                     data=HexStr("0x" + data.hex()),
                     gas=gas,
