@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 def reconciler(settings: Settings, pool: asyncpg.Pool) -> tuple[Reconciler, Chain]:
     chain = Chain(*settings.require_chain())
     rec = Reconciler(
-        Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
+        Repository(pool), ToolRepository(pool), chain, confirmations=settings.finality_rule.blocks
     )
     return rec, chain
 

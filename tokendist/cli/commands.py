@@ -348,7 +348,10 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     pool = await db.create_pool(settings.database_url, max_size=4)
     try:
         result = await Reconciler(
-            Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
+            Repository(pool),
+            ToolRepository(pool),
+            chain,
+            confirmations=settings.finality_rule.blocks,
         ).run(grace_s=args.grace, dry_run=args.dry_run)
     finally:
         await pool.close()
