@@ -159,60 +159,70 @@ class Settler:
         successfully, and re-batching its payments would then pay them twice)."""
         strikes = 0
         seen: Block | None = None
-        rule = self.settings.finality_rule
         while True:
             head = seen = await self.head.advanced(seen)
             receipt = await self._canonical_receipt(batch)
-            if receipt is None:
-                if batch.state is BatchState.MINED:
-                    return await self._reorged(batch)
-                if await self.keys.node.nonce_of(batch.sender, pending=False) > batch.nonce:
-                    strikes += 1
-                    if strikes >= NONCE_CONSUMED_STRIKES:
-                        log.error("batch_nonce_taken", nonce=batch.nonce, alert=True)
-                        return await self.repo.batch_abandoned(
-                            batch, f"nonce {batch.nonce} taken by a transaction we did not sign"
-                        )
-                continue
-            strikes = 0
-            tagged = None if rule.tag is None else await self.head.tagged(rule.tag)
-            final = is_final(rule, receipt.block_number, head.number, tagged)
-            moved = batch.state is BatchState.MINED and batch.block_hash != receipt.block_hash
-            if moved:
-                metrics.REORGS.inc()
-                log.warning(
-                    "batch_reorged",
-                    tx_hash=receipt.tx_hash,
-                    block_number=batch.block_number,
-                    now_in_block=receipt.block_number,
-                )
-            if not final:
-                if moved or batch.state is not BatchState.MINED:
-                    return await self.repo.batch_mined(batch, receipt)
-                continue
-            if not receipt.succeeded:  # a revert rolls every payment's bit back too
-                return await self.repo.batch_reverted(batch, receipt.tx_hash, receipt.block_number)
+            if receipt is not None:
+                strikes = 0
+                moved = await self._moved(batch, receipt, head)
+                if moved is not None:
+                    return moved
+            elif batch.state is BatchState.MINED:
+                return await self._reorged(batch)
+            elif await self.keys.node.nonce_of(batch.sender, pending=False) > batch.nonce:
+                strikes += 1
+                if strikes >= NONCE_CONSUMED_STRIKES:
+                    log.error("batch_nonce_taken", nonce=batch.nonce, alert=True)
+                    return await self.repo.batch_abandoned(
+                        batch, f"nonce {batch.nonce} taken by a transaction we did not sign"
+                    )
+
+    async def _moved(self, batch: Batch, receipt: Receipt, head: Block) -> Batch | None:
+        """The batch moved on by its canonical receipt; None: still mined where it was,
+        not final yet."""
+        rule = self.settings.finality_rule
+        tagged = None if rule.tag is None else await self.head.tagged(rule.tag)
+        final = is_final(rule, receipt.block_number, head.number, tagged)
+        elsewhere = batch.state is BatchState.MINED and batch.block_hash != receipt.block_hash
+        if elsewhere:
+            log.warning(
+                "batch_reorged",
+                tx_hash=receipt.tx_hash,
+                block_number=batch.block_number,
+                now_in_block=receipt.block_number,
+            )
+        if not final and not elsewhere and batch.state is BatchState.MINED:
+            return None
+        if not final:
+            batch = await self.repo.batch_mined(batch, receipt)
+        elif not receipt.succeeded:  # a revert rolls every payment's bit back too
+            batch = await self.repo.batch_reverted(batch, receipt.tx_hash, receipt.block_number)
+        else:
             outcome = await self._outcome(batch, receipt)
-            return await self.repo.batch_confirmed(
+            batch = await self.repo.batch_confirmed(
                 batch, receipt.tx_hash, receipt.block_number, outcome
             )
+        if elsewhere:  # counted once stored: of members racing, the one that moved it
+            metrics.REORGS.inc()
+        return batch
 
     async def _canonical_receipt(self, batch: Batch) -> Receipt | None:
-        """The receipt of whichever attempt was mined, if its block is canonical."""
+        """The receipt of whichever attempt was mined, if its block is canonical. A
+        receipt read just before a reorganisation and a block hash read just after it
+        disagree: the receipt is read once more before it counts as gone."""
         hashes = [tx.tx_hash for tx in await self.repo.attempts(batch.id)]
-        found = await self.receipts.get(hashes)
-        receipt = next((r for r in found.values() if r is not None), None)
-        if receipt is None:
-            return None
-        if await self.head.block_hash(receipt.block_number) != receipt.block_hash:
-            # A node answering from a block a reorganisation replaced: not mined (yet).
-            log.info("receipt_not_canonical", tx_hash=receipt.tx_hash)
-            return None
-        return receipt
+        for lookup in (self.receipts.get, self.keys.node.receipts):
+            found = await lookup(hashes)
+            receipt = next((r for r in found.values() if r is not None), None)
+            if receipt is None:
+                return None
+            if await self.head.block_hash(receipt.block_number) == receipt.block_hash:
+                return receipt
+        log.info("receipt_not_canonical", tx_hash=receipt.tx_hash)
+        return None
 
     async def _reorged(self, batch: Batch) -> Batch:
         """Its block is gone: submitted again, and the attempt that was mined sent again."""
-        metrics.REORGS.inc()
         log.warning(
             "batch_reorged",
             tx_hash=batch.tx_hash,
@@ -220,6 +230,7 @@ class Settler:
             block_hash=batch.block_hash,
         )
         submitted = await self.repo.batch_reorged(batch)
+        metrics.REORGS.inc()
         mined = next(a for a in await self.repo.attempts(batch.id) if a.tx_hash == batch.tx_hash)
         try:
             answer = await self.keys.node.send_raw(mined.raw)
