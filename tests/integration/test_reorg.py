@@ -25,6 +25,7 @@ from tests.integration import harness
 from tokendist.bench import anvil
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployment
+from tokendist.ops.status import KafkaOffsets, gather
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +159,15 @@ async def test_with_the_finalized_tag_a_batch_is_credited_once_the_tag_reaches_i
             finalized = await harness.rpc(c.url, "eth_getBlockByNumber", ["finalized", False])
             assert int(finalized["number"], 16) == batch["block_number"] - 1
             assert await harness.credited(pool) == 0
+            assert await status_line(c.settings, pool) == "batches       1 mined, not final"
             await mine(c.url, 1)
             await harness.wait_until(lambda: all_credited(pool), what="every payment credited")
         await paid_once(c, pool)
+
+
+async def status_line(settings: Settings, pool: asyncpg.Pool) -> str:
+    """``tokendist status``'s line about batches, the oldest's age left out."""
+    async with pool.acquire() as conn, KafkaOffsets(settings) as offsets:
+        status = await gather(conn, offsets, None)
+    [line] = [line for line in status.render().splitlines() if line.startswith("batches ")]
+    return line.split(" (oldest")[0]

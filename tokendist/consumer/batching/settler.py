@@ -218,7 +218,7 @@ class Settler:
                 return None
             if await self.head.block_hash(receipt.block_number) == receipt.block_hash:
                 return receipt
-        log.info("receipt_not_canonical", tx_hash=receipt.tx_hash)
+            log.info("receipt_not_canonical", tx_hash=receipt.tx_hash)
         return None
 
     async def _reorged(self, batch: Batch) -> Batch:
