@@ -309,6 +309,41 @@ async def stuck_underpriced(ctx: Ctx, rng: random.Random) -> None:
         ctx.note(f"{cheap.name} stopped; base fee released")
 
 
+# The newest block holding one of our batches, mined but not final yet.
+MINED_BATCH = "SELECT max(block_number) FROM batches WHERE state = 'mined'"
+
+
+async def reorg(ctx: Ctx, rng: random.Random) -> None:
+    """A reorganisation 1 to k - 1 blocks deep (k: the consumers' finality rule, so it
+    comes before finality) once one of our batches is in those blocks: ``anvil_reorg``
+    (the blocks replaced by empty ones) or ``anvil_rollback`` (the blocks gone). anvil
+    does not put their transactions back in its pool: only the consumers' sending the
+    same bytes again gets them mined. Blocks holding anyone else's transaction (a
+    top-up, a role grant, the nemesis's own payment) are left alone: losing those would
+    fail the run for the test's sake, not the consumers'."""
+    depth = rng.randint(1, ctx.world.settings.finality_rule.confirmations - 1)
+    how = rng.choice(("anvil_reorg", "anvil_rollback"))
+    operators = {o.lower() for o in ctx.world.operators}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        mined = await retrying(lambda: ctx.world.pool.fetchval(MINED_BATCH), what="a batch")
+        head = int(await ctx.stack.rpc("eth_blockNumber"), 16)
+        if mined is not None and mined > head - depth:
+            blocks = [
+                await ctx.stack.rpc("eth_getBlockByNumber", hex(n), True)
+                for n in range(head - depth + 1, head + 1)
+            ]
+            senders = {tx["from"].lower() for b in blocks if b for tx in b["transactions"]}
+            if senders <= operators:
+                params = [depth, []] if how == "anvil_reorg" else [depth]
+                await ctx.stack.rpc(how, *params)
+                ctx.metrics["reorgs"] += 1
+                ctx.note(f"{how} {depth} blocks from {head}: our batch of block {mined} out")
+                return
+        await asyncio.sleep(0.05)
+    ctx.note(f"no batch mined in the last {depth} blocks to reorganise away")
+
+
 async def top_up_and_redrive(ctx: Ctx) -> None:
     if not ctx.topped_up:
         await harness.top_up(ctx.world.settings, ctx.world.deployment, ctx.workload.total_tokens())
@@ -370,6 +405,7 @@ FAULTS: dict[str, Fault] = {
     "already_paid": already_paid,
     "remove_key": remove_key,
     "out_of_tokens": out_of_tokens,
+    "reorg": reorg,
 }
 THREE_BROKERS_ONLY = frozenset({"kill_broker"})
 LATE = frozenset({"out_of_tokens"})  # needs the fund drained first

@@ -85,11 +85,16 @@ class World:
         return [str(Account.from_key(k.get_secret_value()).address) for k in keys]
 
 
+FINALITY_CONFIRMATIONS = 4
+
+
 def run_settings(stack: Stack, database_url: str, tag: str) -> Settings:
     """The brief's short timings: a crashed member's partitions move after 6 s, a stuck
     transaction is re-sent after 2 s and fee-bumped after 5 s. Two operator keys, batches
     of at most 4 payments and 2 unconfirmed batches per key: a run of a few dozen
-    payments fills batches and caps on both keys."""
+    payments fills batches and caps on both keys. Final after ``FINALITY_CONFIRMATIONS``
+    blocks (a second at the stack's 0.25 s blocks), so that the ``reorg`` nemesis has
+    1 to 3 blocks to take a mined batch out before it is final."""
     return settings_for_tests(
         database_url,
         stack.kafka_bootstrap,
@@ -105,6 +110,7 @@ def run_settings(stack: Stack, database_url: str, tag: str) -> Settings:
         batch_max_size=4,
         batch_max_wait_s=0.3,
         max_inflight_per_sender=2,
+        confirmations=FINALITY_CONFIRMATIONS,
     )
 
 

@@ -41,7 +41,7 @@ async def test_faults_lose_nothing_double_nothing_and_verify_holds(
         max_faults=2,
         quiesce_timeout_s=60.0,
         kinds=tuple(kinds),
-        rotate=True,  # 24 consecutive seeds feature each of the 17 (18 with 3 brokers) kinds
+        rotate=True,  # 24 consecutive seeds feature each of the 18 (19 with 3 brokers) kinds
         log_root=stack.home / "fault-runs",
     )
     with capsys.disabled():

@@ -208,6 +208,7 @@ async def test_status_metrics_and_health_report_what_happened(
     assert status.outbox_backlog == 0
     assert status.distributors[0]["tokens"] == 10**28 - sum(10**18 + i for i in range(n))
     assert "distributions {'credited': 12}" in status.render()
+    assert "batches       0 mined, not final\n" in status.render()
     operator = Account.from_key(settings.require_chain()[1].get_secret_value()).address
     assert [(k.address, k.state, k.inflight) for k in status.keys] == [(operator, "active", 0)]
     assert f"operator key  {operator} active: 0 batches in flight, gas " in status.render()

@@ -11,8 +11,14 @@ payment id indexed and the index in data, each payout followed by the token's
 ``payouts`` decode them as they decode a real receipt.
 
 Time passes only when someone asks: each ``latest`` is a new block (mining the pool
-when ``auto_mine``), and a broadcast transaction is mined at once when ``auto_mine``.
+when ``auto_mine``; none while ``halted``), and a broadcast transaction is mined at once
+when ``auto_mine``.
 Every signature and broadcast is counted on the node, whichever key made it.
+
+``reorg`` and ``rollback`` are anvil's ``anvil_reorg`` and ``anvil_rollback``: the last
+blocks' transactions are undone (bits, balances, logs, nonces) and not put back in the
+pool; the blocks that replace them have other hashes. ``tag_lag`` gives the node a
+``finalized``/``safe`` block that many blocks behind the head.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from eth_typing import HexStr
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import KEY_ERRORS, Block, Receipt, SendResult, Signed
 from tokendist.core.errors import ChainRejected, ChainUnavailable, KeyRejected
+from tokendist.core.finality import Tag
 
 CHAIN_ID = 31_337
 # Anvil's first well-known accounts: addresses only.
@@ -125,6 +132,16 @@ class Tx:
         return cls("0x" + hashlib.sha256(raw).hexdigest(), **fields)
 
 
+@dataclass(frozen=True, slots=True)
+class Included:
+    """A mined transaction and what it did: what a reorganisation undoes."""
+
+    block: int
+    tx: Tx
+    distributor: FakeDistributor | None
+    effects: tuple[Effect, ...]
+
+
 @dataclass
 class FakeNode:
     chain_id: int = CHAIN_ID
@@ -141,6 +158,11 @@ class FakeNode:
     logs: list[dict[str, Any]] = field(default_factory=list)
     signatures: list[Signed] = field(default_factory=list)
     broadcasts: list[str] = field(default_factory=list)  # every hash sent, in order
+    tag_lag: dict[Tag, int] = field(default_factory=dict)  # no tag: the node has none
+    included: list[Included] = field(default_factory=list)
+    forks: int = 0  # reorganisations so far: part of every later block's hash
+    halted: bool = False  # asking for the head makes no new block (a send still mines)
+    hashes: dict[int, str] = field(default_factory=dict)
 
     # --- what tests do ------------------------------------------------------------------
 
@@ -152,10 +174,40 @@ class FakeNode:
         )
         return distributor
 
+    def new_block(self) -> None:
+        self.block += 1
+        self.hashes[self.block] = f"0x{self.forks:04x}{self.block:060x}"
+
+    def hash_of(self, number: int) -> str | None:
+        if number > self.block:
+            return None
+        return self.hashes.get(number, f"0x{0:04x}{number:060x}")
+
+    def tagged(self, tag: Tag) -> int | None:
+        lag = self.tag_lag.get(tag)
+        return None if lag is None or self.block < lag else self.block - lag
+
+    def reorg(self, depth: int, *, reinclude: bool = False) -> list[Tx]:
+        """``anvil_reorg``: the last ``depth`` blocks replaced by as many new ones, the
+        height kept; their transactions dropped, or (``reinclude``) mined again in the
+        first new block. Returns the transactions taken out."""
+        dropped = self._undo(depth)
+        if reinclude:
+            self.pool |= {tx.tx_hash: tx for tx in dropped}
+            self.mine()
+            depth -= 1
+        for _ in range(depth):
+            self.new_block()
+        return dropped
+
+    def rollback(self, depth: int) -> list[Tx]:
+        """``anvil_rollback``: the last ``depth`` blocks gone, their transactions too."""
+        return self._undo(depth)
+
     def mine(self) -> None:
         """A new block: every sender's pooled transactions next in nonce order whose fee
         covers the base fee."""
-        self.block += 1
+        self.new_block()
         for sender in sorted({tx.sender for tx in self.pool.values()}):
             while True:
                 nonce = self.mined_nonces.get(sender, 0)
@@ -170,7 +222,7 @@ class FakeNode:
     def take_nonce(self, sender: str) -> str:
         """A transaction we did not sign is mined with ``sender``'s next nonce (the key
         used elsewhere): ours of that nonce can never be mined. Returns its hash."""
-        self.block += 1
+        self.new_block()
         nonce = self.mined_nonces.get(sender.lower(), 0)
         foreign = Tx(
             "0x" + hashlib.sha256(f"foreign {nonce}".encode()).hexdigest(),
@@ -201,6 +253,25 @@ class FakeNode:
 
     # --- the node's inner workings ------------------------------------------------------
 
+    def _undo(self, depth: int) -> list[Tx]:
+        cut = self.block - depth
+        gone = [i for i in self.included if i.block > cut]
+        self.included = [i for i in self.included if i.block <= cut]
+        for i in reversed(gone):
+            del self.mined[i.tx.tx_hash]
+            self.mined_nonces[i.tx.sender] = min(self.mined_nonces.get(i.tx.sender, 0), i.tx.nonce)
+            self.logs = [e for e in self.logs if e["transactionHash"] != i.tx.tx_hash]
+            for e in i.effects:
+                if e.paid and i.distributor is not None:
+                    i.distributor.bits.discard(e.index)
+                    i.distributor.tokens += e.amount
+                    i.distributor.balances[e.to] -= e.amount
+        for number in range(cut + 1, self.block + 1):
+            self.hashes.pop(number, None)
+        self.block = cut
+        self.forks += 1
+        return [i.tx for i in gone]
+
     def _include(self, tx: Tx) -> None:
         self.mined_nonces[tx.sender] = tx.nonce + 1
         self.pool = {
@@ -211,6 +282,7 @@ class FakeNode:
         distributor = self.distributors.get(tx.to)
         logs: list[dict[str, Any]] = []
         succeeded = True
+        effects: list[Effect] = []
         if distributor is not None:
             try:
                 effects = distributor.run(tx.sender, tx.data, commit=True)
@@ -218,7 +290,10 @@ class FakeNode:
             except Revert:
                 succeeded = False
         self.logs += logs
-        self.mined[tx.tx_hash] = Receipt(tx.tx_hash, self.block, succeeded, tuple(logs))
+        self.included.append(Included(self.block, tx, distributor, tuple(effects)))
+        self.mined[tx.tx_hash] = Receipt(
+            tx.tx_hash, self.block, succeeded, tuple(logs), self.hash_of(self.block) or ""
+        )
 
     def _logs(
         self, tx: Tx, distributor: FakeDistributor, effects: list[Effect]
@@ -334,11 +409,20 @@ class FakeChain:
 
     async def latest(self) -> Block:
         await self._io()
-        if self.node.auto_mine:
-            self.node.mine()
-        else:
-            self.node.block += 1
-        return Block(self.node.block, self.node.base_fee)
+        if not self.node.halted:
+            if self.node.auto_mine:
+                self.node.mine()
+            else:
+                self.node.new_block()
+        return Block(self.node.block, self.node.base_fee, self.node.hash_of(self.node.block) or "")
+
+    async def tagged_block(self, tag: Tag) -> int | None:
+        await self._io()
+        return self.node.tagged(tag)
+
+    async def block_hash(self, number: int) -> str | None:
+        await self._io()
+        return self.node.hash_of(number)
 
     async def base_fee(self) -> int:
         return (await self.latest()).base_fee

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tokendist.consumer.batching.states import BATCH_TRANSITIONS, BatchState
-from tokendist.consumer.chain import Signed
+from tokendist.consumer.chain import Receipt, Signed
 from tokendist.consumer.repository import (
     Batch,
     BatchOutcome,
@@ -300,6 +300,7 @@ class FakeRepository:
             None,
             None,
             None,
+            None,
         )
         self._insert_attempt(batch_id, request.chain_id, request.sender, signed)
         self.nonces[(request.chain_id, request.sender)] = nonce + 1
@@ -346,6 +347,27 @@ class FakeRepository:
         for m in self._members(batch.id, {State.SIGNED}):
             self._move(m.event_id, {State.SIGNED}, State.SUBMITTED)
         self._crash_if([BatchState.SUBMITTED])
+        return moved
+
+    async def batch_mined(self, batch: Batch, receipt: Receipt) -> Batch:
+        await self._io()
+        moved = self._move_batch(
+            batch,
+            BatchState.MINED,
+            tx_hash=receipt.tx_hash,
+            block=receipt.block_number,
+            block_hash=receipt.block_hash,
+        )
+        self._crash_if([BatchState.MINED])
+        return moved
+
+    async def batch_reorged(self, batch: Batch) -> Batch:
+        await self._io()
+        stored = self.batches.get(batch.id)
+        if stored is None or stored.block_hash != batch.block_hash:
+            raise StateConflict(f"batch {batch.id}")  # seen mined elsewhere meanwhile
+        moved = self._move_batch(batch, BatchState.SUBMITTED)
+        moved = self.batches[batch.id] = replace(moved, block_number=None, block_hash=None)
         return moved
 
     async def batch_confirmed(
@@ -508,6 +530,7 @@ class FakeRepository:
         tx_hash: str | None = None,
         block: int | None = None,
         reason: str | None = None,
+        block_hash: str | None = None,
     ) -> Batch:
         """The one guarded state change of a batch: from any state the table allows."""
         stored = self.batches.get(batch.id)
@@ -518,6 +541,7 @@ class FakeRepository:
             state=new,
             tx_hash=tx_hash or stored.tx_hash,
             block_number=block if block is not None else stored.block_number,
+            block_hash=block_hash or stored.block_hash,
             failure_reason=reason or stored.failure_reason,
         )
         self.batches[batch.id] = moved

@@ -285,8 +285,9 @@ def test_churn_goals_are_static_membership_s_and_the_report_shows_both_kinds() -
 
 
 def environment() -> Environment:
-    names = ("topic_partitions", "relay_batch_size", "max_inflight_per_sender", "confirmations")
+    names = ("topic_partitions", "relay_batch_size", "max_inflight_per_sender")
     settings = {**dict.fromkeys(names, 1), "receipt_poll_s": 0.1, "log_level": "INFO"}
+    settings |= {"finality": "confirmations:1"}
     settings |= {"keys": 3, "batch_max_size": 200, "batch_max_wait_s": 0.5}
     return Environment(2, (1.0,) * 3, (1.0,) * 3, settings, "")
 

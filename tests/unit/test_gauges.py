@@ -9,7 +9,7 @@ import asyncio
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from tokendist.consumer.gauges import Gauges, Parked, TokenNeed
+from tokendist.consumer.gauges import Gauges, Parked, TokenNeed, Waiting
 from tokendist.core.errors import ChainUnavailable, DatabaseUnavailable
 
 
@@ -22,6 +22,9 @@ class Store:
             self.outages -= 1
             raise DatabaseUnavailable("connection refused")
         return Parked(4, 90.5)
+
+    async def mined_not_final(self) -> Waiting:
+        return Waiting(2, 12.0)
 
     async def token_needs(self, chain_id: int) -> list[TokenNeed]:
         assert chain_id == 31337
@@ -63,6 +66,8 @@ async def test_an_outage_is_logged_and_read_again_next_tick() -> None:
     assert [f["error"] for f in failures] == ["connection refused", "timeout"]
     assert sample("tokendist_parked_payments") == 4
     assert sample("tokendist_parked_oldest_seconds") == 90.5
+    assert sample("tokendist_batches_mined_not_final") == 2
+    assert sample("tokendist_batches_mined_not_final_oldest_seconds") == 12.0
     assert sample("tokendist_distributor_token_balance", tokenization="unit-a") == 50
     assert sample("tokendist_tokens_received_last_hour", tokenization="unit-a") == 70
     assert sample("tokendist_tokens_received_last_hour", tokenization="unit-b") == 0

@@ -81,6 +81,7 @@ class FakeChain:
 
     def __init__(self) -> None:
         self.number = 7
+        self.hash = "0x07"
         self.latest_calls = 0
         self.batches: list[list[str]] = []
         self.mined: dict[str, Receipt] = {}
@@ -88,7 +89,7 @@ class FakeChain:
 
     async def latest(self) -> Block:
         self.latest_calls += 1
-        return Block(self.number, 10**9)
+        return Block(self.number, 10**9, self.hash)
 
     async def nonce(self, *, pending: bool) -> int:
         return 0
@@ -103,7 +104,7 @@ class FakeChain:
 async def test_waiters_for_a_new_head_share_the_ticks_and_the_fetches() -> None:
     node = FakeChain()
     head = Head(cast(Chain, node), poll_s=0.02)
-    waiters = [asyncio.create_task(head.advanced(7)) for _ in range(40)]
+    waiters = [asyncio.create_task(head.advanced(Block(7, 10**9, "0x07"))) for _ in range(40)]
     await asyncio.sleep(0.1)
     assert not any(w.done() for w in waiters), "block 7 was seen already"
     asked_while_waiting = node.latest_calls
@@ -111,6 +112,20 @@ async def test_waiters_for_a_new_head_share_the_ticks_and_the_fetches() -> None:
     node.number = 8
     blocks = await asyncio.gather(*waiters)
     assert {b.number for b in blocks} == {8}
+
+
+async def test_a_reorganisation_that_keeps_the_heads_number_is_a_new_head() -> None:
+    """``anvil_reorg`` replaces the last blocks and keeps the height: a waiter comparing
+    numbers only would never wake to see its receipt gone."""
+    node = FakeChain()
+    head = Head(cast(Chain, node), poll_s=0.02)
+    seen = await head.advanced(None)
+    waiter = asyncio.create_task(head.advanced(seen))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    node.hash = "0x07bis"
+    block = await waiter
+    assert (block.number, block.hash) == (7, "0x07bis")
 
 
 async def test_receipt_lookups_of_many_events_go_out_as_one_batch() -> None:

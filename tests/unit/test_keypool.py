@@ -44,6 +44,7 @@ def in_flight(repo: FakeRepository, sender: str, n: int = 1) -> list[int]:
             None,
             None,
             None,
+            None,
         )
         ids.append(batch_id)
     return ids

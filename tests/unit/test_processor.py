@@ -73,7 +73,12 @@ def test_the_paths_walk_every_transition_of_the_table() -> None:
     batch_table = {(old, new) for old, targets in BATCH_TRANSITIONS.items() for new in targets}
     assert batch_table - edges(BATCH_PATHS) == {
         (BatchState.SIGNED, new)
-        for new in (BatchState.CONFIRMED, BatchState.REVERTED, BatchState.ABANDONED)
+        for new in (
+            BatchState.MINED,
+            BatchState.CONFIRMED,
+            BatchState.REVERTED,
+            BatchState.ABANDONED,
+        )
     }
     assert edges(BATCH_PATHS) <= batch_table
 

@@ -96,6 +96,9 @@ class InstantChain(Chain):
     async def block_number(self) -> int:
         return self._head
 
+    async def block_hash(self, number: int) -> str | None:
+        return ""  # no reorganisation here: every block is canonical, as its receipts say
+
     async def gas_balance(self) -> int:
         return 10**18
 

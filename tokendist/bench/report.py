@@ -50,7 +50,7 @@ def _header(report: Report) -> list[str]:
         f"payments or ≤ {s['batch_max_wait_s']} s wait, "
         f"≤ {s['max_inflight_per_sender']} unconfirmed batches per key; "
         f"{s['topic_partitions']} partitions, relay batch {s['relay_batch_size']}, "
-        f"confirmations {s['confirmations']}, receipt poll {s['receipt_poll_s']} s, "
+        f"finality {s['finality']}, receipt poll {s['receipt_poll_s']} s, "
         f"service log level {s['log_level']}",
         f"  service logs: {env.log_dir}",
     ]

@@ -69,12 +69,12 @@ def settings_summary(settings: Settings, args: argparse.Namespace) -> dict[str, 
         "max_inflight_per_sender",
         "batch_max_size",
         "batch_max_wait_s",
-        "confirmations",
         "receipt_poll_s",
         "max_partition_buffer",
     )
     return {
         **{n: getattr(settings, n) for n in names},
+        "finality": str(settings.finality_rule),
         "keys": args.keys,
         "log_level": args.service_log_level,
     }

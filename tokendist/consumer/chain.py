@@ -22,12 +22,13 @@ from typing import Any, Literal, TypeVar
 from eth_typing import ChecksumAddress, HexStr
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
+from web3.exceptions import BlockNotFound, ContractCustomError, ContractLogicError, Web3RPCError
 from web3.types import RPCEndpoint
 
 from tokendist.consumer import contracts
 from tokendist.consumer.endpoints import TRANSPORT_ERRORS, Endpoints, is_overload
 from tokendist.core.errors import ChainRejected, ChainUnavailable, KeyRejected
+from tokendist.core.finality import FinalityRule, Tag, is_final
 from tokendist.core.settings import RpcSettings
 from tokendist.custody import Signer
 
@@ -66,6 +67,7 @@ class Signed:
 class Block:
     number: int
     base_fee: int
+    hash: str = ""  # a reorganisation may replace the head with another of its number
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ class Receipt:
     block_number: int
     succeeded: bool
     logs: tuple[dict[str, Any], ...] = ()
+    block_hash: str = ""  # of the block it was mined in: no longer canonical after a reorg
 
 
 async def guarded(op: Callable[[], Awaitable[T]]) -> T:
@@ -132,7 +135,32 @@ class Chain:
 
     async def latest(self) -> Block:
         block = await self._rpc.read(lambda w3: w3.eth.get_block("latest"))
-        return Block(int(block["number"]), int(block.get("baseFeePerGas", 0)))
+        return Block(
+            int(block["number"]), int(block.get("baseFeePerGas", 0)), _hex(block.get("hash"))
+        )
+
+    async def tagged_block(self, tag: Tag) -> int | None:
+        """The number of the node's ``finalized`` or ``safe`` block; None while it has
+        none (a young chain)."""
+        try:
+            block = await self._rpc.read(lambda w3: w3.eth.get_block(tag.value))
+        except BlockNotFound:
+            return None
+        return int(block["number"])
+
+    async def final(self, rule: FinalityRule, block: int) -> bool:
+        """Whether a transaction mined in ``block`` is final by ``rule`` now (for the
+        operator tools, which read the node once rather than follow its head)."""
+        tagged = await self.tagged_block(rule.tag) if rule.tag is not None else None
+        return is_final(rule, block, await self.block_number(), tagged)
+
+    async def block_hash(self, number: int) -> str | None:
+        """The hash of the canonical block ``number``; None above the head."""
+        try:
+            block = await self._rpc.read(lambda w3: w3.eth.get_block(number))
+        except BlockNotFound:
+            return None
+        return _hex(block.get("hash"))
 
     async def base_fee(self) -> int:
         return (await self.latest()).base_fee
@@ -293,4 +321,12 @@ def _receipt(tx_hash: str, raw: dict[str, Any]) -> Receipt:
         int(raw["blockNumber"], 16),
         int(raw["status"], 16) == 1,
         tuple(raw.get("logs") or ()),
+        str(raw["blockHash"]).lower(),
     )
+
+
+def _hex(value: Any) -> str:
+    """A hash as web3 gives it (bytes or hex text), as 0x-hex lowercase."""
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    return str(value or "").lower()

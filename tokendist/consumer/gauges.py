@@ -1,6 +1,7 @@
 """Figures no event handler sees change, read every ``interval_s`` for the metrics:
 
 - payments parked awaiting KYC: how many, and how long the oldest has waited;
+- batches mined but not final: how many, and how long the oldest has waited;
 - per tokenization of this chain: its Distributor's token balance (one ``balanceOf``) and
   the tokens of the payments received in the last hour, the next hour's expected need.
 
@@ -29,9 +30,14 @@ INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
-class Parked:
+class Waiting:
+    """Rows in one state: how many, and how long the oldest has been in it."""
+
     count: int
     oldest_s: float
+
+
+Parked = Waiting  # payments awaiting KYC
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,8 @@ class GaugeReads(Protocol):
     async def parked(self) -> Parked: ...
 
     async def token_needs(self, chain_id: int) -> list[TokenNeed]: ...
+
+    async def mined_not_final(self) -> Waiting: ...
 
 
 class TokenBalances(Protocol):
@@ -64,6 +72,11 @@ class GaugeStore:
         row = await self._db.fetchrow(queries.PARKED_PAYMENTS)
         assert row is not None  # an aggregate always answers one row
         return Parked(int(row["parked"]), float(row["oldest_s"]))
+
+    async def mined_not_final(self) -> Waiting:
+        row = await self._db.fetchrow(queries.MINED_NOT_FINAL)
+        assert row is not None  # an aggregate always answers one row
+        return Waiting(int(row["mined"]), float(row["oldest_s"]))
 
     async def token_needs(self, chain_id: int) -> list[TokenNeed]:
         rows = await self._db.fetch(queries.TOKENS_RECEIVED_LAST_HOUR, chain_id)
@@ -99,6 +112,9 @@ class Gauges:
         parked = await self.store.parked()
         metrics.PARKED.set(parked.count)
         metrics.PARKED_OLDEST.set(parked.oldest_s)
+        mined = await self.store.mined_not_final()
+        metrics.MINED_NOT_FINAL.set(mined.count)
+        metrics.MINED_NOT_FINAL_OLDEST.set(mined.oldest_s)
         for need in await self.store.token_needs(await self.chain.chain_id()):
             balance = await self.chain.token_balance(need.token_address, need.distributor_address)
             metrics.DISTRIBUTOR_TOKENS.labels(tokenization=need.tokenization_id).set(balance)

@@ -6,7 +6,7 @@ identical answers. Here the waiters share one clock tick, one fetch of each answ
 one JSON-RPC batch for their receipts. A shared answer may be up to half a poll interval
 old; that only delays: a stale head confirms a receipt a tick later, a base fee a block
 old is covered by the fee's headroom (twice the base fee), a stale mined nonce counts a
-strike a block later.
+strike a block later, a stale ``finalized`` block makes a batch final a tick later.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from tokendist.consumer.chain import Block, Receipt
 from tokendist.consumer.ports import ChainClient
 from tokendist.core.errors import ChainUnavailable
+from tokendist.core.finality import Tag
 
 T = TypeVar("T")
 
@@ -66,19 +67,41 @@ class Head:
         self._poll_s = poll_s
         self._latest = Shared(chain.latest, poll_s / 2)
         self._mined_nonce = Shared(lambda: chain.nonce(pending=False), poll_s / 2)
+        self._tagged = {tag: Shared(_tagged_block(chain, tag), poll_s / 2) for tag in Tag}
+        self._chain = chain
+        # Canonical block hashes as of one head (its hash): the batches mined in one block
+        # ask for it once per head.
+        self._hashes: tuple[str, dict[int, str | None]] = ("", {})
         self._tick: asyncio.Future[None] | None = None
 
     async def latest(self) -> Block:
         return await self._latest.get()
 
-    async def advanced(self, seen: int | None) -> Block:
-        """The newest block, once its number is not ``seen``: a receipt can only appear,
-        or vanish in a reorganisation or a node restart, with a new head."""
+    async def advanced(self, seen: Block | None) -> Block:
+        """The newest block, once it is not ``seen``: a receipt can only appear, or vanish
+        in a reorganisation or a node restart, with a new head. A reorganisation may keep
+        the head's number (``anvil_reorg`` does): its hash tells."""
         while True:
             block = await self._latest.get()
-            if block.number != seen:
+            if seen is None or (block.number, block.hash) != (seen.number, seen.hash):
                 return block
             await asyncio.shield(self._next_tick())
+
+    async def block_hash(self, number: int) -> str | None:
+        """The hash of the canonical block ``number`` as of the latest head."""
+        head = await self._latest.get()
+        if number == head.number:
+            return head.hash
+        at, known = self._hashes
+        if at != head.hash:
+            self._hashes = at, known = head.hash, {}
+        if number not in known:
+            known[number] = await self._chain.block_hash(number)
+        return known[number]
+
+    async def tagged(self, tag: Tag) -> int | None:
+        """The number of the node's block of ``tag`` (None: it has none yet)."""
+        return await self._tagged[tag].get()
 
     async def mined_nonce(self) -> int:
         """The operator's nonce as of the latest block: every lower nonce is mined."""
@@ -132,6 +155,10 @@ class Receipts:
             raise
         for tx_hash, future in wanted.items():
             future.set_result(found[tx_hash])
+
+
+def _tagged_block(chain: ChainClient, tag: Tag) -> Callable[[], Awaitable[int | None]]:
+    return lambda: chain.tagged_block(tag)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -30,6 +30,7 @@ from tokendist.consumer.repository import (
     User,
 )
 from tokendist.consumer.states import State
+from tokendist.core.finality import Tag
 
 
 class DistributionStore(Protocol):
@@ -116,6 +117,14 @@ class ChainClient(Protocol):
 
     async def latest(self) -> Block: ...
 
+    async def tagged_block(self, tag: Tag) -> int | None:
+        """The number of the node's block of ``tag``; None while it has none."""
+        ...
+
+    async def block_hash(self, number: int) -> str | None:
+        """The hash of the canonical block ``number``; None above the head."""
+        ...
+
     async def base_fee(self) -> int: ...
 
     async def gas_balance(self) -> int:
@@ -189,6 +198,14 @@ class BatchStore(DistributionStore, KeyBook, Protocol):
     async def mark_broadcast(self, tx_hash: str) -> None: ...
 
     async def batch_submitted(self, batch: Batch) -> Batch: ...
+
+    async def batch_mined(self, batch: Batch, receipt: Receipt) -> Batch:
+        """In ``receipt``'s block, not final yet (again, if it was in another block)."""
+        ...
+
+    async def batch_reorged(self, batch: Batch) -> Batch:
+        """Mined in ``batch.block_hash``, which is no longer canonical: submitted again."""
+        ...
 
     async def batch_confirmed(
         self, batch: Batch, tx_hash: str, block_number: int, outcome: BatchOutcome

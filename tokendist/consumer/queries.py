@@ -144,7 +144,7 @@ GROUP BY sender
 
 BATCH_COLUMNS = """
     id, chain_id, sender, nonce, distributor_address, first_index, size, calldata,
-    gas_limit, state, tx_hash, block_number, failure_reason
+    gas_limit, state, tx_hash, block_number, block_hash, failure_reason
 """
 
 # The rows a batch may take, locked: only those still before signing. SKIP LOCKED: a row
@@ -222,8 +222,19 @@ ORDER BY max_fee_per_gas DESC, created_at DESC LIMIT 1
 SET_BATCH_STATE = f"""
 UPDATE batches
 SET state = $3, tx_hash = coalesce($4, tx_hash), block_number = coalesce($5, block_number),
-    failure_reason = coalesce($6, failure_reason), updated_at = now()
+    failure_reason = coalesce($6, failure_reason), block_hash = coalesce($7, block_hash),
+    updated_at = now()
 WHERE id = $1 AND state = ANY($2::text[])
+RETURNING {BATCH_COLUMNS}
+"""
+
+# A reorganisation took the mined transaction out of the canonical chain: back to
+# submitted, its block forgotten, its tx_hash kept (the attempt to broadcast again).
+# Guarded by the block it was seen in: a member that saw it mined again meanwhile wins.
+BATCH_REORGED = f"""
+UPDATE batches SET state = 'submitted', block_number = NULL, block_hash = NULL,
+    updated_at = now()
+WHERE id = $1 AND state = 'mined' AND block_hash = $2
 RETURNING {BATCH_COLUMNS}
 """
 
@@ -351,6 +362,12 @@ DISTRIBUTORS_ON_CHAIN = "SELECT DISTINCT distributor_address FROM tokenizations 
 
 # A payment is parked when its row moves to awaiting_kyc (``updated_at``); a re-driven
 # event that is still not payable leaves the row untouched.
+MINED_NOT_FINAL = """
+SELECT count(*) AS mined,
+       coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 AS oldest_s
+FROM batches WHERE state = 'mined'
+"""
+
 PARKED_PAYMENTS = """
 SELECT count(*) AS parked,
        coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 AS oldest_s

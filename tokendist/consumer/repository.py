@@ -13,7 +13,7 @@ import asyncpg
 
 from tokendist.consumer import queries
 from tokendist.consumer.batching.states import BatchState, sources
-from tokendist.consumer.chain import Signed
+from tokendist.consumer.chain import Receipt, Signed
 from tokendist.consumer.states import State, check_transition
 from tokendist.core import db
 from tokendist.core.errors import KeyRejected
@@ -104,6 +104,7 @@ class Batch:
     state: BatchState
     tx_hash: str | None
     block_number: int | None
+    block_hash: str | None
     failure_reason: str | None
 
     @classmethod
@@ -483,6 +484,26 @@ class Repository:
             await conn.execute(queries.MEMBERS_SUBMITTED, batch.id)
         return moved
 
+    async def batch_mined(self, batch: Batch, receipt: Receipt) -> Batch:
+        """In a block, not final yet; the members stay submitted. Mined again: at the
+        block that holds it now."""
+        async with self._db.transaction() as conn:
+            return await _move(
+                conn,
+                batch,
+                BatchState.MINED,
+                tx_hash=receipt.tx_hash,
+                block=receipt.block_number,
+                block_hash=receipt.block_hash,
+            )
+
+    async def batch_reorged(self, batch: Batch) -> Batch:
+        """Its block is no longer canonical: submitted again, to be broadcast again."""
+        row = await self._db.fetchrow(queries.BATCH_REORGED, batch.id, batch.block_hash)
+        if row is None:
+            raise StateConflict(f"batch {batch.id}")
+        return Batch.from_row(row)
+
     async def batch_confirmed(
         self, batch: Batch, tx_hash: str, block_number: int, outcome: BatchOutcome
     ) -> Batch:
@@ -605,9 +626,10 @@ async def _move(
     tx_hash: str | None = None,
     block: int | None = None,
     reason: str | None = None,
+    block_hash: str | None = None,
 ) -> Batch:
     row = await conn.fetchrow(
-        queries.SET_BATCH_STATE, batch.id, sources(new), new, tx_hash, block, reason
+        queries.SET_BATCH_STATE, batch.id, sources(new), new, tx_hash, block, reason, block_hash
     )
     if row is None:
         raise StateConflict(f"batch {batch.id}")

@@ -74,6 +74,10 @@ KEY_RESTING = Counter(
     ["sender"],
 )
 BATCHES = Counter("tokendist_batches_total", "Batches settled, by how they ended", ["outcome"])
+REORGS = Counter(
+    "tokendist_reorgs_total",
+    "Mined batches whose block a reorganisation replaced before they were final",
+)
 # Per endpoint of TOKENDIST_RPC_URL + TOKENDIST_RPC_URLS, named "position/host:port".
 RPC_ENDPOINT_HEALTHY = Gauge(
     "tokendist_rpc_endpoint_healthy",
@@ -121,6 +125,14 @@ PARKED = Gauge("tokendist_parked_payments", "Payments parked awaiting KYC (state
 PARKED_OLDEST = Gauge(
     "tokendist_parked_oldest_seconds",
     "How long the oldest payment awaiting KYC has been parked (0: none)",
+)
+MINED_NOT_FINAL = Gauge(
+    "tokendist_batches_mined_not_final",
+    "Batches in a block but not final yet by the finality rule (state mined)",
+)
+MINED_NOT_FINAL_OLDEST = Gauge(
+    "tokendist_batches_mined_not_final_oldest_seconds",
+    "How long the oldest batch mined but not final has waited for finality (0: none)",
 )
 # Token base units as floats: precise to 1 part in 2**53, plenty to compare against a need.
 DISTRIBUTOR_TOKENS = Gauge(

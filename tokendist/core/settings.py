@@ -35,6 +35,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 # Defined with the rest of the tree; importable from here, beside the settings it is about.
 from tokendist.core.errors import SettingsError as SettingsError  # noqa: PLC0414 -- still importable from here
+from tokendist.core.finality import MAX_CONFIRMATIONS, PRESETS, FinalityRule
 
 ENV_PREFIX = "TOKENDIST_"
 LOCAL_HINT = 'for the local stack: eval "$(tokendist stack env)"'
@@ -140,10 +141,16 @@ class ServiceSettings(_Section):
 
 
 class ChainSettings(_Section):
-    """The node, and how transactions are sent to it and confirmed."""
+    """The node, and how transactions are sent to it and when they are final
+    (``tokendist.core.finality``): ``finality`` if set, else ``confirmations`` (the older
+    shorthand for ``confirmations:N``), else the chain preset's rule."""
 
     rpc_url: str | None = Field(default=None, description="Ethereum JSON-RPC URL")
-    confirmations: int = Field(default=1, ge=1, le=64)
+    chain_preset: str = Field(default="anvil", description="anvil, ethereum, polygon, ...")
+    finality: str | None = Field(
+        default=None, description="confirmations:N, finalized or safe (default: the preset's)"
+    )
+    confirmations: int | None = Field(default=None, ge=1, le=MAX_CONFIRMATIONS)
     priority_fee_wei: int = Field(default=1_000_000_000, ge=0)
     max_fee_wei: int = Field(default=500_000_000_000, gt=0)
     receipt_poll_s: float = Field(default=0.1, gt=0)
@@ -158,6 +165,39 @@ class ChainSettings(_Section):
         self._require("rpc_url")
         assert self.rpc_url is not None
         return self.rpc_url
+
+    @field_validator("chain_preset")
+    @classmethod
+    def _preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"{value!r} is not a chain preset: one of {', '.join(PRESETS)}")
+        return value
+
+    @field_validator("finality")
+    @classmethod
+    def _finality(cls, value: str | None) -> str | None:
+        return None if value is None else str(FinalityRule.parse(value))
+
+    @model_validator(mode="after")
+    def _one_finality_rule(self) -> Self:
+        if (
+            self.finality is not None
+            and self.confirmations is not None
+            and FinalityRule.parse(self.finality) != FinalityRule(self.confirmations)
+        ):
+            raise ValueError(
+                f"TOKENDIST_FINALITY={self.finality} and TOKENDIST_CONFIRMATIONS="
+                f"{self.confirmations} disagree: set one"
+            )
+        return self
+
+    @property
+    def finality_rule(self) -> FinalityRule:
+        if self.finality is not None:
+            return FinalityRule.parse(self.finality)
+        if self.confirmations is not None:
+            return FinalityRule(self.confirmations)
+        return PRESETS[self.chain_preset]
 
 
 class RpcSettings(_Section):

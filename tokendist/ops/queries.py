@@ -79,9 +79,11 @@ ON CONFLICT (chain_id, address) DO UPDATE SET state = 'draining', updated_at = n
 WHERE operator_keys.state = 'active'
 """
 
+# A drain waits for mined batches too: one a reorganisation takes out is sent again, and
+# must still find the key's role on the Distributor.
 K_INFLIGHT = """
 SELECT count(*) FROM batches
-WHERE chain_id = $1 AND sender = $2 AND state IN ('signed', 'submitted')
+WHERE chain_id = $1 AND sender = $2 AND state IN ('signed', 'submitted', 'mined')
 """
 
 # Only a draining key: an operator who added it back meanwhile has the last word.
@@ -187,6 +189,9 @@ FROM outbox
 """
 
 S_PARKED_USERS = "SELECT count(DISTINCT user_id) FROM distributions WHERE state = 'awaiting_kyc'"
+
+# What the consumer's gauge reports: batches in a block, not final by the finality rule.
+S_MINED_NOT_FINAL = consumer.MINED_NOT_FINAL
 
 S_LAST_FAILURES = """
 SELECT event_id, failure_reason, updated_at FROM distributions

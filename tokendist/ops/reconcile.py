@@ -73,7 +73,7 @@ class Reconciler:
         self.repo = repo
         self.ops = ops
         self.chain = chain
-        self.confirmations = settings.confirmations
+        self.finality = settings.finality_rule
         self.restorer = Restorer(repo, ops, chain, settings)
 
     async def run(self, *, grace_s: float, dry_run: bool = False) -> Reconciliation:
@@ -123,8 +123,7 @@ class Reconciler:
         )
         if len(paid) != 1:
             return None  # not yet paid (in flight), or twice: verify reports it, a human acts
-        head = await self.chain.block_number()
-        if head - paid[0].block_number + 1 < self.confirmations:
+        if not await self.chain.final(self.finality, paid[0].block_number):
             return None  # too fresh: the consumer decides
         return paid[0].tx_hash, paid[0].block_number
 

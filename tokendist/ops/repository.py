@@ -151,6 +151,12 @@ class ToolRepository:
         count: int = await self._db.fetchval(queries.S_PARKED_USERS)
         return count
 
+    async def mined_not_final(self) -> tuple[int, float]:
+        """(batches mined but not final, seconds the oldest has waited)."""
+        row = await self._db.fetchrow(queries.S_MINED_NOT_FINAL)
+        assert row is not None  # an aggregate always answers one row
+        return int(row["mined"]), float(row["oldest_s"])
+
     async def dead_letter_summary(self, topic: str) -> asyncpg.Record | None:
         return await self._db.fetchrow(queries.S_DEAD_LETTERS, topic)
 

@@ -136,7 +136,7 @@ class Restorer:
         self.ops = ops
         self.chain = chain
         self.reader = NodeReader(chain.w3)
-        self.confirmations = settings.confirmations
+        self.finality = settings.finality_rule
         self.fees = FeeCap(settings)
         self.window_blocks = settings.chain_check_window_blocks
         self.wait_s = wait_s
@@ -288,11 +288,10 @@ class Restorer:
         credited (no member: the payments they carry were credited once already), or
         reverted for a human."""
         rows = await self.ops.resigned_in_flight()
-        head = await self.chain.block_number() if rows else 0
         for row in rows:
             found = await self.chain.receipts(list(row["tx_hashes"]))
             receipt = next((r for r in found.values() if r is not None), None)
-            if receipt is None or head - receipt.block_number + 1 < self.confirmations:
+            if receipt is None or not await self.chain.final(self.finality, receipt.block_number):
                 continue  # the next reconcile settles it
             batch = await self.repo.batch(row["id"])
             if not receipt.succeeded:

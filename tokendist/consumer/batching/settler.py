@@ -1,7 +1,14 @@
 """Takes a stored batch to its end: broadcast its newest attempt, wait for a receipt of
-any of its attempts (they share one nonce, so at most one is ever mined), read each
-payment's outcome from the receipt's logs, and credit the whole batch in one DB
-transaction.
+any of its attempts (they share one nonce, so at most one is ever mined) and for that
+receipt to be final by the finality rule (``core.finality``), read each payment's outcome
+from the receipt's logs, and credit the whole batch in one DB transaction.
+
+A receipt counts only while its block is canonical (the node's block at its number has
+its hash). Between mined and final, each new head re-checks it: a reorganisation that
+removed it (receipt gone, or its block replaced) sends the batch back to submitted and
+broadcasts the very bytes that were mined again (same nonce: a node does not put
+re-orged transactions back in its pool, anvil certainly not); one that moved it to
+another block leaves it mined, at that block.
 
 Idempotent and safe beside other members: every step is guarded by the batch's stored
 state, so a member resuming a batch after a crash or a rebalance, or two members
@@ -17,7 +24,7 @@ import structlog
 
 from tokendist.consumer import contracts
 from tokendist.consumer.batching.states import BatchState
-from tokendist.consumer.chain import Receipt
+from tokendist.consumer.chain import Block, Receipt
 from tokendist.consumer.head import Head, Receipts
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.ports import BatchStore
@@ -25,6 +32,7 @@ from tokendist.consumer.repository import Batch, BatchOutcome
 from tokendist.core import metrics
 from tokendist.core.errors import ChainRejected, ChainUnavailable, StateConflict, TransientError
 from tokendist.core.failpoints import Failpoints
+from tokendist.core.finality import is_final
 from tokendist.core.settings import ConsumerSettings
 
 log = structlog.get_logger("tokendist.settler")
@@ -101,8 +109,8 @@ class Settler:
         match batch.state:
             case BatchState.SIGNED:
                 return await self._broadcast(batch)
-            case BatchState.SUBMITTED:
-                return await self._await_receipt(batch)
+            case BatchState.SUBMITTED | BatchState.MINED:
+                return await self._await_final(batch)
             case BatchState.CONFIRMED:
                 return await self._credit(batch)
         raise AssertionError(f"no step from batch state {batch.state}")
@@ -144,26 +152,23 @@ class Settler:
         log.info("batch_broadcast", tx_hash=newest.tx_hash, nonce=newest.nonce, answer=answer.value)
         return await self.repo.batch_submitted(batch)
 
-    async def _await_receipt(self, batch: Batch) -> Batch:
+    async def _await_final(self, batch: Batch) -> Batch:
+        """The batch's next state: mined (again), back to submitted after a
+        reorganisation, or, once its receipt is final, confirmed or reverted (a revert
+        waits for finality too: a reorganisation may yet mine the same bytes
+        successfully, and re-batching its payments would then pay them twice)."""
         strikes = 0
-        seen: int | None = None
+        seen: Block | None = None
         while True:
-            head = (await self.head.advanced(seen)).number
-            seen = head
-            hashes = [tx.tx_hash for tx in await self.repo.attempts(batch.id)]
-            found = await self.receipts.get(hashes)
-            receipt = next((r for r in found.values() if r is not None), None)
+            head = seen = await self.head.advanced(seen)
+            receipt = await self._canonical_receipt(batch)
             if receipt is not None:
                 strikes = 0
-                if not receipt.succeeded:  # a revert rolls every payment's bit back too
-                    return await self.repo.batch_reverted(
-                        batch, receipt.tx_hash, receipt.block_number
-                    )
-                if head - receipt.block_number + 1 >= self.settings.confirmations:
-                    outcome = await self._outcome(batch, receipt)
-                    return await self.repo.batch_confirmed(
-                        batch, receipt.tx_hash, receipt.block_number, outcome
-                    )
+                moved = await self._moved(batch, receipt, head)
+                if moved is not None:
+                    return moved
+            elif batch.state is BatchState.MINED:
+                return await self._reorged(batch)
             elif await self.keys.node.nonce_of(batch.sender, pending=False) > batch.nonce:
                 strikes += 1
                 if strikes >= NONCE_CONSUMED_STRIKES:
@@ -171,6 +176,71 @@ class Settler:
                     return await self.repo.batch_abandoned(
                         batch, f"nonce {batch.nonce} taken by a transaction we did not sign"
                     )
+
+    async def _moved(self, batch: Batch, receipt: Receipt, head: Block) -> Batch | None:
+        """The batch moved on by its canonical receipt; None: still mined where it was,
+        not final yet."""
+        rule = self.settings.finality_rule
+        tagged = None if rule.tag is None else await self.head.tagged(rule.tag)
+        final = is_final(rule, receipt.block_number, head.number, tagged)
+        elsewhere = batch.state is BatchState.MINED and batch.block_hash != receipt.block_hash
+        if elsewhere:
+            log.warning(
+                "batch_reorged",
+                tx_hash=receipt.tx_hash,
+                block_number=batch.block_number,
+                now_in_block=receipt.block_number,
+            )
+        if not final and not elsewhere and batch.state is BatchState.MINED:
+            return None
+        if not final:
+            batch = await self.repo.batch_mined(batch, receipt)
+        elif not receipt.succeeded:  # a revert rolls every payment's bit back too
+            batch = await self.repo.batch_reverted(batch, receipt.tx_hash, receipt.block_number)
+        else:
+            outcome = await self._outcome(batch, receipt)
+            batch = await self.repo.batch_confirmed(
+                batch, receipt.tx_hash, receipt.block_number, outcome
+            )
+        if elsewhere:  # counted once stored: of members racing, the one that moved it
+            metrics.REORGS.inc()
+        return batch
+
+    async def _canonical_receipt(self, batch: Batch) -> Receipt | None:
+        """The receipt of whichever attempt was mined, if its block is canonical. A
+        receipt read just before a reorganisation and a block hash read just after it
+        disagree: the receipt is read once more before it counts as gone."""
+        hashes = [tx.tx_hash for tx in await self.repo.attempts(batch.id)]
+        for lookup in (self.receipts.get, self.keys.node.receipts):
+            found = await lookup(hashes)
+            receipt = next((r for r in found.values() if r is not None), None)
+            if receipt is None:
+                return None
+            if await self.head.block_hash(receipt.block_number) == receipt.block_hash:
+                return receipt
+            log.info("receipt_not_canonical", tx_hash=receipt.tx_hash)
+        return None
+
+    async def _reorged(self, batch: Batch) -> Batch:
+        """Its block is gone: submitted again, and the attempt that was mined sent again."""
+        log.warning(
+            "batch_reorged",
+            tx_hash=batch.tx_hash,
+            block_number=batch.block_number,
+            block_hash=batch.block_hash,
+        )
+        submitted = await self.repo.batch_reorged(batch)
+        metrics.REORGS.inc()
+        mined = next(a for a in await self.repo.attempts(batch.id) if a.tx_hash == batch.tx_hash)
+        try:
+            answer = await self.keys.node.send_raw(mined.raw)
+        except ChainRejected as exc:
+            # Submitted again: the resubmitter sends its newest attempt in a few seconds.
+            log.error("broadcast_refused", reason=exc.reason, tx_hash=mined.tx_hash, alert=True)
+            return submitted
+        await self.repo.mark_broadcast(mined.tx_hash)
+        log.info("batch_broadcast", tx_hash=mined.tx_hash, nonce=mined.nonce, answer=answer.value)
+        return submitted
 
     async def _outcome(self, batch: Batch, receipt: Receipt) -> BatchOutcome:
         """Each member paid by this transaction, paid earlier under its own index (an
