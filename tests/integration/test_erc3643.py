@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import pytest
@@ -26,7 +27,8 @@ from tokendist.core.settings import Settings
 from tokendist.ops import kyc
 from tokendist.ops.deploy import Deployment
 from tokendist.ops.repository import ToolRepository
-from tokendist.ops.trex import Trex, deploy_erc3643_tokenization
+from tokendist.ops.trex import Platform, Trex, deploy_erc3643_tokenization
+from tokendist.sim import payments as payments_sim
 
 pytestmark = pytest.mark.integration
 
@@ -360,3 +362,153 @@ async def test_the_consumer_parks_an_unverified_investor_unsigned_then_pays_afte
 
 async def _state_is(pool: asyncpg.Pool, investment: str, state: str) -> bool:
     return await harness.state_of(pool, investment) == state
+
+
+# --- parked with a reason, released when it clears (the real consumer) --------------------
+
+
+async def _parked(pool: asyncpg.Pool) -> dict[str, tuple[str | None, str | None]]:
+    rows = await pool.fetch(
+        "SELECT investment_id, parked_reason, parked_detail FROM distributions"
+        " WHERE state = 'awaiting_kyc'"
+    )
+    return {r["investment_id"]: (r["parked_reason"], r["parked_detail"]) for r in rows}
+
+
+async def _reason_is(pool: asyncpg.Pool, investment: str, reason: str) -> bool:
+    return (await _parked(pool)).get(investment, (None, None))[0] == reason
+
+
+async def _nothing_wasted(s: Suite, pool: asyncpg.Pool) -> None:
+    """Nothing reverted and every nonce of the operator went to a batch that paid: a
+    parked payment cost no nonce and no gas."""
+    assert await pool.fetchval("SELECT count(*) FROM batches WHERE state = 'reverted'") == 0
+    operator = Account.from_key(s.operator_key).address
+    sent = await s.trex.w3.eth.get_transaction_count(operator)
+    assert sent == await pool.fetchval("SELECT count(DISTINCT nonce) FROM batches")
+
+
+async def _paid_as_bought(
+    s: Suite, settings: Settings, pool: asyncpg.Pool, bought: list[payments_sim.Payment]
+) -> None:
+    """Each wallet holds what it bought, one Transfer per payment, every row credited."""
+    for p in bought:
+        assert p.wallet_address is not None
+        assert await balance(s, p.wallet_address) == p.tokens
+    paid = sorted((p.to, p.amount) for p in await harness.payouts(settings, s.deployment))
+    assert paid == sorted((str(p.wallet_address).lower(), p.tokens) for p in bought)
+    assert await harness.credited(pool) == len(bought)
+
+
+def _rechecking(settings: Settings) -> Settings:
+    return settings.model_copy(update={"parked_recheck_interval_s": 0.3})
+
+
+async def test_a_paused_token_parks_payments_unsigned_and_they_are_paid_once_unpaused(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    s, d = suite, suite.deployment
+    first, second = harness.payment(d, 1, user=0), harness.payment(d, 2, user=1)
+    for p in (first, second):
+        await approve(pool, s, p.user_id, str(p.wallet_address), NIGERIA)
+    token = s.trex.contract("Token", d.token_address).functions
+    await s.trex.send(token.pause())
+    settings = _rechecking(settings)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.pay(pool, first)
+        await harness.pay(pool, second)
+        for inv in ("inv-1", "inv-2"):
+            await harness.wait_until(lambda i=inv: _reason_is(pool, i, "token_paused"), what=inv)
+        assert await pool.fetchval("SELECT count(*) FROM batches") == 0
+        status = await tokendist(settings, "status")
+        assert "token_paused: 2 payments" in status.stdout, status.stdout
+        await s.trex.send(token.unpause())
+        await harness.wait_until(lambda: _count_credited(pool, 2), what="both credited")
+    await _nothing_wasted(s, pool)
+    await _paid_as_bought(s, settings, pool, [first, second])
+
+
+async def test_frozen_refused_and_unregistered_payments_park_and_each_is_released_alone(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    """Four investors: one paid at once; a frozen wallet (released by unfreezing it), an
+    investor whose country a T-REX CountryRestrictModule refuses (released when the
+    module's restriction is lifted) and one approved here but never registered on-chain
+    (released when the issuer registers the identity): each parked with its reason, none
+    signed, each paid by the consumer's re-check once its own condition clears."""
+    s, d = suite, suite.deployment
+    ok, frozen, french, unregistered = (harness.payment(d, i, user=i) for i in range(4))
+    await approve(pool, s, ok.user_id, str(ok.wallet_address), NIGERIA)
+    await approve(pool, s, frozen.user_id, str(frozen.wallet_address), NIGERIA)
+    await approve(pool, s, french.user_id, str(french.wallet_address), FRANCE)
+    token = s.trex.contract("Token", d.token_address).functions
+    await s.trex.send(token.setAddressFrozen(frozen.wallet_address, True))
+    module, set_restricted = await _country_restriction(s)
+    await set_restricted(FRANCE, True)
+    settings = _rechecking(settings)
+    async with harness.relay(settings), harness.consumer(settings):
+        for p in (ok, frozen, french, unregistered):
+            await harness.pay(pool, p)  # registered approved in the database, all four
+        await harness.wait_until(lambda: _count_parked(pool, 3), what="three parked")
+        await harness.wait_until(lambda: _count_credited(pool, 1), what="one credited")
+        parked = await _parked(pool)
+        assert {inv: reason for inv, (reason, _) in parked.items()} == {
+            frozen.investment_id: "wallet_frozen",
+            french.investment_id: "compliance_refused",
+            unregistered.investment_id: "awaiting_kyc",
+        }
+        assert "CountryRestrictModule" in str(parked[french.investment_id][1])
+        assert await pool.fetchval("SELECT count(*) FROM batches") == 1
+        status = (await tokendist(settings, "status")).stdout
+        assert "compliance_refused: 1 payments" in status, status
+        assert "CountryRestrictModule" in status, status
+
+        await s.trex.send(token.setAddressFrozen(frozen.wallet_address, False))
+        await harness.wait_until(
+            lambda: _state_is(pool, frozen.investment_id, "credited"), what="unfrozen"
+        )
+        await set_restricted(FRANCE, False)
+        await harness.wait_until(
+            lambda: _state_is(pool, french.investment_id, "credited"), what="lifted"
+        )
+        assert await _reason_is(pool, unregistered.investment_id, "awaiting_kyc")
+        await _register_outside(s, str(unregistered.wallet_address), KENYA)
+        await harness.wait_until(
+            lambda: _state_is(pool, unregistered.investment_id, "credited"), what="registered"
+        )
+    assert module
+    await _nothing_wasted(s, pool)
+    await _paid_as_bought(s, settings, pool, [ok, frozen, french, unregistered])
+
+
+async def _country_restriction(s: Suite) -> tuple[str, Any]:
+    """T-REX's CountryRestrictModule bound to the suite's compliance; and a setter."""
+    module = await s.trex._deploy("CountryRestrictModule")
+    await s.trex.send(s.trex.contract("CountryRestrictModule", module).functions.initialize())
+    compliance = s.trex.contract("ModularCompliance", s.row["compliance"]).functions
+    await s.trex.send(compliance.addModule(module))
+
+    async def restricted(country: int, on: bool) -> None:
+        fn = "addCountryRestriction" if on else "removeCountryRestriction"
+        selector, types = contracts.function("CountryRestrictModule", fn)
+        await s.trex.send(
+            compliance.callModuleFunction(selector + abi_encode(list(types), [country]), module)
+        )
+
+    return module, restricted
+
+
+async def _register_outside(s: Suite, wallet: str, country: int) -> None:
+    """The issuer registers the identity itself (not through ``kyc approve``)."""
+    platform = Platform(id_factory=s.row["id_factory"], claim_issuer=s.row["claim_issuer"])
+    identity = await s.trex.ensure_identity(platform, wallet)
+    await s.trex.ensure_kyc_claim(identity, platform.claim_issuer)
+    await s.trex.ensure_registered(s.row["identity_registry"], wallet, identity, country)
+
+
+async def _count_parked(pool: asyncpg.Pool, n: int) -> bool:
+    return len(await _parked(pool)) == n
+
+
+async def _count_credited(pool: asyncpg.Pool, n: int) -> bool:
+    return await harness.credited(pool) == n

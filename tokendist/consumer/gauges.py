@@ -1,6 +1,6 @@
 """Figures no event handler sees change, read every ``interval_s`` for the metrics:
 
-- payments parked awaiting KYC: how many, and how long the oldest has waited;
+- payments parked before signing: how many, by reason, and how long the oldest waited;
 - per tokenization of this chain: its Distributor's token balance (one ``balanceOf``) and
   the tokens of the payments received in the last hour, the next hour's expected need.
 
@@ -12,13 +12,14 @@ an alert should keep seeing. Anything else is a bug and stops the consumer loudl
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
 import structlog
 
 from tokendist.consumer import queries
+from tokendist.consumer.compliance import RefusalReason
 from tokendist.core import db, metrics
 from tokendist.core.errors import TransientError
 
@@ -32,6 +33,7 @@ INTERVAL_S = 30.0
 class Parked:
     count: int
     oldest_s: float
+    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,9 @@ class GaugeStore:
     async def parked(self) -> Parked:
         row = await self._db.fetchrow(queries.PARKED_PAYMENTS)
         assert row is not None  # an aggregate always answers one row
-        return Parked(int(row["parked"]), float(row["oldest_s"]))
+        reasons = await self._db.fetch(queries.PARKED_BY_REASON)
+        by_reason = {r["reason"]: int(r["parked"]) for r in reasons}
+        return Parked(int(row["parked"]), float(row["oldest_s"]), by_reason)
 
     async def token_needs(self, chain_id: int) -> list[TokenNeed]:
         rows = await self._db.fetch(queries.TOKENS_RECEIVED_LAST_HOUR, chain_id)
@@ -99,6 +103,8 @@ class Gauges:
         parked = await self.store.parked()
         metrics.PARKED.set(parked.count)
         metrics.PARKED_OLDEST.set(parked.oldest_s)
+        for reason in RefusalReason:  # each reason's series, 0 once its last one leaves
+            metrics.PARKED_BY_REASON.labels(reason=reason).set(parked.by_reason.get(reason, 0))
         for need in await self.store.token_needs(await self.chain.chain_id()):
             balance = await self.chain.token_balance(need.token_address, need.distributor_address)
             metrics.DISTRIBUTOR_TOKENS.labels(tokenization=need.tokenization_id).set(balance)

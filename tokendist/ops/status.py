@@ -21,6 +21,7 @@ class Status:
     lag: dict[int, int] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
     parked_users: int = 0
+    parked: list[str] = field(default_factory=list)
     dlq_depth: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     retrying: list[str] = field(default_factory=list)
@@ -36,7 +37,8 @@ class Status:
             f"published {self.outbox_published}",
             f"consumer lag  {sum(self.lag.values())} ({lag})",
             f"distributions {dict(sorted(self.states.items()))}",
-            f"parked users  {self.parked_users} (awaiting KYC)",
+            f"parked users  {self.parked_users} (payments before signing)",
+            *([f"parked        {p}" for p in self.parked] or ["parked        none"]),
             f"dead letters  {self.dead_letters.get('messages', 0)} messages "
             f"({self.dlq_depth} DLQ records: a replay or a crash copies a message again; "
             f"{self.dead_letters.get('stored', 0)} the DLQ could not take, kept in PostgreSQL)",
@@ -85,6 +87,11 @@ async def gather(conn: db.Connection, offsets: KafkaOffsets, node: Node | None) 
         status.outbox_oldest_s = row["oldest_s"]
     status.states = await ops.counts()
     status.parked_users = await ops.parked_users()
+    status.parked = [
+        f"{r['reason']}: {r['payments']} payments"
+        + (f" (oldest: {r['oldest_detail']})" if r["oldest_detail"] else "")
+        for r in await ops.parked_reasons()
+    ]
     status.lag = await offsets.lag()
     status.dlq_depth = sum((await offsets.ends(offsets.settings.dlq_topic)).values())
     topic, group = offsets.settings.topic, offsets.settings.consumer_group
