@@ -102,6 +102,11 @@ class Trex(Deployer):
             raise ChainRejected(f"{fn.fn_name}: {exc.message or exc}") from exc
         await self._transact(dict(tx))
 
+    async def fund(self, token: str, distributor: str, amount: int) -> None:
+        """More tokens for the Distributor: minted by the agent (a T-REX issuer keeps no
+        treasury; the deployer is not a verified holder and could not send any)."""
+        await self.send(self.contract("Token", token).functions.mint(distributor, amount))
+
     # --- deployment ---------------------------------------------------------------------
 
     async def deploy_platform(self) -> Platform:
@@ -314,6 +319,7 @@ async def deploy_erc3643_tokenization(
         distributor_address=suite.distributor,
         decimals=decimals,
         supply=supply,
+        standard="erc3643",
     )
     await record_deployment(ops, deployment, suite_row(suite))
     return deployment
