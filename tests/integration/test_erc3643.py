@@ -5,6 +5,7 @@ the chain (idempotent, finished after a crash), and gas per payment from receipt
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
 import sys
@@ -24,10 +25,12 @@ from tests.integration.test_operator_commands import one_line_error, tokendist
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.compliance import EthCall, Refusal, RefusalReason, preflight
+from tokendist.consumer.repository import Repository
 from tokendist.core.errors import InvalidInput
 from tokendist.core.settings import Settings
 from tokendist.ops import kyc
 from tokendist.ops.deploy import Deployment
+from tokendist.ops.reconcile import Reconciler
 from tokendist.ops.repository import ToolRepository
 from tokendist.ops.trex import Platform, Trex, deploy_erc3643_tokenization
 from tokendist.sim import payments as payments_sim
@@ -536,3 +539,61 @@ def test_the_demo_runs_on_a_trex_token_to_a_green_verify(stack: object) -> None:
     assert "(erc3643)" in out
     assert "8 investors' identities registered on-chain" in out
     assert "verdict: all invariants hold" in out
+
+
+# --- verify and reconcile read a T-REX token as they read the ERC-20 ------------------------
+
+
+async def test_verify_holds_on_a_trex_token_and_sees_tokens_minted_behind_its_back(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    s, d = suite, suite.deployment
+    bought = [harness.payment(d, i, user=i) for i in range(3)]
+    for p in bought:
+        await approve(pool, s, p.user_id, str(p.wallet_address), NIGERIA)
+    async with harness.relay(settings), harness.consumer(settings):
+        for p in bought:
+            await harness.pay(pool, p)
+        await harness.wait_until(lambda: _count_credited(pool, 3), what="three credited")
+    report = await harness.run_verify(settings, pool)
+    assert report.ok, report.render()
+    # The agent mints to an investor outside this system: its balanceOf no longer matches.
+    token = s.trex.contract("Token", d.token_address).functions
+    await s.trex.send(token.mint(bought[0].wallet_address, 5))
+    report = await harness.run_verify(settings, pool)
+    assert not report.ok
+    assert f"holds {bought[0].tokens + 5} of {d.tokenization_id}" in report.render()
+
+
+async def test_reconcile_credits_and_redrives_on_a_trex_token(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    """As on the ERC-20: a payment confirmed on-chain whose consumer crashed before the
+    credit is credited from the token's logs; one whose outbox row was lost is re-driven."""
+    s, d = suite, suite.deployment
+    first, second = harness.payment(d, 1, user=0), harness.payment(d, 2, user=1)
+    for p in (first, second):
+        await approve(pool, s, p.user_id, str(p.wallet_address), NIGERIA)
+    await harness.pay(pool, first)
+    async with harness.relay(settings):
+        crashing = harness.Process(
+            settings, "consume", extra_env={"TOKENDIST_FAILPOINTS": "after:confirmed"}
+        )
+        await asyncio.to_thread(crashing.proc.wait, 60)
+    assert await harness.state_of(pool, "inv-1") == "confirmed"
+    await harness.pay(pool, second)
+    await pool.execute("DELETE FROM outbox WHERE published_at IS NULL")
+    chain = Chain(*settings.require_chain())
+    rec = Reconciler(
+        Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
+    )
+    try:
+        done = await rec.run(grace_s=0)
+    finally:
+        await chain.close()
+    assert (len(done.credited), len(done.redriven)) == (1, 1)
+    assert await harness.state_of(pool, "inv-1") == "credited"
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: _count_credited(pool, 2), what="re-driven payment")
+    await _paid_as_bought(s, settings, pool, [first, second])
+    assert (await harness.run_verify(settings, pool)).ok
