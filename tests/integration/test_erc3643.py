@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from tests.integration import harness
 from tests.integration.test_contracts import Sender
 from tests.integration.test_operator_commands import one_line_error, tokendist
+from tokendist.bench import chain_stage
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.compliance import EthCall, Refusal, RefusalReason, preflight
@@ -597,3 +598,27 @@ async def test_reconcile_credits_and_redrives_on_a_trex_token(
         await harness.wait_until(lambda: _count_credited(pool, 2), what="re-driven payment")
     await _paid_as_bought(s, settings, pool, [first, second])
     assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_the_bench_chain_stage_measures_trex_gas_beside_the_erc20(
+    settings: Settings,
+) -> None:
+    """``tokendist bench --standards erc20,erc3643``'s chain stage, small: the same
+    recipients paid in the same batches from each token's Distributor, from receipts."""
+    recipients = [Account.create().address for _ in range(10)]
+    own = settings.model_copy(update={"batch_max_size": 5})
+    gas = {}
+    for standard, stage in (
+        ("erc20", await chain_stage.deploy(own, 1)),
+        ("erc3643", await chain_stage.deploy_trex(own, 1, recipients)),
+    ):
+        new = await chain_stage.sent_and_mined(stage, "new", recipients, 0)
+        existing = await chain_stage.sent_and_mined(stage, "existing", recipients, 10)
+        assert (new.batches, existing.batches) == (2, 2)
+        gas[standard] = (new.gas_per_payment, existing.gas_per_payment)
+    print(f"gas per payment, batches of 5 (new, existing holder): {gas}")  # noqa: T201
+    for standard in gas:
+        assert gas[standard][0] > gas[standard][1]
+    # Each T-REX transfer asks the identity registry and the compliance besides.
+    assert gas["erc3643"][0] > gas["erc20"][0]
+    assert gas["erc3643"][1] > gas["erc20"][1]

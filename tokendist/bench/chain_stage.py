@@ -10,6 +10,12 @@ does: so at most ``keys x cap`` batches are unmined at once, the consumer's boun
 Gas per payment comes from the receipts (``gasUsed`` ÷ payments in the batch), in two
 runs over the same recipients: first each is a new holder (its token balance slot is
 written from zero, the expensive case), then each already holds tokens.
+
+``deploy_trex``: the same on an ERC-3643 (T-REX) token, whose every transfer also asks
+the identity registry (the recipient's identity, its KYC claim, the claim issuer) and
+the compliance. The recipients share one ONCHAINID with a KYC claim, registered in
+batches (``batchRegisterIdentity``): the checks a transfer makes cost the same for an
+identity of its own.
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ from tokendist.consumer.batching.gatherer import GAS_MARGIN_FIXED, GAS_MARGIN_PE
 from tokendist.consumer.chain import Chain
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployer
+from tokendist.ops.trex import Trex
 
 AMOUNT = 10**18
+COUNTRY = 566
+REGISTER_CHUNK = 100  # identities per batchRegisterIdentity: well under a block's gas
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,39 @@ async def deploy(settings: Settings, keys: int) -> Stage:
     finally:
         await deployer.close()
     return Stage(own, distributor)
+
+
+async def deploy_trex(settings: Settings, keys: int, recipients: list[str]) -> Stage:
+    """A T-REX suite and its funded Distributor, ``keys`` fresh keys its operators, and
+    every one of ``recipients`` a verified investor of it."""
+    own = await sandbox.with_keys(settings, keys)
+    rpc_url, deployer_key = own.require_deployer()
+    _, secrets = own.require_keys()
+    trex = Trex(rpc_url, deployer_key)
+    try:
+        platform = await trex.deploy_platform()
+        suite = await trex.deploy_suite(
+            platform=platform,
+            operators=[sandbox.address_of(k) for k in secrets],
+            name="Bench Chain Stage T-REX",
+            symbol="BTRX",
+            decimals=18,
+            fund=sandbox.TOKEN_SUPPLY,
+            country=COUNTRY,
+        )
+        identity = await trex.ensure_identity(platform, recipients[0])
+        await trex.ensure_kyc_claim(identity, platform.claim_issuer)
+        registry = trex.contract("IdentityRegistry", suite.identity_registry).functions
+        for start in range(0, len(recipients), REGISTER_CHUNK):
+            wallets = recipients[start : start + REGISTER_CHUNK]
+            await trex.send(
+                registry.batchRegisterIdentity(
+                    wallets, [identity] * len(wallets), [COUNTRY] * len(wallets)
+                )
+            )
+    finally:
+        await trex.close()
+    return Stage(own, suite.distributor)
 
 
 def batches_of(recipients: list[str], size: int, first_index: int) -> list[tuple[int, list[str]]]:
