@@ -21,7 +21,7 @@ class Store:
         if self.outages:
             self.outages -= 1
             raise DatabaseUnavailable("connection refused")
-        return Parked(4, 90.5)
+        return Parked(4, 90.5, {"token_paused": 3, "awaiting_kyc": 1})
 
     async def token_needs(self, chain_id: int) -> list[TokenNeed]:
         assert chain_id == 31337
@@ -63,6 +63,16 @@ async def test_an_outage_is_logged_and_read_again_next_tick() -> None:
     assert [f["error"] for f in failures] == ["connection refused", "timeout"]
     assert sample("tokendist_parked_payments") == 4
     assert sample("tokendist_parked_oldest_seconds") == 90.5
+    by_reason = {
+        reason: sample("tokendist_parked_payments_by_reason", reason=reason)
+        for reason in ("awaiting_kyc", "token_paused", "wallet_frozen", "compliance_refused")
+    }  # every reason's series, 0 when none is parked for it
+    assert by_reason == {
+        "awaiting_kyc": 1,
+        "token_paused": 3,
+        "wallet_frozen": 0,
+        "compliance_refused": 0,
+    }
     assert sample("tokendist_distributor_token_balance", tokenization="unit-a") == 50
     assert sample("tokendist_tokens_received_last_hour", tokenization="unit-a") == 70
     assert sample("tokendist_tokens_received_last_hour", tokenization="unit-b") == 0
