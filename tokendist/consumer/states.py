@@ -1,9 +1,9 @@
 """The distribution lifecycle, one row per payment event.
 
-                   ┌──── released (the re-check: its condition cleared) ────┐
-                   ▼                                                        │
-received ──► awaiting_kyc ──► (approval re-drives the event) ─┐             │
-    │  ▲          └─────────────────────────────────────────────┼─────────────┘
+received ──► awaiting_kyc ──► (approval re-drives the event) ─┐
+    │  ▲  ▲         │                                         │
+    │  │  └─────────┘ released: the re-check found its        │
+    │  │              condition cleared (event re-published)  │
     └──┼───────────► signed ◄────────────────────────────────┘
        │               │  in a batch (``consumer.batching``): its index, the batch's
        │               │  raw transaction, hash and nonce stored before broadcast
