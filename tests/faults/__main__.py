@@ -1,4 +1,4 @@
-"""``python -m tests.faults --seed S --runs N [--brokers 1|3] [--payments P]``
+"""``python -m tests.faults --seed S --runs N [--brokers 1|3] [--payments P] [--standard erc3643]``
 
 Exit code 0 only when every run passed. The stack comes from the environment; see
 ``tests/faults/stack.py``.
@@ -59,6 +59,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep databases and logs of passing runs")
     p.add_argument("--json", type=Path, default=None, help="write every run's record here")
     p.add_argument(
+        "--standard",
+        choices=("erc20", "erc3643"),
+        default="erc20",
+        help="the token: the plain ERC-20, or a T-REX suite (investors approved on-chain)",
+    )
+    p.add_argument(
         "--reset-chain-every",
         type=int,
         default=0,
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         rotate=args.rotate,
         log_root=args.log_dir or stack.home / "fault-runs",
         keep_passing=args.keep,
+        standard=args.standard,
     )
     _out(f"fault runs against the stack in {stack.home} ({stack.brokers} broker(s))")
     summary = asyncio.run(

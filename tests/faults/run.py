@@ -42,6 +42,7 @@ class Options:
     rotate: bool = False
     log_root: Path = Path("/tmp/tokendist-faults")  # noqa: S108 -- only logs, per run dirs
     keep_passing: bool = False
+    standard: str = "erc20"  # or "erc3643": a T-REX suite, investors approved on-chain
 
     def replay_args(self, seed: int, brokers: int) -> str:
         args = f"--seed {seed} --runs 1 --brokers {brokers} --payments {self.payments}"
@@ -50,6 +51,8 @@ class Options:
             args += f" --kinds {','.join(self.kinds)}"
         if self.rotate:
             args += " --rotate"
+        if self.standard != "erc20":
+            args += f" --standard {self.standard}"
         return args
 
 
@@ -167,8 +170,14 @@ async def run_once(stack: Stack, seed: int, opts: Options) -> RunResult:
     tag = f"{name}_{uuid.uuid4().hex[:6]}"  # a replay must not collide with a kept failure
     try:
         world = await create_world(
-            stack, tag, (f"tok-{name}", f"prop-{name}"), fund=plan.fund, log_root=opts.log_root
+            stack,
+            tag,
+            (f"tok-{name}", f"prop-{name}"),
+            fund=plan.fund,
+            log_root=opts.log_root,
+            standard=opts.standard,
         )
+        plan.workload.trex = world.trex
     except Exception:  # one run's setup failing must not end the whole campaign
         result.error = "setting up the run's world failed:\n" + traceback.format_exc(limit=8)
         result.seconds = time.monotonic() - began

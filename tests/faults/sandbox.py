@@ -9,6 +9,7 @@ import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -22,10 +23,12 @@ from tests.services import settings_for_tests
 from tokendist.core import db, kafka
 from tokendist.core.settings import Settings
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
+from tokendist.ops.trex import Trex, deploy_erc3643_tokenization
 
 TEMPLATE_LOCK = 7117099  # the key tests/integration/conftest.py uses: one template builder
 SUPPLY = 10**31
 PLENTY = 10**30
+COUNTRY = 566  # every investor's and the Distributor's, under --standard erc3643
 
 
 def _with_db(url: str, name: str) -> str:
@@ -72,6 +75,9 @@ class World:
     # An operator of the Distributor no consumer holds: the nemesis pays with it behind
     # the consumers' backs (a payment an earlier transaction already paid).
     nemesis_key: SecretStr
+    # --standard erc3643: the deployer's T-REX adapter, which registers investors'
+    # identities on approval (the workload's ``kyc approve``).
+    trex: Trex | None = None
 
     @property
     def operator(self) -> str:
@@ -115,10 +121,17 @@ def run_settings(stack: Stack, database_url: str, tag: str) -> Settings:
 
 
 async def create_world(
-    stack: Stack, tag: str, tokenization: tuple[str, str], *, fund: int | None, log_root: Path
+    stack: Stack,
+    tag: str,
+    tokenization: tuple[str, str],
+    *,
+    fund: int | None,
+    log_root: Path,
+    standard: str = "erc20",
 ) -> World:
     """``tag`` names the database, topic and group (unique per attempt); ``tokenization``
-    is the (id, property id) the workload's payments name."""
+    is the (id, property id) the workload's payments name; ``standard`` the token's: an
+    ERC-3643 suite (T-REX) or the plain ERC-20."""
     template = await ensure_template(stack)
     db_name = f"faults_{tag}"
     for attempt in range(20):
@@ -137,27 +150,33 @@ async def create_world(
     await harness.fund(rpc_url, *operators, nemesis.address, deployer_address)
     # min_size=0: a pool with a floor logs a traceback per attempt while pg is down.
     pool = await db.create_pool(database_url, min_size=0, max_size=8)
-    deployer = Deployer(rpc_url, deployer_key)
+    trex = Trex(rpc_url, deployer_key) if standard == "erc3643" else None
+    deployer = trex or Deployer(rpc_url, deployer_key)
+    token: dict[str, Any] = {
+        "tokenization_id": tokenization[0],
+        "property_id": tokenization[1],
+        "operator": [*operators, nemesis.address],
+        "name": "Fault Towers",
+        "symbol": "FLT",
+        "decimals": 18,
+        "supply": SUPPLY,
+        "fund": PLENTY if fund is None else fund,
+    }
     try:
         async with pool.acquire() as conn:
-            deployment = await deploy_tokenization(
-                deployer,
-                conn,
-                tokenization_id=tokenization[0],
-                property_id=tokenization[1],
-                operator=[*operators, nemesis.address],
-                name="Fault Towers",
-                symbol="FLT",
-                decimals=18,
-                supply=SUPPLY,
-                fund=PLENTY if fund is None else fund,
-            )
-    finally:
+            if trex is not None:
+                deployment = await deploy_erc3643_tokenization(trex, conn, country=COUNTRY, **token)
+            else:
+                deployment = await deploy_tokenization(deployer, conn, **token)
+    except BaseException:
+        await deployer.close()
+        raise
+    if trex is None:
         await deployer.close()
     log_dir = log_root / tag
     log_dir.mkdir(parents=True, exist_ok=True)
     nemesis_key = SecretStr("0x" + bytes(nemesis.key).hex())
-    return World(tag, stack, db_name, settings, deployment, pool, log_dir, nemesis_key)
+    return World(tag, stack, db_name, settings, deployment, pool, log_dir, nemesis_key, trex)
 
 
 async def destroy_world(world: World, *, keep: bool, keep_logs: bool = False) -> None:
@@ -165,6 +184,9 @@ async def destroy_world(world: World, *, keep: bool, keep_logs: bool = False) ->
     (and the logs alone of a passing run whose processes misbehaved)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(world.pool.close(), timeout=10)
+    if world.trex is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(world.trex.close(), timeout=10)
     if keep:
         return
     with contextlib.suppress(Exception):

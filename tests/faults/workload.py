@@ -17,7 +17,9 @@ import asyncpg
 from eth_account import Account
 
 from tests.faults.retry import retrying
+from tests.faults.sandbox import COUNTRY
 from tokendist.ops.kyc import approve
+from tokendist.ops.trex import Trex
 from tokendist.sim import payments as service
 from tokendist.sim.payments import Payment
 
@@ -39,6 +41,9 @@ class Workload:
     confirmed: dict[str, Payment] = field(default_factory=dict)
     approved: set[str] = field(default_factory=set)
     deliveries: int = 0  # webhook deliveries, duplicates included
+    # An ERC-3643 token's: an approval also registers the investor's identity on-chain
+    # (every investor under one country), and so does registering an approved investor.
+    trex: Trex | None = None
 
     @classmethod
     def plan(
@@ -99,6 +104,9 @@ class Workload:
                     u.wallet if u.wallet_on_file else None,
                     "pending" if u.kyc_pending else "approved",
                 )
+        for u in self.investors:
+            if self.trex is not None and not u.kyc_pending:
+                await self.approve(pool, u)
 
     async def deliver(self, pool: asyncpg.Pool, p: Payment, copies: int = 1) -> None:
         """The provider's webhook for ``p``, ``copies`` times at once (its retries race)."""
@@ -118,7 +126,9 @@ class Workload:
         async def attempt() -> int:
             async with pool.acquire() as conn:
                 wallet = None if investor.wallet_on_file else investor.wallet
-                return await approve(conn, investor.id, wallet)
+                if self.trex is None:
+                    return await approve(conn, investor.id, wallet)
+                return await approve(conn, investor.id, wallet, trex=self.trex, country=COUNTRY)
 
         released = await retrying(attempt, what=f"approve {investor.id}")
         self.approved.add(investor.id)

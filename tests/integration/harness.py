@@ -27,6 +27,7 @@ from tokendist.core.settings import Settings
 from tokendist.custody import LocalSigner
 from tokendist.ops.deploy import Deployer, Deployment, deploy_tokenization
 from tokendist.ops.payouts import read_payouts
+from tokendist.ops.trex import Trex
 from tokendist.ops.verify import Report, verify
 from tokendist.outbox import enqueue
 from tokendist.outbox.relay import Relay
@@ -348,9 +349,10 @@ async def committed_to_end(settings: Settings) -> bool:
 
 
 async def top_up(settings: Settings, tk: Deployment, amount: int) -> None:
-    """Move more tokens from the treasury (the deployer) into the Distributor."""
+    """Move more tokens from the treasury (the deployer) into the Distributor; an
+    ERC-3643 token's agent (the deployer) mints them."""
     rpc_url, key = settings.require_deployer()
-    deployer = Deployer(rpc_url, key)
+    deployer = (Trex if tk.standard == "erc3643" else Deployer)(rpc_url, key)
     try:
         await deployer.fund(tk.token_address, tk.distributor_address, amount)
     finally:

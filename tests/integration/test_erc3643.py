@@ -5,9 +5,13 @@ the chain (idempotent, finished after a crash), and gas per payment from receipt
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,16 +22,20 @@ from pydantic import SecretStr
 from tests.integration import harness
 from tests.integration.test_contracts import Sender
 from tests.integration.test_operator_commands import one_line_error, tokendist
+from tokendist.bench import chain_stage
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import Chain
 from tokendist.consumer.compliance import EthCall, Refusal, RefusalReason, preflight
+from tokendist.consumer.repository import Repository
 from tokendist.core.errors import InvalidInput
 from tokendist.core.settings import Settings
 from tokendist.custody import LocalSigner
 from tokendist.ops import kyc
 from tokendist.ops.deploy import Deployment
+from tokendist.ops.reconcile import Reconciler
 from tokendist.ops.repository import ToolRepository
-from tokendist.ops.trex import Trex, deploy_erc3643_tokenization
+from tokendist.ops.trex import Platform, Trex, deploy_erc3643_tokenization
+from tokendist.sim import payments as payments_sim
 
 pytestmark = pytest.mark.integration
 
@@ -361,3 +369,257 @@ async def test_the_consumer_parks_an_unverified_investor_unsigned_then_pays_afte
 
 async def _state_is(pool: asyncpg.Pool, investment: str, state: str) -> bool:
     return await harness.state_of(pool, investment) == state
+
+
+# --- parked with a reason, released when it clears (the real consumer) --------------------
+
+
+async def _parked(pool: asyncpg.Pool) -> dict[str, tuple[str | None, str | None]]:
+    rows = await pool.fetch(
+        "SELECT investment_id, parked_reason, parked_detail FROM distributions"
+        " WHERE state = 'awaiting_kyc'"
+    )
+    return {r["investment_id"]: (r["parked_reason"], r["parked_detail"]) for r in rows}
+
+
+async def _reason_is(pool: asyncpg.Pool, investment: str, reason: str) -> bool:
+    return (await _parked(pool)).get(investment, (None, None))[0] == reason
+
+
+async def _nothing_wasted(s: Suite, pool: asyncpg.Pool) -> None:
+    """Nothing reverted and every nonce of the operator went to a batch that paid: a
+    parked payment cost no nonce and no gas."""
+    assert await pool.fetchval("SELECT count(*) FROM batches WHERE state = 'reverted'") == 0
+    operator = Account.from_key(s.operator_key).address
+    sent = await s.trex.w3.eth.get_transaction_count(operator)
+    assert sent == await pool.fetchval("SELECT count(DISTINCT nonce) FROM batches")
+
+
+async def _paid_as_bought(
+    s: Suite, settings: Settings, pool: asyncpg.Pool, bought: list[payments_sim.Payment]
+) -> None:
+    """Each wallet holds what it bought, one Transfer per payment, every row credited."""
+    for p in bought:
+        assert p.wallet_address is not None
+        assert await balance(s, p.wallet_address) == p.tokens
+    paid = sorted((p.to, p.amount) for p in await harness.payouts(settings, s.deployment))
+    assert paid == sorted((str(p.wallet_address).lower(), p.tokens) for p in bought)
+    assert await harness.credited(pool) == len(bought)
+
+
+def _rechecking(settings: Settings) -> Settings:
+    return settings.model_copy(update={"parked_recheck_interval_s": 0.3})
+
+
+async def test_a_paused_token_parks_payments_unsigned_and_they_are_paid_once_unpaused(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    s, d = suite, suite.deployment
+    first, second = harness.payment(d, 1, user=0), harness.payment(d, 2, user=1)
+    for p in (first, second):
+        await approve(pool, s, p.user_id, str(p.wallet_address), NIGERIA)
+    token = s.trex.contract("Token", d.token_address).functions
+    await s.trex.send(token.pause())
+    settings = _rechecking(settings)
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.pay(pool, first)
+        await harness.pay(pool, second)
+        await harness.wait_until(lambda: _count_parked(pool, 2), what="both parked")
+        assert {r for r, _ in (await _parked(pool)).values()} == {"token_paused"}
+        assert await pool.fetchval("SELECT count(*) FROM batches") == 0
+        status = await tokendist(settings, "status")
+        assert "token_paused: 2 payments" in status.stdout, status.stdout
+        await s.trex.send(token.unpause())
+        await harness.wait_until(lambda: _count_credited(pool, 2), what="both credited")
+    await _nothing_wasted(s, pool)
+    await _paid_as_bought(s, settings, pool, [first, second])
+
+
+async def test_frozen_refused_and_unregistered_payments_park_and_each_is_released_alone(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    """Four investors: one paid at once; a frozen wallet (released by unfreezing it), an
+    investor whose country a T-REX CountryRestrictModule refuses (released when the
+    module's restriction is lifted) and one approved here but never registered on-chain
+    (released when the issuer registers the identity): each parked with its reason, none
+    signed, each paid by the consumer's re-check once its own condition clears."""
+    s, d = suite, suite.deployment
+    ok, frozen, french, unregistered = (harness.payment(d, i, user=i) for i in range(4))
+    await approve(pool, s, ok.user_id, str(ok.wallet_address), NIGERIA)
+    await approve(pool, s, frozen.user_id, str(frozen.wallet_address), NIGERIA)
+    await approve(pool, s, french.user_id, str(french.wallet_address), FRANCE)
+    token = s.trex.contract("Token", d.token_address).functions
+    await s.trex.send(token.setAddressFrozen(frozen.wallet_address, True))
+    module, set_restricted = await _country_restriction(s)
+    await set_restricted(FRANCE, True)
+    settings = _rechecking(settings)
+    async with harness.relay(settings), harness.consumer(settings):
+        for p in (ok, frozen, french, unregistered):
+            await harness.pay(pool, p)  # registered approved in the database, all four
+        await harness.wait_until(lambda: _count_parked(pool, 3), what="three parked")
+        await harness.wait_until(lambda: _count_credited(pool, 1), what="one credited")
+        parked = await _parked(pool)
+        assert {inv: reason for inv, (reason, _) in parked.items()} == {
+            frozen.investment_id: "wallet_frozen",
+            french.investment_id: "compliance_refused",
+            unregistered.investment_id: "awaiting_kyc",
+        }
+        assert "CountryRestrictModule" in str(parked[french.investment_id][1])
+        assert await pool.fetchval("SELECT count(*) FROM batches") == 1
+        status = (await tokendist(settings, "status")).stdout
+        assert "compliance_refused: 1 payments" in status, status
+        assert "CountryRestrictModule" in status, status
+
+        await s.trex.send(token.setAddressFrozen(frozen.wallet_address, False))
+        await harness.wait_until(
+            lambda: _state_is(pool, frozen.investment_id, "credited"), what="unfrozen"
+        )
+        await set_restricted(FRANCE, False)
+        await harness.wait_until(
+            lambda: _state_is(pool, french.investment_id, "credited"), what="lifted"
+        )
+        assert await _reason_is(pool, unregistered.investment_id, "awaiting_kyc")
+        await _register_outside(s, str(unregistered.wallet_address), KENYA)
+        await harness.wait_until(
+            lambda: _state_is(pool, unregistered.investment_id, "credited"), what="registered"
+        )
+    assert module
+    await _nothing_wasted(s, pool)
+    await _paid_as_bought(s, settings, pool, [ok, frozen, french, unregistered])
+
+
+async def _country_restriction(s: Suite) -> tuple[str, Any]:
+    """T-REX's CountryRestrictModule bound to the suite's compliance; and a setter."""
+    module = await s.trex._deploy("CountryRestrictModule")
+    await s.trex.send(s.trex.contract("CountryRestrictModule", module).functions.initialize())
+    compliance = s.trex.contract("ModularCompliance", s.row["compliance"]).functions
+    await s.trex.send(compliance.addModule(module))
+
+    async def restricted(country: int, on: bool) -> None:
+        fn = "addCountryRestriction" if on else "removeCountryRestriction"
+        selector, types = contracts.function("CountryRestrictModule", fn)
+        await s.trex.send(
+            compliance.callModuleFunction(selector + abi_encode(list(types), [country]), module)
+        )
+
+    return module, restricted
+
+
+async def _register_outside(s: Suite, wallet: str, country: int) -> None:
+    """The issuer registers the identity itself (not through ``kyc approve``)."""
+    platform = Platform(id_factory=s.row["id_factory"], claim_issuer=s.row["claim_issuer"])
+    identity = await s.trex.ensure_identity(platform, wallet)
+    await s.trex.ensure_kyc_claim(identity, platform.claim_issuer)
+    await s.trex.ensure_registered(s.row["identity_registry"], wallet, identity, country)
+
+
+async def _count_parked(pool: asyncpg.Pool, n: int) -> bool:
+    return len(await _parked(pool)) == n
+
+
+async def _count_credited(pool: asyncpg.Pool, n: int) -> bool:
+    return await harness.credited(pool) == n
+
+
+def test_the_demo_runs_on_a_trex_token_to_a_green_verify(stack: object) -> None:
+    """``tokendist demo --standard erc3643``: a T-REX suite, the investors' identities
+    registered on-chain, the late ones parked and released by ``kyc approve``."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tokendist.cli", "demo", "--standard", "erc3643",
+         "--payments", "24", "--rate", "40", "--users", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        out, _ = demo.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        out, _ = demo.communicate()
+        pytest.fail("the demo did not finish in 300 s:\n" + out[-4000:])
+    assert demo.returncode == 0, out[-4000:]
+    assert "(erc3643)" in out
+    assert "8 investors' identities registered on-chain" in out
+    assert "verdict: all invariants hold" in out
+
+
+# --- verify and reconcile read a T-REX token as they read the ERC-20 ------------------------
+
+
+async def test_verify_holds_on_a_trex_token_and_sees_tokens_minted_behind_its_back(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    s, d = suite, suite.deployment
+    bought = [harness.payment(d, i, user=i) for i in range(3)]
+    for p in bought:
+        await approve(pool, s, p.user_id, str(p.wallet_address), NIGERIA)
+    async with harness.relay(settings), harness.consumer(settings):
+        for p in bought:
+            await harness.pay(pool, p)
+        await harness.wait_until(lambda: _count_credited(pool, 3), what="three credited")
+    report = await harness.run_verify(settings, pool)
+    assert report.ok, report.render()
+    # The agent mints to an investor outside this system: its balanceOf no longer matches.
+    token = s.trex.contract("Token", d.token_address).functions
+    await s.trex.send(token.mint(bought[0].wallet_address, 5))
+    report = await harness.run_verify(settings, pool)
+    assert not report.ok
+    assert f"holds {bought[0].tokens + 5} of {d.tokenization_id}" in report.render()
+
+
+async def test_reconcile_credits_and_redrives_on_a_trex_token(
+    settings: Settings, pool: asyncpg.Pool, suite: Suite
+) -> None:
+    """As on the ERC-20: a payment confirmed on-chain whose consumer crashed before the
+    credit is credited from the token's logs; one whose outbox row was lost is re-driven."""
+    s, d = suite, suite.deployment
+    first, second = harness.payment(d, 1, user=0), harness.payment(d, 2, user=1)
+    for p in (first, second):
+        await approve(pool, s, p.user_id, str(p.wallet_address), NIGERIA)
+    await harness.pay(pool, first)
+    async with harness.relay(settings):
+        crashing = harness.Process(
+            settings, "consume", extra_env={"TOKENDIST_FAILPOINTS": "after:confirmed"}
+        )
+        await asyncio.to_thread(crashing.proc.wait, 60)
+    assert await harness.state_of(pool, "inv-1") == "confirmed"
+    await harness.pay(pool, second)
+    await pool.execute("DELETE FROM outbox WHERE published_at IS NULL")
+    chain = Chain(*settings.require_chain())
+    rec = Reconciler(
+        Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
+    )
+    try:
+        done = await rec.run(grace_s=0)
+    finally:
+        await chain.close()
+    assert (len(done.credited), len(done.redriven)) == (1, 1)
+    assert await harness.state_of(pool, "inv-1") == "credited"
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: _count_credited(pool, 2), what="re-driven payment")
+    await _paid_as_bought(s, settings, pool, [first, second])
+    assert (await harness.run_verify(settings, pool)).ok
+
+
+async def test_the_bench_chain_stage_measures_trex_gas_beside_the_erc20(
+    settings: Settings,
+) -> None:
+    """``tokendist bench --standards erc20,erc3643``'s chain stage, small: the same
+    recipients paid in the same batches from each token's Distributor, from receipts."""
+    recipients = [Account.create().address for _ in range(10)]
+    own = settings.model_copy(update={"batch_max_size": 5})
+    gas = {}
+    for standard, stage in (
+        ("erc20", await chain_stage.deploy(own, 1)),
+        ("erc3643", await chain_stage.deploy_trex(own, 1, recipients)),
+    ):
+        new = await chain_stage.sent_and_mined(stage, "new", recipients, 0)
+        existing = await chain_stage.sent_and_mined(stage, "existing", recipients, 10)
+        assert (new.batches, existing.batches) == (2, 2)
+        gas[standard] = (new.gas_per_payment, existing.gas_per_payment)
+    print(f"gas per payment, batches of 5 (new, existing holder): {gas}")  # noqa: T201
+    for standard in gas:
+        assert gas[standard][0] > gas[standard][1]
+    # Each T-REX transfer asks the identity registry and the compliance besides.
+    assert gas["erc3643"][0] > gas["erc20"][0]
+    assert gas["erc3643"][1] > gas["erc20"][1]

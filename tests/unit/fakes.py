@@ -477,6 +477,9 @@ class FakeRepository:
         await self._io()
         return None  # the fakes' tokenizations are plain ERC-20s
 
+    async def park(self, dist: Distribution, reason: str, detail: str) -> Distribution:
+        raise AssertionError("only an ERC-3643 token's payments are parked by the pre-flight")
+
     async def index_scan(self, distributor: str) -> tuple[int, int]:
         await self._io()
         next_index, scanned = self.indices.setdefault(distributor, [0, -1])

@@ -21,7 +21,7 @@ class Store:
         if self.outages:
             self.outages -= 1
             raise DatabaseUnavailable("connection refused")
-        return Parked(4, 90.5)
+        return Parked(4, 90.5, {"token_paused": 3, "awaiting_kyc": 1})
 
     async def mined_not_final(self) -> Waiting:
         return Waiting(2, 12.0)
@@ -68,6 +68,16 @@ async def test_an_outage_is_logged_and_read_again_next_tick() -> None:
     assert sample("tokendist_parked_oldest_seconds") == 90.5
     assert sample("tokendist_batches_mined_not_final") == 2
     assert sample("tokendist_batches_mined_not_final_oldest_seconds") == 12.0
+    by_reason = {
+        reason: sample("tokendist_parked_payments_by_reason", reason=reason)
+        for reason in ("awaiting_kyc", "token_paused", "wallet_frozen", "compliance_refused")
+    }  # every reason's series, 0 when none is parked for it
+    assert by_reason == {
+        "awaiting_kyc": 1,
+        "token_paused": 3,
+        "wallet_frozen": 0,
+        "compliance_refused": 0,
+    }
     assert sample("tokendist_distributor_token_balance", tokenization="unit-a") == 50
     assert sample("tokendist_tokens_received_last_hour", tokenization="unit-a") == 70
     assert sample("tokendist_tokens_received_last_hour", tokenization="unit-b") == 0

@@ -12,6 +12,7 @@ from typing import Any
 
 MODES = ("burst", "sustained", "memory", "churn")
 MEMBERSHIPS = ("static", "dynamic")
+STANDARDS = ("erc20", "erc3643")
 DESCRIPTION = """Stage baselines (Kafka consume, the consumer's DB work, the chain), then the
 whole pipeline: burst runs, a sustained-load run at a fixed rate, a long memory-growth
 run, member churn (a SIGKILL + restart every few seconds), on a chain of its own per
@@ -51,6 +52,14 @@ def _modes(text: str) -> list[str]:
     unknown = sorted(set(chosen) - set(MODES))
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown mode {', '.join(unknown)}; modes: {MODES}")
+    return chosen
+
+
+def _standards(text: str) -> list[str]:
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(STANDARDS))
+    if unknown or "erc20" not in chosen:
+        raise argparse.ArgumentTypeError(f"give erc20 and any of {STANDARDS[1:]}")
     return chosen
 
 
@@ -104,6 +113,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add("--relay-rows", type=int, default=10_000, help="outbox rows relayed; Kafka records")
     add("--db-events", type=int, default=4_000, help="events through the consumer's DB work")
     add("--chain-payments", type=int, default=4_000, help="payments per chain-stage run")
+    add(
+        "--standards",
+        type=_standards,
+        default=["erc20"],
+        help="token standards whose gas the chain stage measures (the pipeline: erc20)",
+    )
     # One investor's payments are paid strictly one after another (each waits for the
     # previous one's credit), so a burst from few investors measures that wait: a sale's
     # burst comes from thousands of investors, most paying once.

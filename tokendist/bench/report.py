@@ -103,6 +103,13 @@ def _chain(c: ChainStages) -> list[str]:
         _chain_line(c.existing_holders),
         f"  {'ceiling':<11} block gas limit ÷ {c.new_holders.gas_per_payment:,} gas "
         f"÷ {c.block_time_s:g} s = {c.ceiling_per_s:,.0f} payments/s",
+        *(
+            f"  {g.standard:<11} gas/payment {g.new_holders.gas_per_payment:,} new holder, "
+            f"{g.existing_holders.gas_per_payment:,} existing (ERC-20: "
+            f"{c.new_holders.gas_per_payment:,}, {c.existing_holders.gas_per_payment:,}), "
+            f"batches of {g.new_holders.batch_size}"
+            for g in c.standards
+        ),
     ]
 
 

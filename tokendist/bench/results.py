@@ -91,6 +91,16 @@ class Stages:
 
 
 @dataclass(frozen=True, slots=True)
+class StandardGas:
+    """The chain stage's two runs on another token standard than the pipeline's ERC-20
+    (``--standards``): the same batches, recipients and Distributor, its own token."""
+
+    standard: str  # erc3643: a T-REX suite, every recipient a verified identity
+    new_holders: ChainRate
+    existing_holders: ChainRate
+
+
+@dataclass(frozen=True, slots=True)
 class ChainStages:
     """One chain of the benchmark's own (one block time) and its stages alone."""
 
@@ -99,6 +109,7 @@ class ChainStages:
     block_gas_limit: int
     new_holders: ChainRate  # recipients holding nothing yet
     existing_holders: ChainRate  # the same recipients again
+    standards: list[StandardGas] = field(default_factory=list)  # besides the ERC-20
 
     @property
     def ceiling_per_s(self) -> float:

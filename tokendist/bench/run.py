@@ -48,6 +48,7 @@ from tokendist.bench.results import (
     Report,
     SignerRate,
     Stages,
+    StandardGas,
 )
 from tokendist.core import db, logs
 from tokendist.core.errors import TransientError
@@ -289,6 +290,20 @@ async def _chain(args: argparse.Namespace, settings: Settings, block_time: float
     existing = await chain_stage.sent_and_mined(
         stage, "existing holders", recipients, len(recipients)
     )
+    others = []
+    if "erc3643" in args.standards:
+        trex = await chain_stage.deploy_trex(settings, args.keys, recipients)
+        others.append(
+            StandardGas(
+                standard="erc3643",
+                new_holders=await chain_stage.sent_and_mined(
+                    trex, "T-REX new holders", recipients, 0
+                ),
+                existing_holders=await chain_stage.sent_and_mined(
+                    trex, "T-REX existing holders", recipients, len(recipients)
+                ),
+            )
+        )
     rpc_url, _ = settings.require_chain()
     return ChainStages(
         block_time_s=block_time,
@@ -296,6 +311,7 @@ async def _chain(args: argparse.Namespace, settings: Settings, block_time: float
         block_gas_limit=await sandbox.block_gas_limit(rpc_url),
         new_holders=new,
         existing_holders=existing,
+        standards=others,
     )
 
 

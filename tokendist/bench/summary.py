@@ -74,6 +74,15 @@ def headline(report: Report) -> dict[str, object]:
         },
         "gas_new_holder": first.new_holders.gas_per_payment if first else None,
         "gas_existing_holder": first.existing_holders.gas_per_payment if first else None,
+        # Issue 16's: the same for each other standard measured (``--standards``).
+        **{
+            f"gas_{g.standard}_{holder}": rate.gas_per_payment
+            for g in (first.standards if first else [])
+            for holder, rate in (
+                ("new_holder", g.new_holders),
+                ("existing_holder", g.existing_holders),
+            )
+        },
         "runs": [
             {
                 "block_time_s": v.block_time_s,

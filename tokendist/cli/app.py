@@ -329,6 +329,12 @@ def _add_simulation(sub: Any) -> None:
     demo.add_argument("--consumers", type=valid.integer(1, 16), default=2)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--log-dir", default=".stack/demo")
+    demo.add_argument(
+        "--standard",
+        choices=("erc20", "erc3643"),
+        default="erc20",
+        help="the token: a plain ERC-20, or an ERC-3643 (T-REX) suite with on-chain KYC",
+    )
     demo.set_defaults(handler=_async(cmd.cmd_demo))
 
     bench = sub.add_parser(

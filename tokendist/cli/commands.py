@@ -333,7 +333,9 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.sim.simulator import Plan
 
     plan = Plan(count=args.payments, rate=args.rate, users=args.users, seed=args.seed)
-    demo = Demo(settings, plan, args.consumers, dict(os.environ), Path(args.log_dir))
+    demo = Demo(
+        settings, plan, args.consumers, dict(os.environ), Path(args.log_dir), standard=args.standard
+    )
     stop = asyncio.Event()
     with stop_on_signals(stop):
         return await demo.run(stop)

@@ -1,6 +1,6 @@
 """Figures no event handler sees change, read every ``interval_s`` for the metrics:
 
-- payments parked awaiting KYC: how many, and how long the oldest has waited;
+- payments parked before signing: how many, by reason, and how long the oldest waited;
 - batches mined but not final: how many, and how long the oldest has waited;
 - per tokenization of this chain: its Distributor's token balance (one ``balanceOf``) and
   the tokens of the payments received in the last hour, the next hour's expected need.
@@ -13,13 +13,14 @@ an alert should keep seeing. Anything else is a bug and stops the consumer loudl
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
 import structlog
 
 from tokendist.consumer import queries
+from tokendist.consumer.compliance import RefusalReason
 from tokendist.core import db, metrics
 from tokendist.core.errors import TransientError
 
@@ -37,7 +38,11 @@ class Waiting:
     oldest_s: float
 
 
-Parked = Waiting  # payments awaiting KYC
+@dataclass(frozen=True, slots=True)
+class Parked(Waiting):
+    """Payments parked before signing, and how many for each reason."""
+
+    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,9 @@ class GaugeStore:
     async def parked(self) -> Parked:
         row = await self._db.fetchrow(queries.PARKED_PAYMENTS)
         assert row is not None  # an aggregate always answers one row
-        return Parked(int(row["parked"]), float(row["oldest_s"]))
+        reasons = await self._db.fetch(queries.PARKED_BY_REASON)
+        by_reason = {r["reason"]: int(r["parked"]) for r in reasons}
+        return Parked(int(row["parked"]), float(row["oldest_s"]), by_reason)
 
     async def mined_not_final(self) -> Waiting:
         row = await self._db.fetchrow(queries.MINED_NOT_FINAL)
@@ -115,6 +122,8 @@ class Gauges:
         mined = await self.store.mined_not_final()
         metrics.MINED_NOT_FINAL.set(mined.count)
         metrics.MINED_NOT_FINAL_OLDEST.set(mined.oldest_s)
+        for reason in RefusalReason:  # each reason's series, 0 once its last one leaves
+            metrics.PARKED_BY_REASON.labels(reason=reason).set(parked.by_reason.get(reason, 0))
         for need in await self.store.token_needs(await self.chain.chain_id()):
             balance = await self.chain.token_balance(need.token_address, need.distributor_address)
             metrics.DISTRIBUTOR_TOKENS.labels(tokenization=need.tokenization_id).set(balance)

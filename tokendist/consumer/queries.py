@@ -41,10 +41,22 @@ USER = "SELECT id, kyc_status, wallet_address FROM users WHERE id = $1"
 # exist yet.
 LOCK_USER_KYC = "SELECT pg_advisory_xact_lock(hashtext('tokendist-kyc:' || $1))"
 
+# A row parked here waits for its investor's KYC in this database (see PARK for the rest).
 TRANSITION = f"""
 UPDATE distributions
-SET state = $3, failure_reason = $4, retryable = $5, updated_at = now()
+SET state = $3, failure_reason = $4, retryable = $5, updated_at = now(),
+    parked_reason = CASE WHEN $3 = 'awaiting_kyc' THEN 'awaiting_kyc' END, parked_detail = NULL
 WHERE event_id = $1 AND state = $2
+RETURNING {DISTRIBUTION_COLUMNS}
+"""
+
+# The pre-flight's refusal (ERC-3643): parked, or its reason updated if parked already.
+# ``updated_at`` keeps the instant it was first parked (the oldest-parked gauge).
+PARK = f"""
+UPDATE distributions
+SET state = 'awaiting_kyc', parked_reason = $2, parked_detail = $3,
+    updated_at = CASE WHEN state = 'received' THEN now() ELSE updated_at END
+WHERE event_id = $1 AND state IN ('received', 'awaiting_kyc')
 RETURNING {DISTRIBUTION_COLUMNS}
 """
 
@@ -164,7 +176,8 @@ WHERE distributor_address = $1 AND payment_id = ANY($2::text[])
 CONFIRM_FROM_CHAIN = f"""
 UPDATE distributions
 SET state = 'confirmed', recipient = $2, tx_hash = $3, block_number = $4,
-    payment_index = $5, distributor_address = $6, updated_at = now()
+    payment_index = $5, distributor_address = $6, updated_at = now(),
+    parked_reason = NULL, parked_detail = NULL
 WHERE event_id = $1 AND state IN ('received', 'awaiting_kyc')
 RETURNING {DISTRIBUTION_COLUMNS}
 """
@@ -196,7 +209,8 @@ ON CONFLICT (tx_hash) DO NOTHING
 MARK_BATCHED = """
 UPDATE distributions d
 SET state = 'signed', batch_id = $1, recipient = p.recipient, payment_index = p.payment_index,
-    distributor_address = $3, sender = $4, nonce = $5, tx_hash = $6, updated_at = now()
+    distributor_address = $3, sender = $4, nonce = $5, tx_hash = $6, updated_at = now(),
+    parked_reason = NULL, parked_detail = NULL
 FROM unnest($2::uuid[], $7::text[], $8::bigint[]) AS p(event_id, recipient, payment_index)
 WHERE d.event_id = p.event_id
 """
@@ -374,6 +388,11 @@ SELECT count(*) AS parked,
 FROM distributions WHERE state = 'awaiting_kyc'
 """
 
+PARKED_BY_REASON = """
+SELECT parked_reason AS reason, count(*) AS parked FROM distributions
+WHERE state = 'awaiting_kyc' GROUP BY parked_reason
+"""
+
 # Demand, not credits: once a Distributor runs dry its payments fail and credits stop,
 # while payments keep arriving.
 TOKENS_RECEIVED_LAST_HOUR = """
@@ -385,4 +404,39 @@ LEFT JOIN distributions d
 WHERE t.chain_id = $1
 GROUP BY t.id
 ORDER BY t.id
+"""
+
+# --- the re-check of parked payments (consumer/release.py) ------------------------------
+
+# One member at a time re-checks (session lock: freed if the member dies).
+TRY_RECHECK_LOCK = "SELECT pg_try_advisory_lock(hashtext('tokendist-parked-recheck'))"
+RECHECK_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tokendist-parked-recheck'))"
+
+# Parked payments of ERC-3643 tokens whose investor is payable in this database: only the
+# chain can still hold them back. In the order they arrived: the pre-flight sums a
+# wallet's payments in order, as the batches would pay them.
+PARKED_ON_CHAIN = """
+SELECT d.event_id, d.tokens, d.parked_reason, d.parked_detail, u.wallet_address,
+       t.token_address, t.distributor_address
+FROM distributions d
+JOIN users u ON u.id = d.user_id
+JOIN tokenizations t ON t.id = d.tokenization_id
+JOIN erc3643_suites s ON s.tokenization_id = t.id
+WHERE d.state = 'awaiting_kyc' AND t.chain_id = $1
+  AND u.kyc_status = 'approved' AND u.wallet_address IS NOT NULL
+ORDER BY d.created_at, d.event_id
+"""
+
+# Released: back to received and the event published again, in one transaction (as an
+# approval re-drives its parked events), so the release is never lost nor half-done.
+RELEASE_PARKED = """
+UPDATE distributions
+SET state = 'received', parked_reason = NULL, parked_detail = NULL, updated_at = now()
+WHERE event_id = ANY($1::uuid[]) AND state = 'awaiting_kyc'
+RETURNING payload::text AS payload
+"""
+
+REPARK = """
+UPDATE distributions SET parked_reason = $2, parked_detail = $3
+WHERE event_id = $1 AND state = 'awaiting_kyc'
 """

@@ -589,6 +589,14 @@ class Repository:
             self._erc3643[distributor] = token
         return self._erc3643[distributor]
 
+    async def park(self, dist: Distribution, reason: str, detail: str) -> Distribution:
+        if dist.state is not State.AWAITING_KYC:
+            check_transition(dist.state, State.AWAITING_KYC)
+        row = await self._db.fetchrow(queries.PARK, dist.event_id, reason, detail)
+        if row is None:
+            raise StateConflict(str(dist.event_id))
+        return Distribution.from_row(row)
+
     async def distributors(self, chain_id: int) -> list[str]:
         rows = await self._db.fetch(queries.DISTRIBUTORS_ON_CHAIN, chain_id)
         return [r["distributor_address"] for r in rows]

@@ -103,6 +103,7 @@ class Runner:
                 asyncio.create_task(self._commit_loop(), name="committer"),
                 asyncio.create_task(member.resubmitter.run(), name="resubmitter"),
                 asyncio.create_task(member.gauges.run(), name="gauges"),
+                asyncio.create_task(member.releaser.run(), name="releaser"),
             ]
             # Outlives the workers' drain: the payments in hand still get batched.
             gatherer = asyncio.create_task(member.gatherer.run(), name="gatherer")

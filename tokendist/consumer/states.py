@@ -1,7 +1,9 @@
 """The distribution lifecycle, one row per payment event.
 
 received ──► awaiting_kyc ──► (approval re-drives the event) ─┐
-    │  ▲                                                     │
+    │  ▲  ▲         │                                         │
+    │  │  └─────────┘ released: the re-check found its        │
+    │  │              condition cleared (event re-published)  │
     └──┼───────────► signed ◄────────────────────────────────┘
        │               │  in a batch (``consumer.batching``): its index, the batch's
        │               │  raw transaction, hash and nonce stored before broadcast
@@ -10,6 +12,14 @@ received ──► awaiting_kyc ──► (approval re-drives the event) ─┐
     (its batch abandoned:  │             (holdings += tokens, ledger pair, investment
      the nonce went to     ▼              distributed: one DB transaction per batch)
      another transaction) failed (with a reason: reverted, refused before signing, ...)
+
+awaiting_kyc is "parked before signing": nothing signed, no nonce taken, no gas spent. Its
+row's ``parked_reason`` says what must clear (``compliance.RefusalReason``): the investor's
+KYC in this database (``awaiting_kyc``, by the processor) or, for an ERC-3643 token, the
+pre-flight's refusal (``awaiting_kyc`` for an unverified identity, ``token_paused``,
+``wallet_frozen``, ``compliance_refused``, by the gatherer). ``kyc approve`` re-drives a
+user's parked events; ``consumer.release`` asks the pre-flight again periodically and
+releases each payment it no longer refuses: back to received, its event published again.
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ class State(enum.StrEnum):
 TRANSITIONS: dict[State, frozenset[State]] = {
     # To confirmed directly: found paid on-chain by the index scan (a restored database).
     State.RECEIVED: frozenset({State.AWAITING_KYC, State.SIGNED, State.CONFIRMED, State.FAILED}),
-    State.AWAITING_KYC: frozenset({State.SIGNED, State.CONFIRMED, State.FAILED}),
+    # Back to received: released by the re-check, its event published again with it.
+    State.AWAITING_KYC: frozenset({State.RECEIVED, State.SIGNED, State.CONFIRMED, State.FAILED}),
     # To failed only with its batch's receipt (a revert): failing a transaction that was
     # never mined would leave a nonce gap that blocks every later one. Back to received
     # only once the batch's nonce is provably taken by another transaction, so that its

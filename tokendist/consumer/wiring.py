@@ -24,6 +24,7 @@ from tokendist.consumer.endpoints import Endpoints
 from tokendist.consumer.gauges import Gauges, GaugeStore
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.processor import Processor
+from tokendist.consumer.release import ParkedRows, Releaser
 from tokendist.consumer.repository import Repository
 from tokendist.consumer.resubmitter import Resubmitter
 from tokendist.core import db, kafka
@@ -47,6 +48,7 @@ class Consumer:
     settler: Settler
     resubmitter: Resubmitter
     gauges: Gauges
+    releaser: Releaser
 
 
 async def build(
@@ -93,4 +95,5 @@ async def build(
         settler=settler,
         resubmitter=Resubmitter(settings, repo, keys),
         gauges=Gauges(GaugeStore(pool), chains[0]),
+        releaser=Releaser(ParkedRows(pool), chains[0], interval_s=s.parked_recheck_interval_s),
     )

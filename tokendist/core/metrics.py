@@ -121,7 +121,13 @@ OUTBOX_OLDEST = Gauge(
 
 # Read every few seconds from PostgreSQL and the node by ``consumer.gauges``: every member
 # reports the same figures, so alerts take max/min by tokenization, not a sum.
-PARKED = Gauge("tokendist_parked_payments", "Payments parked awaiting KYC (state awaiting_kyc)")
+PARKED = Gauge("tokendist_parked_payments", "Payments parked before signing (state awaiting_kyc)")
+PARKED_BY_REASON = Gauge(
+    "tokendist_parked_payments_by_reason",
+    "Payments parked before signing, by what must clear: awaiting_kyc, token_paused, "
+    "wallet_frozen, compliance_refused",
+    ["reason"],
+)
 PARKED_OLDEST = Gauge(
     "tokendist_parked_oldest_seconds",
     "How long the oldest payment awaiting KYC has been parked (0: none)",

@@ -160,6 +160,9 @@ class ChainSettings(_Section):
     # Unconfirmed batches per operator key (geth keeps 16 executable per account).
     max_inflight_per_sender: int = Field(default=16, ge=1, le=64)
     resubmit_interval_s: float = Field(default=5.0, gt=0)
+    # How often one member asks the pre-flight again for the ERC-3643 payments it parked
+    # (token paused, wallet frozen, compliance refused, identity not verified).
+    parked_recheck_interval_s: float = Field(default=10.0, gt=0, le=3600)
 
     def require_rpc(self) -> str:
         self._require("rpc_url")

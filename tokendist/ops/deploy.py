@@ -37,6 +37,7 @@ class Deployment:
     distributor_address: str
     decimals: int
     supply: int
+    standard: str = "erc20"  # or "erc3643" (a T-REX suite: ``ops.trex``)
 
 
 class Deployer:

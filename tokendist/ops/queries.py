@@ -193,6 +193,15 @@ S_PARKED_USERS = "SELECT count(DISTINCT user_id) FROM distributions WHERE state 
 # What the consumer's gauge reports: batches in a block, not final by the finality rule.
 S_MINED_NOT_FINAL = consumer.MINED_NOT_FINAL
 
+# Parked payments by reason, with the oldest one's detail (a compliance refusal's names
+# the module); the KYC of this database has none.
+S_PARKED_REASONS = """
+SELECT parked_reason AS reason, count(*) AS payments,
+       (array_agg(parked_detail ORDER BY updated_at))[1] AS oldest_detail
+FROM distributions WHERE state = 'awaiting_kyc'
+GROUP BY parked_reason ORDER BY parked_reason
+"""
+
 S_LAST_FAILURES = """
 SELECT event_id, failure_reason, updated_at FROM distributions
 WHERE state = 'failed' ORDER BY updated_at DESC LIMIT 5

@@ -147,6 +147,9 @@ class ToolRepository:
     async def outbox_summary(self) -> asyncpg.Record | None:
         return await self._db.fetchrow(queries.S_OUTBOX)
 
+    async def parked_reasons(self) -> list[asyncpg.Record]:
+        return await self._db.fetch(queries.S_PARKED_REASONS)
+
     async def parked_users(self) -> int:
         count: int = await self._db.fetchval(queries.S_PARKED_USERS)
         return count

@@ -22,6 +22,7 @@ class Status:
     states: dict[str, int] = field(default_factory=dict)
     parked_users: int = 0
     mined_not_final: tuple[int, float] = (0, 0.0)  # batches; the oldest's wait in seconds
+    parked: list[str] = field(default_factory=list)
     dlq_depth: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     retrying: list[str] = field(default_factory=list)
@@ -40,6 +41,8 @@ class Status:
             f"parked users  {self.parked_users} (awaiting KYC)",
             f"batches       {self.mined_not_final[0]} mined, not final"
             + (f" (oldest {self.mined_not_final[1]:.0f}s)" if self.mined_not_final[0] else ""),
+            f"parked users  {self.parked_users} (payments before signing)",
+            *([f"parked        {p}" for p in self.parked] or ["parked        none"]),
             f"dead letters  {self.dead_letters.get('messages', 0)} messages "
             f"({self.dlq_depth} DLQ records: a replay or a crash copies a message again; "
             f"{self.dead_letters.get('stored', 0)} the DLQ could not take, kept in PostgreSQL)",
@@ -89,6 +92,11 @@ async def gather(conn: db.Connection, offsets: KafkaOffsets, node: Node | None) 
     status.states = await ops.counts()
     status.parked_users = await ops.parked_users()
     status.mined_not_final = await ops.mined_not_final()
+    status.parked = [
+        f"{r['reason']}: {r['payments']} payments"
+        + (f" (oldest: {r['oldest_detail']})" if r["oldest_detail"] else "")
+        for r in await ops.parked_reasons()
+    ]
     status.lag = await offsets.lag()
     status.dlq_depth = sum((await offsets.ends(offsets.settings.dlq_topic)).values())
     topic, group = offsets.settings.topic, offsets.settings.consumer_group

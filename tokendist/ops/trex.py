@@ -102,6 +102,11 @@ class Trex(Deployer):
             raise ChainRejected(f"{fn.fn_name}: {exc.message or exc}") from exc
         await self._transact(dict(tx))
 
+    async def fund(self, token: str, distributor: str, amount: int) -> None:
+        """More tokens for the Distributor: minted by the agent (a T-REX issuer keeps no
+        treasury; the deployer is not a verified holder and could not send any)."""
+        await self.send(self.contract("Token", token).functions.mint(distributor, amount))
+
     # --- deployment ---------------------------------------------------------------------
 
     async def deploy_platform(self) -> Platform:
@@ -194,14 +199,18 @@ class Trex(Deployer):
         wallet = AsyncWeb3.to_checksum_address(wallet)
         found = str(await self.read(factory.getIdentity(wallet)))
         if int(found, 16) == 0:
-            salt = wallet.lower()
-            await self.send(
-                factory.createIdentityWithManagementKeys(
-                    wallet, salt, [key_hash(self.account.address)]
-                )
-            )
+            await self.send(self.create_identity(platform, wallet))
             found = str(await self.read(factory.getIdentity(wallet)))
         return AsyncWeb3.to_checksum_address(found)
+
+    def create_identity(self, platform: Platform, wallet: str) -> AsyncContractFunction:
+        """The factory's call that creates ``wallet``'s identity, the deployer its
+        management key (custodial identities)."""
+        factory = self.contract("IdFactory", platform.id_factory).functions
+        wallet = AsyncWeb3.to_checksum_address(wallet)
+        return factory.createIdentityWithManagementKeys(
+            wallet, wallet.lower(), [key_hash(self.account.address)]
+        )
 
     def kyc_signature(self, identity: str, topic: int = KYC_CLAIM_TOPIC) -> bytes:
         """The claim issuer's signature: ``ClaimIssuer.isClaimValid`` recovers it from the
@@ -232,15 +241,17 @@ class Trex(Deployer):
             )
         ):
             return
-        await self.send(
-            ident.addClaim(
-                KYC_CLAIM_TOPIC,
-                ECDSA_SCHEME,
-                AsyncWeb3.to_checksum_address(claim_issuer),
-                self.kyc_signature(identity),
-                KYC_CLAIM_DATA,
-                "",
-            )
+        await self.send(self.add_kyc_claim(identity, claim_issuer))
+
+    def add_kyc_claim(self, identity: str, claim_issuer: str) -> AsyncContractFunction:
+        """The identity's call that adds the platform issuer's KYC claim."""
+        return self.contract("Identity", identity).functions.addClaim(
+            KYC_CLAIM_TOPIC,
+            ECDSA_SCHEME,
+            AsyncWeb3.to_checksum_address(claim_issuer),
+            self.kyc_signature(identity),
+            KYC_CLAIM_DATA,
+            "",
         )
 
     async def ensure_registered(
@@ -314,6 +325,7 @@ async def deploy_erc3643_tokenization(
         distributor_address=suite.distributor,
         decimals=decimals,
         supply=supply,
+        standard="erc3643",
     )
     await record_deployment(ops, deployment, suite_row(suite))
     return deployment

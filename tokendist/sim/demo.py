@@ -4,6 +4,10 @@ A fresh database, topic and consumer group per run (so a demo never mixes with e
 ones), the contracts deployed, a relay and N consumers as separate processes, the payment
 simulator feeding them, live progress every second, then a summary and verify's verdict.
 Ctrl-C (or SIGTERM) stops the simulator, then the processes, cleanly.
+
+``--standard erc3643``: the token is a T-REX suite (``ops.trex``); the investors whose
+KYC is approved from the start get their on-chain identity before any payment, the late
+ones when the compliance team approves them (``kyc approve``, which registers it).
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from tokendist.ops.deploy import Deployer, deploy_tokenization
 from tokendist.ops.keys import Node
 from tokendist.ops.kyc import approve
 from tokendist.ops.status import KafkaOffsets, Status, gather
+from tokendist.ops.trex import Trex, deploy_erc3643_tokenization
 from tokendist.ops.verify import Report, verify
-from tokendist.sim.simulator import Plan, Simulator, Tally, ThroughWebhook
+from tokendist.sim.simulator import Plan, Simulator, Tally, ThroughWebhook, demo_wallet
 
 TOKENIZATION, PROPERTY = "lekki-towers", "lekki-towers-prop"
+COUNTRY = 566  # ISO 3166-1 numeric: Nigeria, where Lekki is (ERC-3643 identities)
+SUPPLY = 10**27
 
 
 class Demo:
@@ -46,6 +53,8 @@ class Demo:
         consumers: int,
         base_env: dict[str, str],
         log_dir: Path,
+        *,
+        standard: str = "erc20",
     ) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         self.name = f"tokendist_demo_{stamp}"
@@ -57,6 +66,8 @@ class Demo:
         self.settings = settings
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started = time.monotonic()
+        self.standard = standard
+        self.trex: Trex | None = None  # erc3643: the deployer's T-REX side
 
     async def run(self, stop: asyncio.Event) -> int:
         rpc_url, operator_key = self.base.require_chain()
@@ -80,6 +91,9 @@ class Demo:
         async with AsyncExitStack() as stack:
             pool = await db.create_pool(dsn, max_size=8)
             stack.push_async_callback(pool.close)
+            if self.standard == "erc3643":
+                self.trex = Trex(*self.settings.require_deployer())
+                stack.push_async_callback(self.trex.close)
             async with pool.acquire() as conn:
                 await db.migrate(conn)
                 await self._deploy(conn)
@@ -107,22 +121,32 @@ class Demo:
     async def _deploy(self, conn: db.Connection) -> None:
         rpc_url, deployer_key = self.settings.require_deployer()
         _, operator_key = self.settings.require_chain()
-        deployer = Deployer(rpc_url, deployer_key)
-        try:
-            d = await deploy_tokenization(
-                deployer,
-                conn,
-                tokenization_id=TOKENIZATION,
-                property_id=PROPERTY,
-                operator=LocalSigner(operator_key).address,
-                name="Lekki Towers",
-                symbol="LEKKI",
-                decimals=18,
-                supply=10**27,
-            )
-        finally:
-            await deployer.close()
-        print(f"deployed token {d.token_address}, distributor {d.distributor_address}")
+        operator = LocalSigner(operator_key).address
+        token = {"tokenization_id": TOKENIZATION, "property_id": PROPERTY, "operator": operator}
+        token |= {"name": "Lekki Towers", "symbol": "LEKKI", "decimals": 18, "supply": SUPPLY}
+        if self.trex is not None:
+            d = await deploy_erc3643_tokenization(self.trex, conn, country=COUNTRY, **token)
+        else:
+            deployer = Deployer(rpc_url, deployer_key)
+            try:
+                d = await deploy_tokenization(deployer, conn, **token)
+            finally:
+                await deployer.close()
+        print(
+            f"deployed token {d.token_address} ({self.standard}), "
+            f"distributor {d.distributor_address}"
+        )
+        if self.trex is not None:
+            await self._identities(conn, self.trex)
+
+    async def _identities(self, conn: db.Connection, trex: Trex) -> None:
+        """The investors approved from the start: their ONCHAINID, KYC claim and
+        registration, as ``kyc approve`` makes them, before any payment arrives."""
+        verified = [u for u in range(self.plan.users) if not self.plan.kyc_pending(u)]
+        for u in verified:
+            wallet = demo_wallet(self.plan.seed, u)
+            await approve(conn, f"investor-{u}", wallet, trex=trex, country=COUNTRY)
+        print(f"{len(verified)} investors' identities registered on-chain (country {COUNTRY})")
 
     def _spawn_all(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +201,7 @@ class Demo:
         released = 0
         async with pool.acquire() as conn:
             for user in sorted(tally.unverified_users):
-                released += await approve(conn, user, None)
+                released += await approve(conn, user, None, trex=self.trex, country=COUNTRY)
         print(
             f"KYC approved {len(tally.unverified_users)} investors; "
             f"{released} parked payments re-driven"
@@ -220,7 +244,10 @@ class Demo:
             ("webhook re-deliveries (deduplicated)", tally.duplicates),
             ("malformed messages sent", tally.invalid),
             ("  → in the dead-letter topic", status.dlq_depth),
-            ("investors verified late (parked, released)", len(tally.unverified_users)),
+            (
+                f"investors verified late (parked, released; {self.standard})",
+                len(tally.unverified_users),
+            ),
             ("distributions credited", status.states.get("credited", 0)),
             ("distributions failed", status.states.get("failed", 0)),
             ("tokens distributed (whole tokens)", tally.tokens // 10**18),

@@ -48,6 +48,10 @@ class Plan:
     invalid_every: int = 40  # every 40th payment is followed by a malformed message
     seed: int = 7
 
+    def kyc_pending(self, user: int) -> bool:
+        """Whether investor ``user`` starts with KYC pending (approved later)."""
+        return bool(self.unverified_every) and user % self.unverified_every == 1
+
 
 @dataclass
 class Tally:
@@ -157,7 +161,7 @@ class Simulator:
     async def _register_users(self, plan: Plan) -> None:
         async with self.pool.acquire() as conn:
             for u in range(plan.users):
-                pending = plan.unverified_every and u % plan.unverified_every == 1
+                pending = plan.kyc_pending(u)
                 if pending:
                     self.tally.unverified_users.add(f"investor-{u}")
                 await payments.register_user(

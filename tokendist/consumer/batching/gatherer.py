@@ -252,9 +252,9 @@ class Gatherer:
         self, key: OperatorChain, token: str, distributor: str, batch: list[_Waiting]
     ) -> list[_Waiting]:
         """An ERC-3643 token reverts a transfer to an unverified, frozen or non-compliant
-        wallet, and one revert reverts the whole batch: each payment is asked first.
-        One without a verified identity waits for ``kyc approve`` (which registers it
-        and re-drives the event); any other refusal fails retryable with its reason."""
+        wallet, and one revert reverts the whole batch: each payment is asked first. A
+        refused one is parked unsigned with its reason (no nonce, no gas), until ``kyc
+        approve`` or the re-check (``consumer.release``) finds its condition cleared."""
         refused = await compliance.preflight(
             key.call,
             token,
@@ -263,20 +263,21 @@ class Gatherer:
         )
         for waiting in batch:
             refusal = refused.get(waiting.payment.event_id)
-            if refusal is None:
-                continue
-            if refusal.reason is compliance.RefusalReason.AWAITING_KYC:
-                await self._park(waiting, refusal.detail)
-            else:
-                await self._refuse(waiting, f"{refusal.reason}: {refusal.detail}")
+            if refusal is not None:
+                await self._park(waiting, refusal)
         return [w for w in batch if w.payment.event_id not in refused]
 
-    async def _park(self, waiting: _Waiting, detail: str) -> None:
+    async def _park(self, waiting: _Waiting, refusal: compliance.Refusal) -> None:
         dist = await self.repo.get(waiting.payment.event_id)
-        if dist.state is State.RECEIVED:
+        if dist.state.before_signing:
             with contextlib.suppress(StateConflict):  # moved meanwhile: the processor sees
-                await self.repo.transition(dist, State.AWAITING_KYC)
-        log.info("payment_awaiting_identity", event_id=str(dist.event_id), detail=detail)
+                await self.repo.park(dist, refusal.reason, refusal.detail)
+        log.info(
+            "payment_parked_before_signing",
+            event_id=str(dist.event_id),
+            reason=refusal.reason,
+            detail=refusal.detail,
+        )
         if not waiting.future.done():
             waiting.future.set_result(None)
 
