@@ -585,10 +585,8 @@ async def test_reconcile_credits_and_redrives_on_a_trex_token(
     assert await harness.state_of(pool, "inv-1") == "confirmed"
     await harness.pay(pool, second)
     await pool.execute("DELETE FROM outbox WHERE published_at IS NULL")
-    chain = Chain(*settings.require_chain())
-    rec = Reconciler(
-        Repository(pool), ToolRepository(pool), chain, confirmations=settings.confirmations
-    )
+    chain = Chain(settings.require_rpc(), LocalSigner(settings.require_chain()[1]))
+    rec = Reconciler(Repository(pool), ToolRepository(pool), chain, settings.chain_check())
     try:
         done = await rec.run(grace_s=0)
     finally:

@@ -22,6 +22,7 @@ import time
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -122,7 +123,11 @@ class Demo:
         rpc_url, deployer_key = self.settings.require_deployer()
         _, operator_key = self.settings.require_chain()
         operator = LocalSigner(operator_key).address
-        token = {"tokenization_id": TOKENIZATION, "property_id": PROPERTY, "operator": operator}
+        token: dict[str, Any] = {
+            "tokenization_id": TOKENIZATION,
+            "property_id": PROPERTY,
+            "operator": operator,
+        }
         token |= {"name": "Lekki Towers", "symbol": "LEKKI", "decimals": 18, "supply": SUPPLY}
         if self.trex is not None:
             d = await deploy_erc3643_tokenization(self.trex, conn, country=COUNTRY, **token)
