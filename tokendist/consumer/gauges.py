@@ -12,17 +12,15 @@ an alert should keep seeing. Anything else is a bug and stops the consumer loudl
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import asyncpg
 import structlog
 
 from tokendist.consumer import queries
 from tokendist.consumer.compliance import RefusalReason
-from tokendist.core import db, metrics
-from tokendist.core.errors import TransientError
+from tokendist.core import db, metrics, periodic
 
 log = structlog.get_logger("tokendist.gauges")
 
@@ -106,13 +104,8 @@ class Gauges:
         self.chain = chain
         self.interval_s = interval_s
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except TransientError as exc:
-                log.warning("gauges_read_failed", error=str(exc))
-            await asyncio.sleep(self.interval_s)
+    async def run(self) -> NoReturn:
+        await periodic.every(self.interval_s, self.tick, log, "gauges_read_failed")
 
     async def tick(self) -> None:
         """Read every figure once and export it."""

@@ -14,20 +14,18 @@ the consumer: an outage is logged and tried again next interval.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import asyncpg
 import structlog
 
 from tokendist.consumer import compliance, queries
-from tokendist.core import db
-from tokendist.core.errors import TransientError
+from tokendist.core import db, periodic
 from tokendist.outbox.enqueue import write_outbox_row
 from tokendist.schemas import PaymentConfirmedV1
 
@@ -104,13 +102,8 @@ class Releaser:
         self.node = node
         self.interval_s = interval_s
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except TransientError as exc:
-                log.warning("parked_recheck_failed", error=str(exc))
-            await asyncio.sleep(self.interval_s)
+    async def run(self) -> NoReturn:
+        await periodic.every(self.interval_s, self.tick, log, "parked_recheck_failed")
 
     async def tick(self) -> int:
         """One re-check, if no other member is running one; returns payments released."""

@@ -7,16 +7,15 @@ the others are swept."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from eth_typing import HexStr
 
 from tokendist.consumer.keypool import KeyPool
 from tokendist.consumer.ports import BatchStore, OperatorChain
-from tokendist.core import metrics
+from tokendist.core import metrics, periodic
 from tokendist.core.errors import ChainRejected, KeyRejected, TransientError
 from tokendist.core.settings import ConsumerSettings
 
@@ -29,13 +28,10 @@ class Resubmitter:
         self.repo = repo
         self.keys = keys
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except TransientError as exc:
-                log.warning("resubmit_sweep_failed", error=str(exc))
-            await asyncio.sleep(self.settings.resubmit_interval_s)
+    async def run(self) -> NoReturn:
+        await periodic.every(
+            self.settings.resubmit_interval_s, self.sweep, log, "resubmit_sweep_failed"
+        )
 
     async def sweep(self) -> int:
         """One pass over every key; returns how many attempts were re-sent or replaced."""
