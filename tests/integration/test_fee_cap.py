@@ -17,7 +17,9 @@ from prometheus_client import REGISTRY
 
 from tests.integration import harness
 from tokendist.bench import anvil
+from tokendist.core.errors import ChainUnavailable
 from tokendist.core.settings import Settings
+from tokendist.ops.deploy import Deployer
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +79,30 @@ async def test_nothing_is_signed_above_the_fee_cap_and_everything_is_paid_after(
 
 async def credited_is(pool: asyncpg.Pool) -> bool:
     return await harness.credited(pool) == N
+
+
+async def test_an_operator_transaction_built_before_a_base_fee_rise_is_an_outage_not_a_crash(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`chain deploy`, `keys`, `kyc approve` fill the fee in when they build a call; a
+    base fee that rose before it is sent makes the node refuse it. That is a moment to
+    try again (ChainUnavailable: one line, exit 1; the fault campaign's approvals retry
+    it), not an unmapped RPC error; and nothing was sent."""
+    binary = anvil.find_binary(None, os.environ.get("TOKENDIST_STACK_DIR"))
+    async with anvil.started(binary, None, tmp_path / "anvil.log") as url:
+        _, key = settings.require_deployer()
+        sender = Account.from_key(key.get_secret_value()).address
+        await harness.fund(url, sender)
+        deployer = Deployer(url, key)
+        try:
+            before = await deployer.w3.eth.get_transaction_count(sender)
+            built = {"to": sender, "value": 1, "maxFeePerGas": 2 * CALM, "maxPriorityFeePerGas": 1}
+            await set_base_fee(url, SPIKE)
+            with pytest.raises(ChainUnavailable, match="base fee"):
+                await deployer._transact(dict(built))
+            assert await deployer.w3.eth.get_transaction_count(sender, "pending") == before
+            await set_base_fee(url, CALM)
+            receipt = await deployer._transact(dict(built))
+            assert receipt["status"] == 1
+        finally:
+            await deployer.close()

@@ -17,15 +17,22 @@ from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, Web3RPCError
 
 from tokendist.consumer import contracts
 from tokendist.consumer.chain import guarded
 from tokendist.core import db
-from tokendist.core.errors import ChainRejected, DatabaseUnavailable, InvalidInput
+from tokendist.core.errors import (
+    ChainRejected,
+    ChainUnavailable,
+    DatabaseUnavailable,
+    InvalidInput,
+)
 from tokendist.ops.repository import ToolRepository
 
 RECEIPT_TIMEOUT_S = 60
+
+FEE_BELOW_BASE_FEE = "max fee per gas less than block base fee"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +73,14 @@ class Deployer:
         tx["chainId"] = await self.w3.eth.chain_id
         tx["gas"] = await self.w3.eth.estimate_gas(tx)  # type: ignore[arg-type]
         signed = self.account.sign_transaction(tx)
-        tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        try:
+            tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        except Web3RPCError as exc:
+            # The fee was filled in when the call was built; a base fee that rose since
+            # refuses it (geth's ErrFeeCapTooLow, anvil the same): built again, it passes.
+            if FEE_BELOW_BASE_FEE in str(exc):
+                raise ChainUnavailable(f"the base fee rose past this transaction's: {exc}") from exc
+            raise
         receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
         return dict(receipt)
 
