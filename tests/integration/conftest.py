@@ -11,7 +11,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from eth_account import Account
 
 from tests.integration import harness
 from tests.services import Services, services, settings_for_tests
@@ -90,12 +89,7 @@ async def settings(stack: Services, database_url: str) -> Settings:
         rebroadcast_after_s=3.0,
         fee_bump_after_s=20.0,
     )
-    _, operator_key = settings.require_chain()
-    _, deployer_key = settings.require_deployer()
-    await harness.fund(
-        stack.rpc_url,
-        *(Account.from_key(k.get_secret_value()).address for k in (operator_key, deployer_key)),
-    )
+    await harness.fund_keys(settings, stack.rpc_url)
     return settings
 
 

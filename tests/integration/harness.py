@@ -62,6 +62,12 @@ async def fund(rpc_url: str, *addresses: str) -> None:
         await rpc(rpc_url, "anvil_setBalance", [address, hex(10**21)])
 
 
+async def fund_keys(settings: Settings, rpc_url: str) -> None:
+    """Gas money for the settings' operator and deployer keys on the chain at ``rpc_url``."""
+    keys = (settings.require_chain()[1], settings.require_deployer()[1])
+    await fund(rpc_url, *(Account.from_key(k.get_secret_value()).address for k in keys))
+
+
 async def wait_until(
     predicate: Callable[[], Awaitable[bool]], *, timeout: float = 60.0, what: str = "condition"
 ) -> None:

@@ -60,8 +60,7 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
     binary = anvil.find_binary(None, os.environ.get("TOKENDIST_STACK_DIR"))
     async with anvil.started(binary, None, tmp_path / "anvil.log") as url:
         s = settings.model_copy(update={"rpc_url": url, "confirmations": 1})
-        keys = (s.require_chain()[1], s.require_deployer()[1])
-        await harness.fund(url, *(Account.from_key(k.get_secret_value()).address for k in keys))
+        await harness.fund_keys(s, url)
         tk = await harness.deploy(
             s, pool, tokenization_id="tok-reorg", property_id="prop-reorg", name="Deep Reorg",
             symbol="DRG", supply=10**30,
@@ -89,7 +88,7 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
             assert await harness.payouts(s, tk) == []
             batches = await harness.count(pool, "SELECT count(*) FROM batches")
             if nonces == "taken":  # as if the key had sent other transactions since
-                sender = Account.from_key(keys[0].get_secret_value()).address
+                sender = Account.from_key(s.require_chain()[1].get_secret_value()).address
                 taken = await harness.count(pool, "SELECT max(next_nonce) FROM sender_nonces")
                 await harness.rpc(url, "anvil_setNonce", [sender, hex(taken)])
 
@@ -152,8 +151,7 @@ async def test_a_check_reads_the_recent_window_not_the_history(
     binary = anvil.find_binary(None, os.environ.get("TOKENDIST_STACK_DIR"))
     async with anvil.started(binary, None, tmp_path / "anvil.log") as url:
         s = settings.model_copy(update={"rpc_url": url, "chain_check_window_blocks": 10})
-        keys = (s.require_chain()[1], s.require_deployer()[1])
-        await harness.fund(url, *(Account.from_key(k.get_secret_value()).address for k in keys))
+        await harness.fund_keys(s, url)
         tk = await harness.deploy(
             s, pool, tokenization_id="tok-window", property_id="prop-window", name="Window",
             symbol="WIN", supply=10**30,

@@ -50,8 +50,7 @@ async def test_nothing_is_signed_above_the_fee_cap_and_everything_is_paid_after(
         s = settings.model_copy(
             update={"rpc_url": url, "max_fee_wei": CAP, "priority_fee_wei": TIP}
         )
-        keys = (s.require_chain()[1], s.require_deployer()[1])
-        await harness.fund(url, *(Account.from_key(k.get_secret_value()).address for k in keys))
+        await harness.fund_keys(s, url)
         tk = await harness.deploy(
             s, pool, tokenization_id="tok-fees", property_id="prop-fees", name="Fee Spike",
             symbol="FEE", supply=10**30,

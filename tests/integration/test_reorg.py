@@ -18,7 +18,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from eth_account import Account
 from prometheus_client import REGISTRY
 
 from tests.integration import harness
@@ -54,8 +53,7 @@ async def private_chain(
         s = settings.model_copy(
             update={"rpc_url": url, "batch_max_size": N, "batch_max_wait_s": 5.0, **rule}
         )
-        keys = (s.require_chain()[1], s.require_deployer()[1])
-        await harness.fund(url, *(Account.from_key(k.get_secret_value()).address for k in keys))
+        await harness.fund_keys(s, url)
         tk = await harness.deploy(
             s, pool, tokenization_id="tok-reorg", property_id="prop-reorg", name="Reorg",
             symbol="RRG", supply=10**30,

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from eth_account import Account
 from pydantic import SecretStr
 
 from tests.integration import harness
@@ -59,12 +58,7 @@ async def settings(stack: Services, database_url: str) -> Settings:  # noqa: F81
         consumer_group=os.environ.get("TOKENDIST_CONSUMER_GROUP", "tokendist-distributor"),
         topic_partitions=int(os.environ.get("TOKENDIST_TOPIC_PARTITIONS", "16")),
     )
-    _, operator_key = settings.require_chain()
-    _, deployer_key = settings.require_deployer()
-    await harness.fund(
-        stack.rpc_url,
-        *(Account.from_key(k.get_secret_value()).address for k in (operator_key, deployer_key)),
-    )
+    await harness.fund_keys(settings, stack.rpc_url)
     return settings
 
 
