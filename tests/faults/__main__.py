@@ -47,8 +47,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-faults", type=int, default=4, help="faults per run: 1..this")
     p.add_argument("--quiesce-timeout", type=float, default=120.0, help="seconds")
     p.add_argument("--kinds", type=_kinds, default=(), help="comma-separated subset of faults")
-    p.add_argument(
+    featured = p.add_mutually_exclusive_group()
+    featured.add_argument(
         "--rotate", action="store_true", help="seed s always includes kinds[s %% len(kinds)]"
+    )
+    featured.add_argument(
+        "--feature",
+        choices=list(nemesis.FAULTS),
+        default=None,
+        metavar="KIND",
+        help="every run includes this kind, beside others drawn from --kinds",
     )
     p.add_argument(
         "--log-dir",
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         quiesce_timeout_s=args.quiesce_timeout,
         kinds=args.kinds,
         rotate=args.rotate,
+        feature=args.feature,
         log_root=args.log_dir or stack.home / "fault-runs",
         keep_passing=args.keep,
         standard=args.standard,

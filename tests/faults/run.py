@@ -40,6 +40,8 @@ class Options:
     # Seed s always features kinds[s % len(kinds)]: consecutive seeds cover every kind
     # (a short campaign would otherwise leave some to luck).
     rotate: bool = False
+    # Every run includes this kind: a campaign about one nemesis, the others beside it.
+    feature: str | None = None
     log_root: Path = Path("/tmp/tokendist-faults")  # noqa: S108 -- only logs, per run dirs
     keep_passing: bool = False
     standard: str = "erc20"  # or "erc3643": a T-REX suite, investors approved on-chain
@@ -51,6 +53,8 @@ class Options:
             args += f" --kinds {','.join(self.kinds)}"
         if self.rotate:
             args += " --rotate"
+        if self.feature:
+            args += f" --feature {self.feature}"
         if self.standard != "erc20":
             args += f" --standard {self.standard}"
         return args
@@ -165,7 +169,7 @@ async def run_once(stack: Stack, seed: int, opts: Options) -> RunResult:
     rng = random.Random(seed)
     kinds = list(opts.kinds) or nemesis.available(stack.brokers)
     name = f"s{seed}"
-    featured = kinds[seed % len(kinds)] if opts.rotate else None
+    featured = kinds[seed % len(kinds)] if opts.rotate else opts.feature
     plan = make_plan(rng, name, kinds, opts, featured)
     tag = f"{name}_{uuid.uuid4().hex[:6]}"  # a replay must not collide with a kept failure
     try:
