@@ -1,5 +1,5 @@
-"""The repository's alert rules in a real Prometheus, scraping a running relay (in this
-process) and consumer (its own process, so its numbers are its own).
+"""The repository's alert rules in a real Prometheus, scraping a running relay and
+consumer (each its own process, so its numbers are its own).
 
 The rules are ``monitoring/alerts.yml`` with only each ``for`` shortened to 2 s: every
 expression and threshold is production's. Two alerts are induced: a record whose credit
@@ -105,7 +105,10 @@ async def test_prometheus_fires_the_repositorys_alerts_on_a_parked_record_and_no
     )
     await harness.fail_credits(pool, of_user="user-0")
 
+    # Each its own process, so each exports its own numbers (gauges other tests of this
+    # process set, a chain check's timestamp, would fire alerts of their own).
     consumer = harness.Process(consumer_settings, "consume")
+    relay = harness.Process(relay_settings, "relay")
     try:
         with prometheus({"relay": relay_port, "consumer": consumer_port}) as url:
 
@@ -114,27 +117,33 @@ async def test_prometheus_fires_the_repositorys_alerts_on_a_parked_record_and_no
                 consumer_up = await _api(url, "query", query='up{job="consumer"} == 1')
                 return bool(leading and leading["result"] and consumer_up and consumer_up["result"])
 
-            async with harness.relay(relay_settings):
-                await harness.wait_until(
-                    scraped_leading_relay_and_consumer, what="both scraped, the relay leading"
-                )
+            await harness.wait_until(
+                scraped_leading_relay_and_consumer, what="both scraped, the relay leading"
+            )
+            seen: dict[str, dict[str, str]] = {}
 
-                async def quiet() -> bool:  # NoRelayLeading may fire before the first scrape
-                    return await firing(url) == {}
+            async def quiet() -> bool:  # NoRelayLeading may fire before the first scrape
+                seen.clear()
+                seen.update(await firing(url))
+                return seen == {}
 
+            try:
                 await harness.wait_until(quiet, what="no alert while a relay leads")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; still firing: {seen}") from None
 
-                await harness.pay(pool, harness.payment(tokenization, 1, user=0))
+            await harness.pay(pool, harness.payment(tokenization, 1, user=0))
 
-                async def parked_alert() -> bool:
-                    return "RecordsParkedAfterErrors" in await firing(url)
+            async def parked_alert() -> bool:
+                return "RecordsParkedAfterErrors" in await firing(url)
 
-                await harness.wait_until(parked_alert, what="RecordsParkedAfterErrors")
-                alerts = await firing(url)
-                assert alerts["RecordsParkedAfterErrors"]["job"] == "consumer"
-                assert "NoRelayLeading" not in alerts
-                reason = await pool.fetchval("SELECT reason FROM dead_letters")
-                assert reason == "processing_error"
+            await harness.wait_until(parked_alert, what="RecordsParkedAfterErrors")
+            alerts = await firing(url)
+            assert alerts["RecordsParkedAfterErrors"]["job"] == "consumer"
+            assert "NoRelayLeading" not in alerts
+            reason = await pool.fetchval("SELECT reason FROM dead_letters")
+            assert reason == "processing_error"
+            relay.terminate()
 
             async def no_relay_alert() -> bool:
                 return "NoRelayLeading" in await firing(url)
@@ -142,5 +151,6 @@ async def test_prometheus_fires_the_repositorys_alerts_on_a_parked_record_and_no
             await harness.wait_until(no_relay_alert, what="NoRelayLeading")
         consumer.terminate()
     finally:
-        if consumer.alive():  # the test failed: its error matters, not the exit code
-            consumer.kill()
+        for process in (relay, consumer):
+            if process.alive():  # the test failed: its error matters, not the exit code
+                process.kill()
