@@ -336,7 +336,14 @@ async def reorg(ctx: Ctx, rng: random.Random) -> None:
             senders = {tx["from"].lower() for b in blocks if b for tx in b["transactions"]}
             if senders <= operators:
                 params = [depth, []] if how == "anvil_reorg" else [depth]
-                await ctx.stack.rpc(how, *params)
+                try:
+                    await ctx.stack.rpc(how, *params)
+                except RuntimeError as exc:
+                    # A restarted anvil keeps its state, not the blocks before the restart.
+                    if "Required data unavailable" not in str(exc):
+                        raise
+                    ctx.note(f"{how} {depth} blocks from {head}: anvil restarted since")
+                    return
                 ctx.metrics["reorgs"] += 1
                 ctx.note(f"{how} {depth} blocks from {head}: our batch of block {mined} out")
                 return
