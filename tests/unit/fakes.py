@@ -494,6 +494,10 @@ class FakeRepository:
         indices = self.indices[distributor]
         indices[0], indices[1] = max(indices[0], floor), max(indices[1], scanned_block)
 
+    async def known_transactions(self, tx_hashes: list[str]) -> set[str]:
+        await self._io()
+        return set(tx_hashes) & set(self.attempts_by_hash)
+
     # --- the guarded writes -------------------------------------------------------------
 
     async def _io(self) -> None:

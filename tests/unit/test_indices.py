@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.unit.fake_chain import CHAIN_ID, SENDER, FakeChain, decoded
+from tests.unit.fake_chain import CHAIN_ID, SENDER, SENDER_2, FakeChain, decoded
 from tests.unit.fakes import FakeRepository
 from tests.unit.members import (
     FOUND_ON_CHAIN,
@@ -159,3 +159,60 @@ async def test_the_rebuild_refuses_to_guess_past_its_wait() -> None:
         await indices.rebuild(settings(index_rebuild_wait_s=0.01), w.repo, pool)
     assert w.repo.nonces == {}
     assert DISTRIBUTOR not in w.repo.indices
+
+
+async def paid_then_restored(w: World) -> tuple[Any, Any, int]:
+    """One payment paid and credited by the second key, then the database restored from
+    before it: its payout is on-chain in a block, unknown to the database. Returns
+    (event, record, block). The members after it sign with the first key."""
+    [(event, record)] = w.approved()
+    async with w.member([SENDER_2]) as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
+    [paid] = w.node.included
+    restore(w)
+    w.approve()
+    return event, record, paid.block
+
+
+async def rebuild_waiting(w: World, rule: str) -> asyncio.Task[None]:
+    pool = KeyPool([FakeChain(w.node, SENDER)], w.repo, cap=1, poll_s=0.001)
+    await pool.register()
+    with capture_logs() as logs:
+        rebuilding = asyncio.create_task(indices.rebuild(settings(finality=rule), w.repo, pool))
+        await until(lambda: any(e["event"] == "unknown_payouts_not_final" for e in logs))
+    await asyncio.sleep(0.01)
+    assert not rebuilding.done()
+    assert w.repo.onchain == {}  # not final: not remembered
+    assert w.repo.indices[DISTRIBUTOR][0] == 1  # its index is skipped all the same
+    return rebuilding
+
+
+async def test_a_payout_not_final_that_the_database_does_not_know_is_awaited_until_final() -> None:
+    w = World(senders=[SENDER, SENDER_2])
+    event, record, block = await paid_then_restored(w)
+    rule = f"confirmations:{w.node.block - block + 2}"  # final one block from now
+    rebuilding = await rebuild_waiting(w, rule)
+    w.node.new_block()
+    await rebuilding
+
+    assert [p.block_number for p in w.repo.onchain.values()] == [block]
+    async with w.member([SENDER], finality=rule) as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
+    assert w.repo.path(event.event_id) == FOUND_ON_CHAIN
+    assert w.distributor.paid_to(wallet(1)) == TOKENS
+
+
+async def test_a_payout_not_final_that_a_reorganisation_removes_is_paid_again_once() -> None:
+    w = World(senders=[SENDER, SENDER_2])
+    event, record, block = await paid_then_restored(w)
+    rule = f"confirmations:{w.node.block - block + 2}"
+    rebuilding = await rebuild_waiting(w, rule)
+    w.node.rollback(w.node.block - block + 1)  # the payout's block gone, the tx dropped
+    await rebuilding
+
+    assert w.repo.onchain == {}
+    assert w.repo.indices[DISTRIBUTOR][0] == 1  # a raised floor stays raised
+    async with w.member([SENDER], finality=rule) as m:
+        assert await m.processor.handle(record) is Outcome.CREDITED
+    assert w.repo.path(event.event_id) == PAID
+    assert w.distributor.paid_to(wallet(1)) == TOKENS

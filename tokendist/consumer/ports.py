@@ -247,6 +247,10 @@ class BatchStore(DistributionStore, KeyBook, Protocol):
         self, distributor: str, payouts: list[ScannedPayout], floor: int, scanned_block: int
     ) -> None: ...
 
+    async def known_transactions(self, tx_hashes: list[str]) -> set[str]:
+        """Those of ``tx_hashes`` that are attempts of a stored batch."""
+        ...
+
 
 class DeadLetterSink(Protocol):
     """Where a record that can never be processed goes. ``park`` returns once the parking

@@ -352,6 +352,8 @@ SET next_index = GREATEST(next_index, $2), scanned_block = GREATEST(scanned_bloc
 WHERE distributor_address = $1
 """
 
+KNOWN_TRANSACTIONS = "SELECT tx_hash FROM chain_transactions WHERE tx_hash = ANY($1::text[])"
+
 RECORD_ONCHAIN = """
 INSERT INTO onchain_payments (distributor_address, payment_id, payment_index, tx_hash, block_number)
 SELECT $1, p.payment_id, p.payment_index, p.tx_hash, p.block_number

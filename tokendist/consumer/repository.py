@@ -625,6 +625,10 @@ class Repository:
                 )
             await conn.execute(queries.RAISE_INDICES, distributor, floor, scanned_block)
 
+    async def known_transactions(self, tx_hashes: list[str]) -> set[str]:
+        rows = await self._db.fetch(queries.KNOWN_TRANSACTIONS, tx_hashes)
+        return {r["tx_hash"] for r in rows}
+
 
 async def _move(
     conn: db.Connection,

@@ -60,9 +60,14 @@ PRESETS: dict[str, FinalityRule] = {
 }
 
 
-def is_final(rule: FinalityRule, block: int, head: int, tagged: int | None) -> bool:
-    """Whether a transaction mined in ``block`` is final with the chain at ``head`` and the
-    node's block of ``rule.tag`` at ``tagged`` (None: the node has none yet)."""
+def newest_final(rule: FinalityRule, head: int, tagged: int | None) -> int:
+    """The newest block that is final with the chain at ``head`` and the node's block of
+    ``rule.tag`` at ``tagged`` (None: the node has none yet); -1 when none is."""
     if rule.tag is None:
-        return head - block + 1 >= rule.confirmations
-    return tagged is not None and block <= tagged
+        return head - rule.confirmations + 1
+    return tagged if tagged is not None else -1
+
+
+def is_final(rule: FinalityRule, block: int, head: int, tagged: int | None) -> bool:
+    """Whether a transaction mined in ``block`` is final (see ``newest_final``)."""
+    return block <= newest_final(rule, head, tagged)
