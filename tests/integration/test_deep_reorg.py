@@ -67,7 +67,7 @@ async def test_a_reorg_deeper_than_finality_is_found_and_repaired_without_a_seco
         )  # fmt: skip
         ops = ToolRepository(pool)
         chain = Chain(s.require_rpc(), LocalSigner(s.require_chain()[1]))
-        checker = ChainChecker(s.chain_check(), ops, NodeReader(chain.w3), asyncio.Event())
+        checker = ChainChecker(s.chain_check(), ops, NodeReader(chain.rpc), asyncio.Event())
         try:
             async with harness.relay(s), harness.consumer(s):
                 expected = await harness.confirm_payments(pool, tk, ROUND, users=USERS)
@@ -162,7 +162,7 @@ async def test_a_check_reads_the_recent_window_not_the_history(
         # Credited long ago: only their blocks can bring them into a check.
         await pool.execute("UPDATE distributions SET credited_at = now() - interval '1 day'")
         chain = Chain(s.require_rpc(), LocalSigner(s.require_chain()[1]))
-        reader = CountingReader(chain.w3)
+        reader = CountingReader(chain.rpc)
         checker = ChainChecker(s.chain_check(), ToolRepository(pool), reader, asyncio.Event())
         try:
             first = await checker.turn()

@@ -5,6 +5,7 @@ exit 1; never a traceback (issue 12, part 6)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -36,12 +37,16 @@ CLOSED = "127.0.0.1:1"  # nothing listens on port 1
 
 
 async def tokendist(
-    settings: Settings, *args: str, env: dict[str, str] | None = None
+    settings: Settings,
+    *args: str,
+    env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **settings.as_env(), **(env or {})}
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "tokendist.cli", *args],
-        env={**os.environ, **settings.as_env(), **(env or {})},
+        env={k: v for k, v in environment.items() if k not in unset},
         capture_output=True,
         text=True,
         timeout=120,
@@ -208,7 +213,17 @@ async def test_tools_reading_the_chain_answer_the_node_down_in_one_line(
     settings: Settings, tokenization: Deployment, command: list[str]
 ) -> None:
     run = await tokendist(settings, *command, env={"TOKENDIST_RPC_URL": f"http://{CLOSED}"})
-    assert "is the Ethereum node up" in one_line_error(run, 1)
+    # Reads go through the endpoints (failover): each one passed over is logged, as a
+    # structured line before the answer.
+    logged = [json.loads(line) for line in run.stderr.strip().splitlines()[:-1]]
+    assert {entry["event"] for entry in logged} <= {"rpc_endpoint_down"}
+    answer = one_line_error(
+        subprocess.CompletedProcess(
+            run.args, run.returncode, run.stdout, run.stderr.strip().splitlines()[-1]
+        ),
+        1,
+    )
+    assert "is the Ethereum node up" in answer
 
 
 async def test_chain_check_once_answers_in_one_line(
@@ -218,6 +233,28 @@ async def test_chain_check_once_answers_in_one_line(
     assert run.returncode == 0, run.stderr[-2000:]
     (line,) = run.stdout.strip().splitlines()
     assert line.endswith(": 0 credited checked, 0 not on chain")
+
+
+async def test_chain_check_holds_no_key_and_reads_past_a_dead_endpoint(
+    settings: Settings, pool: asyncpg.Pool, tokenization: Deployment
+) -> None:
+    await harness.pay(pool, harness.payment(tokenization, 1, user=0, tokens=10**18))
+    async with harness.relay(settings), harness.consumer(settings):
+        await harness.wait_until(lambda: credited_one(pool), what="the payment credited")
+    run = await tokendist(
+        settings,
+        "chain-check",
+        "--once",
+        env={"TOKENDIST_RPC_URL": f"http://{CLOSED}", "TOKENDIST_RPC_URLS": settings.require_rpc()},
+        unset=("TOKENDIST_OPERATOR_KEY", "TOKENDIST_OPERATOR_KEYS", "TOKENDIST_DEPLOYER_KEY"),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith(": 1 credited checked, 0 not on chain")
+    assert '"event": "rpc_endpoint_down"' in run.stderr  # the first endpoint, passed over
+
+
+async def credited_one(pool: asyncpg.Pool) -> bool:
+    return await harness.credited(pool) == 1
 
 
 async def test_reconcile_dry_run_logs_what_it_would_do_and_writes_nothing(

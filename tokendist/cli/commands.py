@@ -373,6 +373,7 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_chain_check(args: argparse.Namespace, settings: Settings) -> int:
+    from tokendist.consumer.endpoints import Endpoints
     from tokendist.core import db
     from tokendist.core.signals import stop_on_signals
     from tokendist.ops.chaincheck import ChainChecker, NodeReader
@@ -381,11 +382,11 @@ async def cmd_chain_check(args: argparse.Namespace, settings: Settings) -> int:
     section = settings.chain_check()
     if args.interval is not None:
         section = section.model_copy(update={"chain_check_interval_s": args.interval})
-    chain = await _operator_chain(settings)
+    rpc = Endpoints(section.endpoints(settings.require_rpc()), section)
     pool = await db.create_pool(settings.database_url, max_size=2)
     stop = asyncio.Event()
     try:
-        checker = ChainChecker(section, ToolRepository(pool), NodeReader(chain.w3), stop)
+        checker = ChainChecker(section, ToolRepository(pool), NodeReader(rpc), stop)
         if args.once:
             result = await checker.check()
             if result is None:
@@ -400,7 +401,7 @@ async def cmd_chain_check(args: argparse.Namespace, settings: Settings) -> int:
             await checker.run()
     finally:
         await pool.close()
-        await chain.close()
+        await rpc.close()
     return 0
 
 

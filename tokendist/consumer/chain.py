@@ -108,6 +108,11 @@ class Chain:
         """The first endpoint, for one-shot tools that read through web3 themselves."""
         return self._rpc.w3
 
+    @property
+    def rpc(self) -> Endpoints:
+        """The endpoints this key reads and sends through."""
+        return self._rpc
+
     def __repr__(self) -> str:
         return f"Chain(sender={self.sender}, custody={self.signer.custody})"
 

@@ -30,7 +30,7 @@ import structlog
 from web3 import AsyncWeb3
 
 from tokendist.consumer import contracts
-from tokendist.consumer.chain import guarded
+from tokendist.consumer.endpoints import Endpoints
 from tokendist.core import metrics
 from tokendist.core.errors import TransientError
 from tokendist.core.settings import ChainCheckSettings
@@ -54,18 +54,18 @@ class LogReader(Protocol):
 
 
 class NodeReader:
-    """What a check reads, from the node at ``TOKENDIST_RPC_URL`` as every operator tool
-    reads it (``Chain.w3``, errors mapped by ``guarded``): an outage is one
-    ``ChainUnavailable``, not a line per endpoint."""
+    """What a check reads, through the RPC endpoints as the consumer reads them
+    (``TOKENDIST_RPC_URL`` then ``TOKENDIST_RPC_URLS``: failover, backoff, lag; errors
+    mapped): an outage is one ``ChainUnavailable``. No key: a check signs nothing."""
 
-    def __init__(self, w3: AsyncWeb3[Any]) -> None:
-        self.w3 = w3
+    def __init__(self, rpc: Endpoints) -> None:
+        self.rpc = rpc
 
     async def chain_id(self) -> int:
-        return int(await guarded(lambda: self.w3.eth.chain_id))
+        return int(await self.rpc.read(lambda w3: w3.eth.chain_id))
 
     async def block_number(self) -> int:
-        return int(await guarded(lambda: self.w3.eth.block_number))
+        return int(await self.rpc.read(lambda w3: w3.eth.block_number))
 
     async def distributed_logs(
         self, distributor: str, from_block: int, to_block: int
@@ -76,7 +76,7 @@ class NodeReader:
             "toBlock": to_block,
             "topics": [contracts.DISTRIBUTED_TOPIC],
         }
-        return [dict(entry) for entry in await guarded(lambda: self.w3.eth.get_logs(params))]
+        return [dict(entry) for entry in await self.rpc.read(lambda w3: w3.eth.get_logs(params))]
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,7 +135,7 @@ class Restorer:
         self.repo = repo
         self.ops = ops
         self.chain = chain
-        self.reader = NodeReader(chain.w3)
+        self.reader = NodeReader(chain.rpc)
         self.finality = settings.finality_rule
         self.fees = FeeCap(settings)
         self.window_blocks = settings.chain_check_window_blocks
