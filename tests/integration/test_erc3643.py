@@ -235,8 +235,8 @@ async def test_kyc_approve_and_revoke_on_chain_are_idempotent(
     assert await s.trex.is_verified(ir, wallet)
 
 
-async def test_kyc_interrupted_between_database_and_chain_is_finished(
-    suite: Suite, pool: asyncpg.Pool
+async def test_kyc_interrupted_between_database_and_chain_is_finished_by_reconcile(
+    suite: Suite, settings: Settings, pool: asyncpg.Pool
 ) -> None:
     s, ir = suite, suite.row["identity_registry"]
     registering, removing = Account.create().address, Account.create().address
@@ -251,14 +251,33 @@ async def test_kyc_interrupted_between_database_and_chain_is_finished(
         assert await s.trex.is_verified(ir, removing)
         assert await conn.fetchval("SELECT kyc_status FROM users WHERE id = 'user-n'") == "pending"
 
-        assert await kyc.finish_unfinished(conn, s.trex) == 2
+    chain = Chain(s.rpc_url, LocalSigner(SecretStr(s.operator_key)))
+    try:
+        without_key = Reconciler(
+            Repository(pool), ToolRepository(pool), chain, settings.chain_check()
+        )
+        hint = "set TOKENDIST_DEPLOYER_KEY and reconcile again"
+        assert (await without_key.run(grace_s=0)).for_a_human == [
+            f"user user-n: on-chain identity registering; {hint}",
+            f"user user-r: on-chain identity removing; {hint}",
+        ]
+        rec = Reconciler(
+            Repository(pool), ToolRepository(pool), chain, settings.chain_check(), s.trex
+        )
+        assert (await rec.run(grace_s=3600)).identities == 0  # a kyc command may be mid-way
+        assert (await rec.run(grace_s=0, dry_run=True)).identities == 2
+        assert not await s.trex.is_verified(ir, registering)
+        assert (await rec.run(grace_s=0)).identities == 2
+    finally:
+        await chain.close()
+    async with pool.acquire() as conn:
         assert await s.trex.is_verified(ir, registering)
         assert not await s.trex.is_verified(ir, removing)
         rows = await conn.fetch("SELECT user_id, state FROM onchain_identities")
         states = {r["user_id"]: r["state"] for r in rows}
         assert states == {"user-n": "registered", "user-r": "removed"}
         assert await conn.fetchval("SELECT kyc_status FROM users WHERE id = 'user-n'") == "approved"
-        assert await kyc.finish_unfinished(conn, s.trex) == 0
+        assert await ToolRepository(conn).unfinished_identities(0) == []
 
 
 async def test_gas_per_payment_of_a_trex_batch(suite: Suite, pool: asyncpg.Pool) -> None:

@@ -357,6 +357,7 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from tokendist.ops.repository import ToolRepository
 
     chain = await _operator_chain(settings)
+    trex = _trex(settings)
     pool = await db.create_pool(settings.database_url, max_size=4)
     try:
         result = await Reconciler(
@@ -364,10 +365,13 @@ async def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             ToolRepository(pool),
             chain,
             settings.chain_check(),
+            trex,
         ).run(grace_s=args.grace, dry_run=args.dry_run)
     finally:
         await pool.close()
         await chain.close()
+        if trex is not None:
+            await trex.close()
     print(("dry run: nothing changed\n" if args.dry_run else "") + result.render())
     return 0 if result.report is not None and result.report.ok else 1
 

@@ -110,11 +110,11 @@ async def _remove(
     await ops.mark_removed(user_id)
 
 
-async def finish_unfinished(conn: db.Connection, trex: Trex) -> int:
-    """Complete every registration or removal a crash interrupted; returns how many."""
-    ops = ToolRepository(conn)
+async def finish_unfinished(ops: ToolRepository, trex: Trex, *, older_than_s: float) -> int:
+    """Complete every registration or removal a crash interrupted, untouched for
+    ``older_than_s`` (``reconcile``); returns how many."""
     suites = await ops.erc3643_suites()
-    rows = await ops.unfinished_identities()
+    rows = await ops.unfinished_identities(older_than_s)
     for row in rows:
         if row["state"] == "registering":
             wallet, country, previous = await ops.begin_registration(row["user_id"], None, None)

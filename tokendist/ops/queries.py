@@ -328,8 +328,10 @@ UPDATE onchain_identities SET state = 'removed', updated_at = now()
 WHERE user_id = $1 AND state = 'removing'
 """
 
+# Older than a grace: a kyc command may be between its steps right now.
 K_UNFINISHED_IDENTITIES = """
-SELECT user_id, state FROM onchain_identities WHERE state IN ('registering', 'removing')
+SELECT user_id, state FROM onchain_identities
+WHERE state IN ('registering', 'removing') AND updated_at < now() - make_interval(secs => $1)
 ORDER BY user_id
 """
 

@@ -12,7 +12,10 @@ Safe repairs, and why they are safe beside live consumers (the investigation's d
   consumer uses: whoever comes second finds the state moved and does nothing;
 - a confirmed payment without any distribution is re-published through the outbox with
   its original event id: the consumer's claim is idempotent, so a copy of an event that
-  was only late is a no-op.
+  was only late is a no-op;
+- an investor's on-chain identity whose ``kyc approve`` or ``kyc revoke`` was interrupted
+  between PostgreSQL and the chain is finished (``ops.kyc``: each step checks before it
+  acts), with the deployer key; without it, each is left for a human.
 
 Nothing else here signs or sends a transaction.
 """
@@ -28,9 +31,11 @@ from tokendist.consumer.repository import Distribution, Repository, Tokenization
 from tokendist.consumer.states import State
 from tokendist.core.errors import StateConflict
 from tokendist.core.settings import ChainCheckSettings
+from tokendist.ops import kyc
 from tokendist.ops.payouts import read_payouts
 from tokendist.ops.repository import ToolRepository
 from tokendist.ops.restore import Restored, Restorer
+from tokendist.ops.trex import Trex
 from tokendist.ops.verify import Report, check_all
 
 log = structlog.get_logger("tokendist.reconcile")
@@ -40,6 +45,7 @@ log = structlog.get_logger("tokendist.reconcile")
 class Reconciliation:
     credited: list[str] = field(default_factory=list)
     redriven: list[str] = field(default_factory=list)
+    identities: int = 0
     for_a_human: list[str] = field(default_factory=list)
     restored: Restored = field(default_factory=Restored)
     report: Report | None = None
@@ -51,6 +57,7 @@ class Reconciliation:
             *(f"  - {line}" for line in gone.resent),
             f"credited (confirmed on-chain, not yet credited): {len(self.credited)}",
             f"re-driven through the outbox (confirmed, never distributed): {len(self.redriven)}",
+            f"on-chain identities finished (a kyc command interrupted): {self.identities}",
             f"left for a human: {len(gone.for_a_human) + len(self.for_a_human)}",
         ]
         lines += [f"  - {item}" for item in (gone.for_a_human + self.for_a_human)[:50]]
@@ -61,7 +68,8 @@ class Reconciliation:
 
 class Reconciler:
     """``repo``: the consumer's repository (its guarded transitions); ``ops``: the tools';
-    ``settings``: the chain's finality and fees, and the chain check's window."""
+    ``settings``: the chain's finality and fees, and the chain check's window; ``trex``:
+    the deployer's ERC-3643 adapter, when its key is set."""
 
     def __init__(
         self,
@@ -69,10 +77,12 @@ class Reconciler:
         ops: ToolRepository,
         chain: Chain,
         settings: ChainCheckSettings,
+        trex: Trex | None = None,
     ) -> None:
         self.repo = repo
         self.ops = ops
         self.chain = chain
+        self.trex = trex
         self.finality = settings.finality_rule
         self.restorer = Restorer(repo, ops, chain, settings)
 
@@ -83,8 +93,29 @@ class Reconciler:
             await self._settle(dist, result, dry_run)
         for row in await self.ops.lost_events(grace_s):
             await self._redrive(row["event_id"], row["payload"], result, dry_run)
+        await self._identities(result, grace_s, dry_run)
         result.report = await check_all(self.ops, self.chain, grace_s=grace_s)
         return result
+
+    async def _identities(self, result: Reconciliation, grace_s: float, dry_run: bool) -> None:
+        unfinished = await self.ops.unfinished_identities(grace_s)
+        if not unfinished:
+            return
+        if self.trex is None:
+            result.for_a_human += [
+                f"user {r['user_id']}: on-chain identity {r['state']}; set "
+                "TOKENDIST_DEPLOYER_KEY and reconcile again"
+                for r in unfinished
+            ]
+        elif dry_run:
+            for row in unfinished:
+                log.info("reconcile_would_finish_identity", user_id=row["user_id"])
+            result.identities = len(unfinished)
+        else:
+            result.identities = await kyc.finish_unfinished(
+                self.ops, self.trex, older_than_s=grace_s
+            )
+            log.info("reconcile_identities_finished", count=result.identities)
 
     async def _settle(self, dist: Distribution, result: Reconciliation, dry_run: bool) -> None:
         tokenization = await self.repo.tokenization(dist.tokenization_id)

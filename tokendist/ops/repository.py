@@ -363,9 +363,10 @@ class ToolRepository:
     async def mark_removed(self, user_id: str) -> None:
         await self._db.execute(queries.K_MARK_REMOVED_IDENTITY, user_id)
 
-    async def unfinished_identities(self) -> list[asyncpg.Record]:
-        """Identities whose registration or removal a crash interrupted."""
-        return list(await self._db.fetch(queries.K_UNFINISHED_IDENTITIES))
+    async def unfinished_identities(self, older_than_s: float) -> list[asyncpg.Record]:
+        """Identities whose registration or removal a crash interrupted, untouched for
+        ``older_than_s``."""
+        return list(await self._db.fetch(queries.K_UNFINISHED_IDENTITIES, older_than_s))
 
     # --- dlq redrive -----------------------------------------------------------------
 
