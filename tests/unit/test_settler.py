@@ -16,6 +16,7 @@ from tests.unit.members import (
     ABANDONED_THEN_PAID,
     BATCH_ABANDONED,
     BATCH_PAID,
+    BATCH_PAID_ONCE_FINAL,
     BATCH_REVERTED,
     FAILED_ON_CHAIN,
     PAID,
@@ -207,6 +208,33 @@ async def test_a_batch_is_abandoned_only_after_its_nonce_stayed_taken_for_the_st
     [head] = heads
     assert head - taken_at >= NONCE_CONSUMED_STRIKES
     assert w.repo.state_of(event.event_id) is State.CREDITED
+
+
+async def test_a_nonce_taken_in_a_block_not_final_abandons_nothing_a_reorg_may_mine_ours() -> None:
+    """Abandoned while the other transaction could still be reorganised away, the batch's
+    payments would be batched again under fresh indices, and our signed bytes, sent again
+    by anyone who saw them, would pay them a second time."""
+    w = World()
+    [(event, record)] = w.approved()
+    w.node.auto_mine = False
+
+    async with w.member(finality="confirmations:60") as m:
+        handling = asyncio.create_task(m.processor.handle(record))
+        await until(lambda: submitted(w))
+        [ours] = w.node.signatures
+        w.node.take_nonce(SENDER)
+        taken = w.node.block
+        w.node.auto_mine = True
+        await until(lambda: w.node.block >= taken + NONCE_CONSUMED_STRIKES + 5)
+        assert w.repo.batches[1].state is BatchState.SUBMITTED  # struck, not final: kept
+        w.node.rollback(w.node.block - taken + 1)  # the other transaction's block gone
+        w.node.send(ours.raw)  # anyone who saw our bytes sends them again
+        assert await handling is Outcome.CREDITED
+
+    assert w.repo.batch_path(1) == BATCH_PAID_ONCE_FINAL
+    assert w.repo.path(event.event_id) == PAID
+    assert w.node.signatures == [ours]
+    assert w.distributor.paid_to(wallet(1)) == TOKENS
 
 
 async def test_a_crash_right_after_abandoning_resumes_and_pays_once_anew() -> None:

@@ -38,7 +38,10 @@ from tokendist.core.settings import ConsumerSettings
 log = structlog.get_logger("tokendist.settler")
 
 # Head advances with our nonce mined by something else and none of our attempts mined,
-# before the batch counts as abandoned (a receipt may lag its block on a busy node).
+# before the batch counts as abandoned (a receipt may lag its block on a busy node). The
+# head at which the nonce was first seen spent must also be final: a reorganisation may
+# still remove the other transaction, and anyone holding our signed bytes could then get
+# them mined after the payments were batched again under fresh indices (paid twice).
 NONCE_CONSUMED_STRIKES = 20
 
 
@@ -158,12 +161,13 @@ class Settler:
         waits for finality too: a reorganisation may yet mine the same bytes
         successfully, and re-batching its payments would then pay them twice)."""
         strikes = 0
+        taken_at: int | None = None  # the head our nonce was first seen spent at, unmined
         seen: Block | None = None
         while True:
             head = seen = await self.head.advanced(seen)
             receipt = await self._canonical_receipt(batch)
             if receipt is not None:
-                strikes = 0
+                strikes, taken_at = 0, None
                 moved = await self._moved(batch, receipt, head)
                 if moved is not None:
                     return moved
@@ -171,18 +175,24 @@ class Settler:
                 return await self._reorged(batch)
             elif await self.keys.node.nonce_of(batch.sender, pending=False) > batch.nonce:
                 strikes += 1
-                if strikes >= NONCE_CONSUMED_STRIKES:
+                taken_at = head.number if taken_at is None else taken_at
+                if strikes >= NONCE_CONSUMED_STRIKES and await self._final(taken_at, head):
                     log.error("batch_nonce_taken", nonce=batch.nonce, alert=True)
                     return await self.repo.batch_abandoned(
                         batch, f"nonce {batch.nonce} taken by a transaction we did not sign"
                     )
+            else:  # the other transaction reorganised away: our bytes may be mined yet
+                strikes, taken_at = 0, None
+
+    async def _final(self, block: int, head: Block) -> bool:
+        rule = self.settings.finality_rule
+        tagged = None if rule.tag is None else await self.head.tagged(rule.tag)
+        return is_final(rule, block, head.number, tagged)
 
     async def _moved(self, batch: Batch, receipt: Receipt, head: Block) -> Batch | None:
         """The batch moved on by its canonical receipt; None: still mined where it was,
         not final yet."""
-        rule = self.settings.finality_rule
-        tagged = None if rule.tag is None else await self.head.tagged(rule.tag)
-        final = is_final(rule, receipt.block_number, head.number, tagged)
+        final = await self._final(receipt.block_number, head)
         elsewhere = batch.state is BatchState.MINED and batch.block_hash != receipt.block_hash
         if elsewhere:
             log.warning(
