@@ -211,6 +211,25 @@ async def read_topic(
         await consumer.stop()
 
 
+def run_demo(*args: str, timeout: float) -> str:
+    """``tokendist demo ARGS`` as a user runs it, to its end: its output. Fails the test
+    when it runs past ``timeout`` seconds or exits non-zero, with the output's tail."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tokendist.cli", "demo", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = demo.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        out, _ = demo.communicate()
+        raise AssertionError(f"the demo did not finish in {timeout:g} s:\n{out[-4000:]}") from None
+    assert demo.returncode == 0, out[-4000:]
+    return out
+
+
 class Process:
     """A ``tokendist`` subcommand as a separate OS process (for SIGKILL tests)."""
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -543,20 +541,10 @@ async def _count_credited(pool: asyncpg.Pool, n: int) -> bool:
 def test_the_demo_runs_on_a_trex_token_to_a_green_verify(stack: object) -> None:
     """``tokendist demo --standard erc3643``: a T-REX suite, the investors' identities
     registered on-chain, the late ones parked and released by ``kyc approve``."""
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "tokendist.cli", "demo", "--standard", "erc3643",
-         "--payments", "24", "--rate", "40", "--users", "10"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    out = harness.run_demo(
+        "--standard", "erc3643", "--payments", "24", "--rate", "40", "--users", "10",
+        timeout=300,
     )  # fmt: skip
-    try:
-        out, _ = demo.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        demo.kill()
-        out, _ = demo.communicate()
-        pytest.fail("the demo did not finish in 300 s:\n" + out[-4000:])
-    assert demo.returncode == 0, out[-4000:]
     assert "(erc3643)" in out
     assert "8 investors' identities registered on-chain" in out
     assert "verdict: all invariants hold" in out

@@ -216,30 +216,7 @@ async def test_status_metrics_and_health_report_what_happened(
 
 def test_the_demo_runs_to_a_green_verify(stack: object) -> None:
     """The README's first command for a new user, end to end, as a user runs it."""
-    demo = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tokendist.cli",
-            "demo",
-            "--payments",
-            "40",
-            "--rate",
-            "40",
-            "--users",
-            "10",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        out, _ = demo.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        demo.kill()
-        out, _ = demo.communicate()
-        pytest.fail("the demo did not finish in 180 s:\n" + out[-4000:])
-    assert demo.returncode == 0, out[-4000:]
+    out = harness.run_demo("--payments", "40", "--rate", "40", "--users", "10", timeout=180)
     assert "verdict: all invariants hold" in out
     assert "payments confirmed (unique)" in out
 

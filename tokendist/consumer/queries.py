@@ -410,10 +410,6 @@ ORDER BY t.id
 
 # --- the re-check of parked payments (consumer/release.py) ------------------------------
 
-# One member at a time re-checks (session lock: freed if the member dies).
-TRY_RECHECK_LOCK = "SELECT pg_try_advisory_lock(hashtext('tokendist-parked-recheck'))"
-RECHECK_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tokendist-parked-recheck'))"
-
 # Parked payments of ERC-3643 tokens whose investor is payable in this database: only the
 # chain can still hold them back. In the order they arrived: the pre-flight sums a
 # wallet's payments in order, as the batches would pay them.

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
@@ -33,6 +32,7 @@ log = structlog.get_logger("tokendist.release")
 
 # Payments asked in one pre-flight: each costs three eth_calls at once.
 CHUNK = 100
+RECHECK_LOCK = "tokendist-parked-recheck"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +56,11 @@ class ParkedRows:
     """The PostgreSQL side of the re-check."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
         self._db = db.Database(pool)
 
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[bool]:
+    def exclusive(self) -> AbstractAsyncContextManager[bool]:
         """True while this member holds the re-check's lock (False: another does)."""
-        async with self._db.connection() as conn:
-            held = bool(await conn.fetchval(queries.TRY_RECHECK_LOCK))
-            try:
-                yield held
-            finally:
-                if held:
-                    await conn.fetchval(queries.RECHECK_UNLOCK)
+        return self._db.try_lock(RECHECK_LOCK)
 
     async def parked(self, chain_id: int) -> list[Parked]:
         rows = await self._db.fetch(queries.PARKED_ON_CHAIN, chain_id)

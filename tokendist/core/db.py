@@ -23,6 +23,9 @@ from tokendist.core.errors import DatabaseUnavailable, MigrationError
 
 T = TypeVar("T")
 
+TRY_NAMED_LOCK = "SELECT pg_try_advisory_lock(hashtext($1))"
+NAMED_UNLOCK = "SELECT pg_advisory_unlock(hashtext($1))"
+
 # What callers hand us: a plain connection or one borrowed from a pool.
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
@@ -104,6 +107,19 @@ class Database:
         it raises. The commit is inside the mapping too."""
         async with self.connection() as conn, conn.transaction():
             yield conn
+
+    @asynccontextmanager
+    async def try_lock(self, name: str) -> AsyncIterator[bool]:
+        """The session advisory lock ``name``, tried, never waited for: True while this
+        block holds it, False when another session does (one member at a time does a
+        task, whichever gets there first)."""
+        async with self.connection() as conn:
+            held = bool(await conn.fetchval(TRY_NAMED_LOCK, name))
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.fetchval(NAMED_UNLOCK, name)
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

@@ -344,10 +344,6 @@ WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND stored
 
 # --- chain-check, and reconcile's repair of what it finds ---------------------------------
 
-# A session lock on a connection borrowed for one check: two checkers never overlap.
-C_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('tokendist-chain-check'))"
-C_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tokendist-chain-check'))"
-
 C_CHECKPOINT = "SELECT checked_block, started_at FROM chain_checks WHERE chain_id = $1"
 C_NOW = "SELECT clock_timestamp()"
 

@@ -8,8 +8,8 @@ shared with the consumer's ``Repository``, whose guarded transitions it reuses).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
 import asyncpg
@@ -21,6 +21,8 @@ from tokendist.core.errors import InvalidInput, KeyRejected
 from tokendist.ops import queries
 from tokendist.outbox.enqueue import write_outbox_row
 from tokendist.schemas import PaymentConfirmedV1
+
+CHAIN_CHECK_LOCK = "tokendist-chain-check"
 
 
 class ToolRepository:
@@ -190,16 +192,10 @@ class ToolRepository:
 
     # --- chain-check, and reconcile's repair -----------------------------------------
 
-    @asynccontextmanager
-    async def chain_check_turn(self) -> AsyncIterator[bool]:
-        """Whether this process may check now: one checker at a time, whatever runs."""
-        async with self._db.connection() as conn:
-            mine = bool(await conn.fetchval(queries.C_TRY_LOCK))
-            try:
-                yield mine
-            finally:
-                if mine:
-                    await conn.fetchval(queries.C_UNLOCK)
+    def chain_check_turn(self) -> AbstractAsyncContextManager[bool]:
+        """Whether this process may check now: one checker at a time, whatever runs (a
+        session lock, freed if the checker dies)."""
+        return self._db.try_lock(CHAIN_CHECK_LOCK)
 
     async def checkpoint(self, chain_id: int) -> tuple[int | None, datetime | None, datetime]:
         """(head of the last check, when it began, the database's clock now)."""
